@@ -1,0 +1,1 @@
+"""convdissect: train, prune, dissect and hand-build explainable MNIST ConvNets."""

@@ -1,0 +1,73 @@
+"""The LightningModule: any net of ours, NLL loss, accuracy, optimizer and schedule from config."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from convdissect.errors import UserInputError
+from convdissect.models import build_net
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+SCHEDULERS = ("onecycle", "none")
+
+
+class LitClassifier(L.LightningModule):
+    """Hyperparameters are plain Python values (checkpoints load with weights_only=True), so
+    `load_from_checkpoint` rebuilds the net from them, whatever its widths."""
+
+    def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None):
+        super().__init__()
+        optimizer = dict(optimizer)
+        scheduler = dict(scheduler or {"name": "none"})
+        if optimizer.get("name") not in OPTIMIZERS:
+            raise UserInputError(f"optimizer.name={optimizer.get('name')!r}: allowed {sorted(OPTIMIZERS)}")
+        if scheduler.get("name") not in SCHEDULERS:
+            raise UserInputError(f"scheduler.name={scheduler.get('name')!r}: allowed {list(SCHEDULERS)}")
+        self.save_hyperparameters({"net": dict(net), "optimizer": optimizer, "scheduler": scheduler})
+        self.net = build_net(dict(net))
+        self.metrics = torch.nn.ModuleDict({s: MulticlassAccuracy(num_classes=10, average="micro") for s in ("train_", "val_", "test_")})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def _step(self, batch, stage: str):
+        x, y = batch
+        logits = self(x)
+        loss = F.nll_loss(logits, y)
+        acc = self.metrics[stage + "_"]
+        acc.update(logits, y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(y))
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self._step(batch, "train")
+        if hasattr(self.net, "penalty"):  # e.g. HandNet's sparsity terms
+            penalty = self.net.penalty()
+            self.log("train/penalty", penalty, on_step=False, on_epoch=True, batch_size=len(batch[1]))
+            loss = loss + penalty
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        """Also called again after pruning surgery: the schedule spans the remaining steps only."""
+        opt_cfg = dict(self.hparams.optimizer)
+        opt = OPTIMIZERS[opt_cfg.pop("name")](self.parameters(), **opt_cfg)
+        sched_cfg = dict(self.hparams.scheduler)
+        if sched_cfg.pop("name") == "none":
+            return opt
+        remaining = max(1, self.trainer.estimated_stepping_batches - self.trainer.global_step)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, total_steps=remaining, **sched_cfg)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

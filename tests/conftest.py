@@ -1,0 +1,55 @@
+"""Shared fixtures: the real MNIST files and configs composed with Hydra's compose API."""
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from convdissect.config import CONFIG_DIR, REPO_ROOT
+
+
+def _data_dir() -> str:
+    if os.environ.get("CONVDISSECT_DATA_DIR"):
+        return os.environ["CONVDISSECT_DATA_DIR"]
+    shared = REPO_ROOT.parent / "shared" / "data"
+    return str(shared if shared.exists() else REPO_ROOT / "data")
+
+
+DATA_DIR = _data_dir()
+os.environ["CONVDISSECT_DATA_DIR"] = DATA_DIR  # so ${paths.data_dir} resolves there everywhere
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> str:
+    return DATA_DIR
+
+
+def compose_cfg(config_name: str = "train", overrides: list[str] = (), output_dir: Path | None = None) -> DictConfig:
+    """A config as the Hydra app would see it, with paths.output_dir pointed at output_dir."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name=config_name, overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir) if output_dir else "unused"
+    return cfg
+
+
+# A real but tiny run: small widths, a few batches, no progress bar.
+TINY = [
+    "model.widths=[4,8,8,8]",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=8",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "data.eval_batch_size=200",
+]
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path) -> DictConfig:
+    return compose_cfg("train", TINY, tmp_path)

@@ -1,0 +1,128 @@
+"""Short real training runs through train(): outputs, TensorBoard, checkpoints, DDP, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from convdissect.config import REPO_ROOT
+from convdissect.data.mnist import MNISTDataModule
+from convdissect.errors import UserInputError
+from convdissect.models.lit_module import LitClassifier
+from convdissect.models.simple_convnet import SimpleConvNet
+from convdissect.train import train
+from tests.conftest import TINY, compose_cfg
+
+
+def scalar_tags(log_dir: Path) -> set[str]:
+    tags = set()
+    for events in log_dir.rglob("events.out.tfevents*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    return tags
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    # Two epochs, every checkpoint kept, so a test can resume from the first.
+    metrics = train(compose_cfg("train", TINY + ["trainer.max_epochs=2", "+callbacks.model_checkpoint.save_top_k=-1"], out))
+    return out, metrics
+
+
+def test_run_writes_its_outputs(tiny_run):
+    out, metrics = tiny_run
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == metrics
+    assert 0.0 <= written["test/acc"] <= 1.0 and written["test/loss"] > 0
+    assert written["widths"] == [4, 8, 8, 8] and written["epochs"] == 2
+    assert written["n_params"] == sum(p.numel() for p in SimpleConvNet([4, 8, 8, 8]).parameters())
+    assert {"wall_s", "experiment", "overrides", "device", "torch_version", "lightning_version"} <= set(written)
+    assert {"val/acc", "val/loss", "train/acc", "test/acc"} <= scalar_tags(out / "tensorboard")
+
+
+def test_model_state_is_the_tested_net(tiny_run, data_dir):
+    out, metrics = tiny_run
+    state = torch.load(out / "model_state.pt", weights_only=True)
+    assert list(state) == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "conv3.weight",
+                           "conv3.bias", "fc4.weight", "fc4.bias", "fc5.weight", "fc5.bias"]
+    net = SimpleConvNet(*SimpleConvNet.widths_from_state_dict(state))
+    net.load_state_dict(state)
+    x, y = MNISTDataModule(data_dir=data_dir).tensors("test", 400)  # limit_test_batches=2 x 200
+    with torch.no_grad():
+        acc = (net(x).argmax(1) == y).float().mean().item()
+    assert acc == pytest.approx(metrics["test/acc"], abs=1e-6)
+
+
+def test_checkpoint_round_trip_gives_the_same_test_accuracy(tiny_run, data_dir):
+    out, metrics = tiny_run
+    module = LitClassifier.load_from_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert module.net.widths == [4, 8, 8, 8]
+    trainer = L.Trainer(accelerator="cpu", logger=False, limit_test_batches=2, enable_progress_bar=False)
+    (result,) = trainer.test(module, datamodule=MNISTDataModule(data_dir=data_dir, eval_batch_size=200))
+    assert result["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+
+
+def val_acc_steps(log_dir: Path) -> list[int]:
+    steps = []
+    for events in log_dir.rglob("events.out.tfevents*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if "val/acc" in acc.Tags()["scalars"]:
+            steps += [e.step for e in acc.Scalars("val/acc")]
+    return steps
+
+
+def test_ckpt_path_resumes_mid_run(tiny_run, tmp_path):
+    out, _ = tiny_run
+    cfg = compose_cfg("train", TINY + ["trainer.max_epochs=2", f"ckpt_path={out / 'checkpoints' / 'epoch_000.ckpt'}"], tmp_path)
+    metrics = train(cfg)
+    assert metrics["epochs"] == 2 and metrics["steps"] == 16
+    assert val_acc_steps(out / "tensorboard") == [7, 15]  # the full run validated twice
+    assert val_acc_steps(tmp_path / "tensorboard") == [15]  # the resumed one only the second epoch
+
+
+class RecordFirstBatch(L.Callback):
+    """Writes each rank's first training labels, to check that ranks see distinct data."""
+
+    def __init__(self, out_dir):
+        self.out_dir = out_dir
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            torch.save(batch[1].cpu(), Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    cfg = compose_cfg("train", TINY + ["trainer=ddp_sim", "trainer.limit_train_batches=3"], tmp_path)
+    with open_dict(cfg):
+        cfg.callbacks.record = {"_target_": "tests.test_train.RecordFirstBatch", "out_dir": str(tmp_path)}
+    metrics = train(cfg)
+    assert 0 <= metrics["test/acc"] <= 1 and (tmp_path / "model_state.pt").exists()
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert len(rank0) == len(rank1) == 64 and not torch.equal(rank0, rank1)
+
+
+@pytest.mark.parametrize("widths", ["[8,16,0,16]", "[8,16,24]", "[-1,16,24,16]"])
+def test_bad_widths_are_clear_errors(widths, tmp_path):
+    cfg = compose_cfg("train", TINY + [f"model.widths={widths}"], tmp_path)
+    with pytest.raises(UserInputError, match=r"model\.widths="):
+        train(cfg)
+
+
+def test_entry_point_prints_one_line_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "train.py", "model.widths=[8,16,0,16]", f"hydra.run.dir={tmp_path}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: model.widths=[8, 16, 0, 16]: every width must be a positive integer"
+    )
