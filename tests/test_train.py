@@ -20,12 +20,26 @@ from convdissect.train import train
 from tests.conftest import TINY, compose_cfg
 
 
-def scalar_tags(log_dir: Path) -> set[str]:
-    tags = set()
-    for events in log_dir.rglob("events.out.tfevents*"):
+def accumulators(log_dir: Path) -> list[EventAccumulator]:
+    out = []
+    for events in sorted(log_dir.rglob("events.out.tfevents*")):
         acc = EventAccumulator(str(events))
         acc.Reload()
-        tags |= set(acc.Tags()["scalars"])
+        out.append(acc)
+    return out
+
+
+def scalar_tags(log_dir: Path) -> set[str]:
+    return {tag for acc in accumulators(log_dir) for tag in acc.Tags()["scalars"]}
+
+
+def hparams_tags(log_dir: Path) -> set[str]:
+    tags = set()
+    for acc in accumulators(log_dir):
+        try:
+            tags |= set(acc.PluginTagToContent("hparams"))
+        except KeyError:  # an event file without hparams
+            pass
     return tags
 
 
@@ -46,6 +60,8 @@ def test_run_writes_its_outputs(tiny_run):
     assert written["n_params"] == sum(p.numel() for p in SimpleConvNet([4, 8, 8, 8]).parameters())
     assert {"wall_s", "experiment", "overrides", "device", "torch_version", "lightning_version"} <= set(written)
     assert {"val/acc", "val/loss", "train/acc", "test/acc"} <= scalar_tags(out / "tensorboard")
+    # the hparams view: the run's hyperparameters with its final metrics
+    assert {"_hparams_/session_start_info", "_hparams_/experiment"} <= hparams_tags(out / "tensorboard")
 
 
 def test_model_state_is_the_tested_net(tiny_run, data_dir):
@@ -71,13 +87,7 @@ def test_checkpoint_round_trip_gives_the_same_test_accuracy(tiny_run, data_dir):
 
 
 def val_acc_steps(log_dir: Path) -> list[int]:
-    steps = []
-    for events in log_dir.rglob("events.out.tfevents*"):
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        if "val/acc" in acc.Tags()["scalars"]:
-            steps += [e.step for e in acc.Scalars("val/acc")]
-    return steps
+    return [e.step for acc in accumulators(log_dir) if "val/acc" in acc.Tags()["scalars"] for e in acc.Scalars("val/acc")]
 
 
 def test_ckpt_path_resumes_mid_run(tiny_run, tmp_path):
