@@ -136,3 +136,14 @@ def test_entry_point_prints_one_line_error(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: model.widths=[8, 16, 0, 16]: every width must be a positive integer"
     )
+
+
+def test_multirun_jobs_write_their_own_dirs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "train.py", "-m", *TINY, "seed=1,2", f"hydra.sweep.dir={tmp_path}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = {job: json.loads((tmp_path / job / "metrics.json").read_text()) for job in ("0", "1")}
+    assert [r["overrides"][-1] for r in runs.values()] == ["seed=1", "seed=2"]
+    assert all((tmp_path / job / "model_state.pt").exists() for job in runs)
