@@ -1,0 +1,156 @@
+"""Selectivity of channels: to MNIST classes, to stroke orientation, to position vs pattern.
+
+Every measurement is a function of (net, inputs) and returns plain tensors; a channel's
+response is the max of its output map (convdissect.dissect.activations.responses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from convdissect.data.probes import stroke_images, sweep_positions
+from convdissect.dissect.activations import channel_responses
+
+N_CLASSES = 10
+
+
+def class_means(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, layers) -> dict[str, torch.Tensor]:
+    """Class-conditional mean ReLU'd response per channel: {layer: [10, C]} (NaN for a class absent)."""
+    out = {}
+    for layer, resp in channel_responses(net, images, layers).items():
+        resp = resp.relu()
+        sums = torch.zeros(N_CLASSES, resp.shape[1], device=resp.device).index_add_(0, labels, resp)
+        counts = torch.bincount(labels, minlength=N_CLASSES).to(resp.dtype)
+        out[layer] = sums / counts[:, None]
+    return out
+
+
+def selectivity_index(means: torch.Tensor) -> torch.Tensor:
+    """Class selectivity [C] from means [10, C]: (mu_max - mu_rest) / (mu_max + mu_rest), where
+    mu_rest is the mean over the other classes (Morcos et al. 2018). 0 = the same for every
+    class, 1 = fires for one class only; a channel silent for all classes gets 0."""
+    top, best = means.max(dim=0)
+    rest = (means.sum(dim=0) - top) / (means.shape[0] - 1)
+    return torch.where(top > 0, (top - rest) / (top + rest).clamp_min(1e-12), torch.zeros_like(top))
+
+
+# ---------------------------------------------------------------------------- orientation
+
+
+@dataclass
+class OrientationTuning:
+    angles_deg: torch.Tensor  # [A], 0 <= angle < 180
+    responses: dict[str, torch.Tensor]  # {layer: [A, C]}, mean over the probe offsets
+
+
+def orientation_tuning(
+    net: nn.Module,
+    layers,
+    step_deg: float = 5.0,
+    kind: str = "line",
+    thickness: float = 2.0,
+    offsets=(-1.0, -0.5, 0.0, 0.5, 1.0),
+) -> OrientationTuning:
+    """Responses to infinite strokes through the image centre at every step_deg in [0, 180),
+    averaged over sub-pixel offsets so the curve does not depend on where a stroke falls on the grid."""
+    device = next(net.parameters()).device
+    angles = torch.arange(0.0, 180.0, step_deg)
+    grid_a, grid_o = torch.meshgrid(angles, torch.tensor(offsets), indexing="ij")
+    images = stroke_images(grid_a.flatten(), thickness=thickness, offset=grid_o.flatten(), kind=kind).to(device)
+    resp = channel_responses(net, images, layers)
+    return OrientationTuning(angles, {k: v.reshape(len(angles), len(offsets), -1).mean(dim=1).cpu() for k, v in resp.items()})
+
+
+def orientation_selectivity(tuning: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
+    """Orientation selectivity [C] of tuning curves [A, C] over [0, 180): the length of the mean
+    doubled-angle vector of the ReLU'd curve, 0 = untuned, 1 = a single orientation."""
+    r = tuning.relu()
+    doubled = torch.deg2rad(angles_deg.to(r) * 2.0)[:, None]
+    total = r.sum(dim=0)
+    length = torch.hypot((r * doubled.cos()).sum(dim=0), (r * doubled.sin()).sum(dim=0))
+    return torch.where(total > 0, length / total.clamp_min(1e-12), torch.zeros_like(total))
+
+
+def tuning_peaks(curve: torch.Tensor, angles_deg: torch.Tensor, min_prominence: float = 0.25, min_gap_deg: float = 30.0) -> list[float]:
+    """Peaks of one circular (period 180°) tuning curve [A], strongest first.
+
+    A peak is a local maximum whose prominence (its rise above the deeper of the two valleys that
+    separate it from a higher point, walking either way round) is at least min_prominence of the
+    curve's range, and at least min_gap_deg from every stronger peak. Shoulders and the pixel
+    grid's small bumps at the diagonals are not peaks. The second one, if any, is the article's
+    "secondary feature" of a filter.
+    """
+    values = curve.tolist()
+    n, span = len(values), max(values) - min(values)
+    if span <= 0:
+        return []
+    peaks: list[tuple[float, float]] = []
+    for i, v in enumerate(values):
+        if not (v >= values[i - 1] and v > values[(i + 1) % n]):
+            continue
+        valleys = []
+        for direction in (1, -1):
+            low, j = v, i
+            for _ in range(n - 1):
+                j = (j + direction) % n
+                if values[j] > v:
+                    break
+                low = min(low, values[j])
+            valleys.append(low)
+        if v - max(valleys) >= min_prominence * span:
+            peaks.append((v, float(angles_deg[i])))
+    kept: list[float] = []
+    for _, angle in sorted(peaks, reverse=True):
+        if all(min(abs(angle - p) % 180, 180 - abs(angle - p) % 180) >= min_gap_deg for p in kept):
+            kept.append(angle)
+    return kept
+
+
+# ---------------------------------------------------------------------------- position vs pattern
+
+
+@dataclass
+class PositionPattern:
+    """R[c, p, q]: channel c's response to pattern p at position q, and its eta² shares."""
+
+    patterns: list[tuple[str, float]]  # (kind, angle_deg) per p
+    positions: torch.Tensor  # [Q, 2] (x, y) in pixels from the image centre, y up
+    responses: torch.Tensor  # [C, P, Q]
+    position_index: torch.Tensor  # [C], share of the variance explained by position (NaN: no variance)
+    pattern_index: torch.Tensor  # [C], share explained by pattern
+
+
+def eta_squared(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position, pattern) shares of the variance of R [C, P, Q] explained by the Q means and
+    the P means (eta²; each 0-1). NaN where a channel's R has no variance."""
+    grand = r.mean(dim=(1, 2), keepdim=True)
+    total = (r - grand).square().sum(dim=(1, 2))
+    between_q = (r.mean(dim=1, keepdim=True) - grand).square().sum(dim=(1, 2)) * r.shape[1]
+    between_p = (r.mean(dim=2, keepdim=True) - grand).square().sum(dim=(1, 2)) * r.shape[2]
+    dead = total <= 1e-10 * r.square().sum(dim=(1, 2)) + 1e-30  # constant up to rounding
+    nan = torch.full_like(total, float("nan"))
+    return torch.where(dead, nan, between_q / total), torch.where(dead, nan, between_p / total)
+
+
+def position_pattern(
+    net: nn.Module,
+    layer: str,
+    angles_deg=(0.0, 45.0, 90.0, 135.0),
+    kinds=("line",),
+    step: float = 2.0,
+    margin: float = 4.0,
+    length: float = 7.0,
+) -> PositionPattern:
+    """Stroke segments of each kind and angle, moved over a grid of positions (design.md §1)."""
+    device = next(net.parameters()).device
+    patterns = [(kind, float(angle)) for kind in kinds for angle in angles_deg]
+    batches = [sweep_positions(angle, step=step, margin=margin, kind=kind, length=length) for kind, angle in patterns]
+    positions = batches[0][1]
+    images = torch.cat([images for images, _ in batches]).to(device)
+    resp = channel_responses(net, images, [layer])[layer].cpu()  # [P * Q, C]
+    r = resp.T.reshape(-1, len(patterns), len(positions))
+    position_index, pattern_index = eta_squared(r.double())
+    return PositionPattern(patterns, positions, r, position_index.float(), pattern_index.float())

@@ -1,0 +1,268 @@
+"""dissect.py end to end, checkpoint loading and its errors, and the measurement library."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from convdissect.config import REPO_ROOT
+from convdissect.data.mnist import MNISTDataModule
+from convdissect.dissect.activations import channel_responses, record, top_k
+from convdissect.dissect.checkpoint import load_net
+from convdissect.dissect.contributions import inner_contributions, redundancy
+from convdissect.dissect.run import dissect
+from convdissect.dissect.selectivity import class_means, eta_squared, selectivity_index, tuning_peaks
+from convdissect.dissect.superstimuli import channel_objective, superstimuli
+from convdissect.errors import UserInputError
+from convdissect.models.simple_convnet import SimpleConvNet
+from convdissect.train import train
+from tests.conftest import TINY, compose_cfg
+
+DISSECT_FAST = ["n_images=200", "superstimulus.steps=8"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny real training run: its Lightning checkpoint and plain state_dict."""
+    out = tmp_path_factory.mktemp("train")
+    train(compose_cfg("train", TINY, out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(data_dir):
+    return MNISTDataModule(data_dir=data_dir).tensors("val", 300)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "dissect.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_on_a_lightning_checkpoint(trained, tmp_path):
+    proc = run_cli(f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path}", *DISSECT_FAST)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    labels = json.loads((tmp_path / "labels.json").read_text())
+    assert labels["net"] == "simple_convnet" and labels["widths"] == [4, 8, 8, 8]
+    assert [u["name"] for u in labels["units"]] == [f"conv{l}_{i}" for l, n in ((1, 4), (2, 8), (3, 8)) for i in range(1, n + 1)]
+    conv1, conv2, conv3 = labels["units"][0], labels["units"][4], labels["units"][12]
+    assert {"orientation_deg", "kind", "side", "fit_r2", "secondary_orientation_deg"} <= set(conv1)
+    assert {"dominant_input", "dominant_share", "copies_input"} <= set(conv2)
+    assert conv2["dominant_input"].startswith("conv1_") and 0 < conv2["dominant_share"] <= 1
+    assert {"bursts", "position_index", "pattern_index"} <= set(conv3)
+    assert all(b["input"].startswith("conv2_") for u in labels["units"][12:] for b in u["bursts"])
+    stimuli = torch.load(tmp_path / "superstimuli.pt", weights_only=True)
+    assert {k: tuple(v.shape) for k, v in stimuli.items()} == {
+        "conv1": (4, 1, 28, 28), "conv2": (8, 1, 28, 28), "conv3": (8, 1, 28, 28), "fc5": (10, 1, 28, 28)}  # fmt: skip
+    assert stimuli["conv1"].min() >= 0 and stimuli["conv1"].max() <= 1
+
+
+def test_plain_state_dict_without_conv2_is_the_no_conv2_variant(tmp_path):
+    torch.manual_seed(0)
+    torch.save(SimpleConvNet([4, 6, 8], conv2=False).state_dict(), tmp_path / "no_conv2.pt")
+    cfg = compose_cfg("dissect", [f"ckpt_path={tmp_path / 'no_conv2.pt'}", "superstimulus.enabled=false", "n_images=100"], tmp_path)
+    labels = dissect(cfg)
+    assert labels == json.loads((tmp_path / "labels.json").read_text())
+    assert labels["widths"] == [4, 6, 8]
+    assert [u["layer"] for u in labels["units"]] == ["conv1"] * 4 + ["conv3"] * 6
+    assert all(b["input"].startswith("conv1_") for u in labels["units"][4:] for b in u["bursts"])
+    assert any(u["bursts"] for u in labels["units"][4:])
+
+
+def test_lightning_checkpoint_and_state_dict_give_the_same_net(trained):
+    from_ckpt = load_net(trained / "checkpoints" / "last.ckpt")
+    from_pt = load_net(trained / "model_state.pt")
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert from_ckpt.widths == [4, 8, 8, 8] and not from_ckpt.training
+        torch.testing.assert_close(from_ckpt(x), from_pt(x))  # last.ckpt is the last epoch's weights
+
+
+class RunsCode:
+    """Unpickling this would run a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "code_ran"
+    torch.save({"conv1.weight": RunsCode(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(UserInputError, match=r"evil\.pt: refused.*weights_only=True"):
+        load_net(tmp_path / "evil.pt")
+    proc = run_cli(f"ckpt_path={tmp_path / 'evil.pt'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ckpt_path=") and "refused" in last
+    assert not marker.exists()
+
+
+def wrong_shapes(path):
+    state = SimpleConvNet([4, 8, 8, 8]).state_dict()
+    state["conv2.weight"] = torch.zeros(8, 5, 5, 5)  # 5 in channels, conv1 has 4
+    torch.save(state, path)
+
+
+def handnet_like(path):
+    torch.save({"conv1.theta": torch.zeros(4), "conv3.mean_x": torch.zeros(8, 4, 2), "readout.weight": torch.zeros(10, 8)}, path)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (None, r"missing\.pt: no such file"),
+        (lambda p: p.write_bytes(b"not a checkpoint at all"), r"not a readable PyTorch file"),
+        (lambda p: torch.save(torch.zeros(3), p), r"holds a Tensor, expected a state_dict"),
+        (wrong_shapes, r"wrongly shaped.*conv2\.weight \(8, 5, 5, 5\) \(expected \(8, 4, 5, 5\)\)"),
+        (handnet_like, r"not a SimpleConvNet state_dict"),
+    ],
+)
+def test_bad_checkpoints_are_clear_errors(tmp_path, make, message):
+    path = tmp_path / "missing.pt"
+    if make:
+        make(path)
+    with pytest.raises(UserInputError, match=message) as err:
+        load_net(path)
+    assert "\n" not in str(err.value)
+
+
+def test_ckpt_path_is_required(tmp_path):
+    with pytest.raises(UserInputError, match="ckpt_path is not set"):
+        dissect(compose_cfg("dissect", [], tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("n_images=0", "n_images=0: must be"), ("split=holdout", "split='holdout'"),
+     ("superstimulus.layers=[conv9]", r"superstimulus\.layers: \['conv9'\] unknown")],
+)
+def test_bad_dissect_settings_are_clear_errors(trained, tmp_path, override, message):
+    cfg = compose_cfg("dissect", [f"ckpt_path={trained / 'model_state.pt'}", "n_images=50", override], tmp_path)
+    with pytest.raises(UserInputError, match=message):
+        dissect(cfg)
+
+
+# ---------------------------------------------------------------------------- the library
+
+
+def test_hooks_record_inputs_and_outputs():
+    torch.manual_seed(0)
+    net = SimpleConvNet([4, 8, 8, 8]).eval()
+    x = torch.randn(5, 1, 28, 28)
+    seen = record(net, x, ["conv2", "fc5"], what="input", batch_size=2)
+    out = record(net, x, ["conv1", "fc5"], batch_size=2)
+    with torch.no_grad():
+        torch.testing.assert_close(out["conv1"], net.conv1(x))
+        torch.testing.assert_close(seen["conv2"], torch.nn.functional.max_pool2d(net.conv1(x).relu(), 2))
+        torch.testing.assert_close(net.fc5(seen["fc5"]), out["fc5"])
+    assert not net.conv1._forward_hooks  # hooks removed afterwards
+
+
+def test_top_k_are_the_strongest_inputs(images):
+    net = SimpleConvNet([4, 8, 8, 8]).eval()
+    x, _ = images
+    indices, values = top_k(net, x, "conv3", k=20)
+    resp = channel_responses(net, x, ["conv3"])["conv3"]
+    assert indices.shape == (8, 20)
+    for c in range(8):
+        torch.testing.assert_close(values[c], resp[:, c].sort(descending=True).values[:20])
+        torch.testing.assert_close(resp[indices[c], c], values[c])
+
+
+def test_redundancy_finds_the_one_input_that_drives_a_channel(images):
+    torch.manual_seed(0)
+    net = SimpleConvNet([4, 8, 8, 8]).eval()
+    with torch.no_grad():
+        net.conv2.weight[5] *= 0.01
+        net.conv2.weight[5, 2] *= 300.0  # conv2_6 is driven by conv1_3
+    red = redundancy(net, "conv2", images[0])
+    assert red.dominant[5] == 2 and red.share[5] > 0.9
+    assert red.share.max() <= 1 and (red.share >= 1 / 4 - 1e-6).all()  # at least a fair share
+    x = images[0][0]
+    dissected = inner_contributions(net, "conv2_6", x)
+    assert dissected.order[0] == 2 and dissected.a.shape == (4, 14, 14) and dissected.w.shape == (4, 5, 5)
+
+
+def test_class_means_and_selectivity_index():
+    net = SimpleConvNet([4, 8, 8, 8]).eval()
+    x, labels = torch.randn(40, 1, 28, 28), torch.arange(40) % 10
+    means = class_means(net, x, labels, ["conv1", "fc5"])
+    resp = channel_responses(net, x, ["conv1"])["conv1"].relu()
+    torch.testing.assert_close(means["conv1"][3], resp[labels == 3].mean(dim=0))
+    assert means["fc5"].shape == (10, 10)
+    only_one = torch.zeros(10, 3)
+    only_one[4, 0] = 2.0
+    only_one[:, 1] = 1.0
+    only_one[0, 2], only_one[1:, 2] = 3.0, 1.0
+    torch.testing.assert_close(selectivity_index(only_one), torch.tensor([1.0, 0.0, 0.5]))
+
+
+def test_eta_squared_position_and_pattern_shares():
+    position = torch.arange(6.0)[None].expand(4, 6)  # R depends on the position q only
+    pattern = torch.arange(4.0)[:, None].expand(4, 6)
+    r = torch.stack([position, pattern, position + pattern, torch.ones(4, 6)])
+    pos, pat = eta_squared(r.double())
+    # additive: var(q) = 35/12 over 0..5, var(p) = 15/12 over 0..3, so the shares are 0.7 and 0.3
+    assert pos[:3].tolist() == pytest.approx([1.0, 0.0, 0.7])
+    assert pat[:3].tolist() == pytest.approx([0.0, 1.0, 0.3])
+    assert pos[3].isnan() and pat[3].isnan()  # a constant response has no variance to share
+
+
+def test_tuning_peaks_find_a_real_second_peak_only():
+    angles = torch.arange(0.0, 180.0, 5.0)
+    rad = torch.deg2rad(angles)
+    one = torch.cos(rad - 0.5).square()  # one peak near 29°
+    two = torch.exp(-torch.sin(rad - 0.5).square() / 0.1) + 0.5 * torch.exp(-torch.sin(rad - 2.0).square() / 0.1)
+    assert tuning_peaks(one, angles) == [30.0]
+    peaks = tuning_peaks(two, angles)
+    assert len(peaks) == 2 and peaks[0] == 30.0 and abs(peaks[1] - 115.0) <= 5
+
+
+def test_superstimuli_batched_equal_one_by_one(one_thread):
+    torch.manual_seed(0)
+    net = SimpleConvNet([4, 8, 8, 8])
+    batched = superstimuli(net, "conv2", channels=[3, 5], steps=16, param="pixel", transforms=[], seed=7)
+    single = superstimuli(net, "conv2", channels=[3], steps=16, param="pixel", transforms=[], seed=7)
+    torch.testing.assert_close(batched.images[0], single.images[0], atol=1e-5, rtol=0)
+    assert not torch.allclose(batched.images[0], batched.images[1])
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny batches run fastest on one thread; on a busy machine two threads can be 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("layer", ["conv2", "fc5"])
+def test_each_superstimulus_drives_its_own_channel(layer, one_thread):
+    torch.manual_seed(0)
+    net = SimpleConvNet([4, 8, 8, 8])
+    result = superstimuli(net, layer, steps=64)
+    assert result.images.shape[0] == getattr(net, layer).weight.shape[0]
+    assert result.images.min() >= 0 and result.images.max() <= 1 and net.training  # its mode restored
+    outputs = record(net, (result.images - 0.1307) / 0.3081, [layer])[layer]
+    n = len(result.images)
+    scores = torch.stack([channel_objective(outputs, torch.full((n,), c)) for c in range(n)], dim=1)  # [image, channel]
+    torch.testing.assert_close(scores.diagonal(), result.activation)
+    others = (scores.sum(dim=0) - scores.diagonal()) / (n - 1)
+    assert (scores.diagonal() > others).all()  # channel c: its own image beats the others on average
+    assert (scores.argmax(dim=0) == torch.arange(n)).float().mean() >= 0.6
+
+
+def test_bad_superstimulus_settings_are_clear_errors():
+    net = SimpleConvNet([4, 8, 8, 8])
+    with pytest.raises(UserInputError, match="param='wavelet'"):
+        superstimuli(net, "conv1", param="wavelet")
+    with pytest.raises(UserInputError, match="layer='conv9'"):
+        superstimuli(net, "conv9")
+    with pytest.raises(UserInputError, match=r"0\.\.3 allowed"):
+        superstimuli(net, "conv1", channels=[4])
