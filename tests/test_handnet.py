@@ -84,7 +84,7 @@ def test_hand_built_net_is_far_above_chance(data_dir):
     x, y = MNISTDataModule(data_dir=data_dir).tensors("val", 1000)
     with torch.no_grad():
         acc = (HandNet()(x).argmax(1) == y).float().mean().item()
-    assert acc > 0.4  # chance is 0.1; nothing here was fitted to data
+    assert acc > 0.5  # chance is 0.1; nothing here was fitted to data (the issue: above 50%)
 
 
 def known_net() -> HandNet:
@@ -100,8 +100,9 @@ def known_net() -> HandNet:
         b.amplitude[0] = 0.0
         b.mean_x[0, 0, 0], b.mean_y[0, 0, 0], b.amplitude[0, 0, 0] = 0.0, 2.0, 1.0  # conv3_1 <- conv1_1
         b.mean_x[0, 2, 0], b.mean_y[0, 2, 0], b.amplitude[0, 2, 0] = -2.0, -2.0, -0.6  # conv3_1 <- conv1_3
+        units = [net.recipes.detectors.index(Part(*p)) for p in (("top", "horizontal"), ("middle", "horizontal"), ("middle", "vertical"))]
         net.readout.weight[5] = 0.0
-        net.readout.weight[5, 0], net.readout.weight[5, 4], net.readout.weight[5, 5] = 1.3, 0.9, -0.4
+        net.readout.weight[5, units] = torch.tensor([1.3, 0.9, -0.4])
     return net
 
 
@@ -121,7 +122,9 @@ def test_explanation_of_a_known_parameter_set():
     assert (second["sign"], second["clock"], second["input"], second["input_label"]) == ("-", "7:30", "conv1_3", "vertical line")
     assert second["distance"] == pytest.approx(2 * math.sqrt(2), abs=1e-3)
     assert units["digit_5"]["label"] == "5 = 1.3 top(horizontal) + 0.9 middle(horizontal) - 0.4 middle(vertical)"
-    assert [t["unit"] for t in units["digit_5"]["terms"]] == ["conv3_1", "conv3_5", "conv3_6"]
+    detectors = known_net().recipes.detectors
+    expected = [detectors.index(Part(*p)) + 1 for p in (("top", "horizontal"), ("middle", "horizontal"), ("middle", "vertical"))]
+    assert [t["unit"] for t in units["digit_5"]["terms"]] == [f"conv3_{k}" for k in expected]
 
 
 def write_recipes(tmp_path, edit) -> str:

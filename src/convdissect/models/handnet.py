@@ -31,7 +31,7 @@ from convdissect.conventions import (
     xy_from_clock,
 )
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
-from convdissect.data.probes import sweep_positions
+from convdissect.data.probes import stroke_images, sweep_positions
 from convdissect.dissect.selectivity import eta_squared
 from convdissect.errors import UserInputError
 from convdissect.models.parametric_layers import MIN_SIGMA, BurstConv2d, LineConv2d
@@ -46,6 +46,8 @@ NAME_TOLERANCE_CELLS = 0.5
 NAME_TOLERANCE_DEG = 5.0
 # Random initialisation: burst amplitudes ~ N(0, this) (hand-built units use the recipe's amplitude).
 RANDOM_BURST_STD = 0.3
+# conv1's max pooling: one cell of conv3's grid spans this many pixels.
+CELL_PIXELS = 4
 
 
 # ---------------------------------------------------------------------------- recipes
@@ -69,6 +71,7 @@ class Recipes:
     clock_distance: float
     conv1: dict
     conv3: dict
+    stroke: dict  # the synthetic stroke the thresholds are shares of: thickness, length (pixels)
     gain: float
     digits: dict[int, list[tuple[Part, float]]]  # digit -> [(part, +1 or -1)]
 
@@ -136,6 +139,7 @@ def load_recipes(path: str | Path) -> Recipes:
             clock_distance=float(raw.get("clock_distance", 1.5)),
             conv1=dict(raw["conv1"]),
             conv3=dict(raw["conv3"]),
+            stroke=dict(raw["stroke"]),
             gain=float(raw["readout"]["gain"]),
             digits={},
         )
@@ -216,35 +220,58 @@ class HandNet(nn.Module):
                 self._build_by_hand(detectors, signs)
 
     def _build_by_hand(self, detectors: list[Part], signs: list[float]) -> None:
-        """Set conv1, the recipe units of conv3 and the readout from the recipe file."""
+        """Set conv1, the recipe units of conv3 and the readout from the recipe file.
+
+        Thresholds are not guessed numbers: each detector's bias is a share (`threshold`) of what
+        a synthetic stroke (recipes `stroke`) of its own pattern at its own place produces, so
+        every detector reads "share of a full stroke there" on the same scale.
+        """
         r = self.recipes
         self.conv1.theta.copy_(torch.deg2rad(torch.tensor(self.conv1_angles)))
         self.conv1.amplitude.copy_(torch.tensor(signs) * r.conv1["amplitude"])
-        self.conv1.bias.fill_(r.conv1["bias"])
+        # A long stroke through the kernel's centre along its own orientation (both edge signs
+        # see one of its boundaries at some offset, so the image's max response is used).
+        strokes = stroke_images(self.conv1_angles, thickness=r.stroke["thickness"], raw=True) / MNIST_STD
+        full = F.conv2d(strokes.transpose(0, 1), self.conv1.kernels()[:, None], padding=self.conv1.size // 2, groups=len(strokes))
+        self.conv1.bias.copy_(-r.conv1["threshold"] * full[0].amax(dim=(-2, -1)))
         n = len(detectors)
         # Recipe units read only their part's channel; every other burst starts silent (zero
         # amplitude, random place) so fine-tuning can grow it where the data needs it.
         self.conv3.amplitude[:n] = 0.0
-        self.conv3.bias[:n] = r.conv3["bias"]
+        self.conv3.bias[:n] = 0.0
         for unit, part in enumerate(detectors):
             channel = self.conv1_angles.index(_pattern_angle(part.pattern))
             x, y = r.xy(part.position)
             self.conv3.mean_x[unit, channel, 0] = x
             self.conv3.mean_y[unit, channel, 0] = y
-            self.conv3.amplitude[unit, channel, 0] = r.conv3["amplitude"]
+            self.conv3.amplitude[unit, channel, 0] = 1.0
+        # Scale each unit so that its full stroke gives 1 above the threshold, 0 at it.
+        probes = torch.cat([self._part_stroke(part) for part in detectors])
+        full = self.features(probes).diagonal()[:, None, None]
+        t = r.conv3["threshold"]
+        self.conv3.amplitude[:n] /= (1.0 - t) * full
+        self.conv3.bias[:n] = -t / (1.0 - t)
+        # A digit's score: the share of its recipe that holds, each part counting alike: a
+        # positive part holds as far as its unit reads, a negative one as far as its unit is
+        # silent (1 - reading; the 1s make the bias). Recipes of any length compare fairly.
         self.readout.weight.zero_()
-        self.readout.bias.zero_()
         for digit, parts in r.digits.items():
-            n_positive = sum(sign > 0 for _, sign in parts)
             for part, sign in parts:
-                self.readout.weight[digit, detectors.index(part)] = sign * r.gain / n_positive
+                self.readout.weight[digit, detectors.index(part)] = sign * r.gain / len(parts)
+            self.readout.bias[digit] = r.gain * sum(sign < 0 for _, sign in parts) / len(parts)
+
+    def _part_stroke(self, part: Part) -> torch.Tensor:
+        """The synthetic stroke a part stands for: its pattern, at its place."""
+        x, y = self.recipes.xy(part.position)
+        s = self.recipes.stroke
+        return stroke_images(_pattern_angle(part.pattern), thickness=s["thickness"], center=(CELL_PIXELS * x, CELL_PIXELS * y), length=s["length"])
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The conv3 units' pooled outputs [N, C3]."""
         # Raw intensity (background 0): zero padding then equals the background. The kernels
         # have zero mean, so the shift changes only the border.
         x = x + MNIST_MEAN / MNIST_STD
-        x = F.max_pool2d(F.relu(self.conv1(x)), 4)  # 28 -> 7
+        x = F.max_pool2d(F.relu(self.conv1(x)), CELL_PIXELS)  # 28 -> 7
         return F.max_pool2d(F.relu(self.conv3(x)), 3).flatten(1)  # 7 -> 3 -> 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
