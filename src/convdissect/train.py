@@ -10,28 +10,57 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from convdissect.dissect.checkpoint import load_net
+from convdissect.errors import UserInputError
 from convdissect.models.lit_module import LitClassifier
 
 log = logging.getLogger(__name__)
 
 
 def build_module(cfg: DictConfig) -> LitClassifier:
-    return LitClassifier(
-        net=OmegaConf.to_container(cfg.model, resolve=True),
+    """The LightningModule; with model.init_from (a model_state.pt or a .ckpt), the net gets that
+    file's widths and weights."""
+    net = OmegaConf.to_container(cfg.model, resolve=True)
+    init_from = net.pop("init_from", None)
+    source = None
+    if init_from:
+        if net["name"] != "simple_convnet":
+            raise UserInputError(f"model.init_from={init_from}: only model.name=simple_convnet starts from a file, not {net['name']!r}")
+        try:
+            source = load_net(init_from)
+        except UserInputError as err:  # its messages name the file as dissect.py's ckpt_path
+            raise UserInputError(str(err).replace("ckpt_path=", "model.init_from=", 1)) from None
+        net["widths"], net["conv2"] = list(source.widths), source.has_conv2
+    module = LitClassifier(
+        net=net,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
     )
+    if source is not None:
+        module.net.load_state_dict(source.state_dict())
+    return module
+
+
+def _instantiate(node: DictConfig, **kwargs):
+    """Hydra's instantiate, with our UserInputError unwrapped (the entry point prints it as one line)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserInputError):
+            raise err.__cause__ from None
+        raise
 
 
 def _instantiate_group(group: DictConfig | None) -> list:
     """Instantiate every entry of a callbacks/logger group that has a _target_."""
     if not group:
         return []
-    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+    return [_instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
 def _run_info(cfg: DictConfig) -> dict:
@@ -73,11 +102,11 @@ def train(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = _instantiate(cfg.data)
     module = build_module(cfg)
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     if cfg.get("fit", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

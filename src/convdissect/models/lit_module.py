@@ -61,6 +61,22 @@ class LitClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
 
+    def set_widths(self, widths: list[int]) -> None:
+        """Rebuild the net at these widths and record them in the hparams, so a checkpoint of a
+        pruned net rebuilds at its own widths in `load_from_checkpoint`."""
+        self.hparams.net["widths"] = list(widths)
+        self.net = build_net(self.hparams.net).to(self.device)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint taken mid-pruning holds a smaller net than the one this module was built
+        with (e.g. when `ckpt_path=` resumes a pruning run): resize to the checkpoint's widths."""
+        if not hasattr(self.net, "widths_from_state_dict"):
+            return
+        state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+        widths, _ = self.net.widths_from_state_dict(state)
+        if widths != list(self.net.widths):
+            self.set_widths(widths)
+
     def configure_optimizers(self):
         """Also called again after pruning surgery: the schedule spans the remaining steps only."""
         opt_cfg = dict(self.hparams.optimizer)
