@@ -1,21 +1,26 @@
-"""dissect(cfg): load a checkpoint, measure every unit, write labels.json (and superstimuli.pt).
+"""dissect(cfg): load a checkpoint, measure every unit, write labels.json (and superstimuli.pt),
+then the report: every figure as a PNG, report.html, and TensorBoard events in <run>/tensorboard
+(the figures, and the input/conv3/fc4/fc5 activations as projector embeddings).
 
-Each step is a plain function of the net and the measurements before it, so a later step (the
-figures and the report) is one more call at the end of dissect().
+Each step is a plain function of the net and the measurements before it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch.utils.tensorboard import SummaryWriter
 
 from convdissect.dissect.checkpoint import load_net
 from convdissect.dissect.describe import describe, write_labels
+from convdissect.dissect.projections import projections, stage_activations, subsample
+from convdissect.dissect.report import check_report_settings, raw, report_figures, write_report
 from convdissect.dissect.superstimuli import standard_transforms, superstimuli
 from convdissect.errors import UserInputError
 
@@ -58,7 +63,7 @@ def compute_superstimuli(net, cfg: DictConfig) -> dict[str, torch.Tensor]:
 
 
 def dissect(cfg: DictConfig) -> dict:
-    """Write labels.json (and, when cfg.superstimulus.enabled, superstimuli.pt) into
+    """Write labels.json (and, when enabled, superstimuli.pt and the report) into
     cfg.paths.output_dir; return the labels."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -68,10 +73,41 @@ def dissect(cfg: DictConfig) -> dict:
 
     check_settings(cfg)
     net = load_net(cfg.ckpt_path)
-    images, _ = dissection_images(cfg)
+    images, digits = dissection_images(cfg)
+    if cfg.report.enabled:
+        check_report_settings(cfg.report, net, digits)
+    start = time.perf_counter()
     labels = describe(net, images)
     write_labels(labels, out_dir / "labels.json")
-    if cfg.superstimulus.enabled:
-        torch.save(compute_superstimuli(net, cfg), out_dir / "superstimuli.pt")
-    log.info("%d units described; outputs in %s", len(labels["units"]), out_dir)
+    log.info("%d units described in %.1f s", len(labels["units"]), time.perf_counter() - start)
+    start = time.perf_counter()
+    stimuli = compute_superstimuli(net, cfg) if cfg.superstimulus.enabled else {}
+    if stimuli:
+        torch.save(stimuli, out_dir / "superstimuli.pt")
+        log.info("superstimuli in %.1f s", time.perf_counter() - start)
+    if cfg.report.enabled:
+        start = time.perf_counter()
+        report(net, images, digits, labels, stimuli, cfg, out_dir)
+        log.info("report in %.1f s", time.perf_counter() - start)
+    log.info("outputs in %s", out_dir)
     return labels
+
+
+def log_embeddings(writer: SummaryWriter, activations: dict[str, torch.Tensor], digits: torch.Tensor, thumbnails: torch.Tensor) -> None:
+    """Each stage's activations as a TensorBoard projector embedding (interactive 3D PCA and
+    t-SNE), with the digit as metadata and the 28x28 image as its sprite."""
+    metadata = [str(int(d)) for d in digits]
+    for stage, x in activations.items():
+        writer.add_embedding(x, metadata=metadata, label_img=thumbnails, tag=stage)
+
+
+def report(net, images: torch.Tensor, digits: torch.Tensor, labels: dict, stimuli: dict, cfg: DictConfig, out_dir: Path) -> Path:
+    """Projections on a subsample, the projector embeddings, every figure (PNG + TensorBoard) and report.html."""
+    chosen = subsample(len(images), cfg.report.projection_points, cfg.seed)
+    activations = stage_activations(net, images[chosen])
+    projected = projections(activations, digits[chosen].cpu(), cfg.seed, progress=True)
+    header = f"checkpoint {cfg.ckpt_path}; {len(images)} images of the {cfg.split} split; channel numbers are 1-based."
+    with SummaryWriter(str(out_dir / "tensorboard")) as writer:
+        log_embeddings(writer, activations, digits[chosen].cpu(), raw(images[chosen]).cpu())
+        figures = report_figures(net, images, digits, labels, stimuli, projected, digits[chosen].cpu(), cfg.report, cfg.seed)
+        return write_report(figures, labels, projected, out_dir, writer, cfg.report.dpi, header)

@@ -1,0 +1,347 @@
+"""The dissection report: every figure of the article for one net, as PNGs in the run dir, in
+TensorBoard and on one HTML page (report.html) with sections conv1, conv2, conv3 and fc.
+
+`report_figures` yields (ReportFigure, matplotlib Figure) pairs one at a time, so a figure is
+drawn, saved and closed before the next one is built; `write_report` does the saving, logs every
+figure to TensorBoard and writes the page with the label tables of labels.json.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from convdissect.conventions import ANGLE_SYMBOLS, edge_side, orientation_bin, parse_unit_name, unit_name
+from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
+from convdissect.data.probes import normalise, stroke_images
+from convdissect.dissect import figures
+from convdissect.dissect.activations import channel_responses, conv_layers, input_layer, record, top_k
+from convdissect.dissect.contributions import inner_contributions, redundancy
+from convdissect.dissect.projections import Projection
+from convdissect.dissect.selectivity import orientation_tuning, position_pattern
+from convdissect.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+SECTIONS = {
+    "conv1": "conv1: what each filter detects",
+    "conv2": "conv2: amplifying conv1",
+    "conv3": "conv3: patterns at positions",
+    "fc": "fc: separating the classes",
+}
+INTROS = {
+    "conv1": "Each conv1 filter is a 5x5 grid convolved with the image. The label table gives the best-fitting "
+    "parametric line or edge (angle counter-clockwise from the horizontal, x right and y up: 45° is /, 135° is \\).",
+    "conv2": "Each conv2 out channel sums the convolutions of all conv1 channels with its grids. The article's finding: "
+    "one conv1 channel dominates each conv2 channel, and the grid on it copies that channel's pattern.",
+    "conv3": "conv3 grids are pixel bursts: a burst at a clock position (12 o'clock up, distance in grid cells) "
+    "picks where in the image the input's pattern must lie, written +[7:30, 2√2].",
+    "fc": "How well the classes separate at each stage: the raw input, conv3's pooled output, fc4 and fc5, "
+    "projected to 2D, scored in the full space.",
+}
+TABLE_COLUMNS = {
+    "conv1": [("label", "label"), ("orientation_deg", "θ (°)"), ("kind", "kind"), ("side", "side"),
+              ("fit_r2", "fit R²"), ("secondary_orientation_deg", "secondary θ (°)")],
+    "conv2": [("label", "label"), ("dominant_input", "dominant input"), ("dominant_share", "share"), ("copies_input", "copies it")],
+    "conv3": [("label", "label"), ("bursts", "bursts"), ("position_index", "position index"), ("pattern_index", "pattern index")],
+    "fc": [("label", "recipe")],
+}  # fmt: skip
+
+
+@dataclass
+class ReportFigure:
+    section: str  # a key of SECTIONS
+    name: str  # file stem, e.g. conv2_3_dissection_digit5
+    title: str
+    caption: str
+
+
+def raw(images: torch.Tensor) -> torch.Tensor:
+    """Normalised images -> [0, 1] for display."""
+    return (images * MNIST_STD + MNIST_MEAN).clamp(0.0, 1.0)
+
+
+def probe_images() -> tuple[torch.Tensor, list[str]]:
+    """Lines at 0/45/90/135° and one-sided edges (half-planes) on the four sides, raw: the
+    article's synthetic inputs, with their row names."""
+    angles = [0.0, 45.0, 90.0, 135.0]
+    edge_angles = [0.0, 180.0, 90.0, 270.0]
+    lines = stroke_images(angles, kind="line", raw=True)
+    edges = stroke_images(edge_angles, kind="edge", thickness=math.inf, raw=True)
+    names = [f"line {ANGLE_SYMBOLS[int(a)]}" for a in angles]
+    names += [f"edge: {edge_side(a, 1.0)} side of {ANGLE_SYMBOLS[orientation_bin(a)]}" for a in edge_angles]
+    return torch.cat([lines, edges]), names
+
+
+# ---------------------------------------------------------------------------- channel choices
+
+
+def check_report_settings(settings: DictConfig, net, digits: torch.Tensor) -> None:
+    """Bad channel or digit choices fail before any figure is drawn."""
+    for layer, unit in (("conv2", settings.conv2.unit), ("conv3", settings.conv3.unit)):
+        if unit is None:
+            continue
+        width = getattr(net, layer).out_channels if layer in conv_layers(net) else 0
+        try:
+            name, index = parse_unit_name(str(unit))
+        except ValueError:
+            name, index = None, 0
+        if name != layer or not 1 <= index <= width:
+            raise UserInputError(f"report.{layer}.unit={unit!r}: expected {layer}_K with K in 1..{width}" if width else
+                                 f"report.{layer}.unit={unit!r}: this net has no {layer}")  # fmt: skip
+    for key, digit in [("conv2.digit", settings.conv2.digit)] + [("conv3.digits", d) for d in settings.conv3.digits]:
+        if isinstance(digit, bool) or not isinstance(digit, int) or not 0 <= digit <= 9:
+            raise UserInputError(f"report.{key}: {digit!r} is not a digit 0..9")
+        if not (digits == digit).any():
+            raise UserInputError(f"report.{key}: no image of digit {digit} among the n_images={len(digits)} dissection images")
+    if not settings.conv3.digits:
+        raise UserInputError("report.conv3.digits is empty: give at least one digit, e.g. [5, 7]")
+
+
+def most_copying_conv2(labels: dict) -> str:
+    """The conv2 unit that copies its dominant input with the largest share (the article's
+    conv2_3); the largest share overall where none copies."""
+    units = [u for u in labels["units"] if u["layer"] == "conv2"]
+    copying = [u for u in units if u["copies_input"]] or units
+    return max(copying, key=lambda u: u["dominant_share"] or 0.0)["name"]
+
+
+def strongest_on(responses: torch.Tensor, digits: torch.Tensor, layer: str, digit: int) -> str:
+    """The channel with the highest mean response on images of `digit` (the article's conv3_6 on 5)."""
+    return unit_name(layer, int(responses[digits == digit].mean(dim=0).argmax()) + 1)
+
+
+def best_image(responses: torch.Tensor, digits: torch.Tensor, unit: str, digit: int) -> int:
+    """Index of the image of `digit` that drives `unit` most."""
+    channel = parse_unit_name(unit)[1] - 1
+    candidates = (digits == digit).nonzero().flatten()
+    return int(candidates[responses[candidates, channel].argmax()])
+
+
+# ---------------------------------------------------------------------------- the figures
+
+
+def report_figures(net, images: torch.Tensor, digits: torch.Tensor, labels: dict, stimuli: dict, projections: list[Projection],
+                   projected_digits: torch.Tensor, settings: DictConfig, seed: int = 0):  # fmt: skip
+    """Yields (ReportFigure, matplotlib Figure) for every figure of the report, in page order.
+
+    images/digits: the dissection images (normalised) and their labels; projections were
+    computed on the subsample whose labels are projected_digits; settings: cfg.report.
+    """
+    layers = conv_layers(net)
+    units = {layer: [u for u in labels["units"] if u["layer"] == layer] for layer in layers}
+    shown = raw(images)
+    resp = channel_responses(net, images, layers)
+
+    # conv1
+    label_texts = [u["label"] for u in units["conv1"]]
+    yield (ReportFigure("conv1", "conv1_weights", "conv1 weight grids",
+                        "Each 5x5 grid on its own symmetric scale (red +, blue -), with its label."),
+           figures.weight_grids(net.conv1.weight.detach()[:, 0].cpu(), [u["name"] for u in units["conv1"]], label_texts, "conv1 weights"))  # fmt: skip
+    picked = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: settings.n_activation_images]
+    maps = record(net, images[picked], ["conv1"])["conv1"]
+    yield (ReportFigure("conv1", "conv1_activations_mnist", f"conv1 on {len(picked)} random MNIST inputs",
+                        "ReLU'd conv1 maps (sequential colours); each channel's column normalised separately, from 0 to its maximum."),
+           figures.activation_maps(shown[picked], maps, "conv1", [f"digit {int(d)}" for d in digits[picked]], "conv1 activations, MNIST"))  # fmt: skip
+    probes, probe_names = probe_images()
+    maps = record(net, normalise(probes), ["conv1"])["conv1"]
+    yield (ReportFigure("conv1", "conv1_activations_probes", "conv1 on synthetic lines and edges",
+                        "Lines at 0/45/90/135° (-, /, |, \\) and one-sided edges (half-planes; the row names the side of a stroke "
+                        "that an edge detector firing there detects). Each channel's column normalised separately."),
+           figures.activation_maps(probes, maps, "conv1", probe_names, "conv1 activations, synthetic probes"))  # fmt: skip
+    tuning = orientation_tuning(net, ["conv1"])
+    yield (ReportFigure("conv1", "conv1_tuning", "conv1 orientation tuning",
+                        "Response (max of the map) to a line through the centre at every 5°, averaged over sub-pixel offsets; "
+                        "dashed red: the fitted orientation. A second peak is the filter's secondary feature."),
+           figures.tuning_curves(tuning.angles_deg, tuning.responses["conv1"], "conv1", [u["orientation_deg"] for u in units["conv1"]],
+                                 "conv1 orientation tuning"))  # fmt: skip
+    yield from _superstimulus_figure("conv1", stimuli)
+
+    # conv2
+    if "conv2" in layers:
+        yield from _superstimulus_figure("conv2", stimuli)
+        unit = settings.conv2.unit or most_copying_conv2(labels)
+        yield _dissection_figure(net, unit, settings.conv2.digit, images, digits, resp, labels, settings.dissection_rows,
+                                 "the most copy-like conv2 channel" if settings.conv2.unit is None else "chosen in the config")  # fmt: skip
+        red = redundancy(net, "conv2", images)
+        yield (ReportFigure("conv2", "conv2_redundancy", "conv2 redundancy",
+                            f"Left: each conv2 channel's inner contribution strengths ||a_j|| (mean over {len(images)} images), as shares "
+                            "of its row; red circle: the dominant conv1 channel. Right: that channel's share; green where the grid on it "
+                            "copies its pattern (copies_input in the table)."),
+               figures.redundancy(red.strengths.cpu(), red.dominant.tolist(), red.share.tolist(), [u["copies_input"] for u in units["conv2"]],
+                                  "conv2", "conv1", "conv2 redundancy"))  # fmt: skip
+
+    # conv3
+    source = input_layer(net, "conv3")
+    yield from _superstimulus_figure("conv3", stimuli)
+    yield (ReportFigure("conv3", "conv3_bursts", "conv3 grids with their bursts",
+                        f"Each conv3 channel's grid on the {source} channel of its strongest burst (own symmetric scale, red +, blue -); "
+                        "circles mark the bursts on that grid; below, all its bursts in clock notation with their inputs."),
+           figures.bursts(net.conv3.weight.detach().cpu(), units["conv3"], "conv3", source, "conv3 bursts"))  # fmt: skip
+    pp = position_pattern(net, "conv3")
+    yield (ReportFigure("conv3", "conv3_position_maps", "conv3 position selectivity",
+                        "A 7-pixel stroke of each orientation moved over the image in 2-pixel steps; each map is the channel's response "
+                        "to its preferred pattern at each position (x right, y up, pixels from the centre; own scale per map)."),
+           figures.position_maps(pp.responses, pp.positions, pp.patterns, "conv3", "conv3 position maps"))  # fmt: skip
+    indices, values = top_k(net, images, "conv3", k=settings.top_k)
+    yield (ReportFigure("conv3", f"conv3_top{settings.top_k}", f"top-{settings.top_k} MNIST inputs per conv3 channel",
+                        f"Of the {len(images)} dissection images, the {settings.top_k} with the strongest response (after ReLU and max-pool), strongest left."),
+           figures.top_inputs(shown, indices, values, "conv3", f"conv3: top-{settings.top_k} inputs"))  # fmt: skip
+    first = settings.conv3.digits[0]
+    unit = settings.conv3.unit or strongest_on(resp["conv3"], digits, "conv3", first)
+    why = f"the conv3 channel most active on digit {first}" if settings.conv3.unit is None else "chosen in the config"
+    for digit in settings.conv3.digits:
+        yield _dissection_figure(net, unit, digit, images, digits, resp, labels, settings.dissection_rows, why)
+
+    # fc
+    yield from _superstimulus_figure("fc5", stimuli)
+    if projections:
+        n = len(projections[0].pca)
+        stages = [p.stage for p in projections]
+        scores = [f"silhouette {p.silhouette:.2f}, kNN acc {p.knn_accuracy:.2f}" for p in projections]
+        for method, caption in (("pca", "PCA (the two axes' explained variance in each panel's title)"),
+                                ("tsne", "t-SNE (perplexity 30, PCA initialisation)")):  # fmt: skip
+            points = [getattr(p, method) for p in projections]
+            titles = [f"{s}" + (f"; var {p.explained[0]:.0%}+{p.explained[1]:.0%}" if method == "pca" else "") for s, p in zip(scores, projections)]
+            yield (ReportFigure("fc", f"projections_{method}", f"{method.upper().replace('TSNE', 't-SNE')} of input, conv3, fc4, fc5",
+                                f"{caption} of {n} images, coloured by digit. The scores are measured in the full activation space."),
+                   figures.projection(points, projected_digits, stages, titles, method.replace("tsne", "t-SNE").replace("pca", "PCA")))  # fmt: skip
+        yield (ReportFigure("fc", "separation", "class separation per stage",
+                            f"Silhouette of the digit classes and 5-fold kNN accuracy (k=10) on the same {n} images."),
+               figures.separation(stages, [p.silhouette for p in projections], [p.knn_accuracy for p in projections], "class separation"))  # fmt: skip
+
+
+def _superstimulus_figure(layer: str, stimuli: dict):
+    if layer not in stimuli:
+        return
+    images = stimuli[layer]
+    if layer == "fc5":
+        names = [f"{unit_name('fc5', c + 1)}: digit {c}" for c in range(len(images))]
+        section, what = "fc", "every fc5 class (its log-softmax input)"
+    else:
+        names = [unit_name(layer, c + 1) for c in range(len(images))]
+        section, what = layer, f"every {layer} channel"
+    yield (ReportFigure(section, f"{layer}_superstimuli", f"{layer} superstimuli",
+                        f"The input that maximises {what}, by gradient ascent with jitter/scale/rotation and L2 + TV regularisation (raw, gray)."),
+           figures.superstimulus_grid(images, names, f"{layer} superstimuli"))  # fmt: skip
+
+
+def _dissection_figure(net, unit: str, digit: int, images, digits, resp, labels: dict, rows: int, why: str):
+    layer = parse_unit_name(unit)[0]
+    index = best_image(resp[layer], digits, unit, digit)
+    source = input_layer(net, layer)
+    input_labels = [u["label"] for u in labels["units"] if u["layer"] == source]
+    dissected = inner_contributions(net, unit, images[index])
+    shown = min(rows, len(input_labels))
+    return (ReportFigure(layer, f"{unit}_dissection_digit{digit}", f"{unit} dissected on a digit {digit}",
+                         f"{unit} ({why}) on the digit-{digit} image that drives it most. Rows: the {shown} strongest {source} inputs j, "
+                         f"strongest last{'; the first row sums the weaker ones' if shown < len(input_labels) else ''}. "
+                         "a_j = x_j ∗ w_j, c_j = running sum (bias added in the last row), so c_last equals the real output y. "
+                         "Each column is normalised separately: x_j sequential; w_j, a_j, c_j, y diverging with symmetric limits (y on c's scale)."),
+            figures.dissection(dissected, raw(images[index]), input_labels, source, rows, f"{unit} on digit {digit}"))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- the page
+
+
+def save_figure(fig, path: Path, dpi: int):
+    """Render once: the PNG for the page and an HWC uint8 array for TensorBoard."""
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    path.write_bytes(buffer.getvalue())
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def write_report(figure_stream, labels: dict, projections: list[Projection], out_dir: Path, writer, dpi: int, header: str) -> Path:
+    """Save each figure as <name>.png in out_dir and to TensorBoard (tag <section>/<name>), then
+    write report.html; returns its path."""
+    entries: list[ReportFigure] = []
+    for entry, fig in tqdm(figure_stream, desc="figures", leave=False):
+        image = save_figure(fig, out_dir / f"{entry.name}.png", dpi)
+        writer.add_image(f"{entry.section}/{entry.name}", image, dataformats="HWC")
+        entries.append(entry)
+    path = out_dir / "report.html"
+    path.write_text(page(entries, labels, projections, header))
+    log.info("report with %d figures: %s", len(entries), path)
+    return path
+
+
+def page(entries: list[ReportFigure], labels: dict, projections: list[Projection], header: str) -> str:
+    """The HTML page: a section per layer with its figures and its label table."""
+    e = html.escape
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Dissection of {e(labels['net'])} {e(str(labels['widths']))}</title><style>{CSS}</style></head><body>",
+        f"<h1>Dissection of {e(labels['net'])}, widths {e(str(labels['widths']))}</h1><p>{e(header)} Click a figure to open it at full size.</p>",
+        "<nav>" + " · ".join(f"<a href='#{key}'>{key}</a>" for key in SECTIONS) + "</nav>",
+    ]
+    for key, heading in SECTIONS.items():
+        parts.append(f"<section id='{key}'><h2>{e(heading)}</h2><p>{e(INTROS[key])}</p>")
+        section_figures = [entry for entry in entries if entry.section == key]
+        if not section_figures and key == "conv2":
+            parts.append("<p><em>This net has no conv2 (the no_conv2 variant).</em></p>")
+        for entry in section_figures:
+            parts.append(
+                f"<figure><h3>{e(entry.title)}</h3><a href='{e(entry.name)}.png'><img src='{e(entry.name)}.png' alt='{e(entry.title)}'></a>"
+                f"<figcaption><b>{e(entry.title)}.</b> {e(entry.caption)}</figcaption></figure>"
+            )
+        if key == "fc" and projections:
+            parts.append(_separation_table(projections))
+        rows = [u for u in labels["units"] if u["layer"] == key]
+        if rows:
+            parts.append(f"<h3>{key} labels (labels.json)</h3>" + _label_table(rows, TABLE_COLUMNS[key]))
+        parts.append("</section>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _cell(key: str, value) -> str:
+    if value is None:
+        return "–"
+    if key == "bursts":
+        return "<br>".join(html.escape(f"{b.get('notation') or b['sign'] + '[' + b['clock'] + ']'} on {b['input']} ({b['input_label']})")
+                           for b in value) or "–"  # fmt: skip
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return html.escape(str(value))
+
+
+def _label_table(units: list[dict], columns: list[tuple[str, str]]) -> str:
+    head = "<tr><th>unit</th>" + "".join(f"<th>{html.escape(title)}</th>" for _, title in columns) + "</tr>"
+    body = "".join(
+        f"<tr><td>{html.escape(u['name'])}</td>" + "".join(f"<td>{_cell(key, u.get(key))}</td>" for key, _ in columns) + "</tr>"
+        for u in units
+    )
+    return f"<table>{head}{body}</table>"
+
+
+def _separation_table(projections: list[Projection]) -> str:
+    rows = "".join(f"<tr><td>{p.stage}</td><td>{p.silhouette:.3f}</td><td>{p.knn_accuracy:.3f}</td></tr>" for p in projections)
+    return f"<h3>class separation</h3><table><tr><th>stage</th><th>silhouette</th><th>kNN accuracy</th></tr>{rows}</table>"
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1500px; margin: 1em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+nav a { margin: 0 0.3em; }
+section { border-top: 2px solid #ccc; margin-top: 2em; }
+figure { margin: 1.5em 0; }
+figure h3 { margin-bottom: 0.3em; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.95em; color: #444; max-width: 60em; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+"""

@@ -1,0 +1,155 @@
+"""The dissection report: report.html, its PNGs, the TensorBoard figures and projector embeddings,
+on a tiny net with planted units (real Hydra config, real SummaryWriter, read back with
+TensorBoard's EventAccumulator)."""
+
+from html.parser import HTMLParser
+
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from convdissect.dissect.projections import separation
+from convdissect.dissect.run import dissect
+from convdissect.errors import UserInputError
+from convdissect.models.parametric import line_kernels
+from convdissect.models.simple_convnet import SimpleConvNet
+from tests.conftest import compose_cfg
+
+FAST = ["n_images=300", "superstimulus.steps=8", "report.projection_points=120", "report.dissection_rows=4"]
+SECTIONS = ("conv1", "conv2", "conv3", "fc")
+STAGES = {"input": 784, "conv3": 8, "fc4": 8, "fc5": 10}
+
+
+def planted_net() -> SimpleConvNet:
+    """conv1: lines at 0/45/90/135°; conv2_3 copies conv1_2 (a strong / line on it, little
+    else), so it is the most copy-like conv2 channel, the report's default."""
+    torch.manual_seed(0)
+    net = SimpleConvNet([4, 8, 8, 8])
+    with torch.no_grad():
+        net.conv1.weight[:, 0] = line_kernels(torch.deg2rad(torch.tensor([0.0, 45.0, 90.0, 135.0])), 0.3, 0.0, 1.0)
+        net.conv1.bias.zero_()
+        net.conv2.weight[2] *= 0.02
+        net.conv2.weight[2, 1] = line_kernels(torch.tensor(0.7854), 0.3, 0.0, 2.0)
+    return net.eval()
+
+
+class Page(HTMLParser):
+    """The page's section ids, <img> sources and figure captions."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.sections, self.images, self.captions, self._in_caption = [], [], 0, False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.sections.append(attrs["id"])
+        elif tag == "img":
+            self.images.append(attrs["src"])
+        elif tag == "figcaption":
+            self.captions += 1
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dissect")
+    torch.save(planted_net().state_dict(), out / "planted.pt")
+    labels = dissect(compose_cfg("dissect", [f"ckpt_path={out / 'planted.pt'}", *FAST], out))
+    return out, labels
+
+
+def test_every_image_of_the_page_is_a_png_in_the_run_dir(run):
+    out, _ = run
+    page = Page((out / "report.html").read_text())
+    assert len(page.images) >= 16 and page.captions == len(page.images)
+    for src in page.images:
+        assert "/" not in src and src.endswith(".png")  # relative, in the run dir itself
+        with Image.open(out / src) as image:
+            assert image.format == "PNG" and min(image.size) >= 100
+    assert sorted(page.images) == sorted(p.name for p in out.glob("*.png"))
+
+
+def test_the_page_has_every_section_and_the_label_tables(run):
+    out, labels = run
+    text = (out / "report.html").read_text()
+    assert Page(text).sections == list(SECTIONS)
+    for unit in labels["units"]:
+        assert f"<td>{unit['name']}</td>" in text
+    assert "conv1_2" in text and "kNN accuracy" in text
+
+
+def test_default_dissections_are_the_copying_conv2_channel_and_one_conv3_channel_on_5_and_7(run):
+    out, labels = run
+    conv2_3 = next(u for u in labels["units"] if u["name"] == "conv2_3")
+    assert conv2_3["copies_input"] and conv2_3["dominant_input"] == "conv1_2"
+    assert (out / "conv2_3_dissection_digit0.png").is_file()
+    fives = sorted(p.name for p in out.glob("conv3_*_dissection_digit5.png"))
+    sevens = sorted(p.name for p in out.glob("conv3_*_dissection_digit7.png"))
+    assert len(fives) == len(sevens) == 1 and fives[0].replace("digit5", "digit7") == sevens[0]
+
+
+def test_figures_are_in_tensorboard(run):
+    out, _ = run
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    tags = set(events.Tags()["images"])
+    stems = {p.stem for p in out.glob("*.png")}
+    assert {tag.split("/", 1)[1] for tag in tags} == stems
+    assert {tag.split("/", 1)[0] for tag in tags} == set(SECTIONS)
+    image = events.Images("conv1/conv1_weights")[0]
+    with Image.open(out / "conv1_weights.png") as png:
+        assert (image.width, image.height) == png.size
+
+
+def test_projector_embeddings_are_written(run):
+    out, _ = run
+    config = (out / "tensorboard" / "projector_config.pbtxt").read_text()
+    for stage, dims in STAGES.items():
+        folder = out / "tensorboard" / "00000" / stage
+        assert f'tensor_name: "{stage}:00000"' in config
+        rows = (folder / "tensors.tsv").read_text().splitlines()
+        assert len(rows) == 120 and len(rows[0].split("\t")) == dims
+        digits = (folder / "metadata.tsv").read_text().split()
+        assert len(digits) == 120 and set(digits) <= {str(d) for d in range(10)} and len(set(digits)) > 5
+        with Image.open(folder / "sprite.png") as sprite:
+            assert sprite.size == (28 * 11, 28 * 11)  # ceil(sqrt(120)) thumbnails a side
+
+
+def test_chosen_channels_and_the_no_conv2_variant(tmp_path):
+    torch.manual_seed(1)
+    torch.save(SimpleConvNet([4, 6, 8], conv2=False).state_dict(), tmp_path / "no_conv2.pt")
+    overrides = [f"ckpt_path={tmp_path / 'no_conv2.pt'}", *FAST, "superstimulus.enabled=false", "report.projection_points=60",
+                 "report.conv3.unit=conv3_2", "report.conv3.digits=[3]"]  # fmt: skip
+    dissect(compose_cfg("dissect", overrides, tmp_path))
+    text = (tmp_path / "report.html").read_text()
+    assert Page(text).sections == list(SECTIONS) and "has no conv2" in text
+    assert (tmp_path / "conv3_2_dissection_digit3.png").is_file()
+    assert not list(tmp_path.glob("conv2_*")) and not list(tmp_path.glob("*superstimuli*"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("report.conv2.unit=conv3_1", r"report\.conv2\.unit='conv3_1': expected conv2_K with K in 1\.\.8"),
+     ("report.conv3.unit=conv3_9", r"report\.conv3\.unit='conv3_9'"),
+     ("report.conv3.digits=[12]", r"report\.conv3\.digits: 12 is not a digit")],
+)  # fmt: skip
+def test_bad_report_choices_are_clear_errors(tmp_path, override, message):
+    torch.save(SimpleConvNet([4, 8, 8, 8]).state_dict(), tmp_path / "net.pt")
+    cfg = compose_cfg("dissect", [f"ckpt_path={tmp_path / 'net.pt'}", "n_images=50", override], tmp_path)
+    with pytest.raises(UserInputError, match=message):
+        dissect(cfg)
+    assert not (tmp_path / "labels.json").exists()  # failed before any work
+
+
+def test_separation_scores_tell_separated_classes_from_mixed_ones():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 10
+    centres = torch.randn(10, 16, generator=generator) * 10.0
+    separated = centres[labels] + torch.randn(200, 16, generator=generator)
+    mixed = torch.randn(200, 16, generator=generator)
+    sil, acc = separation(separated, labels)
+    sil_mixed, acc_mixed = separation(mixed, labels)
+    assert sil > 0.5 and acc > 0.95
+    assert sil_mixed < 0.1 and acc_mixed < 0.35
