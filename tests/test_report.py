@@ -2,6 +2,7 @@
 on a tiny net with planted units (real Hydra config, real SummaryWriter, read back with
 TensorBoard's EventAccumulator)."""
 
+import json
 from html.parser import HTMLParser
 
 import pytest
@@ -153,3 +154,10 @@ def test_separation_scores_tell_separated_classes_from_mixed_ones():
     sil_mixed, acc_mixed = separation(mixed, labels)
     assert sil > 0.5 and acc > 0.95
     assert sil_mixed < 0.1 and acc_mixed < 0.35
+
+
+def test_separation_scores_are_written_per_stage(run):
+    out, _ = run
+    scores = json.loads((out / "separation.json").read_text())
+    assert list(scores) == list(STAGES)
+    assert all(0.0 <= s["knn_acc"] <= 1.0 and -1.0 <= s["silhouette"] <= 1.0 for s in scores.values())

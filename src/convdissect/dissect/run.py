@@ -7,6 +7,7 @@ Each step is a plain function of the net and the measurements before it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -102,10 +103,13 @@ def log_embeddings(writer: SummaryWriter, activations: dict[str, torch.Tensor], 
 
 
 def report(net, images: torch.Tensor, digits: torch.Tensor, labels: dict, stimuli: dict, cfg: DictConfig, out_dir: Path) -> Path:
-    """Projections on a subsample, the projector embeddings, every figure (PNG + TensorBoard) and report.html."""
+    """Projections on a subsample (their separation scores also to separation.json), the projector
+    embeddings, every figure (PNG + TensorBoard) and report.html."""
     chosen = subsample(len(images), cfg.report.projection_points, cfg.seed)
     activations = stage_activations(net, images[chosen])
     projected = projections(activations, digits[chosen].cpu(), cfg.seed, progress=True)
+    separation = {p.stage: {"silhouette": p.silhouette, "knn_acc": p.knn_accuracy} for p in projected}
+    (out_dir / "separation.json").write_text(json.dumps(separation, indent=2) + "\n")
     header = f"checkpoint {cfg.ckpt_path}; {len(images)} images of the {cfg.split} split; channel numbers are 1-based."
     with SummaryWriter(str(out_dir / "tensorboard")) as writer:
         log_embeddings(writer, activations, digits[chosen].cpu(), raw(images[chosen]).cpu())
