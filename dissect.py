@@ -1,4 +1,4 @@
-"""Dissect a trained SimpleConvNet: python dissect.py ckpt_path=PATH [key=value ...]."""
+"""Dissect a trained SimpleConvNet, or explain a HandNet: python dissect.py ckpt_path=PATH [key=value ...]."""
 
 import sys
 

@@ -1,7 +1,10 @@
-"""Load a SimpleConvNet to dissect: a Lightning checkpoint of ours or a plain state_dict .pt.
+"""Load a net to dissect: a Lightning checkpoint of ours or a plain state_dict .pt.
 
-Files load with torch.load(weights_only=True), so a file from elsewhere never runs code. The net
-is built from the tensors' shapes (a pruned checkpoint is smaller than its hyperparameters say).
+`load_any_net` is dissect.py's entry: a SimpleConvNet (`load_net`) or a HandNet (`load_handnet`).
+Files load with torch.load(weights_only=True), so a file from elsewhere never runs code. A
+SimpleConvNet is built from the tensors' shapes (a pruned checkpoint is smaller than its
+hyperparameters say); a HandNet from its net spec: the Lightning checkpoint's hparams, or for a
+model_state.pt the `model` node of the run's .hydra/config.yaml beside it.
 Every problem is one UserInputError line naming the file and what was expected.
 """
 
@@ -12,12 +15,18 @@ import zipfile
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
 
+import convdissect.config  # noqa: F401  (registers ${repo_root:}, which a run's saved config uses)
 from convdissect.errors import UserInputError
+from convdissect.models import build_net
 from convdissect.models.simple_convnet import SimpleConvNet
 
 LIGHTNING_PREFIX = "net."
 LAYERS = ("conv1", "conv2", "conv3", "fc4", "fc5")
+HANDNET_KEY = "conv1.theta"  # a parametric conv1: a HandNet state_dict
 
 
 def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -58,10 +67,13 @@ def _reason(err: Exception) -> str:
 def load_net(path: str | Path) -> SimpleConvNet:
     """The SimpleConvNet of a checkpoint, in eval mode on the CPU; a HandNet or anything else
     not shaped like a SimpleConvNet is refused."""
-    state, hparams = load_state(path)
+    return _simple_convnet(path, *load_state(path))
+
+
+def _simple_convnet(path: str | Path, state: dict[str, torch.Tensor], hparams: dict) -> SimpleConvNet:
     name = hparams.get("name", "simple_convnet")
     if name != "simple_convnet":
-        raise UserInputError(f"ckpt_path={path}: a {name!r} checkpoint; dissect.py takes SimpleConvNet checkpoints only")
+        raise UserInputError(f"ckpt_path={path}: a {name!r} checkpoint, expected a SimpleConvNet")
     expected = {f"{layer}.{p}" for layer in LAYERS for p in ("weight", "bias")}
     if "conv2.weight" not in state:
         expected -= {"conv2.weight", "conv2.bias"}
@@ -80,4 +92,42 @@ def load_net(path: str | Path) -> SimpleConvNet:
     if wrong:
         raise UserInputError(f"ckpt_path={path}: wrongly shaped for a SimpleConvNet with widths {widths}: {', '.join(wrong[:3])}")
     net.load_state_dict({k: v.float() for k, v in state.items()})
+    return net.eval()
+
+
+def load_any_net(path: str | Path) -> nn.Module:
+    """The SimpleConvNet or HandNet of a checkpoint, in eval mode on the CPU."""
+    state, hparams = load_state(path)
+    if hparams.get("name") == "handnet" or (not hparams and HANDNET_KEY in state):
+        return load_handnet(path, state, hparams)
+    return _simple_convnet(path, state, hparams)
+
+
+def load_handnet(path: str | Path, state: dict[str, torch.Tensor], spec: dict) -> nn.Module:
+    """A HandNet from its state_dict and net spec; without a spec (a model_state.pt), the spec is
+    the `model` node of <dir>/.hydra/config.yaml, converted as train.py's build_module does."""
+    path = Path(path)
+    if not spec:
+        config = path.parent / ".hydra" / "config.yaml"
+        if not config.is_file():
+            raise UserInputError(
+                f"ckpt_path={path}: a HandNet state_dict without its net spec (no {config}); "
+                "pass the run's Lightning checkpoint (checkpoints/last.ckpt) or its model_state.pt inside the run dir"
+            )
+        try:
+            spec = OmegaConf.to_container(OmegaConf.load(config).model, resolve=True)
+        except (OmegaConfBaseException, OSError, ValueError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UserInputError(f"ckpt_path={path}: no readable model node in {config} ({reason})") from None
+        spec.pop("init_from", None)
+        if spec.get("name") != "handnet":
+            raise UserInputError(f"ckpt_path={path}: a HandNet state_dict, but {config} has model.name={spec.get('name')!r}")
+    try:
+        net = build_net(spec)
+    except (UserInputError, TypeError) as err:  # e.g. its recipe file is gone, or a kwarg HandNet does not take
+        raise UserInputError(f"ckpt_path={path}: cannot rebuild its HandNet from the net spec: {err}") from None
+    try:
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except (RuntimeError, AttributeError) as err:
+        raise UserInputError(f"ckpt_path={path}: does not fit the HandNet of its net spec ({_reason(err)})") from None
     return net.eval()

@@ -28,6 +28,7 @@ from convdissect.dissect.contributions import inner_contributions, redundancy
 from convdissect.dissect.projections import Projection
 from convdissect.dissect.selectivity import orientation_tuning, position_pattern
 from convdissect.errors import UserInputError
+from convdissect.models.handnet import EXPLANATION_TITLES
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,20 @@ TABLE_COLUMNS = {
     "conv2": [("label", "label"), ("dominant_input", "dominant input"), ("dominant_share", "share"), ("copies_input", "copies it")],
     "conv3": [("label", "label"), ("bursts", "bursts"), ("position_index", "position index"), ("pattern_index", "pattern index")],
     "fc": [("label", "recipe")],
+}  # fmt: skip
+# A HandNet's page: its explanation from its parameters (HandNet.explain) instead of fitted labels.
+HANDNET_INTROS = {
+    "conv1": "Each conv1 kernel is a parametric line or edge (angle θ counter-clockwise from the horizontal, width σ, "
+    "offset, amplitude); each sentence is read off these parameters, nothing is fitted to data.",
+    "conv3": "Each conv3 grid is a sum of Gaussian bursts on the pooled 7x7 conv1 maps: a burst at a clock position "
+    "(12 o'clock up, distance in grid cells) picks where that conv1 pattern must lie. Bursts under a quarter of the unit's strongest are left out.",
+    "fc": "Each digit's score is one weighted sum of conv3 units: its recipe (terms under a quarter of the digit's largest weight left out).",
+}
+HANDNET_COLUMNS = {
+    "conv1": [("sentence", "explanation"), ("pattern", "pattern"), ("sigma", "σ"), ("offset", "offset"),
+              ("amplitude", "amplitude"), ("bias", "bias")],
+    "conv3": [("label", "label"), ("sentence", "bursts"), ("position_index", "position index"), ("pattern_index", "pattern index")],
+    "fc": [("label", "recipe"), ("bias", "bias")],
 }  # fmt: skip
 
 
@@ -138,32 +153,9 @@ def report_figures(net, images: torch.Tensor, digits: torch.Tensor, labels: dict
     """
     layers = conv_layers(net)
     units = {layer: [u for u in labels["units"] if u["layer"] == layer] for layer in layers}
-    shown = raw(images)
     resp = channel_responses(net, images, layers)
 
-    # conv1
-    label_texts = [u["label"] for u in units["conv1"]]
-    yield (ReportFigure("conv1", "conv1_weights", "conv1 weight grids",
-                        "Each 5x5 grid on its own symmetric scale (red +, blue -), with its label."),
-           figures.weight_grids(net.conv1.weight.detach()[:, 0].cpu(), [u["name"] for u in units["conv1"]], label_texts, "conv1 weights"))  # fmt: skip
-    picked = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: settings.n_activation_images]
-    maps = record(net, images[picked], ["conv1"])["conv1"]
-    yield (ReportFigure("conv1", "conv1_activations_mnist", f"conv1 on {len(picked)} random MNIST inputs",
-                        "ReLU'd conv1 maps (sequential colours); each channel's column normalised separately, from 0 to its maximum."),
-           figures.activation_maps(shown[picked], maps, "conv1", [f"digit {int(d)}" for d in digits[picked]], "conv1 activations, MNIST"))  # fmt: skip
-    probes, probe_names = probe_images()
-    maps = record(net, normalise(probes), ["conv1"])["conv1"]
-    yield (ReportFigure("conv1", "conv1_activations_probes", "conv1 on synthetic lines and edges",
-                        "Lines at 0/45/90/135° (-, /, |, \\) and one-sided edges (half-planes; the row names the side of a stroke "
-                        "that an edge detector firing there detects). Each channel's column normalised separately."),
-           figures.activation_maps(probes, maps, "conv1", probe_names, "conv1 activations, synthetic probes"))  # fmt: skip
-    tuning = orientation_tuning(net, ["conv1"])
-    yield (ReportFigure("conv1", "conv1_tuning", "conv1 orientation tuning",
-                        "Response (max of the map) to a line through the centre at every 5°, averaged over sub-pixel offsets; "
-                        "dashed red: the fitted orientation. A second peak is the filter's secondary feature."),
-           figures.tuning_curves(tuning.angles_deg, tuning.responses["conv1"], "conv1", [u["orientation_deg"] for u in units["conv1"]],
-                                 "conv1 orientation tuning"))  # fmt: skip
-    yield from _superstimulus_figure("conv1", stimuli)
+    yield from _conv1_figures(net, net.conv1.weight.detach()[:, 0].cpu(), images, digits, units["conv1"], stimuli, settings, seed)
 
     # conv2
     if "conv2" in layers:
@@ -180,21 +172,7 @@ def report_figures(net, images: torch.Tensor, digits: torch.Tensor, labels: dict
                                   "conv2", "conv1", "conv2 redundancy"))  # fmt: skip
 
     # conv3
-    source = input_layer(net, "conv3")
-    yield from _superstimulus_figure("conv3", stimuli)
-    yield (ReportFigure("conv3", "conv3_bursts", "conv3 grids with their bursts",
-                        f"Each conv3 channel's grid on the {source} channel of its strongest burst (own symmetric scale, red +, blue -); "
-                        "circles mark the bursts on that grid; below, all its bursts in clock notation with their inputs."),
-           figures.bursts(net.conv3.weight.detach().cpu(), units["conv3"], "conv3", source, "conv3 bursts"))  # fmt: skip
-    pp = position_pattern(net, "conv3")
-    yield (ReportFigure("conv3", "conv3_position_maps", "conv3 position selectivity",
-                        "A 7-pixel stroke of each orientation moved over the image in 2-pixel steps; each map is the channel's response "
-                        "to its preferred pattern at each position (x right, y up, pixels from the centre; own scale per map)."),
-           figures.position_maps(pp.responses, pp.positions, pp.patterns, "conv3", "conv3 position maps"))  # fmt: skip
-    indices, values = top_k(net, images, "conv3", k=settings.top_k)
-    yield (ReportFigure("conv3", f"conv3_top{settings.top_k}", f"top-{settings.top_k} MNIST inputs per conv3 channel",
-                        f"Of the {len(images)} dissection images, the {settings.top_k} with the strongest response (after ReLU and max-pool), strongest left."),
-           figures.top_inputs(shown, indices, values, "conv3", f"conv3: top-{settings.top_k} inputs"))  # fmt: skip
+    yield from _conv3_figures(net, net.conv3.weight.detach().cpu(), input_layer(net, "conv3"), images, units["conv3"], stimuli, settings)
     first = settings.conv3.digits[0]
     unit = settings.conv3.unit or strongest_on(resp["conv3"], digits, "conv3", first)
     why = f"the conv3 channel most active on digit {first}" if settings.conv3.unit is None else "chosen in the config"
@@ -219,13 +197,70 @@ def report_figures(net, images: torch.Tensor, digits: torch.Tensor, labels: dict
                figures.separation(stages, [p.silhouette for p in projections], [p.knn_accuracy for p in projections], "class separation"))  # fmt: skip
 
 
+
+def handnet_figures(net, images: torch.Tensor, digits: torch.Tensor, labels: dict, stimuli: dict, settings: DictConfig, seed: int = 0):
+    """Yields the figures that apply to a HandNet (conv1 -> conv3 -> readout): conv1's kernels and
+    conv3's burst grids as computed from their parameters, activations, tuning, position maps,
+    top inputs and superstimuli. No dissections or projections (they need conv2 or fc4)."""
+    units = {layer: [u for u in labels["units"] if u["layer"] == layer] for layer in ("conv1", "conv3")}
+    with torch.no_grad():
+        kernels, grids = net.conv1.kernels().cpu(), net.conv3.grids().cpu()
+    yield from _conv1_figures(net, kernels, images, digits, units["conv1"], stimuli, settings, seed)
+    yield from _conv3_figures(net, grids, "conv1", images, units["conv3"], stimuli, settings)
+    yield from _superstimulus_figure("readout", stimuli)
+
+def _conv1_figures(net, grids: torch.Tensor, images: torch.Tensor, digits: torch.Tensor, units: list[dict], stimuli: dict,
+                   settings: DictConfig, seed: int):  # fmt: skip
+    """conv1's figures from its 5x5 grids [C, 5, 5] and its units (labels.json entries)."""
+    label_texts = [u["label"] for u in units]
+    yield (ReportFigure("conv1", "conv1_weights", "conv1 weight grids",
+                        "Each 5x5 grid on its own symmetric scale (red +, blue -), with its label."),
+           figures.weight_grids(grids, [u["name"] for u in units], label_texts, "conv1 weights"))  # fmt: skip
+    picked = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: settings.n_activation_images]
+    maps = record(net, images[picked], ["conv1"])["conv1"]
+    yield (ReportFigure("conv1", "conv1_activations_mnist", f"conv1 on {len(picked)} random MNIST inputs",
+                        "ReLU'd conv1 maps (sequential colours); each channel's column normalised separately, from 0 to its maximum."),
+           figures.activation_maps(raw(images[picked]), maps, "conv1", [f"digit {int(d)}" for d in digits[picked]], "conv1 activations, MNIST"))  # fmt: skip
+    probes, probe_names = probe_images()
+    maps = record(net, normalise(probes), ["conv1"])["conv1"]
+    yield (ReportFigure("conv1", "conv1_activations_probes", "conv1 on synthetic lines and edges",
+                        "Lines at 0/45/90/135° (-, /, |, \\) and one-sided edges (half-planes; the row names the side of a stroke "
+                        "that an edge detector firing there detects). Each channel's column normalised separately."),
+           figures.activation_maps(probes, maps, "conv1", probe_names, "conv1 activations, synthetic probes"))  # fmt: skip
+    tuning = orientation_tuning(net, ["conv1"])
+    yield (ReportFigure("conv1", "conv1_tuning", "conv1 orientation tuning",
+                        "Response (max of the map) to a line through the centre at every 5°, averaged over sub-pixel offsets; "
+                        "dashed red: the fitted orientation. A second peak is the filter's secondary feature."),
+           figures.tuning_curves(tuning.angles_deg, tuning.responses["conv1"], "conv1", [u["orientation_deg"] for u in units],
+                                 "conv1 orientation tuning"))  # fmt: skip
+    yield from _superstimulus_figure("conv1", stimuli)
+
+
+def _conv3_figures(net, weight: torch.Tensor, source: str, images: torch.Tensor, units: list[dict], stimuli: dict, settings: DictConfig):
+    """conv3's figures but the dissections, from its grids [C3, C_source, 5, 5]."""
+    yield from _superstimulus_figure("conv3", stimuli)
+    yield (ReportFigure("conv3", "conv3_bursts", "conv3 grids with their bursts",
+                        f"Each conv3 channel's grid on the {source} channel of its strongest burst (own symmetric scale, red +, blue -); "
+                        "circles mark the bursts on that grid; below, all its bursts in clock notation with their inputs."),
+           figures.bursts(weight, units, "conv3", source, "conv3 bursts"))  # fmt: skip
+    pp = position_pattern(net, "conv3")
+    yield (ReportFigure("conv3", "conv3_position_maps", "conv3 position selectivity",
+                        "A 7-pixel stroke of each orientation moved over the image in 2-pixel steps; each map is the channel's response "
+                        "to its preferred pattern at each position (x right, y up, pixels from the centre; own scale per map)."),
+           figures.position_maps(pp.responses, pp.positions, pp.patterns, "conv3", "conv3 position maps"))  # fmt: skip
+    indices, values = top_k(net, images, "conv3", k=settings.top_k)
+    yield (ReportFigure("conv3", f"conv3_top{settings.top_k}", f"top-{settings.top_k} MNIST inputs per conv3 channel",
+                        f"Of the {len(images)} dissection images, the {settings.top_k} with the strongest response (after ReLU and max-pool), strongest left."),
+           figures.top_inputs(raw(images), indices, values, "conv3", f"conv3: top-{settings.top_k} inputs"))  # fmt: skip
+
+
 def _superstimulus_figure(layer: str, stimuli: dict):
     if layer not in stimuli:
         return
     images = stimuli[layer]
-    if layer == "fc5":
-        names = [f"{unit_name('fc5', c + 1)}: digit {c}" for c in range(len(images))]
-        section, what = "fc", "every fc5 class (its log-softmax input)"
+    if layer in ("fc5", "readout"):  # the classes (a HandNet's readout)
+        names = [f"{unit_name(layer, c + 1)}: digit {c}" for c in range(len(images))]
+        section, what = "fc", f"every {layer} class (its log-softmax input)"
     else:
         names = [unit_name(layer, c + 1) for c in range(len(images))]
         section, what = layer, f"every {layer} channel"
@@ -278,16 +313,21 @@ def write_report(figure_stream, labels: dict, projections: list[Projection], out
 
 
 def page(entries: list[ReportFigure], labels: dict, projections: list[Projection], header: str) -> str:
-    """The HTML page: a section per layer with its figures and its label table."""
+    """The HTML page: a section per layer with its figures and its label table (a HandNet's:
+    its explanation)."""
     e = html.escape
+    if labels["net"] == "handnet":
+        sections, intros, columns, tables = EXPLANATION_TITLES, HANDNET_INTROS, HANDNET_COLUMNS, "explanation (labels.json, explanation.md)"
+    else:
+        sections, intros, columns, tables = SECTIONS, INTROS, TABLE_COLUMNS, "labels (labels.json)"
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>Dissection of {e(labels['net'])} {e(str(labels['widths']))}</title><style>{CSS}</style></head><body>",
         f"<h1>Dissection of {e(labels['net'])}, widths {e(str(labels['widths']))}</h1><p>{e(header)} Click a figure to open it at full size.</p>",
-        "<nav>" + " · ".join(f"<a href='#{key}'>{key}</a>" for key in SECTIONS) + "</nav>",
+        "<nav>" + " · ".join(f"<a href='#{key}'>{key}</a>" for key in sections) + "</nav>",
     ]
-    for key, heading in SECTIONS.items():
-        parts.append(f"<section id='{key}'><h2>{e(heading)}</h2><p>{e(INTROS[key])}</p>")
+    for key, heading in sections.items():
+        parts.append(f"<section id='{key}'><h2>{e(heading)}</h2><p>{e(intros[key])}</p>")
         section_figures = [entry for entry in entries if entry.section == key]
         if not section_figures and key == "conv2":
             parts.append("<p><em>This net has no conv2 (the no_conv2 variant).</em></p>")
@@ -300,7 +340,7 @@ def page(entries: list[ReportFigure], labels: dict, projections: list[Projection
             parts.append(_separation_table(projections))
         rows = [u for u in labels["units"] if u["layer"] == key]
         if rows:
-            parts.append(f"<h3>{key} labels (labels.json)</h3>" + _label_table(rows, TABLE_COLUMNS[key]))
+            parts.append(f"<h3>{key} {tables}</h3>" + _label_table(rows, columns[key]))
         parts.append("</section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)

@@ -2,6 +2,9 @@
 then the report: every figure as a PNG, report.html, and TensorBoard events in <run>/tensorboard
 (the figures, and the input/conv3/fc4/fc5 activations as projector embeddings).
 
+A HandNet is not measured: its labels are its explanation from its parameters (HandNet.explain,
+also written as explanation.md), and its report has the figures that apply to conv1 -> conv3 -> readout.
+
 Each step is a plain function of the net and the measurements before it.
 """
 
@@ -18,18 +21,20 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from convdissect.dissect.checkpoint import load_net
+from convdissect.dissect.checkpoint import load_any_net
 from convdissect.dissect.describe import describe, write_labels
 from convdissect.dissect.projections import projections, stage_activations, subsample
-from convdissect.dissect.report import check_report_settings, raw, report_figures, write_report
+from convdissect.dissect.report import check_report_settings, handnet_figures, raw, report_figures, write_report
 from convdissect.dissect.superstimuli import standard_transforms, superstimuli
 from convdissect.errors import UserInputError
+from convdissect.models.handnet import HandNet, explanation_markdown
 
 log = logging.getLogger(__name__)
 
 
 SPLITS = ("train", "val", "test")
 LAYERS = ("conv1", "conv2", "conv3", "fc4", "fc5")
+ALIASES = {"fc5": "readout"}  # a HandNet's classes
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -51,14 +56,15 @@ def dissection_images(cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 def compute_superstimuli(net, cfg: DictConfig) -> dict[str, torch.Tensor]:
     """{layer: raw images [C, 1, 28, 28]} for every layer of cfg.superstimulus.layers the net has
-    (conv2 is skipped for the no_conv2 variant)."""
+    (conv2 is skipped for the no_conv2 variant and a HandNet; fc5 is a HandNet's readout)."""
     s = cfg.superstimulus
     modules = dict(net.named_modules())
     transforms = standard_transforms(s.jitter, s.scale, s.rotate_deg)
+    layers = [layer if layer in modules else ALIASES.get(layer) for layer in s.layers]
     return {
         layer: superstimuli(net, layer, steps=s.steps, lr=s.lr, param=s.param, transforms=transforms,
                             l2=s.l2, tv=s.tv, seed=cfg.seed, progress=True).images.cpu()
-        for layer in s.layers
+        for layer in layers
         if layer in modules
     }  # fmt: skip
 
@@ -73,13 +79,16 @@ def dissect(cfg: DictConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     check_settings(cfg)
-    net = load_net(cfg.ckpt_path)
+    net = load_any_net(cfg.ckpt_path)
+    handnet = isinstance(net, HandNet)
     images, digits = dissection_images(cfg)
-    if cfg.report.enabled:
+    if cfg.report.enabled and not handnet:  # its choices pick the dissections, which a HandNet does not get
         check_report_settings(cfg.report, net, digits)
     start = time.perf_counter()
-    labels = describe(net, images)
+    labels = net.explain() if handnet else describe(net, images)
     write_labels(labels, out_dir / "labels.json")
+    if handnet:
+        (out_dir / "explanation.md").write_text(explanation_markdown(labels))
     log.info("%d units described in %.1f s", len(labels["units"]), time.perf_counter() - start)
     start = time.perf_counter()
     stimuli = compute_superstimuli(net, cfg) if cfg.superstimulus.enabled else {}
@@ -104,13 +113,18 @@ def log_embeddings(writer: SummaryWriter, activations: dict[str, torch.Tensor], 
 
 def report(net, images: torch.Tensor, digits: torch.Tensor, labels: dict, stimuli: dict, cfg: DictConfig, out_dir: Path) -> Path:
     """Projections on a subsample (their separation scores also to separation.json), the projector
-    embeddings, every figure (PNG + TensorBoard) and report.html."""
+    embeddings, every figure (PNG + TensorBoard) and report.html. A HandNet: its figures and
+    explanation only."""
+    header = f"checkpoint {cfg.ckpt_path}; {len(images)} images of the {cfg.split} split; channel numbers are 1-based."
+    if isinstance(net, HandNet):
+        with SummaryWriter(str(out_dir / "tensorboard")) as writer:
+            figures = handnet_figures(net, images, digits, labels, stimuli, cfg.report, cfg.seed)
+            return write_report(figures, labels, [], out_dir, writer, cfg.report.dpi, header + " Explained from its parameters.")
     chosen = subsample(len(images), cfg.report.projection_points, cfg.seed)
     activations = stage_activations(net, images[chosen])
     projected = projections(activations, digits[chosen].cpu(), cfg.seed, progress=True)
     separation = {p.stage: {"silhouette": p.silhouette, "knn_acc": p.knn_accuracy} for p in projected}
     (out_dir / "separation.json").write_text(json.dumps(separation, indent=2) + "\n")
-    header = f"checkpoint {cfg.ckpt_path}; {len(images)} images of the {cfg.split} split; channel numbers are 1-based."
     with SummaryWriter(str(out_dir / "tensorboard")) as writer:
         log_embeddings(writer, activations, digits[chosen].cpu(), raw(images[chosen]).cpu())
         figures = report_figures(net, images, digits, labels, stimuli, projected, digits[chosen].cpu(), cfg.report, cfg.seed)

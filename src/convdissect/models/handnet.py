@@ -437,15 +437,18 @@ def recipe_sentence(digit: int, terms: list[dict]) -> str:
     return text
 
 
+# explanation.md's (and the dissection report's) section per labels.json layer
+EXPLANATION_TITLES = {
+    "conv1": "conv1: line detectors",
+    "conv3": "conv3: pattern-at-position detectors (bursts on conv1 channels)",
+    "fc": "readout: digit recipes",
+}
+
+
 def explanation_markdown(labels: dict) -> str:
     """explanation.md: one line per unit, grouped by layer."""
-    titles = {
-        "conv1": "conv1: line detectors",
-        "conv3": "conv3: pattern-at-position detectors (bursts on conv1 channels)",
-        "fc": "readout: digit recipes",
-    }
     lines = [f"# HandNet explained from its parameters (widths {labels['widths']})"]
-    for layer, title in titles.items():
+    for layer, title in EXPLANATION_TITLES.items():
         lines += ["", f"## {title}", ""]
         for unit in labels["units"]:
             if unit["layer"] == layer:
