@@ -13,7 +13,7 @@ python train.py -m "+experiment=$experiments" "seed=${SEEDS:-0,1,2}" \
 
 for run in "$out"/train/*/; do
     if grep -q '^seed: 0$' "$run/.hydra/config.yaml"; then
-        python dissect.py "ckpt_path=$run/checkpoints/last.ckpt" "hydra.run.dir=$run/dissect"
+        python dissect.py "ckpt_path=$run/model_state.pt" "hydra.run.dir=$run/dissect"
     fi
 done
 
