@@ -37,17 +37,13 @@ def _missing_data_error(raw_dir: Path, why: str) -> UserInputError:
     )
 
 
-def load_mnist(data_dir: str | Path, download: bool = True) -> dict[str, torch.Tensor]:
-    """Read MNIST with torchvision (downloading it when online); return uint8 images and labels.
-
-    Returns {"train_images", "train_labels", "test_images", "test_labels"} on the CPU.
-    """
+def ensure_mnist(data_dir: str | Path, download: bool = True) -> None:
+    """Check that the four IDX files are there and whole, downloading them (torchvision) when
+    they are missing and download is on."""
     from torchvision.datasets import MNIST
 
-    data_dir = Path(data_dir)
-    raw_dir = data_dir / "MNIST" / "raw"
-    present = [name for name in IDX_FILES if (raw_dir / name).exists()]
-    if len(present) < len(IDX_FILES):
+    raw_dir = Path(data_dir) / "MNIST" / "raw"
+    if not all((raw_dir / name).exists() for name in IDX_FILES):
         if not download:
             raise _missing_data_error(raw_dir, "files missing and data.download=false")
         try:
@@ -58,6 +54,14 @@ def load_mnist(data_dir: str | Path, download: bool = True) -> dict[str, torch.T
         actual = (raw_dir / name).stat().st_size
         if actual != size:
             raise _missing_data_error(raw_dir, f"{name} has {actual} bytes, expected {size}: truncated or not MNIST")
+
+
+def load_mnist(data_dir: str | Path, download: bool = True) -> dict[str, torch.Tensor]:
+    """MNIST's uint8 images and labels on the CPU, parsed by torchvision:
+    {"train_images", "train_labels", "test_images", "test_labels"}."""
+    from torchvision.datasets import MNIST
+
+    ensure_mnist(data_dir, download)
     out = {}
     for split, train in (("train", True), ("test", False)):
         ds = MNIST(str(data_dir), train=train, download=False)
@@ -124,12 +128,12 @@ class MNISTDataModule(L.LightningDataModule):
         self._device = torch.device("cpu")
 
     def prepare_data(self):
-        load_mnist(self.data_dir, self.download)  # download once, on rank 0
+        ensure_mnist(self.data_dir, self.download)  # download once, on rank 0
 
     def setup(self, stage=None):
         if self.splits:
             return
-        raw = load_mnist(self.data_dir, download=False)
+        raw = load_mnist(self.data_dir, self.download)
         gen = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(len(raw["train_labels"]), generator=gen)
         train_idx, val_idx = order[self.val_size :], order[: self.val_size]
