@@ -178,8 +178,9 @@ def claims_table(groups: dict[str, list[Run]]) -> str:
         copies = sum(bool(u["copies_input"]) for u in conv2)
         measured = f"median share of the dominant inner contribution {share:.2f}; {copies} of {len(conv2)} conv2 channels copy their dominant conv1 input"
         verdict = "supported" if share >= 0.5 else "not supported: conv2 channels mix several conv1 channels"
-        if {"baseline", "no_conv2"} <= avg.keys():
-            gaps = [b - n for b, n in zip(acc["baseline"], acc["no_conv2"])]
+        by_seed = {name: {r.seed: r.metrics["test/acc"] for r in groups.get(name, [])} for name in ("baseline", "no_conv2")}
+        gaps = [by_seed["baseline"][s] - by_seed["no_conv2"][s] for s in by_seed["baseline"].keys() & by_seed["no_conv2"].keys()]
+        if gaps:  # the accuracy cost of leaving conv2 out, seed by seed
             measured += f"; accuracy without conv2: {mean_sd(acc['no_conv2'])}% (baseline minus no_conv2: {mean_sd(gaps)} points)"
             verdict += "; leaving conv2 out costs little" if statistics.mean(gaps) * 100 <= 0.3 else "; leaving conv2 out costs accuracy"
         add("conv2 mostly copies (amplifies) conv1, so it can be left out", measured, verdict)
@@ -199,7 +200,7 @@ def claims_table(groups: dict[str, list[Run]]) -> str:
         )
 
     conv3 = units(labels_of(simple), "conv3")
-    if conv3:
+    if conv3 and median(u.get("position_index") for u in conv3) is not None:
         position = median(u.get("position_index") for u in conv3)
         pattern = median(u.get("pattern_index") for u in conv3)
         conv1_position = median(u.get("position_index") for u in conv1)

@@ -53,6 +53,15 @@ def test_epochs_reshuffle_and_cover_the_split():
     assert sorted(epoch1.tolist()) == list(range(100)) and not torch.equal(epoch1, epoch2)
 
 
+def test_a_resumed_run_continues_the_shuffle():
+    images, labels = torch.zeros(50, 28, 28, dtype=torch.uint8), torch.arange(50)
+    fresh = TensorBatches(images, labels, 10, shuffle=True, seed=0)
+    next(iter(fresh))  # epoch 0
+    second_epoch = [y for _, y in fresh]
+    resumed = [y for _, y in TensorBatches(images, labels, 10, shuffle=True, seed=0, first_epoch=1)]
+    assert all(torch.equal(a, b) for a, b in zip(second_epoch, resumed))
+
+
 def test_ranks_get_distinct_shares():
     images, labels = torch.zeros(101, 28, 28, dtype=torch.uint8), torch.arange(101)
     shares = [torch.cat([y for _, y in TensorBatches(images, labels, 8, True, 0, rank, 2)]) for rank in (0, 1)]

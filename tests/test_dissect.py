@@ -140,7 +140,8 @@ def test_ckpt_path_is_required(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [("n_images=0", "n_images=0: must be"), ("split=holdout", "split='holdout'"),
-     ("superstimulus.layers=[conv9]", r"superstimulus\.layers: \['conv9'\] unknown")],
+     ("superstimulus.layers=[conv9]", r"superstimulus\.layers: \['conv9'\] unknown"),
+     ("data.val_size=0", r"data\.val_size=0")],
 )
 def test_bad_dissect_settings_are_clear_errors(trained, tmp_path, override, message):
     cfg = compose_cfg("dissect", [f"ckpt_path={trained / 'model_state.pt'}", "n_images=50", override], tmp_path)

@@ -13,7 +13,7 @@ from convdissect.config import CONFIG_DIR
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.data.probes import stroke_images
 from convdissect.errors import UserInputError
-from convdissect.models.handnet import HandNet, Part
+from convdissect.models.handnet import HandNet, Part, load_recipes
 from convdissect.models.parametric import burst_grids, line_kernels
 from convdissect.train import train
 from tests.conftest import compose_cfg
@@ -209,4 +209,13 @@ def test_sweep_space_names_real_model_options():
     for key, values in space.items():
         for value in str(values).split(","):
             cfg = compose_cfg("train", ["+experiment=handnet_finetune", f"{key}={value}"])
-            HandNet(**{k: v for k, v in cfg.model.items() if k not in ("name", "recipes")})
+            net = HandNet(**{k: v for k, v in cfg.model.items() if k not in ("name", "recipes")})
+            assert net.widths[0] == len(net.conv1.theta) and net.conv3.mean_x.shape[-1] == cfg.model.n_bursts
+
+
+def test_a_malformed_recipe_file_is_one_clear_error(tmp_path):
+    bad = tmp_path / "recipes.yaml"
+    bad.write_text("digits: [unclosed\n")
+    with pytest.raises(UserInputError, match="not valid YAML") as err:
+        load_recipes(bad)
+    assert "\n" not in str(err.value)

@@ -10,11 +10,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from convdissect.config import instantiate
 from convdissect.dissect.checkpoint import load_net
 from convdissect.errors import UserInputError
 from convdissect.models.lit_module import LitClassifier
@@ -46,21 +45,11 @@ def build_module(cfg: DictConfig) -> LitClassifier:
     return module
 
 
-def _instantiate(node: DictConfig, **kwargs):
-    """Hydra's instantiate, with our UserInputError unwrapped (the entry point prints it as one line)."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, UserInputError):
-            raise err.__cause__ from None
-        raise
-
-
 def _instantiate_group(group: DictConfig | None) -> list:
     """Instantiate every entry of a callbacks/logger group that has a _target_."""
     if not group:
         return []
-    return [_instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
 def _run_info(cfg: DictConfig) -> dict:
@@ -102,11 +91,11 @@ def train(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    datamodule = _instantiate(cfg.data)
+    datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     if cfg.get("fit", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

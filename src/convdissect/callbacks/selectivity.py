@@ -55,8 +55,8 @@ class ChannelSelectivityCallback(L.Callback):
         for layer in layers:
             index = selectivity_index(means[layer].nan_to_num(0.0))
             osi = orientation_selectivity(tuning.responses[layer], tuning.angles_deg)
-            pl_module.log(f"selectivity/{layer}_mean", index.mean(), on_epoch=True)
-            pl_module.log(f"orientation/{layer}_mean", osi.mean(), on_epoch=True)
+            pl_module.log(f"selectivity/{layer}_mean", index.mean(), on_epoch=True, sync_dist=True)
+            pl_module.log(f"orientation/{layer}_mean", osi.mean(), on_epoch=True, sync_dist=True)
             if writers:
                 figure = selectivity_figure(layer, means[layer].cpu(), index.cpu(), tuning.responses[layer], tuning.angles_deg)
                 for writer in writers:

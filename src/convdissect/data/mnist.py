@@ -72,15 +72,16 @@ def load_mnist(data_dir: str | Path, download: bool = True) -> dict[str, torch.T
 class TensorBatches:
     """An epoch of batches sliced from in-memory tensors, in a seeded order.
 
-    Each call to iter() is one epoch; epoch e uses permutation seed + e, the same on every
-    rank, and each rank takes its own strided share of it (so ranks see distinct data).
+    Each call to iter() is one epoch, counted from first_epoch (a resumed run's epoch); epoch e
+    uses permutation seed + e, the same on every rank, and each rank takes its own strided share
+    of it (so ranks see distinct data).
     """
 
-    def __init__(self, images, labels, batch_size, shuffle, seed=0, rank=0, world_size=1, drop_last=False):
+    def __init__(self, images, labels, batch_size, shuffle, seed=0, rank=0, world_size=1, drop_last=False, first_epoch=0):
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.epoch = 0
+        self.epoch = first_epoch
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
@@ -154,7 +155,7 @@ class MNISTDataModule(L.LightningDataModule):
 
     def _batches(self, split: str, shuffle: bool) -> TensorBatches:
         images, labels = self._split(split)
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        rank, world, epoch = (self.trainer.global_rank, self.trainer.world_size, self.trainer.current_epoch) if self.trainer else (0, 1, 0)
         return TensorBatches(
             images,
             labels,
@@ -164,6 +165,7 @@ class MNISTDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
             drop_last=shuffle,
+            first_epoch=epoch,
         )
 
     def train_dataloader(self):

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
+from convdissect.config import instantiate
 from convdissect.dissect.checkpoint import load_any_net
 from convdissect.dissect.describe import describe, write_labels
 from convdissect.dissect.projections import projections, stage_activations, subsample

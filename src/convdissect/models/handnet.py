@@ -132,7 +132,12 @@ def load_recipes(path: str | Path) -> Recipes:
         path = REPO_ROOT / path
     if not path.is_file():
         raise UserInputError(f"model.recipes={str(path)!r}: no such file")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserInputError(f"recipes file {path}: not valid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(raw, dict):
+        raise UserInputError(f"recipes file {path}: expected a mapping of settings and digits, got {type(raw).__name__}")
     try:
         recipes = Recipes(
             positions={name: _position_xy(name, spec) for name, spec in (raw.get("positions") or {}).items()},

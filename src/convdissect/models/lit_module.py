@@ -44,7 +44,7 @@ class LitClassifier(L.LightningModule):
         logits = self(x)
         acc = self.metrics[stage + "_"]
         acc.update(logits, y)
-        self.log(f"{stage}/loss", F.nll_loss(logits, y), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}/loss", F.nll_loss(logits, y), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
 
     def on_train_epoch_start(self) -> None:
@@ -57,7 +57,7 @@ class LitClassifier(L.LightningModule):
         # Plain sums on the device, logged once an epoch: for a small net, a metric update and a
         # self.log per step cost a fifth of the step itself.
         with torch.no_grad():
-            self.train_sums += torch.stack([loss * len(y), (logits.argmax(1) == y).sum().float(), loss.new_tensor(len(y))])
+            self.train_sums += torch.stack([loss * len(y), (logits.argmax(1) == y).sum().float(), torch.full_like(loss, len(y))])
         if hasattr(self.net, "penalty"):  # e.g. HandNet's sparsity terms
             loss = loss + self.net.penalty()
         return loss
