@@ -24,7 +24,7 @@ import lightning as L
 import torch
 
 from convdissect.config import REPO_ROOT
-from convdissect.data.mnist import MNISTDataModule, normalise
+from convdissect.data.mnist import MNISTDataModule
 from convdissect.models.lit_module import LitClassifier
 from convdissect.models.simple_convnet import SimpleConvNet
 from tutorial_mnist import train_one_epoch, tutorial_loaders

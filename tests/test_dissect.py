@@ -234,15 +234,6 @@ def test_superstimuli_batched_equal_one_by_one(one_thread):
     assert not torch.allclose(batched.images[0], batched.images[1])
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny batches run fastest on one thread; on a busy machine two threads can be 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("layer", ["conv2", "fc5"])
 def test_each_superstimulus_drives_its_own_channel(layer, one_thread):
     torch.manual_seed(0)

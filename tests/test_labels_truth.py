@@ -15,7 +15,6 @@ from convdissect.dissect.superstimuli import superstimuli
 from convdissect.models.parametric import burst_grids, line_kernels
 from convdissect.models.simple_convnet import SimpleConvNet
 from tests.conftest import compose_cfg
-from tests.test_dissect import one_thread  # noqa: F401  (fixture)
 
 # conv1 units: (kind, angle, sign); the last one is a cross with a secondary orientation.
 PLANTED = [("line", 0, 1), ("line", 20, 1), ("line", 110, 1), ("line", 45, 1),

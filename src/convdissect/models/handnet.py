@@ -31,8 +31,8 @@ from convdissect.conventions import (
     xy_from_clock,
 )
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
-from convdissect.data.probes import stroke_images, sweep_positions
-from convdissect.dissect.selectivity import eta_squared
+from convdissect.data.probes import stroke_images
+from convdissect.dissect.selectivity import position_pattern
 from convdissect.errors import UserInputError
 from convdissect.models.parametric_layers import MIN_SIGMA, BurstConv2d, LineConv2d
 
@@ -379,14 +379,10 @@ class HandNet(nn.Module):
         return clock_from_xy(x, y)[0]
 
     def position_pattern_indices(self) -> tuple[list[float | None], list[float | None]]:
-        """Per conv3 unit, eta² of position and of pattern over line probes (design.md §1):
-        R[p, q] = the unit's response to orientation p at position q."""
-        angles = sorted(ORIENTATION_NAMES)
-        images = torch.cat([sweep_positions(a)[0] for a in angles])
-        device = self.readout.weight.device
-        responses = self.features(images.to(device)).T.reshape(self.widths[1], len(angles), -1)  # [unit, p, q]
-        shares = eta_squared(responses.double())
-        return tuple([None if math.isnan(v) else round(v, 4) for v in share.tolist()] for share in shares)
+        """Per conv3 unit, eta² of position and of pattern over line probes (design.md §1), measured
+        as for a SimpleConvNet."""
+        pp = position_pattern(self, "conv3")
+        return tuple([None if math.isnan(v) else round(v, 4) for v in share.tolist()] for share in (pp.position_index, pp.pattern_index))
 
 
 def _pattern_angle(pattern: str) -> float:
