@@ -20,7 +20,7 @@ from torch import nn
 
 from convdissect.conventions import CENTRE, orientation_name, unit_name
 from convdissect.dissect.activations import conv_layers, input_layer
-from convdissect.dissect.contributions import contribution_strengths, redundancy
+from convdissect.dissect.contributions import Redundancy, contribution_strengths
 from convdissect.dissect.selectivity import orientation_tuning, position_pattern, tuning_peaks
 from convdissect.models.parametric import find_bursts, fit_lines
 
@@ -81,8 +81,7 @@ def describe_conv1(net: nn.Module) -> list[dict]:
     return units
 
 
-def describe_conv2(net: nn.Module, images: torch.Tensor, conv1_units: list[dict]) -> list[dict]:
-    red = redundancy(net, "conv2", images)
+def describe_conv2(net: nn.Module, red: Redundancy, conv1_units: list[dict]) -> list[dict]:
     weight = net.conv2.weight.detach()
     dominant = red.dominant.tolist()
     grid_fit = fit_lines(weight[torch.arange(len(dominant)), red.dominant.cpu()])
@@ -151,13 +150,14 @@ def add_position_pattern(net: nn.Module, layer: str, units: list[dict]) -> None:
         unit["position_index"], unit["pattern_index"] = _number(pos), _number(pat)
 
 
-def describe(net: nn.Module, images: torch.Tensor) -> dict:
+def describe(net: nn.Module, images: torch.Tensor, conv2_redundancy: Redundancy | None) -> dict:
     """labels.json's content for a SimpleConvNet; images are normalised MNIST inputs [N, 1, 28, 28]
-    (the inner contributions are measured on them)."""
+    (the inner contributions are measured on them); conv2_redundancy is conv2's, measured on the
+    same images by the caller, which the report reuses (None without conv2)."""
     images = images.to(next(net.parameters()).device)
     units = {"conv1": describe_conv1(net)}
     if "conv2" in conv_layers(net):
-        units["conv2"] = describe_conv2(net, images, units["conv1"])
+        units["conv2"] = describe_conv2(net, conv2_redundancy, units["conv1"])
     units["conv3"] = describe_conv3(net, images, units[input_layer(net, "conv3")])
     for layer, entries in units.items():
         add_position_pattern(net, layer, entries)

@@ -24,7 +24,7 @@ from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
 from convdissect.data.probes import normalise, stroke_images
 from convdissect.dissect import figures
 from convdissect.dissect.activations import channel_responses, conv_layers, input_layer, record, top_k
-from convdissect.dissect.contributions import inner_contributions, redundancy
+from convdissect.dissect.contributions import Redundancy, inner_contributions
 from convdissect.dissect.projections import Projection
 from convdissect.dissect.selectivity import orientation_tuning, position_pattern
 from convdissect.errors import UserInputError
@@ -145,10 +145,11 @@ def best_image(responses: torch.Tensor, digits: torch.Tensor, unit: str, digit: 
 
 
 def report_figures(net, images: torch.Tensor, digits: torch.Tensor, labels: dict, stimuli: dict, projections: list[Projection],
-                   projected_digits: torch.Tensor, settings: DictConfig, seed: int = 0):  # fmt: skip
+                   projected_digits: torch.Tensor, red: Redundancy | None, settings: DictConfig, seed: int = 0):  # fmt: skip
     """Yields (ReportFigure, matplotlib Figure) for every figure of the report, in page order.
 
-    images/digits: the dissection images (normalised) and their labels; projections were
+    images/digits: the dissection images (normalised) and their labels; red: conv2's redundancy
+    on those images (as labels.json was described from it); projections were
     computed on the subsample whose labels are projected_digits; settings: cfg.report.
     """
     layers = conv_layers(net)
@@ -163,7 +164,6 @@ def report_figures(net, images: torch.Tensor, digits: torch.Tensor, labels: dict
         unit = settings.conv2.unit or most_copying_conv2(labels)
         yield _dissection_figure(net, unit, settings.conv2.digit, images, digits, resp, labels, settings.dissection_rows,
                                  "the most copy-like conv2 channel" if settings.conv2.unit is None else "chosen in the config")  # fmt: skip
-        red = redundancy(net, "conv2", images)
         yield (ReportFigure("conv2", "conv2_redundancy", "conv2 redundancy",
                             f"Left: each conv2 channel's inner contribution strengths ||a_j|| (mean over {len(images)} images), as shares "
                             "of its row; red circle: the dominant conv1 channel. Right: that channel's share; green where the grid on it "

@@ -21,7 +21,9 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
 from convdissect.config import instantiate
+from convdissect.dissect.activations import conv_layers
 from convdissect.dissect.checkpoint import load_any_net
+from convdissect.dissect.contributions import Redundancy, redundancy
 from convdissect.dissect.describe import describe, write_labels
 from convdissect.dissect.projections import projections, stage_activations, subsample
 from convdissect.dissect.report import check_report_settings, handnet_figures, raw, report_figures, write_report
@@ -85,7 +87,8 @@ def dissect(cfg: DictConfig) -> dict:
     if cfg.report.enabled and not handnet:  # its choices pick the dissections, which a HandNet does not get
         check_report_settings(cfg.report, net, digits)
     start = time.perf_counter()
-    labels = net.explain() if handnet else describe(net, images)
+    red = redundancy(net, "conv2", images) if "conv2" in conv_layers(net) else None
+    labels = net.explain() if handnet else describe(net, images, red)
     write_labels(labels, out_dir / "labels.json")
     if handnet:
         (out_dir / "explanation.md").write_text(explanation_markdown(labels))
@@ -97,7 +100,7 @@ def dissect(cfg: DictConfig) -> dict:
         log.info("superstimuli in %.1f s", time.perf_counter() - start)
     if cfg.report.enabled:
         start = time.perf_counter()
-        report(net, images, digits, labels, stimuli, cfg, out_dir)
+        report(net, images, digits, labels, stimuli, red, cfg, out_dir)
         log.info("report in %.1f s", time.perf_counter() - start)
     log.info("outputs in %s", out_dir)
     return labels
@@ -111,7 +114,8 @@ def log_embeddings(writer: SummaryWriter, activations: dict[str, torch.Tensor], 
         writer.add_embedding(x, metadata=metadata, label_img=thumbnails, tag=stage)
 
 
-def report(net, images: torch.Tensor, digits: torch.Tensor, labels: dict, stimuli: dict, cfg: DictConfig, out_dir: Path) -> Path:
+def report(net, images: torch.Tensor, digits: torch.Tensor, labels: dict, stimuli: dict, red: Redundancy | None, cfg: DictConfig,
+           out_dir: Path) -> Path:  # fmt: skip
     """Projections on a subsample (their separation scores also to separation.json), the projector
     embeddings, every figure (PNG + TensorBoard) and report.html. A HandNet: its figures and
     explanation only."""
@@ -127,5 +131,5 @@ def report(net, images: torch.Tensor, digits: torch.Tensor, labels: dict, stimul
     (out_dir / "separation.json").write_text(json.dumps(separation, indent=2) + "\n")
     with SummaryWriter(str(out_dir / "tensorboard")) as writer:
         log_embeddings(writer, activations, digits[chosen].cpu(), raw(images[chosen]).cpu())
-        figures = report_figures(net, images, digits, labels, stimuli, projected, digits[chosen].cpu(), cfg.report, cfg.seed)
+        figures = report_figures(net, images, digits, labels, stimuli, projected, digits[chosen].cpu(), red, cfg.report, cfg.seed)
         return write_report(figures, labels, projected, out_dir, writer, cfg.report.dpi, header)
