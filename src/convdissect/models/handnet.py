@@ -34,6 +34,7 @@ from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
 from convdissect.data.probes import stroke_images
 from convdissect.dissect.selectivity import position_pattern
 from convdissect.errors import UserInputError
+from convdissect.models.parametric import canonical_line
 from convdissect.models.parametric_layers import MIN_SIGMA, BurstConv2d, LineConv2d
 
 INIT_MODES = ("hand", "random")
@@ -302,13 +303,11 @@ class HandNet(nn.Module):
     def _explain_conv1(self) -> list[dict]:
         c = self.conv1
         sigma = c.sigma.abs().clamp_min(MIN_SIGMA)
+        thetas, offsets, amplitudes = canonical_line(c.theta, c.offset, c.amplitude, c.is_edge)
         units = []
         for i, kind in enumerate(c.kinds):
-            theta = math.degrees(float(c.theta[i])) % 180.0
-            # A half turn of θ flips the normal; keep the offset's direction with the angle.
-            turns = math.floor(math.degrees(float(c.theta[i])) / 180.0)
-            offset = float(c.offset[i]) * (-1.0 if turns % 2 else 1.0)
-            amplitude = float(c.amplitude[i]) * (-1.0 if turns % 2 and kind == "edge" else 1.0)
+            theta = math.degrees(float(thetas[i])) % 180.0  # % guards rounding at exactly 180
+            offset, amplitude = float(offsets[i]), float(amplitudes[i])
             label = stroke_label(kind, theta, amplitude)
             units.append({
                 "layer": "conv1", "index": i + 1, "name": unit_name("conv1", i + 1), "label": label,

@@ -87,6 +87,18 @@ def burst_grids(mean_x, mean_y, sigma_x, sigma_y, amplitude, size: int = 5) -> t
     return bursts.sum(dim=-1)
 
 
+def canonical_line(theta, offset, amplitude, is_edge):
+    """The same kernels with θ (radians) in [0, π): a half turn of θ negates d, which the offset
+    absorbs, and flips an edge's (odd) profile, which its amplitude absorbs."""
+    turns = torch.floor(theta / math.pi)
+    flipped = turns.remainder(2) == 1
+    return (
+        theta - turns * math.pi,
+        torch.where(flipped, -offset, offset),
+        torch.where(flipped & is_edge, -amplitude, amplitude),
+    )
+
+
 # ---------------------------------------------------------------------------- line fits
 
 
@@ -176,11 +188,8 @@ def fit_lines(kernels: torch.Tensor, refine_steps: int = 30, chunk: int = 512) -
     if refine_steps > 0:
         theta, sigma, offset = _refine(centred.reshape(n, size, size), energy, theta, sigma, offset, is_edge, r2, refine_steps)
 
-    # Map θ into [0, 180): a half turn flips d, which the offset absorbs (the amplitude's sign is
-    # re-read from the projection below, so an edge's side stays right).
-    turns = torch.floor(theta / math.pi)
-    theta = theta - turns * math.pi
-    offset = torch.where(turns.remainder(2) == 1, -offset, offset)
+    # θ into [0, 180); the amplitude (and so an edge's side) is re-read from the projection below.
+    theta, offset, _ = canonical_line(theta, offset, torch.zeros_like(theta), is_edge)
     amplitude = torch.empty(n)
     for edge in (False, True):
         idx = is_edge == edge
