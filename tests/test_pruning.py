@@ -10,20 +10,15 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from convdissect.callbacks.pruning import (
-    CRITERIA,
-    Calibration,
-    PruningCallback,
-    consumer_inputs,
-    geometric_width,
-    score_layer,
-)
+from convdissect.callbacks.pruning import PruningCallback
 from convdissect.config import REPO_ROOT
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.models.lit_module import LitClassifier
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.models.surgery import producer_consumer_table
+from convdissect.pruning.criteria import CRITERIA, Calibration, score_layer
+from convdissect.pruning.schedule import Schedule, geometric_width
 from convdissect.train import build_module, train
 from tests.conftest import TINY, compose_cfg
 
@@ -154,7 +149,7 @@ def test_a_dead_channel_ranks_last(criterion, layer, calibration_images):
         net.get_submodule(layer).bias[dead] = 0.2
     images, labels = calibration_images
     table = producer_consumer_table(net)
-    cal = Calibration(net, table, consumer_inputs(net, table, images), labels, torch.Generator().manual_seed(0))
+    cal = Calibration(net, table, images, labels, torch.Generator().manual_seed(0))
     scores, _ = score_layer(cal, layer, {criterion: 1.0})
     assert scores.argmin() == dead and (scores[dead] < scores.sort().values[1]), scores
 
@@ -172,9 +167,9 @@ def test_geometric_widths_reach_the_target_and_never_go_below_one():
     widths = [geometric_width(32, 8, k, 7) for k in range(1, 8)]
     assert widths == sorted(widths, reverse=True) and widths[-1] == 8 and widths[0] < 32
     assert [geometric_width(3, 1, k, 4) for k in range(1, 5)][-1] == 1
-    callback = PruningCallback(mode="threshold", threshold=0.5)
-    assert callback._keep(torch.tensor([-5.0, -4.0, -3.0]), 0, 1).tolist() == [2]  # all below 0.5 x -4: the best survives
-    assert callback._keep(torch.tensor([1.0, 5.0, 0.1, 3.0]), 0, 1).tolist() == [0, 1, 3]  # median 1 (the lower one)
+    schedule = Schedule(mode="threshold", threshold=0.5)
+    assert schedule.keep({"a": torch.tensor([-5.0, -4.0, -3.0])}, [3], 1)["a"].tolist() == [2]  # all below 0.5 x -4: the best survives
+    assert schedule.keep({"a": torch.tensor([1.0, 5.0, 0.1, 3.0])}, [4], 1)["a"].tolist() == [0, 1, 3]  # median 1 (the lower one)
 
 
 @pytest.mark.parametrize("threshold", [0, 1.5, -0.2])

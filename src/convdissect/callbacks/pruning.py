@@ -59,7 +59,7 @@ class PruningCallback(L.Callback):
             mode=mode,
             target_widths=[int(w) for w in target_widths] if target_widths else None,
             iterations=int(iterations),
-            threshold=float(threshold),
+            threshold=threshold,
             pretrain_epochs=int(pretrain_epochs),
             every_n_epochs=int(every_n_epochs),
             min_width=min_width if isinstance(min_width, int) else [int(w) for w in min_width],
