@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
 
 from convdissect.callbacks.pruning import PruningCallback
 from convdissect.config import REPO_ROOT
@@ -18,6 +19,7 @@ from convdissect.models.lit_module import LitClassifier
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.models.surgery import producer_consumer_table
 from convdissect.pruning.criteria import CRITERIA, Calibration, score_layer
+from convdissect.pruning.measure import flops_per_image
 from convdissect.pruning.schedule import Schedule, geometric_width
 from convdissect.train import build_module, train
 from tests.conftest import TINY, compose_cfg
@@ -35,6 +37,7 @@ PRUNE = TINY + [
     "callbacks.pruning.eval_size=400",
     "+callbacks.model_checkpoint.save_top_k=-1",
     "callbacks.pruning.criterion={activation_variance:1,weight_noise:1}",
+    "trainer.log_every_n_steps=1",  # the learning rate at every step
 ]
 
 
@@ -46,8 +49,32 @@ def tb(log_dir: Path) -> tuple[dict[str, list], set[str]]:
         acc.Reload()
         for tag in acc.Tags()["scalars"]:
             scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-        other |= set(acc.Tags()["images"]) | set(acc.Tags()["tensors"])
+        other |= set(acc.Tags()["images"]) | set(acc.Tags()["tensors"]) | set(acc.Tags()["histograms"])
     return scalars, other
+
+
+def tb_histograms(log_dir: Path, tag: str) -> list:
+    """(step, number of values) of a histogram tag in the event files under log_dir."""
+    found = []
+    for events in sorted(log_dir.rglob("events.out.tfevents*")):
+        acc = EventAccumulator(str(events), size_guidance={"histograms": 0})  # 0: keep every step, not a sample
+        acc.Reload()
+        if tag in acc.Tags()["histograms"]:
+            found += [(e.step, e.histogram_value.num) for e in acc.Histograms(tag)]
+    return found
+
+
+def tb_custom_scalars(log_dir: Path) -> dict[str, list[str]]:
+    """{chart title: its tags} of the custom-scalars layout in the event files under log_dir."""
+    charts = {}
+    for events in sorted(log_dir.rglob("events.out.tfevents*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tag = "custom_scalars__config__"
+        for event in acc.Tensors(tag) if tag in acc.Tags()["tensors"] else []:
+            layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+            charts.update({chart.title: list(chart.multiline.tag) for cat in layout.category for chart in cat.chart})
+    return charts
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +83,7 @@ def pruned_run(tmp_path_factory):
     return out, train(compose_cfg("train", PRUNE, out))
 
 
+@pytest.mark.slow
 def test_pruning_run_fills_the_history(pruned_run):
     out, metrics = pruned_run
     assert json.loads((out / "metrics.json").read_text()) == metrics
@@ -65,6 +93,11 @@ def test_pruning_run_fills_the_history(pruned_run):
     assert history[0]["widths"] == [geometric_width(w, t, 1, 2) for w, t in zip([4, 8, 8, 8], TARGET)]
     assert history[1]["widths"] == metrics["widths"] == TARGET
     assert history[1]["n_params"] == metrics["n_params"] == sum(p.numel() for p in SimpleConvNet(TARGET).parameters())
+    # FLOPs per image: those of an untrained net of the same widths, falling at every step
+    image = torch.zeros(1, 1, 28, 28)
+    assert metrics["pruning"]["start_flops"] == flops_per_image(SimpleConvNet([4, 8, 8, 8]), image)
+    assert [h["flops"] for h in history] == [flops_per_image(SimpleConvNet(h["widths"]), image) for h in history]
+    assert metrics["pruning"]["start_flops"] > history[0]["flops"] > history[1]["flops"] == metrics["flops"]
     for h in history:
         assert [len(k) for k in h["kept_channels"].values()] == h["widths"]
         assert h["criterion_fallbacks"] == {"fc4": {"weight_noise": "activation_variance"}}
@@ -76,17 +109,32 @@ def test_pruning_run_fills_the_history(pruned_run):
     assert history[0]["val_acc_retrained"] == history[1]["val_acc_before"]
 
 
+@pytest.mark.slow
 def test_pruning_is_logged_and_drawn(pruned_run):
-    out, _ = pruned_run
+    out, metrics = pruned_run
     scalars, other = tb(out / "tensorboard")
-    for tag in ("pruning/val_acc_before", "pruning/val_acc_pruned", "pruning/val_acc_retrained", "pruning/n_params", "pruning/width_fc4"):
+    for tag in ("pruning/val_acc_before", "pruning/val_acc_pruned", "pruning/val_acc_retrained", "pruning/n_params",
+                "pruning/width_fc4", "pruning/flops"):
         assert [step for step, _ in scalars[tag]] == [1, 2], tag
     assert [value for _, value in scalars["pruning/width_conv2"]] == [6, 4]
+    assert [value for _, value in scalars["pruning/flops"]] == [h["flops"] for h in metrics["pruning_history"]]
+    # each step's scores, one per channel of the layer before the cut
+    history = metrics["pruning_history"]
+    for index, layer in enumerate(["conv1", "conv2", "conv3", "fc4"]):
+        steps = [(h["iteration"], h["widths_before"][index]) for h in history]
+        assert tb_histograms(out / "tensorboard", f"pruning/scores/{layer}") == steps
+    charts = tb_custom_scalars(out / "tensorboard")
+    assert charts["val accuracy: before / right after pruning / after retraining"] == [
+        "pruning/val_acc_before", "pruning/val_acc_pruned", "pruning/val_acc_retrained"]
+    # The learning-rate monitor shows OneCycle starting afresh after each step (epochs 1 and 2, 8 batches each).
+    lr = scalars["lr-AdamW"]
+    assert [step for step, value in lr if value == pytest.approx(lr[0][1], rel=1e-5)] == [0, 8, 16]
     assert {"pruning/accuracy", "pruning/kept_channels/text_summary"} <= other
     assert (out / "pruning_accuracy.png").stat().st_size > 1000
     assert "val/acc" in scalars
 
 
+@pytest.mark.slow
 def test_pruned_checkpoint_reloads_and_the_best_one_is_after_the_last_step(pruned_run, data_dir):
     out, metrics = pruned_run
     tested = Path(metrics["tested_checkpoint"])
@@ -101,6 +149,7 @@ def test_pruned_checkpoint_reloads_and_the_best_one_is_after_the_last_step(prune
     torch.testing.assert_close(state, dict(module.net.state_dict()))
 
 
+@pytest.mark.slow
 def test_resume_mid_schedule_continues_at_the_next_step(pruned_run, tmp_path):
     out, metrics = pruned_run
     # epoch_001.ckpt: the end of epoch 1, after step 1; step 2 is still to come
@@ -112,6 +161,7 @@ def test_resume_mid_schedule_continues_at_the_next_step(pruned_run, tmp_path):
     assert [step for step, _ in tb(tmp_path / "tensorboard")[0]["pruning/val_acc_pruned"]] == [2]  # only step 2 ran here
 
 
+@pytest.mark.slow
 def test_init_from_starts_from_a_model_state(pruned_run, tmp_path):
     out, metrics = pruned_run
     # no training: the test accuracy is the loaded net's own
@@ -168,8 +218,10 @@ def test_geometric_widths_reach_the_target_and_never_go_below_one():
     assert widths == sorted(widths, reverse=True) and widths[-1] == 8 and widths[0] < 32
     assert [geometric_width(3, 1, k, 4) for k in range(1, 5)][-1] == 1
     schedule = Schedule(mode="threshold", threshold=0.5)
-    assert schedule.keep({"a": torch.tensor([-5.0, -4.0, -3.0])}, [3], 1)["a"].tolist() == [2]  # all below 0.5 x -4: the best survives
-    assert schedule.keep({"a": torch.tensor([1.0, 5.0, 0.1, 3.0])}, [4], 1)["a"].tolist() == [0, 1, 3]  # median 1 (the lower one)
+    # all below 0.5 x -4: the best survives
+    assert schedule.keep({"a": torch.tensor([-5.0, -4.0, -3.0])}, [3], 1)["a"].tolist() == [2]
+    # median 1 (the lower one)
+    assert schedule.keep({"a": torch.tensor([1.0, 5.0, 0.1, 3.0])}, [4], 1)["a"].tolist() == [0, 1, 3]
 
 
 @pytest.mark.parametrize("threshold", [0, 1.5, -0.2])
@@ -217,6 +269,7 @@ def test_experiments_compose():
     assert threshold.pruning.mode == "threshold" and "model_checkpoint" in threshold
 
 
+@pytest.mark.slow
 def test_no_conv2_net_prunes(tmp_path):
     overrides = [o for o in PRUNE if not o.startswith("callbacks.pruning.target_widths") and not o.startswith("model.widths")]
     metrics = train(compose_cfg("train", overrides + ["model.conv2=false", "model.widths=[4,8,8]",
@@ -224,6 +277,7 @@ def test_no_conv2_net_prunes(tmp_path):
     assert metrics["widths"] == [2, 4, 4] and list(metrics["pruning_history"][0]["kept_channels"]) == ["conv1", "conv3", "fc4"]
 
 
+@pytest.mark.slow
 def test_threshold_mode_shrinks_every_layer_but_never_below_one(tmp_path):
     overrides = PRUNE + ["callbacks.pruning.mode=threshold", "callbacks.pruning.threshold=1.0", "callbacks.pruning.target_widths=null",
                          "model.widths=[4,8,8,2]", "trainer.limit_train_batches=2"]
@@ -233,6 +287,7 @@ def test_threshold_mode_shrinks_every_layer_but_never_below_one(tmp_path):
         assert all(1 <= a <= b for a, b in zip(after, before)) and after != before
 
 
+@pytest.mark.slow
 def test_sweep_table_prints_the_accuracy_after_each_step(pruned_run):
     out, metrics = pruned_run
     proc = subprocess.run([sys.executable, "scripts/pruning_sweep_table.py", str(out.parent)], cwd=REPO_ROOT,
@@ -244,6 +299,7 @@ def test_sweep_table_prints_the_accuracy_after_each_step(pruned_run):
     assert "1*activation_variance + 1*weight_noise" in row
 
 
+@pytest.mark.slow
 def test_entry_point_refuses_a_schedule_too_long_in_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train.py", "+experiment=prune_7iters", "trainer.max_epochs=5", "trainer.limit_train_batches=1",

@@ -198,7 +198,9 @@ class PruningCallback(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         for logger in _tensorboards(trainer):
-            text = "\n\n".join(f"{layer}: {', '.join(unit_name(layer, i) for i in kept)}" for layer, kept in self.kept.items())
+            text = "\n\n".join(
+                f"{layer}: {', '.join(unit_name(layer, i) for i in kept)}" for layer, kept in self.kept.items()
+            )
             logger.experiment.add_text("pruning/kept_channels", text, global_step=step)
             for layer, layer_scores in scores.items():  # the scores the cut was made on, before the cut
                 logger.experiment.add_histogram(f"pruning/scores/{layer}", layer_scores, global_step=step)
@@ -245,7 +247,9 @@ def _widths(net: nn.Module, table: dict[str, str]) -> list[int]:
 
 
 def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
-    return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)] if trainer.is_global_zero else []
+    if not trainer.is_global_zero:
+        return []
+    return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
 
 def _forget_best(checkpoint: ModelCheckpoint) -> None:

@@ -55,7 +55,9 @@ class Schedule:
             )
         floors = [self.min_width] if isinstance(self.min_width, int) else list(self.min_width)
         if not floors or any(int(w) < 1 for w in floors):
-            raise UserInputError(f"callbacks.pruning.min_width={self.min_width}: one width >= 1, or one per prunable layer")
+            raise UserInputError(
+                f"callbacks.pruning.min_width={self.min_width}: one width >= 1, or one per prunable layer"
+            )
         if self.mode == "geometric" and (not self.target_widths or any(int(w) < 1 for w in self.target_widths)):
             raise UserInputError(
                 f"callbacks.pruning.target_widths={self.target_widths}: one width >= 1 per prunable layer"
