@@ -1,6 +1,7 @@
 """The pruning callback: short real pruning runs, resume, criteria, schedules and clear errors."""
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -8,17 +9,19 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 from convdissect.callbacks.pruning import PruningCallback
-from convdissect.config import REPO_ROOT
+from convdissect.config import CONFIG_DIR, REPO_ROOT
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.models.lit_module import LitClassifier
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.models.surgery import producer_consumer_table
-from convdissect.pruning.criteria import CRITERIA, Calibration, score_layer
+from convdissect.pruning.criteria import CRITERIA, Calibration, parse_criterion, score_layer
 from convdissect.pruning.measure import flops_per_image
 from convdissect.pruning.schedule import Schedule, geometric_width
 from convdissect.train import build_module, train
@@ -265,6 +268,13 @@ def test_experiments_compose():
     assert not any(k.startswith("conv2.") for k in no_conv2.net.state_dict())
     sweep = compose_cfg("train", ["+experiment=prune_7iters", "+sweep=pruning"])
     assert sweep.callbacks.pruning.mode == "threshold" and sweep.callbacks.pruning.target_widths is None
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        baselines = compose("train", ["+experiment=prune_7iters", "+sweep=pruning_baselines"], return_hydra_config=True)
+    params = baselines.hydra.sweeper.params
+    assert params["callbacks.pruning.criterion"] == "activation_variance,magnitude,taylor,random" and params.seed == "0,1,2"
+    for criterion in params["callbacks.pruning.criterion"].split(","):
+        parse_criterion(criterion)
     threshold = compose_cfg("train", ["callbacks=pruning_threshold"]).callbacks
     assert threshold.pruning.mode == "threshold" and "model_checkpoint" in threshold
 
@@ -288,15 +298,30 @@ def test_threshold_mode_shrinks_every_layer_but_never_below_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_sweep_table_prints_the_accuracy_after_each_step(pruned_run):
-    out, metrics = pruned_run
-    proc = subprocess.run([sys.executable, "scripts/pruning_sweep_table.py", str(out.parent)], cwd=REPO_ROOT,
+def test_sweep_table_averages_the_seeds_of_each_criterion(tmp_path):
+    sweep = tmp_path / "sweep"
+    # the multirun a user starts, 2 criteria x 2 seeds, each run tiny
+    overrides = [o for o in PRUNE if not o.startswith(("callbacks.pruning.criterion", "+callbacks.model_checkpoint"))]
+    made = subprocess.run(
+        [sys.executable, "train.py", "-m", *overrides, "callbacks.pruning.criterion=magnitude,taylor", "seed=0,1",
+         "trainer.limit_train_batches=2", "threads=1", f"hydra.sweep.dir={sweep}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "scripts/pruning_sweep_table.py", str(sweep)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    row = next(line for line in proc.stdout.splitlines() if line.startswith(f"| {out.name} "))
-    for h in metrics["pruning_history"]:
-        assert f"{h['val_acc_pruned']:.4f}" in row
-    assert "1*activation_variance + 1*weight_noise" in row
+    runs = [json.loads(path.read_text()) for path in sorted(sweep.glob("*/metrics.json"))]
+    assert len(runs) == 4
+    for criterion, label in (("magnitude", "magnitude (L2)"), ("taylor", "taylor")):
+        (row,) = [line for line in proc.stdout.splitlines() if line.startswith(f"| {label} | geometric | ")]
+        group = [m for m in runs if criterion in m["pruning"]["criterion"]]
+        assert sorted(m["pruning"]["seed"] for m in group) == [0, 1] and "| 0, 1 |" in row
+        for k in range(2):  # mean ± sd over the two seeds, in %
+            after = [100 * m["pruning_history"][k]["val_acc_pruned"] for m in group]
+            mean, sd = statistics.mean(after), statistics.stdev(after)
+            assert f"| {mean:.2f} ± {sd:.2f} |" in row
+        assert f"| {group[0]['flops']:,} |" in row and "[2, 4, 4, 4]" in row
 
 
 @pytest.mark.slow

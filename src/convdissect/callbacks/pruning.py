@@ -227,7 +227,7 @@ class PruningCallback(L.Callback):
                         "threshold": schedule.threshold if schedule.mode == "threshold" else None,
                         "magnitude_p": self.options["magnitude"]["p"] if "magnitude" in self.weights else None,
                         "start_widths": self.start_widths, "start_flops": self.start_flops,
-                        "iterations": schedule.iterations},
+                        "iterations": schedule.iterations, "seed": self.seed},
             "pruning_history": self.history,
             "flops": self.history[-1]["flops"] if self.history else self.start_flops,  # per image, of the final net
         }
