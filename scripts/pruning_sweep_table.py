@@ -50,6 +50,7 @@ def table(runs: list[tuple[Path, dict]]) -> str:
               "final widths", "FLOPs per image", "test acc (%)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (criterion, schedule), group in sorted(groups.items()):
+        group.sort(key=lambda m: m["pruning"].get("seed", -1))
         after = []
         for k in range(steps):
             values = [m["pruning_history"][k]["val_acc_pruned"] for m in group if len(m["pruning_history"]) > k]
