@@ -288,6 +288,19 @@ def test_no_conv2_net_prunes(tmp_path):
 
 
 @pytest.mark.slow
+def test_global_ranking_keeps_the_summed_width_and_each_layers_min_width(tmp_path):
+    overrides = PRUNE + ["callbacks.pruning.scope=global", "callbacks.pruning.criterion=taylor",
+                         "callbacks.pruning.min_width=[2,3,3,3]", "trainer.limit_train_batches=2"]
+    metrics = train(compose_cfg("train", overrides, tmp_path))
+    for h in metrics["pruning_history"]:
+        planned = [geometric_width(w, t, h["iteration"], 2) for w, t in zip([4, 8, 8, 8], TARGET)]
+        assert sum(h["widths"]) == sum(planned) and all(w >= m for w, m in zip(h["widths"], [2, 3, 3, 3])), h["widths"]
+    widths = metrics["widths"]
+    assert metrics["flops"] == flops_per_image(SimpleConvNet(widths), torch.zeros(1, 1, 28, 28))
+    assert metrics["pruning"]["scope"] == "global"
+
+
+@pytest.mark.slow
 def test_threshold_mode_shrinks_every_layer_but_never_below_one(tmp_path):
     overrides = PRUNE + ["callbacks.pruning.mode=threshold", "callbacks.pruning.threshold=1.0", "callbacks.pruning.target_widths=null",
                          "model.widths=[4,8,8,2]", "trainer.limit_train_batches=2"]
