@@ -48,7 +48,8 @@ def main() -> None:
         macs = macs_by_layer(net, image)
         print(f"widths {net.widths}: " + ", ".join(f"{name} {n:,}" for name, n in macs.items()) + " MACs")
         total = sum(macs.values())
-        print(f"  by layer shapes: {total:,} MACs = {2 * total:,} FLOPs; measure_flops: {flops_per_image(net, image):,} FLOPs")
+        tool = flops_per_image(net, image)
+        print(f"  by layer shapes: {total:,} MACs = {2 * total:,} FLOPs; measure_flops: {tool:,} FLOPs")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 setting of a multirun (criterion and schedule), as mean ± sd over its seeds, so criteria can be
 compared, e.g. the standard magnitude and taylor against activation_variance and the random control.
 
-    python train.py -m +experiment=prune_7iters +sweep=pruning_baselines hydra/launcher=joblib hydra.launcher.n_jobs=12 threads=1
+    python train.py -m +experiment=prune_7iters +sweep=pruning_baselines \
+        hydra/launcher=joblib hydra.launcher.n_jobs=12 threads=1
     python scripts/pruning_sweep_table.py outputs/prune_7iters/multiruns/<date>
 """
 
@@ -57,7 +58,8 @@ def table(runs: list[tuple[Path, dict]]) -> str:
             after.append(mean_sd(values) if values else "")
         seeds = ", ".join(str(m["pruning"].get("seed", "?")) for m in group)
         widths = " / ".join(sorted({str(m["widths"]) for m in group}))
-        flops = " / ".join(sorted({f"{m['flops']:,}" if m.get("flops") else "?" for m in group}))  # "?": run made before FLOPs
+        # "?": a run made before FLOPs were counted
+        flops = " / ".join(sorted({f"{m['flops']:,}" if m.get("flops") else "?" for m in group}))
         cells = [criterion, schedule, seeds, *after, widths, flops, mean_sd([m["test/acc"] for m in group])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -159,9 +159,11 @@ def test_resume_mid_schedule_continues_at_the_next_step(pruned_run, tmp_path):
     resumed = train(compose_cfg("train", PRUNE + [f"ckpt_path={out / 'checkpoints' / 'epoch_001.ckpt'}"], tmp_path))
     first, again = metrics["pruning_history"], resumed["pruning_history"]
     assert [h["iteration"] for h in again] == [1, 2]
-    assert again[0]["kept_channels"] == first[0]["kept_channels"] and again[0]["val_acc_pruned"] == first[0]["val_acc_pruned"]
+    assert again[0]["kept_channels"] == first[0]["kept_channels"]
+    assert again[0]["val_acc_pruned"] == first[0]["val_acc_pruned"]
     assert again[1]["widths_before"] == first[0]["widths"] and resumed["widths"] == TARGET
-    assert [step for step, _ in tb(tmp_path / "tensorboard")[0]["pruning/val_acc_pruned"]] == [2]  # only step 2 ran here
+    # only step 2 ran here
+    assert [step for step, _ in tb(tmp_path / "tensorboard")[0]["pruning/val_acc_pruned"]] == [2]
 
 
 @pytest.mark.slow
@@ -236,7 +238,8 @@ def test_threshold_outside_zero_one_is_an_error(threshold):
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        (["callbacks.pruning.target_widths=[2,16,4,4]"], r"target_widths=\[2, 16, 4, 4\]: conv2 target 16 is above its current width 8"),
+        (["callbacks.pruning.target_widths=[2,16,4,4]"],
+         r"target_widths=\[2, 16, 4, 4\]: conv2 target 16 is above its current width 8"),
         (["callbacks.pruning.target_widths=[2,0,4,4]"], r"target_widths=\[2, 0, 4, 4\]: one width >= 1"),
         (["callbacks.pruning.target_widths=[2,4,4]"], r"need one width per prunable layer"),
         (["trainer.max_epochs=2"], r"trainer.max_epochs=2 cannot hold the pruning schedule: .* need max_epochs >= 3"),
@@ -249,7 +252,8 @@ def test_bad_schedules_fail_before_training(overrides, match, tmp_path):
 
 
 def test_multi_device_pruning_is_refused(tmp_path):
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, max_epochs=5, default_root_dir=tmp_path)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, max_epochs=5,
+                        default_root_dir=tmp_path)
     module = LitClassifier({"name": "simple_convnet", "widths": [4, 8, 8, 8]}, {"name": "adam"})
     with pytest.raises(UserInputError, match="pruning runs on one device only"):
         PruningCallback(target_widths=TARGET).setup(trainer, module, "fit")
@@ -272,7 +276,8 @@ def test_experiments_compose():
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         baselines = compose("train", ["+experiment=prune_7iters", "+sweep=pruning_baselines"], return_hydra_config=True)
     params = baselines.hydra.sweeper.params
-    assert params["callbacks.pruning.criterion"] == "activation_variance,magnitude,taylor,random" and params.seed == "0,1,2"
+    assert params["callbacks.pruning.criterion"] == "activation_variance,magnitude,taylor,random"
+    assert params.seed == "0,1,2"
     for criterion in params["callbacks.pruning.criterion"].split(","):
         parse_criterion(criterion)
     threshold = compose_cfg("train", ["callbacks=pruning_threshold"]).callbacks
@@ -281,10 +286,12 @@ def test_experiments_compose():
 
 @pytest.mark.slow
 def test_no_conv2_net_prunes(tmp_path):
-    overrides = [o for o in PRUNE if not o.startswith("callbacks.pruning.target_widths") and not o.startswith("model.widths")]
-    metrics = train(compose_cfg("train", overrides + ["model.conv2=false", "model.widths=[4,8,8]",
-                                                      "callbacks.pruning.target_widths=[2,4,4]", "trainer.limit_train_batches=2"], tmp_path))
-    assert metrics["widths"] == [2, 4, 4] and list(metrics["pruning_history"][0]["kept_channels"]) == ["conv1", "conv3", "fc4"]
+    overrides = [o for o in PRUNE if not o.startswith(("callbacks.pruning.target_widths", "model.widths"))]
+    overrides += ["model.conv2=false", "model.widths=[4,8,8]", "callbacks.pruning.target_widths=[2,4,4]",
+                  "trainer.limit_train_batches=2"]
+    metrics = train(compose_cfg("train", overrides, tmp_path))
+    assert metrics["widths"] == [2, 4, 4]
+    assert list(metrics["pruning_history"][0]["kept_channels"]) == ["conv1", "conv3", "fc4"]
 
 
 @pytest.mark.slow
@@ -302,8 +309,9 @@ def test_global_ranking_keeps_the_summed_width_and_each_layers_min_width(tmp_pat
 
 @pytest.mark.slow
 def test_threshold_mode_shrinks_every_layer_but_never_below_one(tmp_path):
-    overrides = PRUNE + ["callbacks.pruning.mode=threshold", "callbacks.pruning.threshold=1.0", "callbacks.pruning.target_widths=null",
-                         "model.widths=[4,8,8,2]", "trainer.limit_train_batches=2"]
+    overrides = PRUNE + ["callbacks.pruning.mode=threshold", "callbacks.pruning.threshold=1.0",
+                         "callbacks.pruning.target_widths=null", "model.widths=[4,8,8,2]",
+                         "trainer.limit_train_batches=2"]
     history = train(compose_cfg("train", overrides, tmp_path))["pruning_history"]
     widths = [[4, 8, 8, 2]] + [h["widths"] for h in history]
     for before, after in zip(widths, widths[1:]):
@@ -340,12 +348,13 @@ def test_sweep_table_averages_the_seeds_of_each_criterion(tmp_path):
 @pytest.mark.slow
 def test_entry_point_refuses_a_schedule_too_long_in_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "train.py", "+experiment=prune_7iters", "trainer.max_epochs=5", "trainer.limit_train_batches=1",
-         f"hydra.run.dir={tmp_path}"],
+        [sys.executable, "train.py", "+experiment=prune_7iters", "trainer.max_epochs=5",
+         "trainer.limit_train_batches=1", f"hydra.run.dir={tmp_path}"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: trainer.max_epochs=5 cannot hold the pruning schedule: 1 pretrain epochs + 7 iterations x 1 epoch(s) need max_epochs >= 8"
+        "error: trainer.max_epochs=5 cannot hold the pruning schedule: 1 pretrain epochs + 7 iterations x 1 epoch(s) "
+        "need max_epochs >= 8"
     )
     assert not (tmp_path / "checkpoints").exists()
