@@ -35,7 +35,7 @@ from torch import nn
 from convdissect.conventions import unit_name
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
 from convdissect.errors import UserInputError
-from convdissect.models.parametric import fit_lines, peak_energy_share
+from convdissect.dissect.fits import fit_lines, peak_energy_share
 from convdissect.models.surgery import layer_width, producer_consumer_table, remove_channels
 
 log = logging.getLogger(__name__)
