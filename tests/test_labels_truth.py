@@ -93,7 +93,7 @@ def test_conv1_angle_kind_and_side(labels, i):
 def test_opposite_edges_get_opposite_sides(labels):
     for first, second in ((5, 6), (7, 8)):
         assert labels[f"conv1_{first}"]["side"] != labels[f"conv1_{second}"]["side"]
-    # design.md: a vertical edge whose positive lobe lies right of its centre line
+    # docs/measures.md conventions: a vertical edge whose positive lobe lies right of its centre line
     right_lobe = labels["conv1_6"]
     assert line(90, -1.0, "edge")[:, 3:].sum() > 0  # planted: positive on the right
     assert right_lobe["label"] == "left side of a vertical line"

@@ -1,4 +1,4 @@
-"""Iterative channel pruning inside one `trainer.fit` (design.md §1 "Iterative pruning").
+"""Iterative channel pruning inside one `trainer.fit` (docs/measures.md, "The nets").
 
 At the start of epoch `pretrain_epochs + (k - 1) * every_n_epochs` (k = 1..iterations) every
 prunable layer's out channels are scored on a fixed calibration subset of the validation split,

@@ -1,6 +1,6 @@
 """The article's figures, one function each, every one returning a matplotlib Figure.
 
-Conventions (design.md §5): weight grids and other signed maps use a diverging colormap centred
+Conventions (docs/measures.md): weight grids and other signed maps use a diverging colormap centred
 at 0 with symmetric limits (red +, blue -); activations a sequential one; raw images are gray.
 Channel numbers are 1-based (convdissect.conventions.unit_name). Figures are built with
 matplotlib's object API on the Agg backend, so no window opens and no global state is kept.

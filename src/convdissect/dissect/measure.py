@@ -48,8 +48,10 @@ def strongest_grids(weight: torch.Tensor, contributions: SignedContributions, pe
     return weight.detach().cpu()[torch.arange(len(order))[:, None], order].flatten(0, 1)
 
 
-def measure(net: nn.Module, images: torch.Tensor) -> Measurements:
-    """All measurements of a SimpleConvNet on normalised images [N, 1, 28, 28] and on probes."""
+def measure(net: nn.Module, images: torch.Tensor, for_labels: bool = True) -> Measurements:
+    """All measurements of a SimpleConvNet on normalised images [N, 1, 28, 28] and on probes.
+    for_labels=False (a null net) skips what only the labels and the report read: conv1's and
+    conv2's position/pattern sweeps and the responses to the images."""
     net.eval()
     images = images.to(next(net.parameters()).device)
     layers = conv_layers(net)
@@ -71,8 +73,8 @@ def measure(net: nn.Module, images: torch.Tensor) -> Measurements:
         driver_fit=driver_fit,
         driver=driver,
         grids=grids,
-        position_pattern={layer: position_pattern(net, layer) for layer in layers},
-        responses=channel_responses(net, images, layers),
+        position_pattern={layer: position_pattern(net, layer) for layer in layers if for_labels or layer == "conv3"},
+        responses=channel_responses(net, images, layers) if for_labels else {},
     )
 
 
