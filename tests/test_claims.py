@@ -156,6 +156,7 @@ def test_dissect_events_go_beside_the_training_run(tmp_path):
     run = tmp_path / "run"
     cfg = compose_cfg("train", TINY, run)
     train(cfg)
+    (run / ".hydra").mkdir()
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # what the Hydra app leaves in a run dir
     out = tmp_path / "dissect"
     overrides = [f"ckpt_path={run / 'model_state.pt'}", "n_images=200", "superstimulus.enabled=false", "report.projection_points=60",
