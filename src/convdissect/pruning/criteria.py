@@ -29,7 +29,7 @@ from torch import nn
 
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
 from convdissect.errors import UserInputError
-from convdissect.models.parametric import fit_lines, peak_energy_share
+from convdissect.dissect.fits import fit_lines, peak_energy_share
 from convdissect.models.surgery import layer_width
 
 # Pixel range and mid-grey of an image normalised like the data.
