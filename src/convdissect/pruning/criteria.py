@@ -15,7 +15,9 @@ CRITERIA with whether it has a meaning for fully connected units:
 - taylor: first-order Taylor estimate of the loss change when the channel is removed,
   |Σ_positions a·∂L/∂a| per calibration image, averaged over the images (Molchanov et al. 2017)
 - random: the control
-A config's `criterion` is one name or a {name: weight} map (weighted sum of the criteria's ranks).
+A config's `criterion` is one name or a {name: weight} map: the weighted sum of the criteria's
+scores, each first normalised within the layer (`normalise`: rank, to [0, 1], or zscore, to mean 0
+and sd 1; one for all or one per criterion) so that no criterion dominates by its scale.
 """
 
 from __future__ import annotations
@@ -144,7 +146,12 @@ def weight_noise(cal: Calibration, layer: str) -> torch.Tensor:
     return (r2 * energy).sum(dim=1) / energy.sum(dim=1).clamp_min(1e-12)
 
 
-def superstimulus_contrast(cal: Calibration, layer: str, steps: int = 10, lr: float = 2.0) -> torch.Tensor:
+# Ascent steps of superstimulus_contrast: the channels' ranks at 32 steps agree with those at 64
+# (scripts/superstimulus_steps.py measures it on a trained net; docs/article_method.md).
+SUPERSTIMULUS_STEPS = 32
+
+
+def superstimulus_contrast(cal: Calibration, layer: str, steps: int = SUPERSTIMULUS_STEPS, lr: float = 2.0) -> torch.Tensor:
     module = cal.net.get_submodule(layer)
     width = layer_width(module)
     images = torch.full((width, *cal.images.shape[1:]), GREY, device=module.weight.device, requires_grad=True)
@@ -214,17 +221,50 @@ def parse_criterion(criterion) -> dict[str, float]:
     return weights
 
 
+NORMALISATIONS = ("rank", "zscore")
+
+
+def parse_normalise(normalise, weights: dict[str, float]) -> dict[str, str]:
+    """'rank' | 'zscore' | {name: 'rank' | 'zscore'} -> {name: normalisation} for every criterion
+    in `weights` (a criterion missing from a map is ranked), checked."""
+    if isinstance(normalise, str):
+        by_name = {name: normalise for name in weights}
+    else:
+        by_name = {str(k): str(v) for k, v in dict(normalise).items()}
+        extra = [name for name in by_name if name not in weights]
+        if extra:
+            raise UserInputError(
+                f"callbacks.pruning.normalise={normalise!r}: {extra} not in the criterion {list(weights)}"
+            )
+        by_name = {name: by_name.get(name, "rank") for name in weights}
+    bad = {name: v for name, v in by_name.items() if v not in NORMALISATIONS}
+    if bad:
+        raise UserInputError(f"callbacks.pruning.normalise={normalise!r}: {bad}; allowed {list(NORMALISATIONS)}")
+    return by_name
+
+
 def rank01(scores: torch.Tensor) -> torch.Tensor:
     """Scores -> their ranks scaled to [0, 1] (comparable across criteria)."""
     ranks = scores.argsort().argsort().float()
     return ranks / max(1, len(scores) - 1)
 
 
-def score_layer(cal: Calibration, layer: str, weights: dict[str, float],
-                options: dict[str, dict] | None = None) -> tuple[torch.Tensor, dict[str, str]]:
+def zscore(scores: torch.Tensor) -> torch.Tensor:
+    """Scores -> (scores - mean) / sd within the layer; all 0 when they do not vary."""
+    sd = scores.std(unbiased=False) if len(scores) > 1 else scores.new_zeros(())
+    return (scores - scores.mean()) / sd if sd > 1e-12 else torch.zeros_like(scores)
+
+
+NORMALISE = {"rank": rank01, "zscore": zscore}
+
+
+def score_layer(cal: Calibration, layer: str, weights: dict[str, float], options: dict[str, dict] | None = None,
+                normalise: dict[str, str] | None = None) -> tuple[torch.Tensor, dict[str, str]]:
     """Scores of the layer's out channels (on the CPU), and the criteria that fell back
-    ({criterion: used}). `options` holds keyword arguments per criterion, e.g. {"magnitude": {"p": 1}}."""
-    options = options or {}
+    ({criterion: used}). `options` holds keyword arguments per criterion, e.g. {"magnitude": {"p": 1}};
+    `normalise` {criterion: 'rank' | 'zscore'} how each is normalised in a combination (default rank).
+    A single criterion's scores are returned as they are."""
+    options, normalise = options or {}, normalise or {}
     is_conv = isinstance(cal.net.get_submodule(layer), nn.Conv2d)
     used, fallbacks = {}, {}
     for name, weight in weights.items():
@@ -235,4 +275,4 @@ def score_layer(cal: Calibration, layer: str, weights: dict[str, float],
     per_criterion = {name: CRITERIA[name].score(cal, layer, **options.get(name, {})).float().cpu() for name in used}
     if len(per_criterion) == 1:
         return next(iter(per_criterion.values())), fallbacks
-    return sum(w * rank01(per_criterion[name]) for name, w in used.items()), fallbacks
+    return sum(w * NORMALISE[normalise.get(name, "rank")](per_criterion[name]) for name, w in used.items()), fallbacks
