@@ -10,7 +10,8 @@ CRITERIA with whether it has a meaning for fully connected units:
 - selectivity: class selectivity of the channel's mean activation, the share of its variance over
   the images explained by the class means (eta²); 0 for a constant channel
 - superstimulus_contrast: contrast (pixel std) of the input that maximises the channel's centre
-  unit, found by a short gradient ascent from a grey image; a plain superstimulus goes first
+  unit, found by a short gradient ascent from the mean calibration image; a plain superstimulus
+  goes first
 - magnitude: the Lp norm of the channel's weights (its out-channel slice), p = 1 or 2
 - taylor: first-order Taylor estimate of the loss change when the channel is removed,
   |Σ_positions a·∂L/∂a| per calibration image, averaged over the images (Molchanov et al. 2017)
@@ -34,9 +35,8 @@ from convdissect.errors import UserInputError
 from convdissect.dissect.fits import fit_lines, peak_energy_share
 from convdissect.models.surgery import layer_width
 
-# Pixel range and mid-grey of an image normalised like the data.
+# Pixel range of an image normalised like the data.
 PIXEL_LOW, PIXEL_HIGH = -MNIST_MEAN / MNIST_STD, (1.0 - MNIST_MEAN) / MNIST_STD
-GREY = (0.5 - MNIST_MEAN) / MNIST_STD
 
 
 @dataclass
@@ -146,15 +146,18 @@ def weight_noise(cal: Calibration, layer: str) -> torch.Tensor:
     return (r2 * energy).sum(dim=1) / energy.sum(dim=1).clamp_min(1e-12)
 
 
-# Ascent steps of superstimulus_contrast: the channels' ranks at 32 steps agree with those at 64
+# Ascent steps of superstimulus_contrast: the channels' ranks at 64 steps agree with those at 128
 # (scripts/superstimulus_steps.py measures it on a trained net; docs/article_method.md).
-SUPERSTIMULUS_STEPS = 32
+SUPERSTIMULUS_STEPS = 64
 
 
 def superstimulus_contrast(cal: Calibration, layer: str, steps: int = SUPERSTIMULUS_STEPS, lr: float = 2.0) -> torch.Tensor:
     module = cal.net.get_submodule(layer)
     width = layer_width(module)
-    images = torch.full((width, *cal.images.shape[1:]), GREY, device=module.weight.device, requires_grad=True)
+    # from the mean calibration image: from a grey one, channels that grey leaves silent get no
+    # gradient and all score 0 (every conv2 channel of a trained baseline)
+    start = cal.images.mean(dim=0).to(module.weight.device)
+    images = start.expand(width, *start.shape).clone().requires_grad_(True)
     captured = {}
     handle = module.register_forward_hook(lambda m, args, out: captured.update(out=out))
     try:
