@@ -53,7 +53,7 @@ def step_table(net, images: torch.Tensor, labels: torch.Tensor, steps: list[int]
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--steps", type=int, nargs="+", default=[10, 32, 64])
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 32, 64, 128])
     parser.add_argument("--data-dir", default=os.environ.get("CONVDISSECT_DATA_DIR", "data"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
