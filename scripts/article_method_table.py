@@ -5,7 +5,7 @@
 MULTIRUN_DIR holds the runs of `+sweep=article_criteria` (one per criterion and seed). Each run's
 claims are read from its dissection's claims.json (RUN/dissect/claims.json); --dissect first runs
 dissect.py on every run that has none. Rows are criteria, columns the claim-2 statistics of
-convdissect.claims ((a) copies, (b) one driver dominates, the top-k ablation), each as mean ± sd
+convdissect.claims (COLUMNS; docs/measures.md says what each is), each as mean ± sd
 over seeds, the untrained net's value (the null of "learned") and both verdicts (holds/learned), then
 test accuracy and the no_conv2 gap: the criterion's test accuracy minus that of the no_conv2 runs
 given (paired by seed where the seeds match).
@@ -21,12 +21,15 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from convdissect.claims import STATISTICS, seed_verdicts
+from convdissect.claims import seed_verdicts
 from convdissect.config import REPO_ROOT
 
 ARTICLE = {"activation_variance", "weight_noise", "superstimulus_contrast", "selectivity"}
 ORDER = ["prune_article", "activation_variance", "magnitude", "taylor", "random"]
-COLUMNS = ["conv2_copy_fraction", "conv2_tuning_corr", "conv2_top_share", "ablation_top1", "ablation_top2", "ablation_top3"]
+# claim 2 (a): conv2 copies its driver's pattern; (b): one driver dominates; the top-k ablation
+COLUMNS = {"conv2_copy_fraction": "(a) copy fraction", "conv2_tuning_corr": "(a) tuning corr. with driver",
+           "conv2_top_share": "(b) main driver's share", "ablation_top1": "top-1 ablation acc.",
+           "ablation_top2": "top-2 ablation acc.", "ablation_top3": "top-3 ablation acc."}
 
 
 def criterion_name(criterion) -> str:
@@ -72,7 +75,7 @@ def cell(records: list[dict], name: str) -> str:
 
 
 def table(rows: dict[str, list[tuple[int, dict, dict]]], no_conv2: dict[int, float]) -> str:
-    header = ["criterion", "seeds", *(f"{STATISTICS[c].what}" for c in COLUMNS), "test accuracy (%)",
+    header = ["criterion", "seeds", *COLUMNS.values(), "test accuracy (%)",
               "minus no_conv2 (points)"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for name in sorted(rows, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):

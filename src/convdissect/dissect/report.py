@@ -27,6 +27,7 @@ from convdissect.dissect.activations import conv_layers, input_layer, record, to
 from convdissect.dissect.contributions import inner_contributions
 from convdissect.dissect.measure import Measurements
 from convdissect.dissect.projections import Projection
+from convdissect.dissect import untangle
 from convdissect.dissect.selectivity import OrientationTuning, PositionPattern, orientation_tuning, position_pattern
 from convdissect.errors import UserInputError
 from convdissect.models.handnet import EXPLANATION_TITLES
@@ -194,6 +195,7 @@ def report_figures(net, m: Measurements, images: torch.Tensor, digits: torch.Ten
     why = f"the conv3 channel most active on digit {first}" if settings.conv3.unit is None else "chosen in the config"
     for digit in settings.conv3.digits:
         yield _dissection_figure(net, unit, digit, images, digits, resp, labels, settings.dissection_rows, why)
+    yield untangle.report_figure(net, images, digits, m.position_pattern["conv3"])
 
     # fc
     yield from _superstimulus_figure("fc5", stimuli)

@@ -185,11 +185,12 @@ class Untangled:
 
 @torch.no_grad()
 def untangle(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-             methods=METHODS + (PROBE_METHOD,), seed: int = 0) -> Untangled:
+             methods=METHODS + (PROBE_METHOD,), seed: int = 0, sweep: PositionPattern | None = None) -> Untangled:
     """Fit each method on conv3's pooled outputs of the train images and measure every set of
-    units: top-cell share on the probe sweep, readout accuracy from train to test images."""
+    units: top-cell share on the probe sweep (conv3's position_pattern, measured here unless
+    given), readout accuracy from train to test images."""
     net.eval()
-    sweep = position_pattern(net, "conv3")
+    sweep = sweep or position_pattern(net, "conv3")
     # conv3's pooled output is max-pool(ReLU(conv3)) over its whole map: the ReLU'd sweep response
     pooled = sweep.responses.relu()  # [C, P, Q, R]
     cells = pooled.permute(1, 2, 3, 0)  # [P, Q, R, C]
@@ -257,6 +258,23 @@ def position_maps_figure(untangled: Untangled, method: str, n_units: int = 8):
     fig.suptitle(f"position maps (response to the top pattern): conv3 raw vs {method}", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def report_figure(net: nn.Module, images: torch.Tensor, digits: torch.Tensor, sweep: PositionPattern,
+                  method: str = "ica"):
+    """The report's untangling figure (section conv3): bases fitted on the first half of the
+    dissection images, readout scored on the second half; the table in the caption."""
+    from convdissect.dissect.report import ReportFigure  # the report imports this module
+
+    half = len(images) // 2
+    result = untangle(net, (images[:half], digits[:half].cpu()), (images[half:], digits[half:].cpu()), sweep=sweep)
+    rows = "; ".join(f"{u.name}: share {u.median_share:.3f}, readout {100 * u.readout_accuracy:.1f}%" for u in result.units)
+    return (ReportFigure("conv3", f"conv3_untangled_{method}", f"conv3 untangled ({method}) vs raw",
+                         "Can a linear map of conv3's pooled output give units that each respond to one pattern at one "
+                         "position (docs/article_method.md)? Position maps of the most concentrated raw conv3 units (left) "
+                         f"and {method} units (right) on the stroke sweep. Median top-cell share of the pattern × position "
+                         f"interaction and linear readout accuracy ({half} images fitted, {len(images) - half} scored): {rows}."),
+            position_maps_figure(result, method))
 
 
 def untangle_table(rows: dict[str, list[Units]]) -> str:
