@@ -9,9 +9,8 @@ CRITERIA with whether it has a meaning for fully connected units:
   grids: noise-like grids (1 - R² high) go first; conv layers only
 - selectivity: class selectivity of the channel's mean activation, the share of its variance over
   the images explained by the class means (eta²); 0 for a constant channel
-- superstimulus_contrast: contrast (pixel std) of the input that maximises the channel's centre
-  unit, found by a short gradient ascent from the mean calibration image; a plain superstimulus
-  goes first
+- superstimulus_contrast: contrast (pixel std) of what a short gradient ascent of the channel's
+  centre unit adds to the mean calibration image it starts from; a plain superstimulus goes first
 - magnitude: the Lp norm of the channel's weights (its out-channel slice), p = 1 or 2
 - taylor: first-order Taylor estimate of the loss change when the channel is removed,
   |Σ_positions a·∂L/∂a| per calibration image, averaged over the images (Molchanov et al. 2017)
@@ -151,6 +150,10 @@ def weight_noise(cal: Calibration, layer: str) -> torch.Tensor:
 SUPERSTIMULUS_STEPS = 64
 
 
+class _LayerReached(Exception):
+    """Ends a forward pass at the layer being scored."""
+
+
 def superstimulus_contrast(cal: Calibration, layer: str, steps: int = SUPERSTIMULUS_STEPS, lr: float = 2.0) -> torch.Tensor:
     module = cal.net.get_submodule(layer)
     width = layer_width(module)
@@ -159,11 +162,19 @@ def superstimulus_contrast(cal: Calibration, layer: str, steps: int = SUPERSTIMU
     start = cal.images.mean(dim=0).to(module.weight.device)
     images = start.expand(width, *start.shape).clone().requires_grad_(True)
     captured = {}
-    handle = module.register_forward_hook(lambda m, args, out: captured.update(out=out))
+
+    def stop_at_layer(m, args, out):  # the layers after it would only cost time
+        captured["out"] = out
+        raise _LayerReached
+
+    handle = module.register_forward_hook(stop_at_layer)
     try:
         with torch.enable_grad():
             for _ in range(steps):
-                cal.net(images)
+                try:
+                    cal.net(images)
+                except _LayerReached:
+                    pass
                 out = captured["out"]
                 centre = out[..., out.shape[-2] // 2, out.shape[-1] // 2] if out.dim() == 4 else out  # [C images, C]
                 (grad,) = torch.autograd.grad(centre.diagonal().sum(), images)
@@ -172,7 +183,8 @@ def superstimulus_contrast(cal: Calibration, layer: str, steps: int = SUPERSTIMU
                     images.clamp_(PIXEL_LOW, PIXEL_HIGH)
     finally:
         handle.remove()
-    return images.detach().flatten(1).std(dim=1)
+    # what the ascent added to the start: 0 for a channel that no input moves
+    return (images.detach() - start).flatten(1).std(dim=1)
 
 
 def magnitude(cal: Calibration, layer: str, p: float = 2.0) -> torch.Tensor:
