@@ -100,6 +100,7 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "code_ran"
     torch.save({"conv1.weight": RunsCode(marker)}, tmp_path / "evil.pt")

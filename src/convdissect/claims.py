@@ -44,16 +44,21 @@ class Statistic:
 
 
 STATISTICS = {s.name: s for s in [
-    Statistic(1, "conv1_line_fraction", f"share of conv1 kernels fitted by a line/edge with R² ≥ {LINE_R2}", "reference", average="mean"),
+    Statistic(1, "conv1_line_fraction", f"share of conv1 kernels fitted by a line/edge with R² ≥ {LINE_R2}",
+              "reference", average="mean"),
     Statistic(2, "conv2_top_share", "median share of a conv2 channel's drive carried by its main driver", "chance"),
-    Statistic(2, "conv2_copy_fraction", f"share of conv2 channels whose grid on the main driver has its orientation (±{COPY_MAX_GAP_DEG}°)",
+    Statistic(2, "conv2_copy_fraction",
+              f"share of conv2 channels whose grid on the main driver has its orientation (±{COPY_MAX_GAP_DEG}°)",
               "shuffled", average="mean"),
-    Statistic(2, "conv2_tuning_corr", "median correlation of a conv2 channel's orientation tuning with its main driver's", "shuffled"),
-    *[Statistic(2, f"ablation_top{k}", f"test accuracy keeping only each conv2 channel's top-{k} driver(s)", "random_inputs", average="mean")
-      for k in ABLATION_KS],
+    Statistic(2, "conv2_tuning_corr", "median correlation of a conv2 channel's orientation tuning with its main driver's",
+              "shuffled"),
+    *[Statistic(2, f"ablation_top{k}", f"test accuracy keeping only each conv2 channel's top-{k} driver(s)",
+                "random_inputs", average="mean") for k in ABLATION_KS],
     Statistic(3, "conv2_neighbour_corr", "median neighbour correlation of conv2's strongest grids", "reference"),
-    Statistic(3, "conv2_burst_like", "share of conv2's strongest grids that bursts fit better than a line", "reference", -1, "mean"),
-    Statistic(3, "conv3_burst_like", "share of conv3's strongest grids that bursts fit better than a line", "reference", average="mean"),
+    Statistic(3, "conv2_burst_like", "share of conv2's strongest grids that bursts fit better than a line", "reference",
+              -1, "mean"),
+    Statistic(3, "conv3_burst_like", "share of conv3's strongest grids that bursts fit better than a line", "reference",
+              average="mean"),
     Statistic(4, "conv3_position_omega2", "median ω² of position over conv3 channels", "chance"),
     Statistic(4, "conv3_interaction_omega2", "median ω² of pattern × position over conv3 channels", "chance"),
     Statistic(4, "conv3_position_minus_pattern", "median ω²(position) - ω²(pattern) over conv3 channels", "chance"),

@@ -16,7 +16,7 @@ from torch import nn
 
 from convdissect.conventions import parse_unit_name
 from convdissect.data.probes import normalise
-from convdissect.dissect.activations import record
+from convdissect.dissect.activations import record, record_in_out
 
 
 @dataclass
@@ -128,11 +128,8 @@ def signed_contributions(net: nn.Module, layer: str, images: torch.Tensor) -> Si
     """
     conv = getattr(net, layer)
     images = images.to(next(net.parameters()).dtype)
-    seen = record(net, images, [layer], what="input")[layer]
-    y = record(net, images, [layer])[layer]
-    blank = blank_image(images)
-    seen_blank = record(net, blank, [layer], what="input")[layer]
-    y_blank = record(net, blank, [layer])[layer]
+    seen, y = record_in_out(net, images, layer)
+    seen_blank, y_blank = record_in_out(net, blank_image(images), layer)
     pool = POOL_AFTER[layer]
     pooled, winners = F.max_pool2d(y.relu(), pool, return_indices=True)
     mask = torch.zeros_like(y).flatten(2).scatter_(2, winners.flatten(2), (pooled > 0).to(y.dtype).flatten(2)).view_as(y)

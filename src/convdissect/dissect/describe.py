@@ -137,7 +137,6 @@ def describe_conv2(m: Measurements, conv1_units: list[dict]) -> list[dict]:
 
 def describe_conv3(net: nn.Module, m: Measurements, input_units: list[dict]) -> list[dict]:
     weight = net.conv3.weight.detach().cpu()
-    patterns = {u["name"]: u["pattern"] for u in input_units}
     drive = m.contributions["conv3"].drive
     units = []
     for k in range(weight.shape[0]):
