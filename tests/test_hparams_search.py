@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from convdissect.cli import check_optimized_metric, optimized_value
 from convdissect.config import CONFIG_DIR
 from convdissect.errors import UserInputError
+from tests.conftest import TINY
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 SEARCHES = sorted(p.stem for p in (CONFIG_DIR / "hparams_search").glob("*.yaml"))
@@ -63,8 +64,13 @@ def test_a_test_metric_is_refused_before_training(metric):
 
 @pytest.mark.slow
 def test_entry_point_refuses_test_metric_in_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(CHECKOUT / "train.py"), "optimized_metric=test/acc",
-                           f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(CHECKOUT / "train.py"), "optimized_metric=test/acc", f"hydra.run.dir={tmp_path}/run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: optimized_metric='test/acc': a search must not see")
     assert not (tmp_path / "run" / "metrics.json").exists()
@@ -74,14 +80,20 @@ def test_entry_point_refuses_test_metric_in_one_line(tmp_path):
 def test_optuna_multirun_returns_the_runs_validation_metrics(tmp_path):
     """Two tiny trials of the pruning search: what Optuna recorded is each job's own val/acc and size."""
     sweep_dir = tmp_path / "sweep"
+    search = ["hparams_search=prune_threshold", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.population_size=2"]
+    tiny_pruning = [
+        "callbacks.pruning.iterations=2",
+        "callbacks.pruning.calibration_size=200",
+        "callbacks.pruning.eval_size=400",
+        "trainer.max_epochs=4",
+        "threads=1",
+    ]
     proc = subprocess.run(
-        [sys.executable, str(CHECKOUT / "train.py"), "hparams_search=prune_threshold", "hydra.sweeper.n_trials=2",
-         "hydra.sweeper.sampler.population_size=2", f"hydra.sweep.dir={sweep_dir}", "model.widths=[8,8,8,8]",
-         "callbacks.pruning.iterations=2", "callbacks.pruning.calibration_size=200", "callbacks.pruning.eval_size=400",
-         "trainer.max_epochs=4", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
-         "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "~callbacks.progress_bar",
-         "data.eval_batch_size=200", "threads=1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=400,
+        [sys.executable, str(CHECKOUT / "train.py"), *search, f"hydra.sweep.dir={sweep_dir}", *TINY, *tiny_pruning],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = {}

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY
+
 CHECKOUT = Path(__file__).resolve().parents[1]
 # What `git clone` would not hold: run outputs, data, build leftovers (at the top; conf/data/ is a config group).
 TOP_LEVEL_ONLY = {".git", "outputs", "multirun", "data", "build", "lightning_logs", ".whl", ".device_data"}
@@ -22,10 +24,6 @@ def not_source(directory: str, names: list[str]) -> set[str]:
     return set(ANYWHERE(directory, names)) | ({n for n in names if n in TOP_LEVEL_ONLY} if top else set())
 
 
-TINY_CLI = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-            "trainer.enable_progress_bar=false", "~callbacks.progress_bar", "data.eval_batch_size=200", "threads=1"]
-
-
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> Path:
     """A fresh venv holding only our wheel; torch & co. come from this environment's site-packages
@@ -33,17 +31,37 @@ def venv(tmp_path_factory) -> Path:
     install of a checkout, are not run)."""
     tmp = tmp_path_factory.mktemp("wheel")
     shutil.copytree(CHECKOUT, tmp / "src", ignore=not_source)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp / "dist"), str(tmp / "src")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp / "dist"),
+            str(tmp / "src"),
+        ],
+        check=True,
+    )
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     (wheel,) = (tmp / "dist").glob("convdissect-*.whl")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q",
-                    str(wheel)], check=True, env=clean_env())
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        check=True,
+        env=clean_env(),
+    )
     # after the install: pip would take this environment's convdissect for an installed one
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     Path(site, "outer_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return venv
 
@@ -59,8 +77,13 @@ def run_in(venv: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_wheel_imports_itself_and_ships_the_configs(venv, tmp_path):
-    proc = run_in(venv, tmp_path, str(venv / "bin" / "python"), "-c",
-                  "import convdissect.config as c; print(c.__file__); print(c.CONFIG_DIR)")
+    proc = run_in(
+        venv,
+        tmp_path,
+        str(venv / "bin" / "python"),
+        "-c",
+        "import convdissect.config as c; print(c.__file__); print(c.CONFIG_DIR)",
+    )
     module, config_dir = proc.stdout.split()
     assert Path(module).is_relative_to(venv) and Path(config_dir).is_relative_to(venv), proc.stdout
     shipped = {p.relative_to(config_dir) for p in Path(config_dir).rglob("*.yaml")}
@@ -69,21 +92,35 @@ def test_wheel_imports_itself_and_ships_the_configs(venv, tmp_path):
 
 @pytest.mark.slow
 def test_console_script_trains_the_pruning_experiment_in_the_launch_dir(venv, tmp_path):
-    proc = run_in(venv, tmp_path, str(venv / "bin" / "convdissect-train"), "+experiment=prune_7iters",
-                  "model.widths=[8,8,8,8]", "callbacks.pruning.target_widths=[4,4,4,4]",
-                  "callbacks.pruning.calibration_size=200", "callbacks.pruning.eval_size=400", *TINY_CLI)
+    proc = run_in(
+        venv,
+        tmp_path,
+        str(venv / "bin" / "convdissect-train"),
+        "+experiment=prune_7iters",
+        *TINY,  # then the experiment's 7 steps in 8 epochs, on TINY's widths
+        "trainer.max_epochs=8",
+        "callbacks.pruning.target_widths=[2,4,4,4]",
+        "callbacks.pruning.calibration_size=200",
+        "callbacks.pruning.eval_size=400",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (metrics_file,) = (tmp_path / "outputs" / "prune_7iters" / "runs").glob("*/metrics.json")
     metrics = json.loads(metrics_file.read_text())
-    assert metrics["widths"] == [4, 4, 4, 4]  # the experiment's 7 pruning steps ran
+    assert metrics["widths"] == [2, 4, 4, 4]  # the experiment's 7 pruning steps ran
     assert "Tip" not in proc.stdout + proc.stderr  # no adverts for Lightning's cloud services
     assert (metrics_file.parent / "prune_7iters.log").is_file()
 
 
 @pytest.mark.slow
 def test_console_script_finds_the_handnet_recipes_in_the_wheel(venv, tmp_path):
-    proc = run_in(venv, tmp_path, str(venv / "bin" / "convdissect-train"), "+experiment=handnet_finetune",
-                  "trainer.max_epochs=1", *TINY_CLI)
+    proc = run_in(
+        venv,
+        tmp_path,
+        str(venv / "bin" / "convdissect-train"),
+        "+experiment=handnet_finetune",
+        "trainer.max_epochs=1",
+        *(o for o in TINY if not o.startswith("model.")),
+    )  # a HandNet has no widths
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "handnet_finetune" / "runs").iterdir()
     assert json.loads((run_dir / "metrics.json").read_text())["n_params"] > 0
