@@ -10,7 +10,8 @@
 # --prepare downloads the pure-Python wheels of Hydra (hydra-core, omegaconf, antlr4-python3-runtime: the
 # torch, Lightning and plotting packages are expected there) and gzips MNIST's four IDX files from
 # $CONVDISSECT_DATA_DIR (default data/) into .device_data/MNIST/raw/ (about 11 MB), i.e.
-#   for f in "$CONVDISSECT_DATA_DIR"/MNIST/raw/*-ubyte; do gzip -c "$f" > .device_data/MNIST/raw/$(basename "$f").gz; done
+#   for f in "$CONVDISSECT_DATA_DIR"/MNIST/raw/*-ubyte; do
+#       gzip -c "$f" > .device_data/MNIST/raw/$(basename "$f").gz; done
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -41,7 +42,8 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # 1. install: Hydra from the carried wheels, the project itself as a wheel (no dependencies fetched)
 t=$(now)
-"$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target "$WORK/site" .whl/*.whl "$REPO"
+"$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target "$WORK/site" \
+    .whl/*.whl "$REPO"
 rm -rf "$REPO/build"
 export PYTHONPATH=$WORK/site PATH=$WORK/site/bin:$PATH
 for f in .device_data/MNIST/raw/*.gz; do gunzip -c "$f" >"$WORK/data/MNIST/raw/$(basename "$f" .gz)"; done

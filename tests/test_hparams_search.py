@@ -51,7 +51,8 @@ def test_unknown_optimized_metric_is_one_line_naming_the_allowed():
     with pytest.raises(UserInputError) as err:
         optimized_value(OmegaConf.create({"optimized_metric": "val/acc_bset"}), METRICS)
     assert str(err.value) == (
-        "optimized_metric='val/acc_bset' is not a metric of this run; allowed: ['n_params', 'seed', 'val/acc', 'val/acc_best']"
+        "optimized_metric='val/acc_bset' is not a metric of this run; "
+        "allowed: ['n_params', 'seed', 'val/acc', 'val/acc_best']"
     )
 
 

@@ -56,7 +56,8 @@ def check_optimized_metric(cfg: DictConfig) -> None:
     for name in [names] if isinstance(names, str) else names or []:
         if str(name).startswith("test/"):
             raise UserInputError(
-                f"optimized_metric={name!r}: a search must not see the test set; name a validation metric such as val/acc"
+                f"optimized_metric={name!r}: a search must not see the test set; "
+                "name a validation metric such as val/acc"
             )
 
 
