@@ -107,7 +107,9 @@ def test_console_script_trains_the_pruning_experiment_in_the_launch_dir(venv, tm
     (metrics_file,) = (tmp_path / "outputs" / "prune_7iters" / "runs").glob("*/metrics.json")
     metrics = json.loads(metrics_file.read_text())
     assert metrics["widths"] == [2, 4, 4, 4]  # the experiment's 7 pruning steps ran
-    assert "Tip" not in proc.stdout + proc.stderr  # no adverts for Lightning's cloud services
+    log = proc.stdout + proc.stderr
+    assert "Tip" not in log  # no adverts for Lightning's cloud services
+    assert log.count("Seed set to 0") == 1  # each line once (Lightning's own console handler is off)
     assert (metrics_file.parent / "prune_7iters.log").is_file()
 
 
