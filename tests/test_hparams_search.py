@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -14,9 +13,8 @@ from omegaconf import OmegaConf
 from convdissect.cli import check_optimized_metric, optimized_value
 from convdissect.config import CONFIG_DIR
 from convdissect.errors import UserInputError
-from tests.conftest import TINY
+from tests.conftest import CHECKOUT, TINY
 
-CHECKOUT = Path(__file__).resolve().parents[1]
 SEARCHES = sorted(p.stem for p in (CONFIG_DIR / "hparams_search").glob("*.yaml"))
 METRICS = {"val/acc": 0.91, "val/acc_best": 0.93, "test/acc": 0.95, "n_params": 1234, "widths": [4, 8], "seed": 0}
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
+from tests.conftest import CHECKOUT, TINY
 
-CHECKOUT = Path(__file__).resolve().parents[1]
 # What `git clone` would not hold: run outputs, data, build leftovers (at the top; conf/data/ is a config group).
 TOP_LEVEL_ONLY = {".git", "outputs", "multirun", "data", "build", "lightning_logs", ".whl", ".device_data"}
 ANYWHERE = shutil.ignore_patterns(".venv*", "__pycache__", "*.egg-info", ".pytest_cache")
