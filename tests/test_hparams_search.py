@@ -77,7 +77,7 @@ def test_entry_point_refuses_test_metric_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_optuna_multirun_returns_the_runs_validation_metrics(tmp_path):
-    """Two tiny trials of the pruning search: what Optuna recorded is each job's own val/acc and size."""
+    """Two tiny trials of the pruning search: what Optuna recorded is each job's own val/acc and FLOPs."""
     sweep_dir = tmp_path / "sweep"
     search = ["hparams_search=prune_threshold", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.population_size=2"]
     tiny_pruning = [
@@ -102,7 +102,7 @@ def test_optuna_multirun_returns_the_runs_validation_metrics(tmp_path):
         jobs[threshold] = json.loads((job / "metrics.json").read_text())
     assert len(jobs) == 2
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert results["solutions"]  # the accuracy/size front: one or both trials
+    assert results["solutions"]  # the accuracy/cost front: one or both trials
     for trial in results["solutions"]:
         metrics = jobs[trial["params"]["callbacks.pruning.threshold"]]
-        assert trial["values"] == [metrics["val/acc"], metrics["n_params"]]
+        assert trial["values"] == [metrics["val/acc"], metrics["flops"]]
