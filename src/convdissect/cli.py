@@ -23,6 +23,9 @@ class _DropLightningTips(logging.Filter):
         return not record.getMessage().startswith("💡 Tip")
 
 
+_DROP_TIPS = _DropLightningTips()  # one instance: adding it again (each multirun job) is a no-op
+
+
 def _tidy_lightning_logging() -> None:
     """Each line once and no adverts: `import lightning` gives its logger a console handler of its own,
     while its records also reach Hydra's handlers (the console and <task_name>.log)."""
@@ -32,7 +35,7 @@ def _tidy_lightning_logging() -> None:
         logging.getLogger("lightning").handlers.clear()
     # lightning_utilities' rank_zero_info logs through whichever of these loggers was installed last.
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_DropLightningTips())
+        logging.getLogger(name).addFilter(_DROP_TIPS)
 
 
 def optimized_value(cfg: DictConfig, metrics: dict) -> float | tuple[float, ...] | None:
@@ -43,11 +46,15 @@ def optimized_value(cfg: DictConfig, metrics: dict) -> float | tuple[float, ...]
         return None
     values = []
     for name in [names] if isinstance(names, str) else names:
-        if name not in metrics or isinstance(metrics[name], bool) or not isinstance(metrics[name], Number):
-            allowed = sorted(k for k, v in metrics.items() if isinstance(v, Number) and not k.startswith("test/"))
+        if not _is_number(metrics.get(name)):
+            allowed = sorted(k for k, v in metrics.items() if _is_number(v) and not k.startswith("test/"))
             raise UserInputError(f"optimized_metric={name!r} is not a metric of this run; allowed: {allowed}")
         values.append(float(metrics[name]))
     return values[0] if isinstance(names, str) else tuple(values)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, Number) and not isinstance(value, bool)
 
 
 def check_optimized_metric(cfg: DictConfig) -> None:
