@@ -21,7 +21,7 @@ import torch
 
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.dissect.checkpoint import load_net
-from convdissect.dissect.untangle import METHODS, PROBE_METHOD, untangle, position_maps_figure, untangle_table
+from convdissect.dissect.untangle import METHODS, PROBE_METHOD, position_maps_figure, untangle, untangle_table
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
 

@@ -105,6 +105,6 @@ def test_a_prune_article_run_reaches_its_widths_and_records_the_criterion(tmp_pa
     assert metrics["widths"] == [2, 4, 4, 4]
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert list(saved["pruning"]["criterion"]) == ARTICLE
-    assert saved["pruning"]["normalise"] == {name: "rank" for name in ARTICLE}
+    assert saved["pruning"]["normalise"] == dict.fromkeys(ARTICLE, "rank")
     assert saved["pruning"]["superstimulus_steps"] == 4
     assert saved["pruning_history"][0]["criterion_fallbacks"] == {"fc4": {"weight_noise": "activation_variance"}}

@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from convdissect.data.mnist import MNISTDataModule
-from convdissect.dissect.untangle import (PROBE_METHOD, fit_basis, fit_probe_basis, interaction_cells,
-                                          position_maps_figure, top_cell_share, untangle, unit_label, varimax)
+from convdissect.dissect.untangle import (
+    PROBE_METHOD,
+    fit_basis,
+    fit_probe_basis,
+    interaction_cells,
+    position_maps_figure,
+    top_cell_share,
+    unit_label,
+    untangle,
+    varimax,
+)
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
 

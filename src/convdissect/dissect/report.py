@@ -22,12 +22,11 @@ from tqdm.auto import tqdm
 from convdissect.conventions import ANGLE_SYMBOLS, edge_side, orientation_bin, parse_unit_name, unit_name
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
 from convdissect.data.probes import normalise, stroke_images
-from convdissect.dissect import figures
+from convdissect.dissect import figures, untangle
 from convdissect.dissect.activations import conv_layers, input_layer, record, top_k
 from convdissect.dissect.contributions import inner_contributions
 from convdissect.dissect.measure import Measurements
 from convdissect.dissect.projections import Projection
-from convdissect.dissect import untangle
 from convdissect.dissect.selectivity import OrientationTuning, PositionPattern, orientation_tuning, position_pattern
 from convdissect.errors import UserInputError
 from convdissect.models.handnet import EXPLANATION_TITLES

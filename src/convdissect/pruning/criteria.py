@@ -22,16 +22,16 @@ and sd 1; one for all or one per criterion) so that no criterion dominates by it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
-from convdissect.errors import UserInputError
 from convdissect.dissect.fits import fit_lines, peak_energy_share
+from convdissect.errors import UserInputError
 from convdissect.models.surgery import layer_width
 
 # Pixel range of an image normalised like the data.
@@ -243,7 +243,7 @@ def parse_normalise(normalise, weights: dict[str, float]) -> dict[str, str]:
     """'rank' | 'zscore' | {name: 'rank' | 'zscore'} -> {name: normalisation} for every criterion
     in `weights` (a criterion missing from a map is ranked), checked."""
     if isinstance(normalise, str):
-        by_name = {name: normalise for name in weights}
+        by_name = dict.fromkeys(weights, normalise)
     else:
         by_name = {str(k): str(v) for k, v in dict(normalise).items()}
         extra = [name for name in by_name if name not in weights]
