@@ -43,9 +43,7 @@ from convdissect.dissect.selectivity import PositionPattern, omega_squared, posi
 from convdissect.errors import UserInputError
 
 METHODS = ("pca", "ica", "varimax")  # fitted on training images
-PROBE_METHOD = "probe_optimal"
-# The readout's inverse L2 penalty: weak, since the penalty is the only thing an invertible map changes.
-READOUT_C = 100.0  # fitted on the probe sweep (one replicate)
+PROBE_METHOD = "probe_optimal"  # fitted on the probe sweep (one replicate)
 # probe_optimal keeps a cell's unit when at least this share of its norm is new (outside the span
 # of the units already kept), so the map stays well conditioned; then looser, until it is invertible.
 NEW_SHARES = (0.3, 0.1, 0.01)
@@ -169,14 +167,12 @@ def units_on_probes(name: str, responses: torch.Tensor, **extra) -> Units:
 
 
 def readout_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> float:
-    """Test accuracy of a multinomial logistic regression on standardised units, weakly
-    regularised (C=READOUT_C) so that an invertible map of the units gives the same accuracy."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    """Test accuracy of a linear discriminant readout. Unlike a regularised logistic regression,
+    its decisions do not change under an invertible linear map of the units, so any difference
+    between bases is information lost, not the readout's penalty."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=READOUT_C, max_iter=5000))
-    model.fit(train_x.double().numpy(), train_y.numpy())
+    model = LinearDiscriminantAnalysis().fit(train_x.double().numpy(), train_y.numpy())
     return float(model.score(test_x.double().numpy(), test_y.numpy()))
 
 
