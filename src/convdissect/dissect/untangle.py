@@ -238,7 +238,7 @@ def position_maps_figure(untangled: Untangled, method: str, n_units: int = 8):
     chosen = [u for u in untangled.units if u.name in ("conv3 (raw)", method)]
     if len(chosen) != 2:
         raise UserInputError(f"untangle method {method!r}: not among {[u.name for u in untangled.units]}")
-    fig, axes = plt.subplots(n_units, 2, figsize=(7.0, 2.0 * n_units), squeeze=False)
+    fig, axes = plt.subplots(n_units, 2, figsize=(9.5, 2.1 * n_units), squeeze=False)
     for column, units in enumerate(chosen):
         order = units.share.nan_to_num(-1.0).argsort(descending=True)[:n_units].tolist()
         for row in range(n_units):
@@ -255,7 +255,7 @@ def position_maps_figure(untangled: Untangled, method: str, n_units: int = 8):
             ax.set_title(f"{units.name} #{k + 1}: {unit_label(sweep, r)}\ntop-cell share {float(units.share[k]):.2f}",
                          fontsize=7)
     fig.suptitle(f"position maps (response to the top pattern): conv3 raw vs {method}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))  # room for the suptitle
     return fig
 
 
