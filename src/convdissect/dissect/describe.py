@@ -181,7 +181,9 @@ def describe(net: nn.Module, m: Measurements) -> dict:
     units["conv3"] = describe_conv3(net, m, units[source_layer(m, "conv3")])
     for layer, entries in units.items():
         add_position_pattern(m, layer, entries)
-    return {"net": "simple_convnet", "widths": list(m.widths), "units": [u for entries in units.values() for u in entries]}
+    grids = {layer: {k: _number(v) for k, v in stats.summary().items()} for layer, stats in m.grids.items()}
+    return {"net": "simple_convnet", "widths": list(m.widths), "grid_statistics": grids,  # claim 3's numbers per layer
+            "units": [u for entries in units.values() for u in entries]}  # fmt: skip
 
 
 def write_labels(labels: dict, path: str | Path) -> Path:
