@@ -1,6 +1,7 @@
 """OmegaConf resolvers our configs use, and Hydra's instantiate for our configs; imported by the
 entry points and the tests."""
 
+import os
 from pathlib import Path
 
 import hydra.utils
@@ -14,6 +15,8 @@ CONFIG_DIR = REPO_ROOT / "conf"
 
 # ${repo_root:} - the checkout holding conf/ (paths.root_dir).
 OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
+# ${pid:} - this process's id: with the time to the microsecond, run dirs of runs started together differ.
+OmegaConf.register_new_resolver("pid", lambda: os.getpid(), replace=True)
 
 
 def instantiate(node, **kwargs):
