@@ -147,3 +147,42 @@ def test_multirun_jobs_write_their_own_dirs(tmp_path):
     runs = {job: json.loads((tmp_path / job / "metrics.json").read_text()) for job in ("0", "1")}
     assert [r["overrides"][-1] for r in runs.values()] == ["seed=1", "seed=2"]
     assert all((tmp_path / job / "model_state.pt").exists() for job in runs)
+
+
+# ---------------------------------------------------------------------- nothing silently wrong
+
+# A pruning run whose batches are shuffled differently every epoch: 2 steps (epochs 1 and 2), 2 final epochs.
+PRUNE_RESUME = TINY + [
+    "callbacks=pruning",
+    "trainer.max_epochs=4",
+    "callbacks.pruning.target_widths=[2,4,4,4]",
+    "callbacks.pruning.iterations=2",
+    "callbacks.pruning.pretrain_epochs=1",
+    "callbacks.pruning.calibration_size=200",
+    "callbacks.pruning.eval_size=400",
+    "+callbacks.model_checkpoint.save_top_k=-1",
+    "test_ckpt=null",  # test (and save) the final weights: both runs end with the same ones
+    "threads=1",  # bit-identical weights need one CPU thread
+]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    return out, train(compose_cfg("train", PRUNE_RESUME, out))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("boundary", ["epoch_000", "epoch_001", "epoch_002"])
+def test_resumed_run_equals_the_uninterrupted_one(uninterrupted, boundary, tmp_path):
+    """A run killed at an epoch boundary left that epoch's checkpoint (the uninterrupted run's own,
+    as training is deterministic on one CPU thread); a new Trainer resumes it with ckpt_path. It
+    must keep the same channels at every pruning step and end with the same weights, bit for bit
+    (before the fix, the resumed epochs replayed the shuffle of epochs 0, 1, ...)."""
+    full_dir, full = uninterrupted
+    resumed = train(compose_cfg("train", PRUNE_RESUME + [f"ckpt_path={full_dir / 'checkpoints' / f'{boundary}.ckpt'}"], tmp_path))
+    assert [h["kept_channels"] for h in resumed["pruning_history"]] == [h["kept_channels"] for h in full["pruning_history"]]
+    a = torch.load(full_dir / "model_state.pt", weights_only=True)
+    b = torch.load(tmp_path / "model_state.pt", weights_only=True)
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["test/acc"] == full["test/acc"] and resumed["steps"] == full["steps"]
