@@ -1,6 +1,8 @@
 """Short real training runs through train(): outputs, TensorBoard, checkpoints, DDP, bad input."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +10,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -16,7 +20,7 @@ from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.models.lit_module import LitClassifier
 from convdissect.models.simple_convnet import SimpleConvNet
-from convdissect.train import train
+from convdissect.train import build_module, train
 from tests.conftest import TINY, compose_cfg
 
 
@@ -51,6 +55,7 @@ def tiny_run(tmp_path_factory):
     return out, metrics
 
 
+@pytest.mark.slow
 def test_run_writes_its_outputs(tiny_run):
     out, metrics = tiny_run
     written = json.loads((out / "metrics.json").read_text())
@@ -64,6 +69,7 @@ def test_run_writes_its_outputs(tiny_run):
     assert {"_hparams_/session_start_info", "_hparams_/experiment"} <= hparams_tags(out / "tensorboard")
 
 
+@pytest.mark.slow
 def test_model_state_is_the_tested_net(tiny_run, data_dir):
     out, metrics = tiny_run
     state = torch.load(out / "model_state.pt", weights_only=True)
@@ -77,6 +83,7 @@ def test_model_state_is_the_tested_net(tiny_run, data_dir):
     assert acc == pytest.approx(metrics["test/acc"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_gives_the_same_test_accuracy(tiny_run, data_dir):
     out, metrics = tiny_run
     module = LitClassifier.load_from_checkpoint(out / "checkpoints" / "last.ckpt")
@@ -90,6 +97,7 @@ def val_acc_steps(log_dir: Path) -> list[int]:
     return [e.step for acc in accumulators(log_dir) if "val/acc" in acc.Tags()["scalars"] for e in acc.Scalars("val/acc")]
 
 
+@pytest.mark.slow
 def test_ckpt_path_resumes_mid_run(tiny_run, tmp_path):
     out, _ = tiny_run
     cfg = compose_cfg("train", TINY + ["trainer.max_epochs=2", f"ckpt_path={out / 'checkpoints' / 'epoch_000.ckpt'}"], tmp_path)
@@ -110,6 +118,7 @@ class RecordFirstBatch(L.Callback):
             torch.save(batch[1].cpu(), Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path):
     cfg = compose_cfg("train", TINY + ["trainer=ddp_sim", "trainer.limit_train_batches=3"], tmp_path)
     with open_dict(cfg):
@@ -127,6 +136,7 @@ def test_bad_widths_are_clear_errors(widths, tmp_path):
         train(cfg)
 
 
+@pytest.mark.slow
 def test_entry_point_prints_one_line_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train.py", "model.widths=[8,16,0,16]", f"hydra.run.dir={tmp_path}"],
@@ -138,6 +148,7 @@ def test_entry_point_prints_one_line_error(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_multirun_jobs_write_their_own_dirs(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train.py", "-m", *TINY, "seed=1,2", f"hydra.sweep.dir={tmp_path}"],
@@ -186,3 +197,97 @@ def test_resumed_run_equals_the_uninterrupted_one(uninterrupted, boundary, tmp_p
     b = torch.load(tmp_path / "model_state.pt", weights_only=True)
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["test/acc"] == full["test/acc"] and resumed["steps"] == full["steps"]
+
+
+def test_fit_false_with_nothing_to_load_is_an_error(tmp_path):
+    with pytest.raises(UserInputError, match="fit=false with nothing to load: the net would be tested at its random initialisation"):
+        train(compose_cfg("train", TINY + ["fit=false"], tmp_path))
+    assert not (tmp_path / "model_state.pt").exists()
+
+
+def test_zero_epochs_is_an_error_before_the_fit(tmp_path):
+    with pytest.raises(UserInputError, match=r"trainer\.max_epochs=0: a fit needs at least 1 epoch"):
+        train(compose_cfg("train", TINY + ["trainer.max_epochs=0"], tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override,match", [
+    ("data.batch_size=100000", r"data\.batch_size=100000: more than the 55000 training images"),
+    ("trainer.limit_train_batches=0", r"the fit took no optimizer step .*nothing was trained"),
+])
+def test_a_fit_that_trains_nothing_is_an_error(override, match, tmp_path):
+    with pytest.raises(UserInputError, match=match):
+        train(compose_cfg("train", TINY + [override], tmp_path))
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    state = SimpleConvNet([4, 8, 8, 8]).state_dict()
+    state["conv3.bias"][2] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(UserInputError, match=r"model\.init_from=.*nan\.pt: tensor conv3\.bias holds NaN or inf values"):
+        build_module(compose_cfg("train", TINY + [f"model.init_from={tmp_path / 'nan.pt'}"], tmp_path))
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_the_run(tmp_path):
+    with pytest.raises(UserInputError, match=r"training loss became nan at epoch 0, batch \d+ \(global step \d+\)"):
+        train(compose_cfg("train", TINY + ["optimizer.lr=1e30", "scheduler=null"], tmp_path))
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("pct_start", [0.2, 0.25, 0.5, 0.9])
+def test_one_cycle_runs_for_any_number_of_steps(pct_start):
+    """OneCycleLR divides by its warm-up length pct_start * steps - 1, zero for 5 steps at 0.2."""
+    module = LitClassifier(
+        {"_target_": "convdissect.models.simple_convnet.SimpleConvNet", "widths": [2, 2, 2, 2]},
+        {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+        {"_target_": "torch.optim.lr_scheduler.OneCycleLR", "_partial_": True, "max_lr": 0.1, "pct_start": pct_start},
+    )
+    for steps in range(1, 13):
+        opt, sched = module._optimizers(steps)
+        for _ in range(steps):
+            opt.step()
+            sched.step()
+        assert sched.last_epoch == steps
+
+
+@pytest.mark.slow
+def test_one_cycle_with_five_steps_left_at_a_pruning_step(tmp_path):
+    cfg = compose_cfg("train", TINY + [
+        "callbacks=pruning", "trainer.limit_train_batches=5", "trainer.max_epochs=2", "callbacks.pruning.pretrain_epochs=1",
+        "callbacks.pruning.iterations=1", "callbacks.pruning.target_widths=[2,4,4,4]", "callbacks.pruning.calibration_size=200",
+    ], tmp_path)
+    metrics = train(cfg)
+    assert metrics["steps"] == 10 and metrics["widths"] == [2, 4, 4, 4]
+
+
+def test_default_run_dirs_differ_within_one_second():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO_ROOT / "conf")):
+        hcfg = compose("train", [], return_hydra_config=True)
+    first, second = hcfg.hydra.run.dir, hcfg.hydra.run.dir  # resolved anew each time, as by two runs
+    assert first != second and first.endswith(f"_{os.getpid()}")
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_write_their_own_dirs(tmp_path):
+    command = [sys.executable, "train.py", *TINY, "trainer.limit_train_batches=2", f"paths.log_dir={tmp_path}", "threads=1"]
+    procs = [subprocess.Popen(command + [f"seed={seed}"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for seed in (1, 2)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    runs = sorted((tmp_path / "train" / "runs").iterdir())
+    assert len(runs) == 2
+    seeds = sorted(json.loads((run / "metrics.json").read_text())["overrides"][-1] for run in runs)
+    assert seeds == ["seed=1", "seed=2"] and all(sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"] for run in runs)
+
+
+@pytest.mark.slow
+def test_a_finished_run_dir_is_refused_unless_overwrite(tiny_run, tmp_path):
+    out, _ = tiny_run
+    with pytest.raises(UserInputError, match=f"hydra.run.dir={out} already holds a finished run .*overwrite=true"):
+        train(compose_cfg("train", TINY, out))
+    shutil.copytree(out, tmp_path / "run")
+    metrics = train(compose_cfg("train", TINY + ["overwrite=true", "seed=5"], tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]  # no last-v1
+    assert val_acc_steps(tmp_path / "run" / "tensorboard") == [7]  # the old run's events are gone

@@ -202,7 +202,8 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         torch.save(module.net.state_dict(), out_dir / "model_state.pt")
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        hparam_metrics = {k: metrics[k] for k in ("test/acc", "test/loss", "val/acc", "val/acc_best") if metrics[k] is not None}
+        # Lightning writes these at step 0: val/acc stays out, so its curve keeps only its epochs.
+        hparam_metrics = {k: metrics[k] for k in ("test/acc", "test/loss", "val/acc_best") if metrics[k] is not None}
         for logger in trainer.loggers:
             logger.log_hyperparams(flat_config(cfg, metrics["experiment"]), metrics={**hparam_metrics, **_final_net(metrics)})
             logger.finalize("success")

@@ -115,6 +115,8 @@ class LitClassifier(L.LightningModule):
         sched_cfg = dict(self.hparams.scheduler)
         kwargs = {}
         if sched_cfg.get("_target_", "").endswith("OneCycleLR"):
+            if not 0 <= sched_cfg.get("pct_start", 0.3) < 1:  # at 1 its annealing phase is zero long: a division by zero
+                raise UserInputError(f"scheduler.pct_start={sched_cfg['pct_start']}: allowed 0 <= pct_start < 1 (the warm-up's share of the steps)")
             kwargs["total_steps"] = total_steps
             # OneCycleLR divides by its warm-up's length, pct_start * total_steps - 1: a one-step warm-up is
             # zero long (e.g. 5 steps left at pct_start 0.2), so then there is none.
