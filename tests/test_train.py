@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hp_metadata
 
 from convdissect.config import REPO_ROOT
 from convdissect.data.mnist import MNISTDataModule
@@ -262,12 +264,12 @@ def test_one_cycle_with_five_steps_left_at_a_pruning_step(tmp_path):
     assert metrics["steps"] == 10 and metrics["widths"] == [2, 4, 4, 4]
 
 
-def test_default_run_dirs_differ_within_one_second():
+def test_default_run_dirs_name_the_microsecond_and_the_process():
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO_ROOT / "conf")):
         hcfg = compose("train", [], return_hydra_config=True)
-    first, second = hcfg.hydra.run.dir, hcfg.hydra.run.dir  # resolved anew each time, as by two runs
-    assert first != second and first.endswith(f"_{os.getpid()}")
+    for run_dir in (hcfg.hydra.run.dir, hcfg.hydra.sweep.dir):
+        assert re.search(rf"/\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{{6}}_{os.getpid()}$", run_dir), run_dir
 
 
 @pytest.mark.slow
@@ -291,3 +293,40 @@ def test_a_finished_run_dir_is_refused_unless_overwrite(tiny_run, tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]  # no last-v1
     assert val_acc_steps(tmp_path / "run" / "tensorboard") == [7]  # the old run's events are gone
+
+
+def hparams_of(log_dir: Path) -> tuple[dict, list[str]]:
+    """The HParams tab's view of a run: its hyperparameters and the names of its metrics."""
+    values, metric_tags = {}, []
+    for acc in accumulators(log_dir):
+        try:
+            content = acc.PluginTagToContent(hp_metadata.PLUGIN_NAME)
+        except KeyError:  # an event file without hparams
+            continue
+        if hp_metadata.SESSION_START_INFO_TAG in content:
+            info = hp_metadata.parse_session_start_info_plugin_data(content[hp_metadata.SESSION_START_INFO_TAG])
+            values.update({k: v.string_value or v.number_value or v.bool_value for k, v in info.hparams.items()})
+        if hp_metadata.EXPERIMENT_TAG in content:
+            experiment = hp_metadata.parse_experiment_plugin_data(content[hp_metadata.EXPERIMENT_TAG])
+            metric_tags += [m.name.tag for m in experiment.metric_infos]
+    return values, metric_tags
+
+
+@pytest.mark.slow
+def test_hparams_describe_the_whole_run(uninterrupted):
+    """A pruning sweep compares runs in TensorBoard's HParams tab on every setting of the composed
+    config (callbacks.pruning.* included) and on the final net."""
+    out, metrics = uninterrupted
+    values, metric_tags = hparams_of(out / "tensorboard")
+    assert values["callbacks.pruning.criterion"] == "activation_variance"
+    assert values["callbacks.pruning.target_widths"] == "[2, 4, 4, 4]" and values["callbacks.pruning.iterations"] == 2
+    assert values["optimizer._target_"] == "torch.optim.AdamW" and values["model.widths"] == "[4, 8, 8, 8]"
+    assert values["experiment"] == "train" and values["trainer.max_epochs"] == 4
+    assert {"test/acc", "val/acc_best", "final/n_params", "final/width_conv1", "final/width_fc4"} <= set(metric_tags)
+    scalars = {tag: acc.Scalars(tag)[-1].value for acc in accumulators(out / "tensorboard") for tag in acc.Tags()["scalars"]}
+    assert [scalars[f"final/width_{layer}"] for layer in ("conv1", "conv2", "conv3", "fc4")] == [2, 4, 4, 4]
+    assert scalars["final/n_params"] == metrics["n_params"] == sum(p.numel() for p in SimpleConvNet([2, 4, 4, 4]).parameters())
+    # the final and the best validation accuracy (the best among the epochs after the last pruning step)
+    val = [e.value for acc in accumulators(out / "tensorboard") if "val/acc" in acc.Tags()["scalars"] for e in acc.Scalars("val/acc")]
+    assert metrics["val/acc"] == pytest.approx(val[-1]) and metrics["val/acc_best"] == pytest.approx(max(val[-2:]))
+    assert scalars["val/acc_best"] == pytest.approx(metrics["val/acc_best"])
