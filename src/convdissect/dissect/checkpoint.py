@@ -47,7 +47,7 @@ def read_checkpoint(path: str | Path):
             ) from None
         raise UserInputError(f"ckpt_path={path}: not a readable PyTorch file ({_reason(err)})") from None
     except Exception as err:  # text or other files: the unpickler fails with KeyError, IndexError, EOFError ...
-        raise UserInputError(f"ckpt_path={path}: not a readable PyTorch file ({_reason(err)})") from None
+        raise UserInputError(f"ckpt_path={path}: not a readable PyTorch file ({type(err).__name__}: {_reason(err)})") from None
 
 
 def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
