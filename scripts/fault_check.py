@@ -24,11 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PRUNE = [
     "+experiment=prune_7iters", "trainer.limit_train_batches=0.1", "trainer.limit_val_batches=0.2", "threads=1", "seed=0",
-    "trainer.enable_progress_bar=false", "+callbacks.model_checkpoint.save_top_k=-1",  # every epoch's checkpoint stays
+    "trainer.enable_progress_bar=false", "~callbacks.progress_bar",
+    "+callbacks.model_checkpoint.save_top_k=-1",  # every epoch's checkpoint stays
 ]
 TINY = [
     "model.widths=[4,8,8,8]", "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "threads=1",
+    "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "~callbacks.progress_bar", "threads=1",
 ]
 
 
