@@ -37,7 +37,9 @@ def evaluate(cfg: DictConfig) -> dict:
     """Test ckpt_path's weights on the test split; return the metrics written to <output_dir>/metrics.json."""
     start = time.perf_counter()
     if not cfg.get("ckpt_path"):
-        raise UserInputError("ckpt_path is not set: python eval.py ckpt_path=PATH (a Lightning .ckpt or a model_state.pt)")
+        raise UserInputError(
+            "ckpt_path is not set: python eval.py ckpt_path=PATH (a Lightning .ckpt or a model_state.pt)"
+        )
     set_threads(cfg.get("threads"))
     out_dir = Path(cfg.paths.output_dir)
     check_run_dir(out_dir, overwrite=cfg.get("overwrite", False), resuming=False)

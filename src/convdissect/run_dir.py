@@ -61,7 +61,8 @@ class RunDirGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
             if "overwrite" in config:  # the train and eval apps write metrics.json
-                check_run_dir(Path(config.hydra.run.dir), bool(config.overwrite), bool(config.get("fit") and config.get("ckpt_path")))
+                resuming = bool(config.get("fit") and config.get("ckpt_path"))
+                check_run_dir(Path(config.hydra.run.dir), bool(config.overwrite), resuming)
             else:
                 check_writable(Path(config.hydra.run.dir))
         except UserInputError as err:

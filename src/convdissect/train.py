@@ -33,7 +33,9 @@ def build_module(cfg: DictConfig) -> LitClassifier:
     source = None
     if init_from:
         if net_class(net) != "SimpleConvNet":
-            raise UserInputError(f"model.init_from={init_from}: only a SimpleConvNet starts from a file, not {net.get('_target_')}")
+            raise UserInputError(
+                f"model.init_from={init_from}: only a SimpleConvNet starts from a file, not {net.get('_target_')}"
+            )
         try:
             source = load_net(init_from)
         except UserInputError as err:  # its messages name the file as dissect.py's ckpt_path
@@ -63,10 +65,14 @@ def check_before_fit(cfg: DictConfig) -> None:
     """Settings that would otherwise fail, or train nothing, only after (or instead of) training."""
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and max_epochs < 1:
-        raise UserInputError(f"trainer.max_epochs={max_epochs}: a fit needs at least 1 epoch (fit=false tests without training)")
+        raise UserInputError(
+            f"trainer.max_epochs={max_epochs}: a fit needs at least 1 epoch (fit=false tests without training)"
+        )
     test_ckpt = cfg.get("test_ckpt")
     if test_ckpt is not None and test_ckpt not in TEST_CKPTS and not Path(test_ckpt).is_file():
-        raise UserInputError(f"test_ckpt={test_ckpt}: allowed {list(TEST_CKPTS)}, null (the final weights) or a checkpoint file")
+        raise UserInputError(
+            f"test_ckpt={test_ckpt}: allowed {list(TEST_CKPTS)}, null (the final weights) or a checkpoint file"
+        )
     if cfg.get("ckpt_path"):
         check_resumable(cfg.ckpt_path)
 
@@ -124,7 +130,8 @@ def _progress(trainer: L.Trainer) -> dict:
 def _val_metrics(trainer: L.Trainer) -> dict:
     """The final val/acc and the best one (the monitored checkpoint's; after pruning, among the pruned net's epochs)."""
     final = trainer.callback_metrics.get("val/acc")
-    best = next((c.best_model_score for c in trainer.checkpoint_callbacks if c.monitor == "val/acc" and c.best_model_score is not None), None)
+    scores = [c.best_model_score for c in trainer.checkpoint_callbacks if c.monitor == "val/acc"]
+    best = next((score for score in scores if score is not None), None)
     final = float(final) if final is not None else None
     return {"val/acc": final, "val/acc_best": float(best) if best is not None else final}
 
@@ -135,7 +142,8 @@ def _final_net(metrics: dict) -> dict:
     final = {"final/n_params": metrics["n_params"]}
     history = metrics.get("pruning_history") or []
     if history:
-        final.update({f"final/width_{layer}": w for layer, w in zip(history[-1]["kept_channels"], history[-1]["widths"])})
+        layers, widths = history[-1]["kept_channels"], history[-1]["widths"]
+        final.update({f"final/width_{layer}": w for layer, w in zip(layers, widths)})
     flops = metrics.get("flops", history[-1].get("flops") if history else None)
     if isinstance(flops, (int, float)):
         final["final/flops"] = flops
@@ -174,8 +182,8 @@ def train(cfg: DictConfig) -> dict:
         if _progress(trainer)["steps"] == 0:
             raise UserInputError(
                 f"the fit took no optimizer step (trainer.max_epochs={trainer.max_epochs}, "
-                f"trainer.limit_train_batches={cfg.trainer.get('limit_train_batches')}, data.batch_size={cfg.data.get('batch_size')}): "
-                "nothing was trained"
+                f"trainer.limit_train_batches={cfg.trainer.get('limit_train_batches')}, "
+                f"data.batch_size={cfg.data.get('batch_size')}): nothing was trained"
             )
         val = _val_metrics(trainer)
     has_best = any(isinstance(c, ModelCheckpoint) and c.best_model_path for c in trainer.callbacks)
@@ -205,7 +213,8 @@ def train(cfg: DictConfig) -> dict:
         # Lightning writes these at step 0: val/acc stays out, so its curve keeps only its epochs.
         hparam_metrics = {k: metrics[k] for k in ("test/acc", "test/loss", "val/acc_best") if metrics[k] is not None}
         for logger in trainer.loggers:
-            logger.log_hyperparams(flat_config(cfg, metrics["experiment"]), metrics={**hparam_metrics, **_final_net(metrics)})
+            hparams = flat_config(cfg, metrics["experiment"])
+            logger.log_hyperparams(hparams, metrics={**hparam_metrics, **_final_net(metrics)})
             logger.finalize("success")
         log.info("test/acc %.4f, %d params, %.1f s; outputs in %s", metrics["test/acc"], metrics["n_params"], metrics["wall_s"], out_dir)
     return metrics

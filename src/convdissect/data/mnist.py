@@ -67,7 +67,8 @@ def read_idx(path: Path, magic: int, dims: tuple[int, ...]) -> torch.Tensor:
     found_magic = int.from_bytes(raw[:4], "big")
     found_dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(len(dims)))
     if found_magic != magic:
-        raise _missing_data_error(path.parent, f"{path.name} has magic number {found_magic:#010x}, expected {magic:#010x}: not an MNIST IDX file")
+        why = f"{path.name} has magic number {found_magic:#010x}, expected {magic:#010x}: not an MNIST IDX file"
+        raise _missing_data_error(path.parent, why)
     if found_dims != dims:
         raise _missing_data_error(path.parent, f"{path.name} has dims {list(found_dims)}, expected {list(dims)}")
     return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(dims)
@@ -83,7 +84,8 @@ def load_mnist(data_dir: str | Path, download: bool = True) -> dict[str, torch.T
         out[f"{split}_images"] = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte", IMAGES_MAGIC, (n, 28, 28))
         labels = read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte", LABELS_MAGIC, (n,)).long()
         if labels.max() > 9:
-            raise _missing_data_error(raw_dir, f"{prefix}-labels-idx1-ubyte holds the label {int(labels.max())}, expected 0 to 9")
+            why = f"{prefix}-labels-idx1-ubyte holds the label {int(labels.max())}, expected 0 to 9"
+            raise _missing_data_error(raw_dir, why)
         out[f"{split}_labels"] = labels
     return out
 
@@ -98,8 +100,10 @@ class TensorBatches:
     shuffle from epoch 0. Without it, epochs count up from first_epoch.
     """
 
-    def __init__(self, images, labels, batch_size, shuffle, seed=0, rank=0, world_size=1, drop_last=False, first_epoch=0,
-                 current_epoch: Callable[[], int] | None = None):
+    def __init__(
+        self, images, labels, batch_size, shuffle, seed=0, rank=0, world_size=1, drop_last=False, first_epoch=0,
+        current_epoch: Callable[[], int] | None = None,
+    ):
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
@@ -196,7 +200,9 @@ class MNISTDataModule(L.LightningDataModule):
         batches = self._batches("train", shuffle=True)
         if len(batches) == 0:  # drop_last: no full batch, so no training step at all
             n = len(batches.labels) // batches.world_size
-            raise UserInputError(f"data.batch_size={self.batch_size}: more than the {n} training images (per process); allowed 1 to {n}")
+            raise UserInputError(
+                f"data.batch_size={self.batch_size}: more than the {n} training images (per process); allowed 1 to {n}"
+            )
         return batches
 
     def val_dataloader(self):

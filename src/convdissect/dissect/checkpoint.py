@@ -47,7 +47,8 @@ def read_checkpoint(path: str | Path):
             ) from None
         raise UserInputError(f"ckpt_path={path}: not a readable PyTorch file ({_reason(err)})") from None
     except Exception as err:  # text or other files: the unpickler fails with KeyError, IndexError, EOFError ...
-        raise UserInputError(f"ckpt_path={path}: not a readable PyTorch file ({type(err).__name__}: {_reason(err)})") from None
+        reason = f"{type(err).__name__}: {_reason(err)}"
+        raise UserInputError(f"ckpt_path={path}: not a readable PyTorch file ({reason})") from None
 
 
 def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -68,7 +69,9 @@ def check_finite(path: str | Path, state: dict) -> None:
     """A net with NaN or inf weights gives meaningless results (accuracies, "nan%" labels): refuse it."""
     for name, value in state.items():
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
-            raise UserInputError(f"ckpt_path={path}: tensor {name} holds NaN or inf values; only finite weights can be used")
+            raise UserInputError(
+                f"ckpt_path={path}: tensor {name} holds NaN or inf values; only finite weights can be used"
+            )
 
 
 def check_resumable(path: str | Path) -> None:
@@ -76,7 +79,8 @@ def check_resumable(path: str | Path) -> None:
     payload = read_checkpoint(path)
     if not (isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict) and "loops" in payload):
         raise UserInputError(
-            f"ckpt_path={path}: not a Lightning training checkpoint (a plain state_dict or another file); resuming needs "
+            f"ckpt_path={path}: not a Lightning training checkpoint (a plain state_dict or another file); "
+            "resuming needs "
             "a .ckpt from a run's checkpoints/, and model.init_from=PATH starts a new run from a state_dict's weights"
         )
     check_finite(path, payload["state_dict"])
@@ -100,8 +104,10 @@ def _is_handnet(spec: dict) -> bool:
 
 
 def _simple_convnet(path: str | Path, state: dict[str, torch.Tensor], hparams: dict) -> tuple[SimpleConvNet, dict]:
-    if hparams.get("_target_", SIMPLE_CONVNET) != SIMPLE_CONVNET or hparams.get("name", "simple_convnet") != "simple_convnet":
-        raise UserInputError(f"ckpt_path={path}: a {hparams.get('_target_') or hparams.get('name')} checkpoint, expected a SimpleConvNet")
+    legacy_name = hparams.get("name", "simple_convnet")  # checkpoints from before _target_
+    if hparams.get("_target_", SIMPLE_CONVNET) != SIMPLE_CONVNET or legacy_name != "simple_convnet":
+        kind = hparams.get("_target_") or hparams.get("name")
+        raise UserInputError(f"ckpt_path={path}: a {kind} checkpoint, expected a SimpleConvNet")
     expected = {f"{layer}.{p}" for layer in LAYERS for p in ("weight", "bias")}
     if "conv2.weight" not in state:
         expected -= {"conv2.weight", "conv2.bias"}
@@ -114,7 +120,8 @@ def _simple_convnet(path: str | Path, state: dict[str, torch.Tensor], hparams: d
     if not all(isinstance(v, torch.Tensor) and v.dim() >= 1 for v in state.values()):
         raise UserInputError(f"ckpt_path={path}: every state_dict value must be a tensor with at least one dimension")
     widths, conv2 = SimpleConvNet.widths_from_state_dict(state)
-    spec = {"_target_": SIMPLE_CONVNET, "widths": widths, "conv2": conv2, "fc4_activation": hparams.get("fc4_activation", "relu")}
+    activation = hparams.get("fc4_activation", "relu")
+    spec = {"_target_": SIMPLE_CONVNET, "widths": widths, "conv2": conv2, "fc4_activation": activation}
     net = build_net(spec)
     shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     wrong = [f"{k} {tuple(state[k].shape)} (expected {shape})" for k, shape in shapes.items() if tuple(state[k].shape) != shape]
@@ -160,7 +167,9 @@ def _handnet(path: str | Path, state: dict[str, torch.Tensor], spec: dict) -> tu
             raise UserInputError(f"ckpt_path={path}: no readable model node in {config} ({reason})") from None
         spec.pop("init_from", None)
         if not _is_handnet(spec):
-            raise UserInputError(f"ckpt_path={path}: a HandNet state_dict, but {config} builds model._target_={spec.get('_target_')}")
+            raise UserInputError(
+                f"ckpt_path={path}: a HandNet state_dict, but {config} builds model._target_={spec.get('_target_')}"
+            )
     spec = {"_target_": HANDNET, **{k: v for k, v in spec.items() if k != "name"}}
     try:
         net = build_net(spec)

@@ -13,7 +13,9 @@ def build_net(spec: dict):
     from convdissect.config import instantiate  # Hydra's, with our UserInputError unwrapped
 
     if not isinstance(spec, dict) or not spec.get("_target_"):
-        raise UserInputError(f"model={spec!r}: a net spec needs a _target_, e.g. convdissect.models.simple_convnet.SimpleConvNet")
+        raise UserInputError(
+            f"model={spec!r}: a net spec needs a _target_, e.g. convdissect.models.simple_convnet.SimpleConvNet"
+        )
     try:
         return instantiate(dict(spec), _convert_="all")
     except InstantiationException as err:  # an unknown class, or a key the class does not take

@@ -22,7 +22,9 @@ class LitClassifier(L.LightningModule):
         super().__init__()
         # optimizer None: a module that is only tested (python eval.py)
         self.save_hyperparameters({
-            "net": dict(net), "optimizer": dict(optimizer) if optimizer else None, "scheduler": dict(scheduler) if scheduler else None
+            "net": dict(net),
+            "optimizer": dict(optimizer) if optimizer else None,
+            "scheduler": dict(scheduler) if scheduler else None,
         })
         self.net = build_net(dict(net))
         self.metrics = torch.nn.ModuleDict({s: MulticlassAccuracy(num_classes=10, average="micro") for s in ("val_", "test_")})
@@ -115,8 +117,9 @@ class LitClassifier(L.LightningModule):
         sched_cfg = dict(self.hparams.scheduler)
         kwargs = {}
         if sched_cfg.get("_target_", "").endswith("OneCycleLR"):
-            if not 0 <= sched_cfg.get("pct_start", 0.3) < 1:  # at 1 its annealing phase is zero long: a division by zero
-                raise UserInputError(f"scheduler.pct_start={sched_cfg['pct_start']}: allowed 0 <= pct_start < 1 (the warm-up's share of the steps)")
+            pct_start = sched_cfg.get("pct_start", 0.3)
+            if not 0 <= pct_start < 1:  # at 1 the annealing phase is zero long: a division by zero
+                raise UserInputError(f"scheduler.pct_start={pct_start}: allowed 0 <= pct_start < 1 (the warm-up's share)")
             kwargs["total_steps"] = total_steps
             # OneCycleLR divides by its warm-up's length, pct_start * total_steps - 1: a one-step warm-up is
             # zero long (e.g. 5 steps left at pct_start 0.2), so then there is none.
