@@ -21,6 +21,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from convdissect.claims import seed_verdicts
 from convdissect.config import REPO_ROOT
 
@@ -55,6 +57,11 @@ def training_runs(root: Path) -> tuple[list[Path], list[Path]]:
             continue
         (done if (run / "metrics.json").exists() else missing).append(run)
     return done, missing
+
+
+def run_seed(run: Path) -> int:
+    """The seed the run was composed with (its .hydra/config.yaml)."""
+    return int(OmegaConf.load(run / ".hydra" / "config.yaml").get("seed", 0))
 
 
 def dissect(run: Path, overrides: list[str]) -> None:
@@ -113,17 +120,17 @@ def main(argv=None) -> int:
         if not (run / "metrics.json").exists():
             print(f"error: --no-conv2 {run}: no metrics.json there", file=sys.stderr)
             return 2
-        metrics = json.loads((run / "metrics.json").read_text())
-        seed = next((int(o.split("=")[1]) for o in metrics.get("overrides", []) if o.startswith("seed=")), 0)
-        no_conv2[seed] = metrics["test/acc"]
+        no_conv2[run_seed(run)] = json.loads((run / "metrics.json").read_text())["test/acc"]
     rows = defaultdict(list)
     for run in runs:
         metrics = json.loads((run / "metrics.json").read_text())
+        if "pruning" not in metrics:  # e.g. a baseline beside the sweep
+            continue
         claims_file = run / "dissect" / "claims.json"
         if args.dissect and not claims_file.exists():
             dissect(run, args.dissect_overrides)
         claims = json.loads(claims_file.read_text()) if claims_file.exists() else None
-        seed = metrics["pruning"]["seed"]
+        seed = run_seed(run)
         rows[criterion_name(metrics["pruning"]["criterion"])].append((seed, metrics, claims))
     print("Each cell: mean ± sd over seeds (the untrained net's value) holds / learned verdicts (docs/measures.md).\n")
     print(table(rows, no_conv2))
