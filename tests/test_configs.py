@@ -50,7 +50,7 @@ def test_baseline_experiment(tmp_path):
     cfg = compose_cfg("train", ["+experiment=baseline"], tmp_path)
     assert list(cfg.model.widths) == [32, 64, 128, 128]
     assert cfg.task_name == "baseline"
-    assert build_module(cfg).n_params == 274_826  # design.md: the full SimpleConvNet
+    assert build_module(cfg).n_params == 274_826  # docs/measures.md: the full SimpleConvNet
 
 
 def test_run_dirs_follow_task_name():

@@ -11,16 +11,19 @@ from convdissect.config import REPO_ROOT
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.dissect.activations import channel_responses, record, top_k
 from convdissect.dissect.checkpoint import load_any_net, load_net
-from convdissect.dissect.contributions import inner_contributions, redundancy
+from convdissect.dissect.contributions import inner_contributions, signed_contributions
 from convdissect.dissect.run import dissect
-from convdissect.dissect.selectivity import class_means, eta_squared, selectivity_index, tuning_peaks
+from convdissect.dissect.selectivity import class_means, omega_squared, selectivity_index, tuning_peaks
 from convdissect.dissect.superstimuli import channel_objective, superstimuli
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.train import train
 from tests.conftest import TINY, compose_cfg
 
-DISSECT_FAST = ["n_images=200", "superstimulus.steps=8"]
+# Few null draws and ablation images: the nulls' machinery runs, in seconds.
+FAST_NULLS = ["claims.untrained_seeds=2", "claims.bootstrap=200", "claims.shuffles=20", "claims.ablation_images=500",
+              "claims.reference_grids=50"]  # fmt: skip
+DISSECT_FAST = ["n_images=200", "superstimulus.steps=8", *FAST_NULLS]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +43,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "dissect.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_on_a_lightning_checkpoint(trained, tmp_path):
     proc = run_cli(f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path}", *DISSECT_FAST)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -48,9 +52,12 @@ def test_cli_on_a_lightning_checkpoint(trained, tmp_path):
     assert [u["name"] for u in labels["units"]] == [f"conv{l}_{i}" for l, n in ((1, 4), (2, 8), (3, 8)) for i in range(1, n + 1)]
     conv1, conv2, conv3 = labels["units"][0], labels["units"][4], labels["units"][12]
     assert {"orientation_deg", "kind", "side", "fit_r2", "secondary_orientation_deg"} <= set(conv1)
-    assert {"dominant_input", "dominant_share", "copies_input"} <= set(conv2)
-    assert conv2["dominant_input"].startswith("conv1_") and 0 < conv2["dominant_share"] <= 1
-    assert {"bursts", "position_index", "pattern_index"} <= set(conv3)
+    assert {"drivers", "inhibitors", "copies_input"} <= set(conv2)
+    assert all(d["input"].startswith("conv1_") and 0 < d["share"] <= 1 for d in conv2["drivers"] + conv2["inhibitors"])
+    assert {"bursts", "drivers", "inhibitors", "position_index", "pattern_index", "interaction_index"} <= set(conv3)
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    assert {"conv2_top_share", "ablation_top1", "conv3_interaction_omega2"} <= set(claims)
+    assert all(c["holds"] in ("supported", "not supported", "reversed") for c in claims.values())
     assert all(b["input"].startswith("conv2_") for u in labels["units"][12:] for b in u["bursts"])
     stimuli = torch.load(tmp_path / "superstimuli.pt", weights_only=True)
     assert {k: tuple(v.shape) for k, v in stimuli.items()} == {
@@ -58,10 +65,11 @@ def test_cli_on_a_lightning_checkpoint(trained, tmp_path):
     assert stimuli["conv1"].min() >= 0 and stimuli["conv1"].max() <= 1
 
 
+@pytest.mark.slow
 def test_plain_state_dict_without_conv2_is_the_no_conv2_variant(tmp_path):
     torch.manual_seed(0)
     torch.save(SimpleConvNet([4, 6, 8], conv2=False).state_dict(), tmp_path / "no_conv2.pt")
-    cfg = compose_cfg("dissect", [f"ckpt_path={tmp_path / 'no_conv2.pt'}", "superstimulus.enabled=false", "n_images=100"], tmp_path)
+    cfg = compose_cfg("dissect", [f"ckpt_path={tmp_path / 'no_conv2.pt'}", "superstimulus.enabled=false", "n_images=100", *FAST_NULLS], tmp_path)
     labels = dissect(cfg)
     assert labels == json.loads((tmp_path / "labels.json").read_text())
     assert labels["widths"] == [4, 6, 8]
@@ -70,6 +78,7 @@ def test_plain_state_dict_without_conv2_is_the_no_conv2_variant(tmp_path):
     assert any(u["bursts"] for u in labels["units"][4:])
 
 
+@pytest.mark.slow
 def test_lightning_checkpoint_and_state_dict_give_the_same_net(trained):
     from_ckpt = load_net(trained / "checkpoints" / "last.ckpt")
     from_pt = load_net(trained / "model_state.pt")
@@ -91,6 +100,7 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "code_ran"
     torch.save({"conv1.weight": RunsCode(marker)}, tmp_path / "evil.pt")
@@ -141,10 +151,15 @@ def test_ckpt_path_is_required(tmp_path):
     ("override", "message"),
     [("n_images=0", "n_images=0: must be"), ("split=holdout", "split='holdout'"),
      ("superstimulus.layers=[conv9]", r"superstimulus\.layers: \['conv9'\] unknown"),
-     ("data.val_size=0", r"data\.val_size=0")],
+     ("data.val_size=0", r"data\.val_size=0"),
+     ("claims.statistics=[conv2_dominance]", r"claims\.statistics: \['conv2_dominance'\] unknown; allowed 'all' or a list of"),
+     ("claims.untrained_seeds=1", r"claims\.untrained_seeds=1: must be an integer in 2\.\.20"),
+     ("claims.bootstrap=10", r"claims\.bootstrap=10: must be an integer in 100\.\.100000"),
+     ("claims.ablation_images=0", r"claims\.ablation_images=0: must be a positive integer")],
 )
-def test_bad_dissect_settings_are_clear_errors(trained, tmp_path, override, message):
-    cfg = compose_cfg("dissect", [f"ckpt_path={trained / 'model_state.pt'}", "n_images=50", override], tmp_path)
+def test_bad_dissect_settings_are_clear_errors(tmp_path, override, message):
+    torch.save(SimpleConvNet([4, 8, 8, 8]).state_dict(), tmp_path / "net.pt")
+    cfg = compose_cfg("dissect", [f"ckpt_path={tmp_path / 'net.pt'}", "n_images=50", override], tmp_path)
     with pytest.raises(UserInputError, match=message):
         dissect(cfg)
 
@@ -176,15 +191,14 @@ def test_top_k_are_the_strongest_inputs(images):
         torch.testing.assert_close(resp[indices[c], c], values[c])
 
 
-def test_redundancy_finds_the_one_input_that_drives_a_channel(images):
+def test_signed_contributions_find_the_one_input_that_drives_a_channel(images):
     torch.manual_seed(0)
     net = SimpleConvNet([4, 8, 8, 8]).eval()
     with torch.no_grad():
         net.conv2.weight[5] *= 0.01
-        net.conv2.weight[5, 2] *= 300.0  # conv2_6 is driven by conv1_3
-    red = redundancy(net, "conv2", images[0])
-    assert red.dominant[5] == 2 and red.share[5] > 0.9
-    assert red.share.max() <= 1 and (red.share >= 1 / 4 - 1e-6).all()  # at least a fair share
+        net.conv2.weight[5, 2] = net.conv2.weight[5, 2].abs() * 300.0  # conv2_6 is driven by conv1_3
+    found = signed_contributions(net, "conv2", images[0])
+    assert found.drivers(5)[0][0] == 2 and found.drivers(5)[0][1] > 0.9
     x = images[0][0]
     dissected = inner_contributions(net, "conv2_6", x)
     assert dissected.order[0] == 2 and dissected.a.shape == (4, 14, 14) and dissected.w.shape == (4, 5, 5)
@@ -204,15 +218,27 @@ def test_class_means_and_selectivity_index():
     torch.testing.assert_close(selectivity_index(only_one), torch.tensor([1.0, 0.0, 0.5]))
 
 
-def test_eta_squared_position_and_pattern_shares():
+def test_omega_squared_position_pattern_and_interaction_shares():
     position = torch.arange(6.0)[None].expand(4, 6)  # R depends on the position q only
     pattern = torch.arange(4.0)[:, None].expand(4, 6)
-    r = torch.stack([position, pattern, position + pattern, torch.ones(4, 6)])
-    pos, pat = eta_squared(r.double())
+    interaction = (torch.arange(4.0)[:, None] - 1.5) * (torch.arange(6.0)[None] - 2.5)  # no main effects
+    r = torch.stack([position, pattern, position + pattern, interaction, torch.ones(4, 6)])
+    shares = omega_squared(torch.stack([r, r], dim=-1))  # two identical replicates: no error variance
     # additive: var(q) = 35/12 over 0..5, var(p) = 15/12 over 0..3, so the shares are 0.7 and 0.3
-    assert pos[:3].tolist() == pytest.approx([1.0, 0.0, 0.7])
-    assert pat[:3].tolist() == pytest.approx([0.0, 1.0, 0.3])
-    assert pos[3].isnan() and pat[3].isnan()  # a constant response has no variance to share
+    assert shares.position[:4].tolist() == pytest.approx([1.0, 0.0, 0.7, 0.0], abs=1e-6)
+    assert shares.pattern[:4].tolist() == pytest.approx([0.0, 1.0, 0.3, 0.0], abs=1e-6)
+    assert shares.interaction[:4].tolist() == pytest.approx([0.0, 0.0, 0.0, 1.0], abs=1e-6)
+    assert shares.position[4].isnan() and shares.pattern[4].isnan()  # a constant response has no variance to share
+
+
+def test_omega_squared_is_unbiased_where_eta_squared_was_not():
+    # no effect at all, 4 patterns x 100 positions: eta² of position would be 99/399 = 0.248 on average
+    noise = torch.randn(4000, 4, 100, 2, generator=torch.Generator().manual_seed(0))
+    shares = omega_squared(noise)
+    for share in (shares.position, shares.pattern, shares.interaction):
+        assert abs(float(share.mean())) < 0.005
+    without_replicates = omega_squared(noise[..., 0])
+    assert abs(float(without_replicates.position.mean())) < 0.005 and without_replicates.interaction.isnan().all()
 
 
 def test_tuning_peaks_find_a_real_second_peak_only():

@@ -1,7 +1,6 @@
 """The parametric line/burst families, their fits, and the shared conventions."""
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +16,8 @@ from convdissect.conventions import (
     unit_name,
     xy_from_clock,
 )
-from convdissect.models.parametric import burst_grids, find_bursts, fit_lines, line_kernels, peak_energy_share
+from convdissect.dissect.fits import find_bursts, fit_lines, peak_energy_share
+from convdissect.models.parametric import burst_grids, line_kernels
 
 PLANTED_ANGLES = [0, 20, 45, 90, 110, 135, 179]
 
@@ -142,12 +142,12 @@ def test_fitted_kernels_reconstruct_the_planted_ones():
     torch.testing.assert_close(fit_lines(planted).kernels(), planted, atol=0.05, rtol=0)
 
 
-def test_fit_speed_on_all_conv3_grids():
+def test_fit_on_all_conv3_grids_of_a_full_net_gives_noise_its_reference_r2():
     grids = torch.randn(128 * 64, 5, 5, generator=torch.Generator().manual_seed(1))
-    start = time.perf_counter()
     fit = fit_lines(grids)
-    assert time.perf_counter() - start < 20
     assert len(fit) == 128 * 64
+    # docs/measures.md: Gaussian noise grids fit a line with median R² about 0.32 (before refinement)
+    assert 0.25 < float(fit.r2.median()) < 0.45
 
 
 def test_gradients_reach_every_parameter():

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from convdissect.conventions import edge_side
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
 from convdissect.data.probes import pixel_xy, stroke_images, sweep_positions
-from convdissect.models.parametric import fit_lines, line_kernels
+from convdissect.dissect.fits import fit_lines
+from convdissect.models.parametric import line_kernels
 
 
 def kernel(theta_deg, amplitude=1.0, kind="line", sigma=0.45):

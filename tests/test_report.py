@@ -17,7 +17,11 @@ from convdissect.models.parametric import line_kernels
 from convdissect.models.simple_convnet import SimpleConvNet
 from tests.conftest import compose_cfg
 
-FAST = ["n_images=300", "superstimulus.steps=8", "report.projection_points=120", "report.dissection_rows=4"]
+pytestmark = pytest.mark.slow  # every test but one dissects a whole net
+
+# Few null draws and ablation images: the nulls' machinery runs, in seconds.
+FAST = ["n_images=300", "superstimulus.steps=8", "report.projection_points=120", "report.dissection_rows=4", "claims.untrained_seeds=2",
+        "claims.bootstrap=200", "claims.shuffles=20", "claims.ablation_images=500", "claims.reference_grids=50"]  # fmt: skip
 SECTIONS = ("conv1", "conv2", "conv3", "fc")
 STAGES = {"input": 784, "conv3": 8, "fc4": 8, "fc5": 10}
 
@@ -84,7 +88,7 @@ def test_the_page_has_every_section_and_the_label_tables(run):
 def test_default_dissections_are_the_copying_conv2_channel_and_one_conv3_channel_on_5_and_7(run):
     out, labels = run
     conv2_3 = next(u for u in labels["units"] if u["name"] == "conv2_3")
-    assert conv2_3["copies_input"] and conv2_3["dominant_input"] == "conv1_2"
+    assert conv2_3["copies_input"] and conv2_3["drivers"][0]["input"] == "conv1_2"
     assert (out / "conv2_3_dissection_digit0.png").is_file()
     fives = sorted(p.name for p in out.glob("conv3_*_dissection_digit5.png"))
     sevens = sorted(p.name for p in out.glob("conv3_*_dissection_digit7.png"))
@@ -102,6 +106,17 @@ def test_figures_are_in_tensorboard(run):
     image = events.Images("conv1/conv1_weights")[0]
     with Image.open(out / "conv1_weights.png") as png:
         assert (image.width, image.height) == png.size
+
+
+def test_labels_are_a_text_table_in_tensorboard(run):
+    out, labels = run
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    table = events.Tensors("labels/text_summary")[0].tensor_proto.string_val[0].decode()
+    rows = table.splitlines()[2:]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == [u["name"] for u in labels["units"]]
+    conv2_3 = next(u for u in labels["units"] if u["name"] == "conv2_3")
+    assert f"| conv2_3 | {conv2_3['label']} |" in rows
 
 
 def test_projector_embeddings_are_written(run):

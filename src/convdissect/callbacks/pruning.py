@@ -21,7 +21,7 @@ from torch import nn
 from convdissect.conventions import unit_name
 from convdissect.errors import UserInputError
 from convdissect.models.surgery import layer_width, producer_consumer_table, remove_channels
-from convdissect.pruning.criteria import Calibration, parse_criterion, score_layer
+from convdissect.pruning.criteria import SUPERSTIMULUS_STEPS, Calibration, parse_criterion, parse_normalise, score_layer
 from convdissect.pruning.figures import accuracy_per_step
 from convdissect.pruning.measure import accuracy, flops_per_image
 from convdissect.pruning.schedule import Schedule
@@ -48,9 +48,14 @@ class PruningCallback(L.Callback):
         min_width: int | list[int] = 1,
         scope: str = "layer",
         magnitude_p: float = 2.0,
+        normalise="rank",
+        superstimulus_steps: int = SUPERSTIMULUS_STEPS,
         seed: int = 0,
     ):
         self.weights = parse_criterion(criterion)
+        self.normalise = parse_normalise(normalise, self.weights)
+        if int(superstimulus_steps) < 1:
+            raise UserInputError(f"callbacks.pruning.superstimulus_steps={superstimulus_steps}: must be >= 1")
         if magnitude_p not in (1, 2):
             raise UserInputError(f"callbacks.pruning.magnitude_p={magnitude_p}: allowed 1 (L1 norm) or 2 (L2 norm)")
         if int(calibration_size) < 2:
@@ -65,7 +70,7 @@ class PruningCallback(L.Callback):
             min_width=min_width if isinstance(min_width, int) else [int(w) for w in min_width],
             scope=scope,
         )
-        self.options = {"magnitude": {"p": float(magnitude_p)}}
+        self.options = {"magnitude": {"p": float(magnitude_p)}, "superstimulus_contrast": {"steps": int(superstimulus_steps)}}
         self.calibration_size, self.eval_size, self.seed = int(calibration_size), eval_size, int(seed)
         # Checkpointed state (state_dict): the schedule's start, what was kept, one history entry per step.
         self.start_widths: list[int] | None = None
@@ -152,7 +157,7 @@ class PruningCallback(L.Callback):
         was_training = net.training
         net.eval()
         cal = Calibration(net, table, images, labels, torch.Generator().manual_seed(self.seed * 1000 + step))
-        scored = {layer: score_layer(cal, layer, self.weights, self.options) for layer in table}
+        scored = {layer: score_layer(cal, layer, self.weights, self.options, self.normalise) for layer in table}
         net.train(was_training)
         scores = {layer: s for layer, (s, _) in scored.items()}
         keep = self.schedule.keep(scores, self.start_widths, step)
@@ -226,6 +231,9 @@ class PruningCallback(L.Callback):
             "pruning": {"criterion": self.weights, "mode": schedule.mode, "scope": schedule.scope,
                         "threshold": schedule.threshold if schedule.mode == "threshold" else None,
                         "magnitude_p": self.options["magnitude"]["p"] if "magnitude" in self.weights else None,
+                        "normalise": self.normalise if len(self.weights) > 1 else None,
+                        "superstimulus_steps": self.options["superstimulus_contrast"]["steps"]
+                        if "superstimulus_contrast" in self.weights else None,
                         "start_widths": self.start_widths, "start_flops": self.start_flops,
                         "iterations": schedule.iterations, "seed": self.seed},
             "pruning_history": self.history,

@@ -60,6 +60,18 @@ def record(net: nn.Module, images: torch.Tensor, layers, what: str = "output", b
     return {name: torch.cat(chunks) for name, chunks in parts.items()}
 
 
+@torch.no_grad()
+def record_in_out(net: nn.Module, images: torch.Tensor, layer: str, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """A module's input and output for all images, in one pass: ([N, ...], [N, ...])."""
+    inputs, outputs = [], []
+    with hooked(net, [layer], "input") as seen, hooked(net, [layer]) as made:
+        for start in range(0, len(images), batch_size):
+            net(images[start : start + batch_size])
+            inputs.append(seen[layer].detach())
+            outputs.append(made[layer].detach())
+    return torch.cat(inputs), torch.cat(outputs)
+
+
 def responses(outputs: torch.Tensor) -> torch.Tensor:
     """Per-channel responses: [N, C, H, W] -> max over the map [N, C]; [N, C] (fc) unchanged."""
     return outputs.amax(dim=(-2, -1)) if outputs.dim() == 4 else outputs

@@ -1,8 +1,9 @@
-"""Inner-channel dissection of a conv out channel (design.md §1, the article's big figure).
+"""What the in channels of a conv layer contribute to its out channels.
 
-For out channel k of a conv layer and one input x (the layer's input, [Cin, H, W]):
-a_j = x_j (*) w_kj (the contribution of in channel j), c_j = sum_{i<=j} a_i (+ bias at the last
-row) and y = the channel's output, so c_last == y. Rows are ranked by strength ||a_j||.
+- `signed_contributions`: over many images, each input's signed, background-corrected share of
+  what survives ReLU and max-pool (drivers and inhibitors; docs/measures.md);
+- `inner_contributions`: the article's big figure for one out channel on one image:
+  a_j = x_j (*) w_kj, c_j = sum_{i<=j} a_i (+ bias at the last row), so c_last == y.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from convdissect.conventions import parse_unit_name
-from convdissect.dissect.activations import record
+from convdissect.data.probes import normalise
+from convdissect.dissect.activations import record, record_in_out
 
 
 @dataclass
@@ -29,15 +31,12 @@ class InnerContributions:
     bias: float
     y: torch.Tensor  # [Ho, Wo] the channel's real output
 
-    @property
-    def strength(self) -> torch.Tensor:
-        """||a_j|| per in channel [Cin]."""
-        return self.a.flatten(1).norm(dim=1)
+    signed: torch.Tensor  # [Cin] the signed contributions c_kj on this image (SignedContributions)
 
     @property
     def order(self) -> torch.Tensor:
-        """In channels, strongest contribution first."""
-        return self.strength.argsort(descending=True)
+        """In channels, largest |signed contribution| first."""
+        return self.signed.abs().argsort(descending=True)
 
 
 def contributions(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -65,38 +64,78 @@ def inner_contributions(net: nn.Module, unit: str, image: torch.Tensor) -> Inner
     c = a.cumsum(dim=0)
     c[-1] += bias
     w = conv.weight.detach()[index - 1]
-    return InnerContributions(unit, seen[0], w, a, c, bias, out)
+    signed = signed_contributions(net, layer, image[None]).mean[index - 1]
+    return InnerContributions(unit, seen[0], w, a, c, bias, out, signed)
 
 
-# Elements of a_kj held at once (x 4 bytes): bounds the memory of contribution_strengths.
-CHUNK_ELEMENTS = 2**24
-
-
-@torch.no_grad()
-def contribution_strengths(net: nn.Module, layer: str, images: torch.Tensor) -> torch.Tensor:
-    """Mean over the images of ||a_kj||: [Cout, Cin], how strongly in channel j drives out channel k."""
-    conv = getattr(net, layer)
-    seen = record(net, images, [layer], what="input")[layer]
-    per_image = conv.out_channels * seen[0].numel()  # a_kj of one image has at most this many values
-    chunk = max(1, CHUNK_ELEMENTS // per_image)
-    total = torch.zeros(conv.out_channels, conv.in_channels, device=images.device)
-    for start in range(0, len(seen), chunk):
-        total += contributions(conv, seen[start : start + chunk]).flatten(3).norm(dim=3).sum(dim=0)
-    return total / len(images)
+# The max-pool after each inner conv layer of a SimpleConvNet (conv2: 14x14 -> 7x7, conv3: 3x3 -> 1x1).
+POOL_AFTER = {"conv2": 2, "conv3": 3}
 
 
 @dataclass
-class Redundancy:
-    """Per out channel of conv2 (or conv3): its strongest in channel and that one's share."""
+class SignedContributions:
+    """What each in channel j adds to the part of out channel k that survives ReLU and max-pool,
+    with its value on a blank image subtracted (docs/measures.md, "Signed contributions").
 
-    dominant: torch.Tensor  # [Cout] 0-based in channel j with the strongest contribution
-    share: torch.Tensor  # [Cout] its share of the summed strengths, 0-1
-    strengths: torch.Tensor  # [Cout, Cin]
+    Per image n: c_kj(n) = sum over the surviving cells p of (a_kj(n, p) - a_kj(blank, p)), where
+    the surviving cells are the max-pool winners with y_k > 0. Exactly:
+    output_k(n) = baseline_k(n) + sum_j c_kj(n), the sum of y_k over its surviving cells, and
+    baseline_k(n) = the blank image's y_k (bias included) summed over the same cells.
+    """
+
+    layer: str
+    mean: torch.Tensor  # [Cout, Cin] mean over the images of c_kj
+    baseline: torch.Tensor  # [Cout] mean of baseline_k
+    output: torch.Tensor  # [Cout] mean of output_k
+
+    @property
+    def drive(self) -> torch.Tensor:
+        """[Cout, Cin] share of each excitatory input (mean c_kj > 0) in the channel's drive
+        (the sum of its positive mean c_kj); each row sums to 1 (0 for a silent channel)."""
+        positive = self.mean.clamp_min(0.0)
+        return positive / positive.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+    @property
+    def inhibition(self) -> torch.Tensor:
+        """[Cout, Cin] share of each inhibitory input (mean c_kj < 0) in the channel's inhibition."""
+        negative = (-self.mean).clamp_min(0.0)
+        return negative / negative.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def drivers(self, k: int) -> list[tuple[int, float]]:
+        """(in channel j, its drive share) of out channel k's excitatory inputs, strongest first."""
+        return _ranked(self.drive[k])
+
+    def inhibitors(self, k: int) -> list[tuple[int, float]]:
+        return _ranked(self.inhibition[k])
 
 
-def redundancy(net: nn.Module, layer: str, images: torch.Tensor) -> Redundancy:
-    """The article's conv2 finding as numbers: one in channel dominates each out channel."""
-    strengths = contribution_strengths(net, layer, images)
-    top, dominant = strengths.max(dim=1)
-    share = top / strengths.sum(dim=1).clamp_min(1e-12)
-    return Redundancy(dominant, share, strengths)
+def _ranked(shares: torch.Tensor) -> list[tuple[int, float]]:
+    order = shares.argsort(descending=True).tolist()
+    return [(j, float(shares[j])) for j in order if shares[j] > 0]
+
+
+def blank_image(like: torch.Tensor) -> torch.Tensor:
+    """The normalised blank (all-black) image [1, 1, 28, 28]: MNIST's background."""
+    return normalise(torch.zeros(1, *like.shape[1:], dtype=like.dtype, device=like.device))
+
+
+@torch.no_grad()
+def signed_contributions(net: nn.Module, layer: str, images: torch.Tensor) -> SignedContributions:
+    """SignedContributions of conv2 or conv3 on normalised images [N, 1, 28, 28].
+
+    sum_n c_kj(n) = sum_q w_kj(q) G_kj(q) with G the conv's weight gradient for the input
+    x - x_blank and the surviving-cell mask as output gradient: one call, no [N, Cout, Cin, H, W] tensor.
+    """
+    conv = getattr(net, layer)
+    images = images.to(next(net.parameters()).dtype)
+    seen, y = record_in_out(net, images, layer)
+    seen_blank, y_blank = record_in_out(net, blank_image(images), layer)
+    pool = POOL_AFTER[layer]
+    pooled, winners = F.max_pool2d(y.relu(), pool, return_indices=True)
+    mask = torch.zeros_like(y).flatten(2).scatter_(2, winners.flatten(2), (pooled > 0).to(y.dtype).flatten(2)).view_as(y)
+    grad = torch.nn.grad.conv2d_weight(seen - seen_blank, conv.weight.shape, mask, stride=conv.stride, padding=conv.padding)
+    n = len(images)
+    mean = (grad * conv.weight.detach()).sum(dim=(-2, -1)) / n
+    baseline = (mask * y_blank).sum(dim=(0, 2, 3)) / n
+    output = (mask * y).sum(dim=(0, 2, 3)) / n
+    return SignedContributions(layer, mean.cpu(), baseline.cpu(), output.cpu())

@@ -1,12 +1,13 @@
-"""Machine-written labels for every conv unit, with the numbers behind them (labels.json).
+"""Machine-written labels for every conv unit, with the numbers behind them (labels.json), read
+from one Measurements object (docs/measures.md says what each number is).
 
 - conv1: the best-fitting line-family member (orientation, kind, edge side, R²) and a
   secondary orientation where the tuning curve on line probes has a second peak;
-- conv2: the in channel that dominates the unit's inner contributions, its share, and whether
-  the weight grid on it is a bright line along that input's orientation (a copy: the article's
-  "conv2 only amplifies conv1");
-- conv3: the pixel bursts of its grids on its strongest inputs, read as "pattern at clock
-  position", and its position / pattern selectivity indices (eta², design.md §1).
+- conv2: its main driver(s) with their share of the drive and its strongest inhibitor(s)
+  (signed, background-corrected contributions), and whether the grid on the main driver is
+  a bright line along that input's orientation (a copy: the article's "conv2 only amplifies conv1");
+- conv3: the same drivers and inhibitors, the pixel bursts of its grids on its main drivers, read
+  as "pattern at clock position", and its omega² of position, pattern and their interaction.
 """
 
 from __future__ import annotations
@@ -15,37 +16,30 @@ import json
 import math
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from convdissect.claims import COPY_MAX_GAP_DEG, angle_gap
 from convdissect.conventions import CENTRE, orientation_name, unit_name
-from convdissect.dissect.activations import conv_layers, input_layer
-from convdissect.dissect.contributions import Redundancy, contribution_strengths
-from convdissect.dissect.selectivity import orientation_tuning, position_pattern, tuning_peaks
-from convdissect.models.parametric import find_bursts, fit_lines
+from convdissect.dissect.fits import find_bursts
+from convdissect.dissect.measure import Measurements, source_layer
+from convdissect.dissect.selectivity import tuning_peaks
 
 # A conv1 kernel whose line fit explains less than this share of its energy is called noisy.
 NOISY_R2 = 0.5
-# A conv2 grid copies its input when it is a bright line (fit R² at least COPY_MIN_R2) within
-# COPY_MAX_GAP_DEG of the input's orientation. A conv2 unit whose strongest input has at least
-# STRONG_SHARE of the contributions "reads" that input, else it "mixes" its inputs.
+# A conv2 grid copies its main driver when it is a bright line (fit R² at least COPY_MIN_R2)
+# within COPY_MAX_GAP_DEG of the driver's orientation.
 COPY_MIN_R2 = 0.4
-COPY_MAX_GAP_DEG = 22.5
 # A secondary orientation is a tuning peak at least this far from the fitted orientation.
 SECONDARY_MIN_GAP_DEG = 30.0
-# conv3: bursts are read on the inputs whose contribution is at least STRONG_SHARE of the
-# strongest one's (at most MAX_INPUTS of them); a burst is kept when its score (|amplitude| x
-# its input's contribution per unit of grid norm) is at least STRONG_SHARE of the strongest
-# burst's, at most MAX_BURSTS per unit.
-STRONG_SHARE = 0.5
-MAX_INPUTS = 3
+# Labels name the drivers down to this share of the drive (at most MAX_NAMED), and the inhibitors
+# down to this share of the inhibition; labels.json lists them all.
+NAMED_SHARE = 0.25
+MAX_NAMED = 2
+# conv3: bursts are read on the grids of its named drivers; a burst is kept when its score
+# (|amplitude| x its input's drive share per unit of grid norm) is at least BURST_SHARE of the
+# strongest burst's, at most MAX_BURSTS per unit.
+BURST_SHARE = 0.5
 MAX_BURSTS = 3
-
-
-def angle_gap(a: float, b: float) -> float:
-    """Distance between two stroke orientations in degrees (period 180)."""
-    gap = abs(a - b) % 180.0
-    return min(gap, 180.0 - gap)
 
 
 def _number(value, digits: int = 4):
@@ -61,9 +55,8 @@ def _at(clock: str) -> str:
     return f"at {clock[:-3]} o'clock" if clock.endswith(":00") else f"at {clock}"
 
 
-def describe_conv1(net: nn.Module) -> list[dict]:
-    fit = fit_lines(net.conv1.weight.detach()[:, 0])
-    tuning = orientation_tuning(net, ["conv1"])
+def describe_conv1(m: Measurements) -> list[dict]:
+    fit, tuning = m.conv1_fit, m.tuning
     units = []
     for i, label in enumerate(fit.labels()):
         theta = float(fit.theta_deg[i])
@@ -81,50 +74,80 @@ def describe_conv1(net: nn.Module) -> list[dict]:
     return units
 
 
-def describe_conv2(net: nn.Module, red: Redundancy, conv1_units: list[dict]) -> list[dict]:
-    weight = net.conv2.weight.detach()
-    dominant = red.dominant.tolist()
-    grid_fit = fit_lines(weight[torch.arange(len(dominant)), red.dominant.cpu()])
-    grid_labels = grid_fit.labels()
+def drivers_and_inhibitors(m: Measurements, layer: str, k: int) -> tuple[list[dict], list[dict]]:
+    """labels.json's `drivers` and `inhibitors` of out channel k: every input with its share, strongest first."""
+    source = source_layer(m, layer)
+    contributions = m.contributions[layer]
+    return tuple(
+        [{"input": unit_name(source, j + 1), "share": _number(share, 3)} for j, share in ranked]
+        for ranked in (contributions.drivers(k), contributions.inhibitors(k))
+    )
+
+
+def named(entries: list[dict]) -> list[dict]:
+    """The entries a label names: the strongest, then the others down to NAMED_SHARE, at most MAX_NAMED."""
+    return [e for i, e in enumerate(entries[:MAX_NAMED]) if i == 0 or e["share"] >= NAMED_SHARE]
+
+
+def signed_phrase(drivers: list[dict], inhibitors: list[dict], patterns: dict[str, str], through: str = "") -> str:
+    """'conv1_4 (vertical line, 62% of its drive) + conv1_2 (30%), inhibited by conv1_7'; `through`
+    follows the main driver (e.g. 'through a dark line grid')."""
+    if not drivers:
+        return "silent on the images"
+    parts = []
+    for i, d in enumerate(named(drivers)):
+        what = f"{patterns[d['input']]}, " if patterns.get(d["input"]) else ""
+        parts.append(f"{d['input']} ({what}{d['share']:.0%}{' of its drive' if i == 0 else ''})" + (f" {through}" if i == 0 and through else ""))
+    text = " + ".join(parts)
+    if inhibitors:
+        text += ", inhibited by " + " and ".join(i["input"] for i in named(inhibitors))
+    return text
+
+
+def describe_conv2(m: Measurements, conv1_units: list[dict]) -> list[dict]:
+    patterns = {u["name"]: u["pattern"] for u in conv1_units}
+    fit = m.driver_fit
+    grid_labels = fit.labels()
     units = []
-    for k, j in enumerate(dominant):
-        source = conv1_units[j]
+    for k, j in enumerate(m.driver.tolist()):
+        drivers, inhibitors = drivers_and_inhibitors(m, "conv2", k)
         copies = (
-            grid_fit.kind[k] == "line"
-            and float(grid_fit.amplitude[k]) > 0
-            and float(grid_fit.r2[k]) >= COPY_MIN_R2
-            and angle_gap(float(grid_fit.theta_deg[k]), source["orientation_deg"]) <= COPY_MAX_GAP_DEG
+            j >= 0
+            and fit.kind[k] == "line"
+            and float(fit.amplitude[k]) > 0
+            and float(fit.r2[k]) >= COPY_MIN_R2
+            and angle_gap(float(fit.theta_deg[k]), conv1_units[j]["orientation_deg"]) <= COPY_MAX_GAP_DEG
         )
-        share = float(red.share[k])
-        if copies:
-            label = f"amplifies {source['name']} ({source['pattern']})"
-        elif share >= STRONG_SHARE:
-            label = f"reads {source['name']} ({source['pattern']}) through a {grid_labels[k]} grid ({share:.0%})"
+        name = unit_name("conv2", k + 1)
+        if j < 0:
+            label = signed_phrase(drivers, inhibitors, patterns)
+        elif copies:
+            label = f"≈ {signed_phrase(drivers, inhibitors, patterns)}"
         else:
-            label = f"mixes conv1, strongest {source['name']} ({source['pattern']}, {share:.0%})"
+            label = f"reads {signed_phrase(drivers, inhibitors, patterns, f'through a {grid_labels[k]} grid')}"
         units.append({
-            "layer": "conv2", "index": k + 1, "name": unit_name("conv2", k + 1), "label": label,
-            "pattern": source["pattern"] if copies else unit_name("conv2", k + 1),
-            "dominant_input": source["name"], "dominant_share": _number(share), "copies_input": copies,
-            "grid_orientation_deg": _number(grid_fit.theta_deg[k], 2), "grid_kind": grid_fit.kind[k],
-            "grid_fit_r2": _number(grid_fit.r2[k]),
+            "layer": "conv2", "index": k + 1, "name": name, "label": label,
+            "pattern": conv1_units[j]["pattern"] if copies else name,
+            "drivers": drivers, "inhibitors": inhibitors, "copies_input": bool(copies),
+            "grid_orientation_deg": _number(fit.theta_deg[k], 2) if j >= 0 else None,
+            "grid_kind": fit.kind[k] if j >= 0 else None, "grid_fit_r2": _number(fit.r2[k]) if j >= 0 else None,
         })  # fmt: skip
     return units
 
 
-def describe_conv3(net: nn.Module, images: torch.Tensor, input_units: list[dict]) -> list[dict]:
-    strengths = contribution_strengths(net, "conv3", images).cpu()
+def describe_conv3(net: nn.Module, m: Measurements, input_units: list[dict]) -> list[dict]:
     weight = net.conv3.weight.detach().cpu()
+    drive = m.contributions["conv3"].drive
     units = []
-    for k, row in enumerate(strengths):
-        order = row.argsort(descending=True)[:MAX_INPUTS].tolist()
-        inputs = [j for j in order if row[j] > 0 and row[j] >= STRONG_SHARE * row.max()]
+    for k in range(weight.shape[0]):
+        drivers, inhibitors = drivers_and_inhibitors(m, "conv3", k)
         found = []  # (score, input j, burst)
-        for j in inputs:
-            per_unit_norm = float(row[j]) / max(float(weight[k, j].norm()), 1e-12)
+        for entry in named(drivers):
+            j = next(u["index"] - 1 for u in input_units if u["name"] == entry["input"])
+            per_unit_norm = float(drive[k, j]) / max(float(weight[k, j].norm()), 1e-12)
             found += [(abs(b.amplitude) * per_unit_norm, j, b) for b in find_bursts(weight[k, j])]
         found.sort(key=lambda item: -item[0])
-        kept = [item for item in found if item[0] >= STRONG_SHARE * found[0][0]][:MAX_BURSTS] if found else []
+        kept = [item for item in found if item[0] >= BURST_SHARE * found[0][0]][:MAX_BURSTS] if found else []
         bursts, phrases = [], []
         for _, j, burst in kept:
             source = input_units[j]
@@ -135,33 +158,32 @@ def describe_conv3(net: nn.Module, images: torch.Tensor, input_units: list[dict]
                 "amplitude": _number(burst.amplitude),
             })  # fmt: skip
             phrases.append(f"{'' if not phrases and sign == '+' else sign + ' '}{source['pattern']} {_at(burst.clock)}")
-        label = " ".join(phrases)
+        label = signed_phrase(drivers, inhibitors, {}) + (": " + " ".join(phrases) if phrases else "")
         units.append({
-            "layer": "conv3", "index": k + 1, "name": unit_name("conv3", k + 1),
-            "label": label or "silent on the images", "bursts": bursts,
+            "layer": "conv3", "index": k + 1, "name": unit_name("conv3", k + 1), "label": label, "bursts": bursts,
+            "drivers": drivers, "inhibitors": inhibitors,
         })  # fmt: skip
     return units
 
 
-def add_position_pattern(net: nn.Module, layer: str, units: list[dict]) -> None:
-    """Add position_index and pattern_index (eta² shares on the stroke sweep) to a layer's entries."""
-    pp = position_pattern(net, layer)
-    for unit, pos, pat in zip(units, pp.position_index, pp.pattern_index):
-        unit["position_index"], unit["pattern_index"] = _number(pos), _number(pat)
+def add_position_pattern(m: Measurements, layer: str, units: list[dict]) -> None:
+    """Add position_index, pattern_index and interaction_index (omega² on the stroke sweep)."""
+    pp = m.position_pattern[layer]
+    for unit, pos, pat, inter in zip(units, pp.position_index, pp.pattern_index, pp.interaction_index):
+        unit["position_index"], unit["pattern_index"], unit["interaction_index"] = _number(pos), _number(pat), _number(inter)
 
 
-def describe(net: nn.Module, images: torch.Tensor, conv2_redundancy: Redundancy | None) -> dict:
-    """labels.json's content for a SimpleConvNet; images are normalised MNIST inputs [N, 1, 28, 28]
-    (the inner contributions are measured on them); conv2_redundancy is conv2's, measured on the
-    same images by the caller, which the report reuses (None without conv2)."""
-    images = images.to(next(net.parameters()).device)
-    units = {"conv1": describe_conv1(net)}
-    if "conv2" in conv_layers(net):
-        units["conv2"] = describe_conv2(net, conv2_redundancy, units["conv1"])
-    units["conv3"] = describe_conv3(net, images, units[input_layer(net, "conv3")])
+def describe(net: nn.Module, m: Measurements) -> dict:
+    """labels.json's content for a SimpleConvNet from its measurements."""
+    units = {"conv1": describe_conv1(m)}
+    if "conv2" in m.layers:
+        units["conv2"] = describe_conv2(m, units["conv1"])
+    units["conv3"] = describe_conv3(net, m, units[source_layer(m, "conv3")])
     for layer, entries in units.items():
-        add_position_pattern(net, layer, entries)
-    return {"net": "simple_convnet", "widths": list(net.widths), "units": [u for entries in units.values() for u in entries]}
+        add_position_pattern(m, layer, entries)
+    grids = {layer: {k: _number(v) for k, v in stats.summary().items()} for layer, stats in m.grids.items()}
+    return {"net": "simple_convnet", "widths": list(m.widths), "grid_statistics": grids,  # claim 3's numbers per layer
+            "units": [u for entries in units.values() for u in entries]}  # fmt: skip
 
 
 def write_labels(labels: dict, path: str | Path) -> Path:

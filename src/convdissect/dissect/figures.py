@@ -1,6 +1,6 @@
 """The article's figures, one function each, every one returning a matplotlib Figure.
 
-Conventions (design.md §5): weight grids and other signed maps use a diverging colormap centred
+Conventions (docs/measures.md): weight grids and other signed maps use a diverging colormap centred
 at 0 with symmetric limits (red +, blue -); activations a sequential one; raw images are gray.
 Channel numbers are 1-based (convdissect.conventions.unit_name). Figures are built with
 matplotlib's object API on the Agg backend, so no window opens and no global state is kept.
@@ -185,29 +185,31 @@ def dissection(dissected, image: torch.Tensor, input_labels: list[str], input_la
 # ---------------------------------------------------------------------------- conv2 and conv3
 
 
-def redundancy(strengths: torch.Tensor, dominant: list[int], share: list[float], copies: list[bool], layer: str, input_layer: str, title: str = "") -> "Figure":
-    """Left: each out channel's inner contribution strengths, as shares of its row (rows: out
-    channels); the dominant input circled. Right: the dominant input's share, green where the
-    grid copies that input's pattern."""
-    cout, cin = strengths.shape
+def redundancy(signed_shares: torch.Tensor, driver: list[int], share: list[float], copies: list[bool], layer: str, input_layer: str,
+               title: str = "") -> "Figure":  # fmt: skip
+    """Left: each out channel's signed shares [Cout, Cin] (share of the drive positive, red; share
+    of the inhibition negative, blue); the main driver circled. Right: the main driver's share of
+    the drive, green where the grid copies that input's pattern."""
+    cout, cin = signed_shares.shape
     fig = _figure(max(9.0, cin * 0.25 + 6.0), max(3.5, cout * 0.2 + 1.5))
     left, right = fig.subplots(1, 2, width_ratios=[max(cin * 0.25, 3.0), 4.0])
-    shares = strengths / strengths.sum(dim=1, keepdim=True).clamp_min(1e-12)
-    image = left.imshow(shares.cpu().numpy(), cmap=ACTIVATION, vmin=0, aspect="auto")
-    left.scatter(dominant, range(cout), s=30, facecolors="none", edgecolors="red", linewidths=1.0)
+    image = left.imshow(signed_shares.cpu().numpy(), cmap=SIGNED, vmin=-1, vmax=1, aspect="auto")
+    live = [(j, k) for k, j in enumerate(driver) if j >= 0]
+    left.scatter([j for j, _ in live], [k for _, k in live], s=30, facecolors="none", edgecolors="black", linewidths=1.0)
     left.set_xticks(range(cin), [str(j + 1) for j in range(cin)], fontsize=6)
     left.set_yticks(range(cout), [unit_name(layer, k + 1) for k in range(cout)], fontsize=6)
     left.set_xlabel(f"{input_layer} channel j")
-    left.set_title("share of ||a_j|| per out channel")
+    left.set_title("share of the drive (+) / of the inhibition (-)")
     fig.colorbar(image, ax=left, shrink=0.6)
     colors = ["tab:green" if c else "tab:gray" for c in copies]
     right.barh(range(cout), share, color=colors)
-    for k, j in enumerate(dominant):
-        right.text(share[k] + 0.01, k, unit_name(input_layer, j + 1), fontsize=6, va="center")
+    for k, j in enumerate(driver):
+        if j >= 0:
+            right.text(share[k] + 0.01, k, unit_name(input_layer, j + 1), fontsize=6, va="center")
     right.set_ylim(cout - 0.5, -0.5)
     right.set_yticks(range(cout), [unit_name(layer, k + 1) for k in range(cout)], fontsize=6)
     right.set_xlim(0, 1.15)
-    right.set_xlabel("dominant input's share\n(green: the grid copies it)")
+    right.set_xlabel("main driver's share of the drive\n(green: the grid copies it)")
     fig.suptitle(title)
     return fig
 

@@ -1,4 +1,4 @@
-"""What the fc layers do to the classes (design.md §1 "fc layers"): activations of the raw input,
+"""What the fc layers do to the classes (docs/measures.md): activations of the raw input,
 conv3, fc4 and fc5 on MNIST images, their 2D PCA and t-SNE projections, and a separation score
 per layer (silhouette of the classes and the cross-validated accuracy of a k-nearest-neighbour vote).
 

@@ -22,11 +22,12 @@ from tqdm.auto import tqdm
 from convdissect.conventions import ANGLE_SYMBOLS, edge_side, orientation_bin, parse_unit_name, unit_name
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
 from convdissect.data.probes import normalise, stroke_images
-from convdissect.dissect import figures
-from convdissect.dissect.activations import channel_responses, conv_layers, input_layer, record, top_k
-from convdissect.dissect.contributions import Redundancy, inner_contributions
+from convdissect.dissect import figures, untangle
+from convdissect.dissect.activations import conv_layers, input_layer, record, top_k
+from convdissect.dissect.contributions import inner_contributions
+from convdissect.dissect.measure import Measurements
 from convdissect.dissect.projections import Projection
-from convdissect.dissect.selectivity import orientation_tuning, position_pattern
+from convdissect.dissect.selectivity import OrientationTuning, PositionPattern, orientation_tuning, position_pattern
 from convdissect.errors import UserInputError
 from convdissect.models.handnet import EXPLANATION_TITLES
 
@@ -41,8 +42,10 @@ SECTIONS = {
 INTROS = {
     "conv1": "Each conv1 filter is a 5x5 grid convolved with the image. The label table gives the best-fitting "
     "parametric line or edge (angle counter-clockwise from the horizontal, x right and y up: 45° is /, 135° is \\).",
-    "conv2": "Each conv2 out channel sums the convolutions of all conv1 channels with its grids. The article's finding: "
-    "one conv1 channel dominates each conv2 channel, and the grid on it copies that channel's pattern.",
+    "conv2": "Each conv2 out channel sums the convolutions of all conv1 channels with its grids. Its drivers are the conv1 "
+    "channels that add to what survives ReLU and max-pool (blank-image part subtracted), with their share of the drive; "
+    "its inhibitors subtract from it (docs/measures.md). The article's finding: one conv1 channel drives each conv2 "
+    "channel, and the grid on it copies that channel's pattern.",
     "conv3": "conv3 grids are pixel bursts: a burst at a clock position (12 o'clock up, distance in grid cells) "
     "picks where in the image the input's pattern must lie, written +[7:30, 2√2].",
     "fc": "How well the classes separate at each stage: the raw input, conv3's pooled output, fc4 and fc5, "
@@ -51,8 +54,10 @@ INTROS = {
 TABLE_COLUMNS = {
     "conv1": [("label", "label"), ("orientation_deg", "θ (°)"), ("kind", "kind"), ("side", "side"),
               ("fit_r2", "fit R²"), ("secondary_orientation_deg", "secondary θ (°)")],
-    "conv2": [("label", "label"), ("dominant_input", "dominant input"), ("dominant_share", "share"), ("copies_input", "copies it")],
-    "conv3": [("label", "label"), ("bursts", "bursts"), ("position_index", "position index"), ("pattern_index", "pattern index")],
+    "conv2": [("label", "label"), ("drivers", "drivers (share of the drive)"), ("inhibitors", "inhibitors (share of the inhibition)"),
+              ("copies_input", "copies its main driver")],
+    "conv3": [("label", "label"), ("bursts", "bursts"), ("drivers", "drivers"), ("position_index", "position ω²"),
+              ("pattern_index", "pattern ω²"), ("interaction_index", "pattern × position ω²")],
     "fc": [("label", "recipe")],
 }  # fmt: skip
 # A HandNet's page: its explanation from its parameters (HandNet.explain) instead of fitted labels.
@@ -122,11 +127,17 @@ def check_report_settings(settings: DictConfig, net, digits: torch.Tensor) -> No
 
 
 def most_copying_conv2(labels: dict) -> str:
-    """The conv2 unit that copies its dominant input with the largest share (the article's
-    conv2_3); the largest share overall where none copies."""
+    """The conv2 unit that copies its main driver with the largest share of its drive (the
+    article's conv2_3); the largest main-driver share overall where none copies."""
     units = [u for u in labels["units"] if u["layer"] == "conv2"]
     copying = [u for u in units if u["copies_input"]] or units
-    return max(copying, key=lambda u: u["dominant_share"] or 0.0)["name"]
+    return max(copying, key=lambda u: u["drivers"][0]["share"] if u["drivers"] else 0.0)["name"]
+
+
+def labels_markdown(labels: dict) -> str:
+    """labels.json as one markdown table (unit, label), for TensorBoard's text tab."""
+    rows = ["| unit | label |", "|---|---|"] + [f"| {u['name']} | {u['label'].replace('|', '∣')} |" for u in labels["units"]]
+    return "\n".join(rows)
 
 
 def strongest_on(responses: torch.Tensor, digits: torch.Tensor, layer: str, digit: int) -> str:
@@ -144,19 +155,20 @@ def best_image(responses: torch.Tensor, digits: torch.Tensor, unit: str, digit: 
 # ---------------------------------------------------------------------------- the figures
 
 
-def report_figures(net, images: torch.Tensor, digits: torch.Tensor, labels: dict, stimuli: dict, projections: list[Projection],
-                   projected_digits: torch.Tensor, red: Redundancy | None, settings: DictConfig, seed: int = 0):  # fmt: skip
+def report_figures(net, m: Measurements, images: torch.Tensor, digits: torch.Tensor, labels: dict, stimuli: dict,
+                   projections: list[Projection], projected_digits: torch.Tensor, settings: DictConfig, seed: int = 0):  # fmt: skip
     """Yields (ReportFigure, matplotlib Figure) for every figure of the report, in page order.
 
-    images/digits: the dissection images (normalised) and their labels; red: conv2's redundancy
-    on those images (as labels.json was described from it); projections were
-    computed on the subsample whose labels are projected_digits; settings: cfg.report.
+    m: the net's measurements on images (normalised dissection images, labels `digits`), from
+    which labels.json was written; projections were computed on the subsample whose labels are
+    projected_digits; settings: cfg.report.
     """
-    layers = conv_layers(net)
+    layers = m.layers
     units = {layer: [u for u in labels["units"] if u["layer"] == layer] for layer in layers}
-    resp = channel_responses(net, images, layers)
+    resp = m.responses
 
-    yield from _conv1_figures(net, net.conv1.weight.detach()[:, 0].cpu(), images, digits, units["conv1"], stimuli, settings, seed)
+    yield from _conv1_figures(net, net.conv1.weight.detach()[:, 0].cpu(), images, digits, units["conv1"], stimuli, settings, seed,
+                              m.tuning)  # fmt: skip
 
     # conv2
     if "conv2" in layers:
@@ -164,20 +176,25 @@ def report_figures(net, images: torch.Tensor, digits: torch.Tensor, labels: dict
         unit = settings.conv2.unit or most_copying_conv2(labels)
         yield _dissection_figure(net, unit, settings.conv2.digit, images, digits, resp, labels, settings.dissection_rows,
                                  "the most copy-like conv2 channel" if settings.conv2.unit is None else "chosen in the config")  # fmt: skip
-        yield (ReportFigure("conv2", "conv2_redundancy", "conv2 redundancy",
-                            f"Left: each conv2 channel's inner contribution strengths ||a_j|| (mean over {len(images)} images), as shares "
-                            "of its row; red circle: the dominant conv1 channel. Right: that channel's share; green where the grid on it "
-                            "copies its pattern (copies_input in the table)."),
-               figures.redundancy(red.strengths.cpu(), red.dominant.tolist(), red.share.tolist(), [u["copies_input"] for u in units["conv2"]],
-                                  "conv2", "conv1", "conv2 redundancy"))  # fmt: skip
+        contributions = m.contributions["conv2"]
+        yield (ReportFigure("conv2", "conv2_redundancy", "conv2 drivers and inhibitors",
+                            f"Left: each conv2 channel's signed contributions (mean over {len(images)} images of what each conv1 channel "
+                            "adds to the channel's output that survives ReLU and max-pool, blank-image part subtracted), red: share of "
+                            "the drive, blue: share of the inhibition; circle: the main driver. Right: the main driver's share of the "
+                            "drive; green where the grid on it copies its pattern (copies_input in the table)."),
+               figures.redundancy(contributions.drive - contributions.inhibition, m.driver.tolist(),
+                                  contributions.drive.amax(dim=1).tolist(), [u["copies_input"] for u in units["conv2"]],
+                                  "conv2", "conv1", "conv2 drivers and inhibitors"))  # fmt: skip
 
     # conv3
-    yield from _conv3_figures(net, net.conv3.weight.detach().cpu(), input_layer(net, "conv3"), images, units["conv3"], stimuli, settings)
+    yield from _conv3_figures(net, net.conv3.weight.detach().cpu(), input_layer(net, "conv3"), images, units["conv3"], stimuli, settings,
+                              m.position_pattern["conv3"])  # fmt: skip
     first = settings.conv3.digits[0]
     unit = settings.conv3.unit or strongest_on(resp["conv3"], digits, "conv3", first)
     why = f"the conv3 channel most active on digit {first}" if settings.conv3.unit is None else "chosen in the config"
     for digit in settings.conv3.digits:
         yield _dissection_figure(net, unit, digit, images, digits, resp, labels, settings.dissection_rows, why)
+    yield untangle.report_figure(net, images, digits, m.position_pattern["conv3"])
 
     # fc
     yield from _superstimulus_figure("fc5", stimuli)
@@ -205,12 +222,13 @@ def handnet_figures(net, images: torch.Tensor, digits: torch.Tensor, labels: dic
     units = {layer: [u for u in labels["units"] if u["layer"] == layer] for layer in ("conv1", "conv3")}
     with torch.no_grad():
         kernels, grids = net.conv1.kernels().cpu(), net.conv3.grids().cpu()
-    yield from _conv1_figures(net, kernels, images, digits, units["conv1"], stimuli, settings, seed)
-    yield from _conv3_figures(net, grids, "conv1", images, units["conv3"], stimuli, settings)
+    yield from _conv1_figures(net, kernels, images, digits, units["conv1"], stimuli, settings, seed, orientation_tuning(net, ["conv1"]))
+    yield from _conv3_figures(net, grids, "conv1", images, units["conv3"], stimuli, settings, position_pattern(net, "conv3"))
     yield from _superstimulus_figure("readout", stimuli)
 
+
 def _conv1_figures(net, grids: torch.Tensor, images: torch.Tensor, digits: torch.Tensor, units: list[dict], stimuli: dict,
-                   settings: DictConfig, seed: int):  # fmt: skip
+                   settings: DictConfig, seed: int, tuning: OrientationTuning):  # fmt: skip
     """conv1's figures from its 5x5 grids [C, 5, 5] and its units (labels.json entries)."""
     label_texts = [u["label"] for u in units]
     yield (ReportFigure("conv1", "conv1_weights", "conv1 weight grids",
@@ -227,7 +245,6 @@ def _conv1_figures(net, grids: torch.Tensor, images: torch.Tensor, digits: torch
                         "Lines at 0/45/90/135° (-, /, |, \\) and one-sided edges (half-planes; the row names the side of a stroke "
                         "that an edge detector firing there detects). Each channel's column normalised separately."),
            figures.activation_maps(probes, maps, "conv1", probe_names, "conv1 activations, synthetic probes"))  # fmt: skip
-    tuning = orientation_tuning(net, ["conv1"])
     yield (ReportFigure("conv1", "conv1_tuning", "conv1 orientation tuning",
                         "Response (max of the map) to a line through the centre at every 5°, averaged over sub-pixel offsets; "
                         "dashed red: the fitted orientation. A second peak is the filter's secondary feature."),
@@ -236,18 +253,18 @@ def _conv1_figures(net, grids: torch.Tensor, images: torch.Tensor, digits: torch
     yield from _superstimulus_figure("conv1", stimuli)
 
 
-def _conv3_figures(net, weight: torch.Tensor, source: str, images: torch.Tensor, units: list[dict], stimuli: dict, settings: DictConfig):
+def _conv3_figures(net, weight: torch.Tensor, source: str, images: torch.Tensor, units: list[dict], stimuli: dict, settings: DictConfig,
+                   pp: PositionPattern):  # fmt: skip
     """conv3's figures but the dissections, from its grids [C3, C_source, 5, 5]."""
     yield from _superstimulus_figure("conv3", stimuli)
     yield (ReportFigure("conv3", "conv3_bursts", "conv3 grids with their bursts",
                         f"Each conv3 channel's grid on the {source} channel of its strongest burst (own symmetric scale, red +, blue -); "
                         "circles mark the bursts on that grid; below, all its bursts in clock notation with their inputs."),
            figures.bursts(weight, units, "conv3", source, "conv3 bursts"))  # fmt: skip
-    pp = position_pattern(net, "conv3")
     yield (ReportFigure("conv3", "conv3_position_maps", "conv3 position selectivity",
                         "A 7-pixel stroke of each orientation moved over the image in 2-pixel steps; each map is the channel's response "
                         "to its preferred pattern at each position (x right, y up, pixels from the centre; own scale per map)."),
-           figures.position_maps(pp.responses, pp.positions, pp.patterns, "conv3", "conv3 position maps"))  # fmt: skip
+           figures.position_maps(pp.responses.mean(dim=-1), pp.positions, pp.patterns, "conv3", "conv3 position maps"))  # fmt: skip
     indices, values = top_k(net, images, "conv3", k=settings.top_k)
     yield (ReportFigure("conv3", f"conv3_top{settings.top_k}", f"top-{settings.top_k} MNIST inputs per conv3 channel",
                         f"Of the {len(images)} dissection images, the {settings.top_k} with the strongest response (after ReLU and max-pool), strongest left."),
@@ -352,6 +369,8 @@ def _cell(key: str, value) -> str:
     if key == "bursts":
         return "<br>".join(html.escape(f"{b.get('notation') or b['sign'] + '[' + b['clock'] + ']'} on {b['input']} ({b['input_label']})")
                            for b in value) or "–"  # fmt: skip
+    if key in ("drivers", "inhibitors"):
+        return html.escape(", ".join(f"{e['input']} {e['share']:.0%}" for e in value)) or "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):

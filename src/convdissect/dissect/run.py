@@ -1,11 +1,9 @@
-"""dissect(cfg): load a checkpoint, measure every unit, write labels.json (and superstimuli.pt),
-then the report: every figure as a PNG, report.html, and TensorBoard events in <run>/tensorboard
-(the figures, and the input/conv3/fc4/fc5 activations as projector embeddings).
+"""dissect(cfg), top to bottom: load a checkpoint; measure every unit once (with its nulls);
+label (labels.json, claims.json); superstimuli; report (PNGs, report.html, TensorBoard).
 
-A HandNet is not measured: its labels are its explanation from its parameters (HandNet.explain,
-also written as explanation.md), and its report has the figures that apply to conv1 -> conv3 -> readout.
-
-Each step is a plain function of the net and the measurements before it.
+A net is handled by its strategy: a SimpleConvNet is measured (convdissect.dissect.measure) and
+its claims judged against untrained nets of the same widths (convdissect.claims); a HandNet is
+explained from its parameters instead (also written as explanation.md).
 """
 
 from __future__ import annotations
@@ -17,19 +15,20 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
+from convdissect.claims import ablation, check_claim_settings, claim_statistics
 from convdissect.config import instantiate
-from convdissect.dissect.activations import conv_layers
 from convdissect.dissect.checkpoint import load_any_net
-from convdissect.dissect.contributions import Redundancy, redundancy
 from convdissect.dissect.describe import describe, write_labels
+from convdissect.dissect.measure import Measurements, measure
 from convdissect.dissect.projections import projections, stage_activations, subsample
-from convdissect.dissect.report import check_report_settings, handnet_figures, raw, report_figures, write_report
+from convdissect.dissect.report import check_report_settings, handnet_figures, labels_markdown, raw, report_figures, write_report
 from convdissect.dissect.superstimuli import standard_transforms, superstimuli
 from convdissect.errors import UserInputError
 from convdissect.models.handnet import HandNet, explanation_markdown
+from convdissect.models.simple_convnet import SimpleConvNet
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +36,24 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 LAYERS = ("conv1", "conv2", "conv3", "fc4", "fc5")
 ALIASES = {"fc5": "readout"}  # a HandNet's classes
+# Seeds of the untrained nets (the nulls), far from the seeds runs are trained with.
+UNTRAINED_SEED_BASE = 1000
+# The ablation's untrained null uses this many of them (their accuracies sit at chance; each costs 4 test passes).
+ABLATION_UNTRAINED = 2
 
 
 def check_settings(cfg: DictConfig) -> None:
     """Bad settings fail before any work is done."""
     if cfg.split not in SPLITS:
         raise UserInputError(f"split={cfg.split!r}: allowed {list(SPLITS)}")
-    if not isinstance(cfg.n_images, int) or cfg.n_images < 1:
-        raise UserInputError(f"n_images={cfg.n_images!r}: must be a positive integer")
+    for key in ("n_images", "claims.ablation_images"):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserInputError(f"{key}={value!r}: must be a positive integer")
     unknown = [layer for layer in cfg.superstimulus.layers if layer not in LAYERS]
     if unknown:
         raise UserInputError(f"superstimulus.layers: {unknown} unknown; allowed {list(LAYERS)}")
-
-
-def dissection_images(cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first cfg.n_images normalised images and labels of cfg.split."""
-    datamodule = instantiate(cfg.data)
-    return datamodule.tensors(cfg.split, cfg.n_images)
+    check_claim_settings(cfg.claims)
 
 
 def compute_superstimuli(net, cfg: DictConfig) -> dict[str, torch.Tensor]:
@@ -71,9 +71,99 @@ def compute_superstimuli(net, cfg: DictConfig) -> dict[str, torch.Tensor]:
     }  # fmt: skip
 
 
+class SimpleConvNetDissection:
+    """Measured: labels and claims from one Measurements, next to untrained nets of the same widths."""
+
+    def __init__(self, net: SimpleConvNet, cfg: DictConfig, images: torch.Tensor, digits: torch.Tensor):
+        self.net, self.cfg, self.images, self.digits = net, cfg, images, digits
+        self.measured: Measurements | None = None
+
+    def check(self) -> None:
+        if self.cfg.report.enabled:
+            check_report_settings(self.cfg.report, self.net, self.digits)
+
+    def label(self, out_dir: Path) -> dict:
+        """Measure the net and its nulls; write labels.json and claims.json; return the labels."""
+        cfg, net = self.cfg, self.net
+        self.measured = measure(net, self.images)
+        untrained_nets = [untrained_like(net, UNTRAINED_SEED_BASE + i) for i in range(cfg.claims.untrained_seeds)]
+        untrained = [measure(u, self.images, for_labels=False) for u in untrained_nets]
+        ablated, ablated_untrained = None, None
+        if cfg.claims.ablation and "conv2" in self.measured.layers:
+            test_images, test_digits = instantiate(cfg.data).tensors("test", cfg.claims.ablation_images)
+            draws, seed = cfg.claims.ablation_draws, cfg.seed
+            ablated = ablation(net, self.measured.contributions["conv2"], test_images, test_digits, draws, seed)
+            ablated_untrained = [ablation(u, m.contributions["conv2"], test_images, test_digits, 0, seed)
+                                 for u, m in zip(untrained_nets[:ABLATION_UNTRAINED], untrained)]  # fmt: skip
+        claims = claim_statistics(self.measured, untrained, cfg.claims, cfg.seed, ablated, ablated_untrained)
+        (out_dir / "claims.json").write_text(json.dumps(claims, indent=2, ensure_ascii=False) + "\n")
+        return describe(net, self.measured)
+
+    def figures(self, labels: dict, stimuli: dict, writer: SummaryWriter, out_dir: Path):
+        """Projections (their scores also to separation.json), the projector embeddings, then every figure."""
+        cfg, net, images, digits = self.cfg, self.net, self.images, self.digits
+        chosen = subsample(len(images), cfg.report.projection_points, cfg.seed)
+        activations = stage_activations(net, images[chosen])
+        projected = projections(activations, digits[chosen].cpu(), cfg.seed, progress=True)
+        separation = {p.stage: {"silhouette": p.silhouette, "knn_acc": p.knn_accuracy} for p in projected}
+        (out_dir / "separation.json").write_text(json.dumps(separation, indent=2) + "\n")
+        log_embeddings(writer, activations, digits[chosen].cpu(), raw(images[chosen]).cpu())
+        figures = report_figures(net, self.measured, images, digits, labels, stimuli, projected, digits[chosen].cpu(), cfg.report, cfg.seed)
+        return figures, projected, ""
+
+
+class HandNetDissection:
+    """Explained from its parameters (HandNet.explain); its report has the figures that apply to
+    conv1 -> conv3 -> readout."""
+
+    def __init__(self, net: HandNet, cfg: DictConfig, images: torch.Tensor, digits: torch.Tensor):
+        self.net, self.cfg, self.images, self.digits = net, cfg, images, digits
+
+    def check(self) -> None:
+        pass  # the report's channel choices pick dissections, which a HandNet does not get
+
+    def label(self, out_dir: Path) -> dict:
+        labels = self.net.explain()
+        (out_dir / "explanation.md").write_text(explanation_markdown(labels))
+        return labels
+
+    def figures(self, labels: dict, stimuli: dict, writer: SummaryWriter, out_dir: Path):
+        cfg = self.cfg
+        return handnet_figures(self.net, self.images, self.digits, labels, stimuli, cfg.report, cfg.seed), [], " Explained from its parameters."
+
+
+def strategy_for(net, cfg: DictConfig, images: torch.Tensor, digits: torch.Tensor):
+    """The one place a net's kind picks how it is dissected."""
+    kind = HandNetDissection if isinstance(net, HandNet) else SimpleConvNetDissection
+    return kind(net, cfg, images, digits)
+
+
+def untrained_like(net: SimpleConvNet, seed: int) -> SimpleConvNet:
+    """A freshly initialised SimpleConvNet of the same widths (the null of "learned")."""
+    torch.manual_seed(seed)
+    return SimpleConvNet(net.widths, conv2=net.has_conv2).to(next(net.parameters()).device).eval()
+
+
+def training_run_dir(ckpt_path: str | Path) -> Path | None:
+    """The training run a checkpoint lies in (RUN/checkpoints/x.ckpt or RUN/model_state.pt: a dir
+    whose .hydra/config.yaml has a trainer), or None."""
+    for parent in list(Path(ckpt_path).resolve().parents)[:3]:
+        config = parent / ".hydra" / "config.yaml"
+        if config.is_file() and "trainer" in OmegaConf.load(config):
+            return parent
+    return None
+
+
+def tensorboard_dir(cfg: DictConfig, out_dir: Path) -> Path:
+    """Beside the training run's events when the checkpoint lies in a run dir, so one
+    `tensorboard --logdir RUN` shows training and dissection; else <out_dir>/tensorboard."""
+    run = training_run_dir(cfg.ckpt_path)
+    return run / "tensorboard" / f"dissect_{out_dir.name}" if run is not None and run not in out_dir.parents else out_dir / "tensorboard"
+
+
 def dissect(cfg: DictConfig) -> dict:
-    """Write labels.json (and, when enabled, superstimuli.pt and the report) into
-    cfg.paths.output_dir; return the labels."""
+    """Write labels.json (claims.json for a SimpleConvNet; when enabled, superstimuli.pt and the
+    report) into cfg.paths.output_dir; return the labels."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(cfg.seed, verbose=False)
@@ -81,26 +171,29 @@ def dissect(cfg: DictConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     check_settings(cfg)
-    net = load_any_net(cfg.ckpt_path)
-    handnet = isinstance(net, HandNet)
-    images, digits = dissection_images(cfg)
-    if cfg.report.enabled and not handnet:  # its choices pick the dissections, which a HandNet does not get
-        check_report_settings(cfg.report, net, digits)
+    net = load_any_net(cfg.ckpt_path).eval()
+    images, digits = instantiate(cfg.data).tensors(cfg.split, cfg.n_images)
+    strategy = strategy_for(net, cfg, images, digits)
+    strategy.check()
+
     start = time.perf_counter()
-    red = redundancy(net, "conv2", images) if "conv2" in conv_layers(net) else None
-    labels = net.explain() if handnet else describe(net, images, red)
+    labels = strategy.label(out_dir)
     write_labels(labels, out_dir / "labels.json")
-    if handnet:
-        (out_dir / "explanation.md").write_text(explanation_markdown(labels))
-    log.info("%d units described in %.1f s", len(labels["units"]), time.perf_counter() - start)
+    log.info("%d units measured and labelled in %.1f s", len(labels["units"]), time.perf_counter() - start)
+
     start = time.perf_counter()
     stimuli = compute_superstimuli(net, cfg) if cfg.superstimulus.enabled else {}
     if stimuli:
         torch.save(stimuli, out_dir / "superstimuli.pt")
         log.info("superstimuli in %.1f s", time.perf_counter() - start)
+
     if cfg.report.enabled:
         start = time.perf_counter()
-        report(net, images, digits, labels, stimuli, red, cfg, out_dir)
+        header = f"checkpoint {cfg.ckpt_path}; {len(images)} images of the {cfg.split} split; channel numbers are 1-based."
+        with SummaryWriter(str(tensorboard_dir(cfg, out_dir))) as writer:
+            writer.add_text("labels", labels_markdown(labels))
+            figures, projected, note = strategy.figures(labels, stimuli, writer, out_dir)
+            write_report(figures, labels, projected, out_dir, writer, cfg.report.dpi, header + note)
         log.info("report in %.1f s", time.perf_counter() - start)
     log.info("outputs in %s", out_dir)
     return labels
@@ -112,24 +205,3 @@ def log_embeddings(writer: SummaryWriter, activations: dict[str, torch.Tensor], 
     metadata = [str(int(d)) for d in digits]
     for stage, x in activations.items():
         writer.add_embedding(x, metadata=metadata, label_img=thumbnails, tag=stage)
-
-
-def report(net, images: torch.Tensor, digits: torch.Tensor, labels: dict, stimuli: dict, red: Redundancy | None, cfg: DictConfig,
-           out_dir: Path) -> Path:  # fmt: skip
-    """Projections on a subsample (their separation scores also to separation.json), the projector
-    embeddings, every figure (PNG + TensorBoard) and report.html. A HandNet: its figures and
-    explanation only."""
-    header = f"checkpoint {cfg.ckpt_path}; {len(images)} images of the {cfg.split} split; channel numbers are 1-based."
-    if isinstance(net, HandNet):
-        with SummaryWriter(str(out_dir / "tensorboard")) as writer:
-            figures = handnet_figures(net, images, digits, labels, stimuli, cfg.report, cfg.seed)
-            return write_report(figures, labels, [], out_dir, writer, cfg.report.dpi, header + " Explained from its parameters.")
-    chosen = subsample(len(images), cfg.report.projection_points, cfg.seed)
-    activations = stage_activations(net, images[chosen])
-    projected = projections(activations, digits[chosen].cpu(), cfg.seed, progress=True)
-    separation = {p.stage: {"silhouette": p.silhouette, "knn_acc": p.knn_accuracy} for p in projected}
-    (out_dir / "separation.json").write_text(json.dumps(separation, indent=2) + "\n")
-    with SummaryWriter(str(out_dir / "tensorboard")) as writer:
-        log_embeddings(writer, activations, digits[chosen].cpu(), raw(images[chosen]).cpu())
-        figures = report_figures(net, images, digits, labels, stimuli, projected, digits[chosen].cpu(), red, cfg.report, cfg.seed)
-        return write_report(figures, labels, projected, out_dir, writer, cfg.report.dpi, header)

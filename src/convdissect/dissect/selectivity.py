@@ -1,4 +1,5 @@
-"""Selectivity of channels: to MNIST classes, to stroke orientation, to position vs pattern.
+"""Selectivity of channels: to MNIST classes, to stroke orientation, to position vs pattern
+(docs/measures.md).
 
 Every measurement is a function of (net, inputs) and returns plain tensors; a channel's
 response is the max of its output map (convdissect.dissect.activations.responses).
@@ -114,25 +115,67 @@ def tuning_peaks(curve: torch.Tensor, angles_deg: torch.Tensor, min_prominence: 
 
 @dataclass
 class PositionPattern:
-    """R[c, p, q]: channel c's response to pattern p at position q, and its eta² shares."""
+    """R[c, p, q, r]: channel c's response to pattern p at position q (replicate r: the stroke
+    shifted by half a pixel), and its bias-corrected omega² shares (docs/measures.md)."""
 
     patterns: list[tuple[str, float]]  # (kind, angle_deg) per p
     positions: torch.Tensor  # [Q, 2] (x, y) in pixels from the image centre, y up
-    responses: torch.Tensor  # [C, P, Q]
-    position_index: torch.Tensor  # [C], share of the variance explained by position (NaN: no variance)
-    pattern_index: torch.Tensor  # [C], share explained by pattern
+    replicates: torch.Tensor  # [R, 2] the shift of each replicate
+    responses: torch.Tensor  # [C, P, Q, R]
+    position_index: torch.Tensor  # [C] omega² of position (NaN: no variance)
+    pattern_index: torch.Tensor  # [C] omega² of pattern
+    interaction_index: torch.Tensor  # [C] omega² of pattern x position: "this pattern at this position"
 
 
-def eta_squared(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(position, pattern) shares of the variance of R [C, P, Q] explained by the Q means and
-    the P means (eta²; each 0-1). NaN where a channel's R has no variance."""
-    grand = r.mean(dim=(1, 2), keepdim=True)
-    total = (r - grand).square().sum(dim=(1, 2))
-    between_q = (r.mean(dim=1, keepdim=True) - grand).square().sum(dim=(1, 2)) * r.shape[1]
-    between_p = (r.mean(dim=2, keepdim=True) - grand).square().sum(dim=(1, 2)) * r.shape[2]
-    dead = total <= 1e-10 * r.square().sum(dim=(1, 2)) + 1e-30  # constant up to rounding
-    nan = torch.full_like(total, float("nan"))
-    return torch.where(dead, nan, between_q / total), torch.where(dead, nan, between_p / total)
+@dataclass
+class VarianceShares:
+    """Bias-corrected shares (omega²) of a response's variance, per unit [U]."""
+
+    position: torch.Tensor
+    pattern: torch.Tensor
+    interaction: torch.Tensor  # NaN without replicates
+
+
+def omega_squared(r: torch.Tensor) -> VarianceShares:
+    """omega² of position, pattern and their interaction from responses [U, P, Q] or
+    [U, P, Q, R] (R replicates per cell), by the two-way ANOVA:
+
+        omega²_x = (SS_x - df_x MS_err) / (SS_total + MS_err)
+
+    MS_err is the within-cell mean square with replicates; without them it is the interaction's,
+    which then has no share of its own (NaN). Unlike eta² (SS_x / SS_total), the expected value is
+    0 when x has no effect, whatever the numbers of levels. A unit without variance gets NaN.
+    Reusable for any [units, patterns, positions] response tensor.
+    """
+    r = r.double()
+    if r.dim() == 3:
+        r = r[..., None]
+    _, p, q, n = r.shape
+    grand = r.mean(dim=(1, 2, 3), keepdim=True)
+    cell = r.mean(dim=3, keepdim=True)
+    m_p = r.mean(dim=(2, 3), keepdim=True)
+    m_q = r.mean(dim=(1, 3), keepdim=True)
+    ss_total = (r - grand).square().sum(dim=(1, 2, 3))
+    ss_pat = (m_p - grand).square().sum(dim=(1, 2, 3)) * q * n
+    ss_pos = (m_q - grand).square().sum(dim=(1, 2, 3)) * p * n
+    ss_int = (cell - m_p - m_q + grand).square().sum(dim=(1, 2, 3)) * n
+    df_pat, df_pos, df_int = p - 1, q - 1, (p - 1) * (q - 1)
+    if n > 1:
+        ms_err = (r - cell).square().sum(dim=(1, 2, 3)) / (p * q * (n - 1))
+        interaction = (ss_int - df_int * ms_err) / (ss_total + ms_err)
+    else:
+        ms_err = ss_int / max(df_int, 1)
+        interaction = torch.full_like(ss_total, float("nan"))
+    dead = ss_total <= 1e-10 * r.square().sum(dim=(1, 2, 3)) + 1e-30  # constant up to rounding
+
+    def share(ss, df):
+        return torch.where(dead, torch.nan, (ss - df * ms_err) / (ss_total + ms_err)).float()
+
+    return VarianceShares(share(ss_pos, df_pos), share(ss_pat, df_pat), torch.where(dead, torch.nan, interaction).float())
+
+
+# Replicates of every probe: the stroke shifted by half a pixel either way along both axes.
+REPLICATE_SHIFTS = ((-0.5, -0.5), (0.5, 0.5))
 
 
 def position_pattern(
@@ -144,13 +187,15 @@ def position_pattern(
     margin: float = 4.0,
     length: float = 7.0,
 ) -> PositionPattern:
-    """Stroke segments of each kind and angle, moved over a grid of positions (design.md §1)."""
+    """7-pixel strokes of each kind and angle moved over a grid of positions, each twice (half a
+    pixel apart), and the omega² of position, pattern and their interaction (docs/measures.md)."""
     device = next(net.parameters()).device
     patterns = [(kind, float(angle)) for kind in kinds for angle in angles_deg]
-    batches = [sweep_positions(angle, step=step, margin=margin, kind=kind, length=length) for kind, angle in patterns]
-    positions = batches[0][1]
-    images = torch.cat([images for images, _ in batches]).to(device)
-    resp = channel_responses(net, images, [layer])[layer].cpu()  # [P * Q, C]
-    r = resp.T.reshape(-1, len(patterns), len(positions))
-    position_index, pattern_index = eta_squared(r.double())
-    return PositionPattern(patterns, positions, r, position_index.float(), pattern_index.float())
+    positions = sweep_positions(0.0, step=step, margin=margin)[1]
+    shifts = torch.tensor(REPLICATE_SHIFTS)
+    centres = (positions[:, None, :] + shifts[None]).reshape(-1, 2)  # [Q * R, 2]
+    images = torch.cat([stroke_images(angle, center=centres, length=length, kind=kind) for kind, angle in patterns]).to(device)
+    resp = channel_responses(net, images, [layer])[layer].cpu()  # [P * Q * R, C]
+    r = resp.T.reshape(-1, len(patterns), len(positions), len(shifts))
+    shares = omega_squared(r)
+    return PositionPattern(patterns, positions, shifts, r, shares.position, shares.pattern, shares.interaction)

@@ -1,4 +1,4 @@
-"""HandNet (design.md §1): a ConvNet of parametric lines and bursts, hand-built from readable
+"""HandNet (docs/measures.md, "The nets"): a ConvNet of parametric lines and bursts, hand-built from readable
 recipes (conf/handnet/recipes.yaml), and explained from its parameters alone.
 
 conv1 (LineConv2d: line/edge detectors) -> relu -> maxpool(4) -> conv3 (BurstConv2d: "pattern at
@@ -378,7 +378,7 @@ class HandNet(nn.Module):
         return clock_from_xy(x, y)[0]
 
     def position_pattern_indices(self) -> tuple[list[float | None], list[float | None]]:
-        """Per conv3 unit, eta² of position and of pattern over line probes (design.md §1), measured
+        """Per conv3 unit, omega² of position and of pattern over line probes (docs/measures.md, "Claim 4"), measured
         as for a SimpleConvNet."""
         pp = position_pattern(self, "conv3")
         return tuple([None if math.isnan(v) else round(v, 4) for v in share.tolist()] for share in (pp.position_index, pp.pattern_index))

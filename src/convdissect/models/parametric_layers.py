@@ -60,7 +60,7 @@ class BurstConv2d(nn.Module):
 
     Parameters per burst, each of shape [out, in, n_bursts]: mean_x, mean_y (grid cells from the
     grid centre, x right, y up), sigma_x, sigma_y, amplitude (signed peak value); and bias [out].
-    No padding (conv3 of design.md: 7x7 -> 3x3).
+    No padding (the conv3 of docs/measures.md: 7x7 -> 3x3).
     """
 
     def __init__(self, in_channels: int, out_channels: int, n_bursts: int = 1, size: int = 5):

@@ -1,4 +1,4 @@
-"""The article's SimpleConvNet (design.md §1), with the no_conv2 variant."""
+"""The article's SimpleConvNet (docs/measures.md, "The nets"), with the no_conv2 variant."""
 
 from __future__ import annotations
 

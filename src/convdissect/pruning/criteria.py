@@ -9,32 +9,33 @@ CRITERIA with whether it has a meaning for fully connected units:
   grids: noise-like grids (1 - R² high) go first; conv layers only
 - selectivity: class selectivity of the channel's mean activation, the share of its variance over
   the images explained by the class means (eta²); 0 for a constant channel
-- superstimulus_contrast: contrast (pixel std) of the input that maximises the channel's centre
-  unit, found by a short gradient ascent from a grey image; a plain superstimulus goes first
+- superstimulus_contrast: contrast (pixel std) of what a short gradient ascent of the channel's
+  centre unit adds to the mean calibration image it starts from; a plain superstimulus goes first
 - magnitude: the Lp norm of the channel's weights (its out-channel slice), p = 1 or 2
 - taylor: first-order Taylor estimate of the loss change when the channel is removed,
   |Σ_positions a·∂L/∂a| per calibration image, averaged over the images (Molchanov et al. 2017)
 - random: the control
-A config's `criterion` is one name or a {name: weight} map (weighted sum of the criteria's ranks).
+A config's `criterion` is one name or a {name: weight} map: the weighted sum of the criteria's
+scores, each first normalised within the layer (`normalise`: rank, to [0, 1], or zscore, to mean 0
+and sd 1; one for all or one per criterion) so that no criterion dominates by its scale.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
+from convdissect.dissect.fits import fit_lines, peak_energy_share
 from convdissect.errors import UserInputError
-from convdissect.models.parametric import fit_lines, peak_energy_share
 from convdissect.models.surgery import layer_width
 
-# Pixel range and mid-grey of an image normalised like the data.
+# Pixel range of an image normalised like the data.
 PIXEL_LOW, PIXEL_HIGH = -MNIST_MEAN / MNIST_STD, (1.0 - MNIST_MEAN) / MNIST_STD
-GREY = (0.5 - MNIST_MEAN) / MNIST_STD
 
 
 @dataclass
@@ -144,16 +145,36 @@ def weight_noise(cal: Calibration, layer: str) -> torch.Tensor:
     return (r2 * energy).sum(dim=1) / energy.sum(dim=1).clamp_min(1e-12)
 
 
-def superstimulus_contrast(cal: Calibration, layer: str, steps: int = 10, lr: float = 2.0) -> torch.Tensor:
+# Ascent steps of superstimulus_contrast: the channels' ranks at 64 steps agree with those at 128
+# (scripts/superstimulus_steps.py measures it on a trained net; docs/article_method.md).
+SUPERSTIMULUS_STEPS = 64
+
+
+class _LayerReached(Exception):
+    """Ends a forward pass at the layer being scored."""
+
+
+def superstimulus_contrast(cal: Calibration, layer: str, steps: int = SUPERSTIMULUS_STEPS, lr: float = 2.0) -> torch.Tensor:
     module = cal.net.get_submodule(layer)
     width = layer_width(module)
-    images = torch.full((width, *cal.images.shape[1:]), GREY, device=module.weight.device, requires_grad=True)
+    # from the mean calibration image: from a grey one, channels that grey leaves silent get no
+    # gradient and all score 0 (every conv2 channel of a trained baseline)
+    start = cal.images.mean(dim=0).to(module.weight.device)
+    images = start.expand(width, *start.shape).clone().requires_grad_(True)
     captured = {}
-    handle = module.register_forward_hook(lambda m, args, out: captured.update(out=out))
+
+    def stop_at_layer(m, args, out):  # the layers after it would only cost time
+        captured["out"] = out
+        raise _LayerReached
+
+    handle = module.register_forward_hook(stop_at_layer)
     try:
         with torch.enable_grad():
             for _ in range(steps):
-                cal.net(images)
+                try:
+                    cal.net(images)
+                except _LayerReached:
+                    pass
                 out = captured["out"]
                 centre = out[..., out.shape[-2] // 2, out.shape[-1] // 2] if out.dim() == 4 else out  # [C images, C]
                 (grad,) = torch.autograd.grad(centre.diagonal().sum(), images)
@@ -162,7 +183,8 @@ def superstimulus_contrast(cal: Calibration, layer: str, steps: int = 10, lr: fl
                     images.clamp_(PIXEL_LOW, PIXEL_HIGH)
     finally:
         handle.remove()
-    return images.detach().flatten(1).std(dim=1)
+    # what the ascent added to the start: 0 for a channel that no input moves
+    return (images.detach() - start).flatten(1).std(dim=1)
 
 
 def magnitude(cal: Calibration, layer: str, p: float = 2.0) -> torch.Tensor:
@@ -214,17 +236,50 @@ def parse_criterion(criterion) -> dict[str, float]:
     return weights
 
 
+NORMALISATIONS = ("rank", "zscore")
+
+
+def parse_normalise(normalise, weights: dict[str, float]) -> dict[str, str]:
+    """'rank' | 'zscore' | {name: 'rank' | 'zscore'} -> {name: normalisation} for every criterion
+    in `weights` (a criterion missing from a map is ranked), checked."""
+    if isinstance(normalise, str):
+        by_name = dict.fromkeys(weights, normalise)
+    else:
+        by_name = {str(k): str(v) for k, v in dict(normalise).items()}
+        extra = [name for name in by_name if name not in weights]
+        if extra:
+            raise UserInputError(
+                f"callbacks.pruning.normalise={normalise!r}: {extra} not in the criterion {list(weights)}"
+            )
+        by_name = {name: by_name.get(name, "rank") for name in weights}
+    bad = {name: v for name, v in by_name.items() if v not in NORMALISATIONS}
+    if bad:
+        raise UserInputError(f"callbacks.pruning.normalise={normalise!r}: {bad}; allowed {list(NORMALISATIONS)}")
+    return by_name
+
+
 def rank01(scores: torch.Tensor) -> torch.Tensor:
     """Scores -> their ranks scaled to [0, 1] (comparable across criteria)."""
     ranks = scores.argsort().argsort().float()
     return ranks / max(1, len(scores) - 1)
 
 
-def score_layer(cal: Calibration, layer: str, weights: dict[str, float],
-                options: dict[str, dict] | None = None) -> tuple[torch.Tensor, dict[str, str]]:
+def zscore(scores: torch.Tensor) -> torch.Tensor:
+    """Scores -> (scores - mean) / sd within the layer; all 0 when they do not vary."""
+    sd = scores.std(unbiased=False) if len(scores) > 1 else scores.new_zeros(())
+    return (scores - scores.mean()) / sd if sd > 1e-12 else torch.zeros_like(scores)
+
+
+NORMALISE = {"rank": rank01, "zscore": zscore}
+
+
+def score_layer(cal: Calibration, layer: str, weights: dict[str, float], options: dict[str, dict] | None = None,
+                normalise: dict[str, str] | None = None) -> tuple[torch.Tensor, dict[str, str]]:
     """Scores of the layer's out channels (on the CPU), and the criteria that fell back
-    ({criterion: used}). `options` holds keyword arguments per criterion, e.g. {"magnitude": {"p": 1}}."""
-    options = options or {}
+    ({criterion: used}). `options` holds keyword arguments per criterion, e.g. {"magnitude": {"p": 1}};
+    `normalise` {criterion: 'rank' | 'zscore'} how each is normalised in a combination (default rank).
+    A single criterion's scores are returned as they are."""
+    options, normalise = options or {}, normalise or {}
     is_conv = isinstance(cal.net.get_submodule(layer), nn.Conv2d)
     used, fallbacks = {}, {}
     for name, weight in weights.items():
@@ -235,4 +290,4 @@ def score_layer(cal: Calibration, layer: str, weights: dict[str, float],
     per_criterion = {name: CRITERIA[name].score(cal, layer, **options.get(name, {})).float().cpu() for name in used}
     if len(per_criterion) == 1:
         return next(iter(per_criterion.values())), fallbacks
-    return sum(w * rank01(per_criterion[name]) for name, w in used.items()), fallbacks
+    return sum(w * NORMALISE[normalise.get(name, "rank")](per_criterion[name]) for name, w in used.items()), fallbacks

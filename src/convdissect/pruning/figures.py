@@ -15,7 +15,7 @@ SERIES = (
 )
 
 
-def accuracy_per_step(history: list[dict], criterion: str, start_widths: list[int]) -> "Figure":
+def accuracy_per_step(history: list[dict], criterion: str, start_widths: list[int]) -> Figure:
     """The article's "retraining recovers accuracy" plot: val accuracy before, right after and
     after retraining, per pruning step of a `pruning_history`."""
     from matplotlib.figure import Figure

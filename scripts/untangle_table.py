@@ -1,0 +1,76 @@
+"""The untangling table: for conv3's raw units, fc4's units and each basis (convdissect.dissect.untangle),
+the median top-cell share of the pattern x position interaction, the median interaction omega², the
+accuracy of a linear readout and the fit time, mean ± sd over the nets; an untrained net of the
+same widths per net as the null; and whether the goal is met (a basis with at least twice raw
+conv3's median top-cell share at a readout accuracy within 0.1 points of raw conv3's).
+
+    python scripts/untangle_table.py RUN_DIR [RUN_DIR ...] [--figure untangle.png --method ica]
+
+Each RUN_DIR holds a trained SimpleConvNet's model_state.pt (e.g. the prune_7iters seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from convdissect.data.mnist import MNISTDataModule
+from convdissect.dissect.checkpoint import load_net
+from convdissect.dissect.untangle import METHODS, PROBE_METHOD, position_maps_figure, untangle, untangle_table
+from convdissect.errors import UserInputError
+from convdissect.models.simple_convnet import SimpleConvNet
+
+RAW = "conv3 (raw)"
+GOAL_RATIO, GOAL_POINTS = 2.0, 0.1
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", type=Path, nargs="+")
+    parser.add_argument("--n-train", type=int, default=10000, help="training images the bases are fitted on")
+    parser.add_argument("--n-test", type=int, default=10000, help="test images the readout is scored on")
+    parser.add_argument("--figure", type=Path, help="save the position maps of the first net here")
+    parser.add_argument("--method", default="ica", help="the basis drawn in the figure")
+    parser.add_argument("--data-dir", default=os.environ.get("CONVDISSECT_DATA_DIR", "data"))
+    args = parser.parse_args(argv)
+    try:
+        nets = [load_net(run / "model_state.pt") for run in args.run_dirs]
+        if args.method not in METHODS + (PROBE_METHOD,):
+            raise UserInputError(f"--method {args.method!r}: allowed {list(METHODS + (PROBE_METHOD,))}")
+    except UserInputError as err:
+        sys.exit(f"error: {err}")
+    data = MNISTDataModule(data_dir=args.data_dir)
+    train, test = data.tensors("train", args.n_train), data.tensors("test", args.n_test)
+    rows: dict[str, list] = {}
+    for seed, (run, net) in enumerate(zip(args.run_dirs, nets)):
+        start = time.perf_counter()
+        result = untangle(net, train, test, seed=seed)
+        torch.manual_seed(seed)
+        null = untangle(SimpleConvNet(net.widths), train, test, methods=(), seed=seed).units[0]
+        null.name = f"{RAW}, untrained net"
+        for units in result.units + [null]:
+            rows.setdefault(units.name, []).append(units)
+        print(f"{run} (widths {net.widths}): {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        if args.figure and seed == 0:
+            position_maps_figure(result, args.method).savefig(args.figure, dpi=110)
+            print(f"figure: {args.figure}", file=sys.stderr)
+    print(f"{len(nets)} nets, bases fitted on {args.n_train} training images, readout scored on {args.n_test} test images\n")
+    print(untangle_table(rows))
+    raw = rows[RAW]
+    print()
+    for name in [n for n in rows if n in METHODS + (PROBE_METHOD,)]:
+        ratios = [u.median_share / r.median_share for u, r in zip(rows[name], raw)]
+        points = [100 * (u.readout_accuracy - r.readout_accuracy) for u, r in zip(rows[name], raw)]
+        met = all(q >= GOAL_RATIO for q in ratios) and all(abs(p) <= GOAL_POINTS for p in points)
+        print(f"{name}: share / raw conv3's = {', '.join(f'{q:.2f}' for q in ratios)}; readout - raw = "
+              f"{', '.join(f'{p:+.2f}' for p in points)} points; goal (>= {GOAL_RATIO:g}x at +-{GOAL_POINTS:g} points) "
+              f"{'met' if met else 'not met'}")
+
+
+if __name__ == "__main__":
+    main()

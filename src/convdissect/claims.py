@@ -1,0 +1,422 @@
+"""The article's claims about one net as statistics, each next to its nulls, and the one verdict
+rule (docs/measures.md, "Claims and verdicts").
+
+`claim_statistics` turns a net's Measurements (plus those of untrained nets of the same widths,
+the reference grids and the top-k ablation) into {statistic: record}; dissect writes them to
+claims.json. `verdict` judges a statistic over one or more seeds; `claims_table` prints them per net.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics as stats
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from convdissect.dissect.contributions import SignedContributions
+from convdissect.dissect.fits import fit_lines, grid_statistics, reference_grids
+from convdissect.dissect.measure import Measurements
+from convdissect.errors import UserInputError
+
+CLAIMS = {
+    1: "conv1 holds line detectors",
+    2: "conv2 copies (amplifies) one conv1 channel each",
+    3: "conv2 grids are smooth strokes, conv3 grids are pixel bursts",
+    4: "conv3 selects a pattern at a position",
+}
+# A conv1 kernel is a line detector when a line or edge fits it with at least this R².
+LINE_R2 = 0.5
+# A conv2 grid copies its driver when its fitted orientation is within this of the driver's.
+COPY_MAX_GAP_DEG = 22.5
+ABLATION_KS = (1, 2, 3)
+# The article's claims are about the pruned 8/16/24/16 net: its row comes first.
+PRIMARY_NET = "prune_7iters"
+
+
+@dataclass(frozen=True)
+class Statistic:
+    claim: int
+    name: str
+    what: str
+    holds_null: str  # the null "holds" is judged against: chance | reference | shuffled | random_inputs
+    direction: int = 1  # +1: the claim says larger than the null; -1: smaller
+    average: str = "median"  # how the per-unit samples become the statistic: median | mean
+
+
+STATISTICS = {s.name: s for s in [
+    Statistic(1, "conv1_line_fraction", f"share of conv1 kernels fitted by a line/edge with R² ≥ {LINE_R2}",
+              "reference", average="mean"),
+    Statistic(2, "conv2_top_share", "median share of a conv2 channel's drive carried by its main driver", "chance"),
+    Statistic(2, "conv2_copy_fraction",
+              f"share of conv2 channels whose grid on the main driver has its orientation (±{COPY_MAX_GAP_DEG}°)",
+              "shuffled", average="mean"),
+    Statistic(2, "conv2_tuning_corr", "median correlation of a conv2 channel's orientation tuning with its main driver's",
+              "shuffled"),
+    *[Statistic(2, f"ablation_top{k}", f"test accuracy keeping only each conv2 channel's top-{k} driver(s)",
+                "random_inputs", average="mean") for k in ABLATION_KS],
+    Statistic(3, "conv2_neighbour_corr", "median neighbour correlation of conv2's strongest grids", "reference"),
+    Statistic(3, "conv2_burst_like", "share of conv2's strongest grids that bursts fit better than a line", "reference",
+              -1, "mean"),
+    Statistic(3, "conv3_burst_like", "share of conv3's strongest grids that bursts fit better than a line", "reference",
+              average="mean"),
+    Statistic(4, "conv3_position_omega2", "median ω² of position over conv3 channels", "chance"),
+    Statistic(4, "conv3_interaction_omega2", "median ω² of pattern × position over conv3 channels", "chance"),
+    Statistic(4, "conv3_position_minus_pattern", "median ω²(position) - ω²(pattern) over conv3 channels", "chance"),
+]}  # fmt: skip
+
+
+def check_claim_settings(settings) -> None:
+    """cfg.claims: known statistic names, null settings in range (one line each)."""
+    names = settings.statistics
+    if names != "all":
+        unknown = [n for n in names if n not in STATISTICS]
+        if unknown:
+            raise UserInputError(f"claims.statistics: {unknown} unknown; allowed 'all' or a list of {sorted(STATISTICS)}")
+    for key, low, high in (("untrained_seeds", 2, 20), ("bootstrap", 100, 100_000), ("reference_grids", 50, 10_000),
+                           ("shuffles", 10, 10_000), ("ablation_draws", 2, 100)):  # fmt: skip
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise UserInputError(f"claims.{key}={value!r}: must be an integer in {low}..{high}")
+
+
+# ---------------------------------------------------------------------------- per-unit samples
+
+
+def angle_gap(a: float, b: float) -> float:
+    """Distance between two stroke orientations in degrees (period 180)."""
+    gap = abs(a - b) % 180.0
+    return min(gap, 180.0 - gap)
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denominator = float(a.norm() * b.norm())
+    return float((a * b).sum()) / denominator if denominator > 0 else float("nan")
+
+
+def copies(m: Measurements, drivers: torch.Tensor) -> list[float]:
+    """1.0 per live conv2 channel whose grid on its main driver has the orientation of `drivers`."""
+    live = m.driver >= 0
+    theta = m.conv1_fit.theta_deg
+    return [float(angle_gap(float(m.driver_fit.theta_deg[k]), float(theta[j])) <= COPY_MAX_GAP_DEG)
+            for k, j in enumerate(drivers.tolist()) if live[k]]  # fmt: skip
+
+
+def tuning_corrs(m: Measurements, drivers: torch.Tensor) -> list[float]:
+    """Per live conv2 channel, the correlation of its orientation tuning with that of `drivers`."""
+    conv1, conv2 = m.tuning.responses["conv1"], m.tuning.responses["conv2"]
+    values = [_pearson(conv2[:, k], conv1[:, j]) for k, j in enumerate(drivers.tolist()) if m.driver[k] >= 0]
+    return [v for v in values if not math.isnan(v)]
+
+
+def unit_samples(m: Measurements, name: str) -> list[float] | None:
+    """The per-unit values whose average is the statistic `name`; None where the net lacks the layer."""
+    if name.startswith("conv2") and "conv2" not in m.layers:
+        return None
+    if name == "conv1_line_fraction":
+        return (m.conv1_fit.r2 >= LINE_R2).float().tolist()
+    if name == "conv2_top_share":
+        drive = m.contributions["conv2"].drive
+        return drive.amax(dim=1)[drive.amax(dim=1) > 0].tolist()
+    if name == "conv2_copy_fraction":
+        return copies(m, m.driver)
+    if name == "conv2_tuning_corr":
+        return tuning_corrs(m, m.driver)
+    if name.endswith("_neighbour_corr"):
+        return m.grids[name.split("_")[0]].neighbour_corr.tolist()
+    if name.endswith("_burst_like"):
+        return m.grids[name.split("_")[0]].burst_like.float().tolist()
+    pp = m.position_pattern["conv3"]
+    values = {
+        "conv3_position_omega2": pp.position_index,
+        "conv3_interaction_omega2": pp.interaction_index,
+        "conv3_position_minus_pattern": pp.position_index - pp.pattern_index,
+    }[name]
+    return [v for v in values.tolist() if not math.isnan(v)]
+
+
+def average(samples: list[float], how: str) -> float:
+    if not samples:
+        return float("nan")
+    return float(stats.median(samples)) if how == "median" else float(stats.fmean(samples))
+
+
+# ---------------------------------------------------------------------------- nulls
+
+
+def reference_samples(name: str, n_grids: int, seed: int) -> list[float]:
+    """The statistic's per-grid values on Gaussian noise grids (the reference a structure must beat)."""
+    noise = reference_grids(n_grids, seed=seed)["noise"]
+    if name == "conv1_line_fraction":
+        return (fit_lines(noise).r2 >= LINE_R2).float().tolist()
+    grid = grid_statistics(noise)
+    return (grid.neighbour_corr if name.endswith("_neighbour_corr") else grid.burst_like.float()).tolist()
+
+
+def shuffled_samples(m: Measurements, name: str, shuffles: int, seed: int) -> list[list[float]]:
+    """The statistic's per-unit values with the conv2 channels' drivers permuted, once per shuffle."""
+    g = torch.Generator().manual_seed(seed)
+    measure = copies if name == "conv2_copy_fraction" else tuning_corrs
+    return [measure(m, m.driver[torch.randperm(len(m.driver), generator=g)].clamp_min(0)) for _ in range(shuffles)]
+
+
+@torch.no_grad()
+def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 2000) -> float:
+    correct = sum(int((net(images[s : s + batch_size]).argmax(dim=1) == labels[s : s + batch_size]).sum())
+                  for s in range(0, len(images), batch_size))  # fmt: skip
+    return correct / len(images)
+
+
+@torch.no_grad()
+def ablation(net: nn.Module, contributions: SignedContributions, images: torch.Tensor, labels: torch.Tensor, draws: int,
+             seed: int) -> dict[str, float | list[float]]:  # fmt: skip
+    """Test accuracy keeping only each conv2 channel's top-k drivers (the other grids w_kj set to
+    0, no retraining), next to as many random inputs (one accuracy per draw; none when draws is
+    0) and the full net; "n_images" is the number of test images."""
+    weight = net.conv2.weight.detach().clone()
+    order = contributions.drive.argsort(dim=1, descending=True).to(weight.device)
+    g = torch.Generator().manual_seed(seed)
+    result: dict[str, float | list[float]] = {"full": accuracy(net, images, labels), "n_images": len(images)}
+
+    def keep_only(inputs: torch.Tensor) -> float:
+        mask = torch.zeros(weight.shape[:2], dtype=weight.dtype, device=weight.device).scatter_(1, inputs, 1.0)
+        net.conv2.weight.copy_(weight * mask[..., None, None])
+        try:
+            return accuracy(net, images, labels)
+        finally:
+            net.conv2.weight.copy_(weight)
+
+    cout, cin = weight.shape[:2]
+    for k in ABLATION_KS:
+        if k > cin:
+            continue
+        result[f"top{k}"] = keep_only(order[:, :k])
+        result[f"random{k}"] = [keep_only(torch.stack([torch.randperm(cin, generator=g)[:k] for _ in range(cout)]).to(weight.device))
+                                for _ in range(draws)]  # fmt: skip
+    return result
+
+
+# ---------------------------------------------------------------------------- one net's statistics
+
+
+def _sd(values: list[float]) -> float:
+    return stats.stdev(values) if len(values) > 1 else 0.0
+
+
+# A null's own spread is this many sd of its draws: 2, or 3 with fewer than FEW_DRAWS draws
+# (few untrained inits or random-input draws give a poor sd).
+FEW_DRAWS = 10
+
+
+def _null(values: list[float], samples: list[float] | None = None) -> dict:
+    """A null from its draws (one value for chance or a reference): its mean and its spread."""
+    spread = (2 if len(values) >= FEW_DRAWS else 3) * _sd(values)
+    return {"value": stats.fmean(values), "spread": spread, "draws": len(values), "samples": samples}
+
+
+def bootstrap_interval(samples: list[float], null_samples: list[float] | None, null_value: float, how: str, n: int,
+                       seed: int) -> tuple[float, float]:  # fmt: skip
+    """95% interval of statistic(samples) - statistic(null_samples) (or - null_value), both resampled with replacement."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.tensor(samples, dtype=torch.float64)
+    diffs = _resampled(x, how, n, g)
+    if null_samples:
+        diffs = diffs - _resampled(torch.tensor(null_samples, dtype=torch.float64), how, n, g)
+    else:
+        diffs = diffs - null_value
+    low, high = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return low, high
+
+
+def _resampled(x: torch.Tensor, how: str, n: int, g: torch.Generator) -> torch.Tensor:
+    picks = x[torch.randint(len(x), (n, len(x)), generator=g)]
+    return picks.median(dim=1).values if how == "median" else picks.mean(dim=1)
+
+
+def claim_statistics(m: Measurements, untrained: list[Measurements], settings, seed: int = 0, ablated: dict | None = None,
+                     ablated_untrained: list[dict] | None = None) -> dict[str, dict]:  # fmt: skip
+    """{statistic: {"value", "claim", "what", "nulls": {name: {"value", "spread"}}, "holds", "learned"}}
+    for every statistic of settings.statistics the net has. `holds` and `learned` are the
+    one-seed verdicts of `verdict`; results_table applies the same rule over seeds."""
+    names = list(STATISTICS) if settings.statistics == "all" else list(settings.statistics)
+    out = {}
+    for name in names:
+        spec = STATISTICS[name]
+        if name.startswith("ablation"):
+            record = _ablation_record(spec, ablated, ablated_untrained)
+        else:
+            record = _unit_record(spec, m, untrained, settings, seed)
+        if record is not None:
+            out[name] = record
+    return out
+
+
+def _unit_record(spec: Statistic, m: Measurements, untrained: list[Measurements], settings, seed: int) -> dict | None:
+    samples = unit_samples(m, spec.name)
+    if not samples:
+        return None
+    how = spec.average
+    if spec.holds_null == "chance":
+        chance = 1.0 / m.widths[0] if spec.name == "conv2_top_share" else 0.0
+        holds = _null([chance])
+    elif spec.holds_null == "reference":
+        ref = reference_samples(spec.name, settings.reference_grids, seed)
+        holds = _null([average(ref, how)], ref)
+    else:  # shuffled
+        draws = shuffled_samples(m, spec.name, settings.shuffles, seed)
+        values = [average(d, how) for d in draws if d]
+        holds = _null(values, [v for d in draws for v in d])
+    per_init = [s for s in (unit_samples(u, spec.name) for u in untrained) if s]
+    values = [average(s, how) for s in per_init]
+    learned = _null(values, [v for s in per_init for v in s])
+    value = average(samples, how)
+    record = {"claim": spec.claim, "what": spec.what, "value": value, "n_units": len(samples),
+              "nulls": {spec.holds_null: holds, "untrained": learned}}  # fmt: skip
+    for part, null in (("holds", holds), ("learned", learned)):
+        interval = bootstrap_interval(samples, null["samples"], null["value"], how, settings.bootstrap, seed)
+        null["interval"] = interval
+        record[part] = verdict([value], [null["value"]], spec.direction, [interval], [null["spread"]])
+    for null in record["nulls"].values():
+        del null["samples"]
+    return record
+
+
+def _ablation_record(spec: Statistic, ablated: dict | None, ablated_untrained: list[dict] | None) -> dict | None:
+    k = spec.name.removeprefix("ablation_top")
+    if not ablated or f"top{k}" not in ablated:
+        return None
+    randoms = ablated[f"random{k}"]
+    untrained = [a[f"top{k}"] for a in ablated_untrained or []]
+    value = ablated[f"top{k}"]
+    record = {"claim": spec.claim, "what": spec.what, "value": value, "full_net": ablated["full"],
+              "nulls": {"random_inputs": _null(randoms), "untrained": _null(untrained)}}  # fmt: skip
+    for part, null in zip(("holds", "learned"), record["nulls"].values()):
+        # the binomial sampling error of two accuracies on n test images, as a 95% interval
+        p, q, n = value, null["value"], ablated["n_images"]
+        half = 1.96 * math.sqrt((p * (1 - p) + q * (1 - q)) / n)
+        null["interval"] = (p - q - half, p - q + half)
+        record[part] = verdict([value], [q], 1, [null["interval"]], [null["spread"]])
+        del null["samples"]
+    return record
+
+
+# ---------------------------------------------------------------------------- the verdict rule
+
+
+def verdict(values: list[float], nulls: list[float], direction: int = 1, intervals: list[tuple[float, float]] | None = None,
+            null_spreads: list[float] | None = None) -> str:  # fmt: skip
+    """The one verdict rule (docs/measures.md). values and nulls: the statistic and its null, one
+    per seed. The difference d = mean(values - nulls), signed so that the claim says d > 0, must
+    exceed the spread: the largest of 2 sd over seeds of the values and of the nulls, the null's
+    own spread (`_null`: 2 sd of its draws of untrained inits, shuffles or random inputs; 3 sd
+    with fewer than 10 draws) and the half-width of the 95% interval of the difference
+    (bootstrap over units, or binomial for an accuracy). Returns "supported" (d > spread),
+    "reversed" (d < -spread) or "not supported"."""
+    if not values or any(math.isnan(v) for v in values + nulls):
+        return "not measured"
+    d = direction * stats.fmean(v - n for v, n in zip(values, nulls))
+    spreads = [2 * _sd(values), 2 * _sd(nulls)]
+    spreads += list(null_spreads or [])
+    spreads += [(high - low) / 2 for low, high in intervals or []]
+    spread = max(spreads)
+    if d > spread and d > 0:
+        return "supported"
+    if d < -spread:
+        return "reversed"
+    return "not supported"
+
+
+def seed_verdicts(records: list[dict], name: str) -> dict[str, str]:
+    """holds/learned verdicts of one statistic over the seeds' claims.json records."""
+    spec = STATISTICS[name]
+    values = [r["value"] for r in records]
+    out = {}
+    for part, null_name in (("holds", spec.holds_null), ("learned", "untrained")):
+        nulls = [r["nulls"][null_name] for r in records]
+        intervals = [tuple(n["interval"]) for n in nulls if n.get("interval")]
+        out[part] = verdict(values, [n["value"] for n in nulls], spec.direction, intervals, [n["spread"] for n in nulls])
+    return out
+
+
+def _mean_sd(values: list[float], digits: int = 3) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{stats.fmean(values):.{digits}f} ± {stats.stdev(values):.{digits}f}"
+
+
+def claims_table(per_net: dict[str, list[dict]]) -> str:
+    """A markdown table: one row per net and statistic, with its nulls and both verdicts.
+    per_net: {net name: [claims.json of each seed]}."""
+    rows = ["| claim | statistic | net | seeds | value | null for \"holds\" | holds | untrained net | learned |",
+            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, spec in STATISTICS.items():
+        for net in sorted(per_net, key=lambda n: n != PRIMARY_NET):  # the article's net first, the others as given
+            records = [s[name] for s in per_net[net] if name in s]
+            if not records:
+                continue
+            v = seed_verdicts(records, name)
+            holds = [r["nulls"][spec.holds_null]["value"] for r in records]
+            untrained = [r["nulls"]["untrained"]["value"] for r in records]
+            value = _mean_sd([r["value"] for r in records])
+            if "full_net" in records[0]:
+                value += f" (full net {_mean_sd([r['full_net'] for r in records])})"
+            rows.append(f"| {spec.claim}: {CLAIMS[spec.claim]} | {spec.what} | {net} | {len(records)} | {value} "
+                        f"| {spec.holds_null} {_mean_sd(holds)} | {v['holds']} | {_mean_sd(untrained)} | {v['learned']} |")  # fmt: skip
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------- accuracy claims
+
+
+def _points(values: list[float]) -> str:
+    return _mean_sd([v * 100 for v in values], 2)
+
+
+def accuracy_table(acc: dict[str, dict[int, float]], separations: dict[str, list[dict]] | None = None) -> str:
+    """The article's claims about accuracy and class separation, per net.
+    acc: {experiment: {seed: test accuracy}}; separations: {experiment: [separation.json per seed]}."""
+    rows = ["| claim of the article | our measurement | verdict |", "|---|---|---|"]
+    mean = {name: stats.fmean(seeds.values()) for name, seeds in acc.items() if seeds}
+
+    def values(name):
+        return list(acc[name].values())
+
+    def paired(a, b):
+        """a - b seed by seed, in points."""
+        return [(acc[a][s] - acc[b][s]) * 100 for s in acc[a].keys() & acc[b].keys()]
+
+    if {"baseline", "prune_7iters"} <= mean.keys():
+        gap = (mean["baseline"] - mean["prune_7iters"]) * 100
+        text = f"prune_7iters {_points(values('prune_7iters'))}% vs baseline {_points(values('baseline'))}%"
+        verdict_text = "supported" if gap <= 0.3 else f"not supported: {gap:.2f} points lost"
+        for control in ("small_scratch", "prune_random"):
+            if control in mean:
+                text += f", {control} {_points(values(control))}%"
+        if "small_scratch" in mean:
+            edge = (mean["prune_7iters"] - mean["small_scratch"]) * 100
+            spread = 2 * max(_sd(values("prune_7iters")), _sd(values("small_scratch"))) * 100
+            verdict_text += (f"; pruning beats training 8/16/24/16 from scratch by {edge:.2f} points" if edge > spread else
+                             f"; but training 8/16/24/16 from scratch does as well ({edge:+.2f} points, 2 sd {spread:.2f})")  # fmt: skip
+        rows.append(f"| Pruning to 8/16/24/16 in 7 steps keeps accuracy after retraining | {text} | {verdict_text} |")
+    if {"baseline", "no_conv2"} <= mean.keys() and paired("baseline", "no_conv2"):
+        gaps = paired("baseline", "no_conv2")
+        rows.append(f"| conv2 can be left out | no_conv2 {_points(values('no_conv2'))}% vs baseline {_points(values('baseline'))}% "
+                    f"(baseline minus no_conv2: {_mean_sd(gaps, 2)} points, paired by seed) "
+                    f"| {'supported' if stats.fmean(gaps) <= 0.3 else 'not supported: leaving conv2 out costs accuracy'} |")  # fmt: skip
+    for hand in ("handnet_handcrafted", "handnet_finetune"):
+        if hand not in mean:
+            continue
+        against = [f"{gap:.2f} points below {net} ({_points(values(net))}%)"
+                   for net in ("prune_7iters", "baseline") if net in mean for gap in [(mean[net] - mean[hand]) * 100]]  # fmt: skip
+        rows.append(f"| The HandNet ({hand}) compared with the nets it mirrors | {hand} {_points(values(hand))}%: {'; '.join(against)} | measured |")
+    for net, seeds in (separations or {}).items():
+        if not seeds:
+            continue
+        sil = {stage: stats.median(s[stage]["silhouette"] for s in seeds) for stage in seeds[0]}
+        knn = {stage: stats.median(s[stage]["knn_acc"] for s in seeds) for stage in seeds[0]}
+        text = "; ".join(f"{stage}: kNN {knn[stage]:.3f}, silhouette {sil[stage]:.2f}" for stage in sil)
+        better = min(sil.get("fc4", 0), sil.get("fc5", 0)) > sil.get("conv3", 1)
+        rows.append(f"| The fc layers separate the classes better than conv3 ({net}) | {text} | {'supported' if better else 'not supported by the silhouette'} |")
+    return "\n".join(rows)

@@ -1,0 +1,300 @@
+"""A basis that untangles conv3: linear maps from conv3's pooled outputs to new units that each
+respond to one pattern at one position (docs/article_method.md).
+
+conv3's units mix several "pattern at position" detections. Each method here fits a linear map
+W, b on conv3's pooled outputs x [N, C3] of training images (units u = W (x - b)), with no
+labels and no probes:
+- pca: the principal axes (the baseline: it decorrelates, nothing asks for one cell per unit);
+- ica: FastICA (scikit-learn), maximally non-Gaussian, i.e. sparse, independent units;
+- varimax: the whitened principal components rotated by varimax, which makes each unit's
+  loadings sparse (an orthogonal rotation, so still invertible).
+Dimensions along which the images do not vary (dead channels) are dropped first: a map keeps
+everything the readout can use.
+
+And one that is told what to look for, the best any linear map can do:
+- probe_optimal: for each (pattern, position) cell, the unit w maximising its top-cell share
+  (e_j . w)² / |E w|² (E: the channels' interaction residuals on the probes) is w = (EᵀE)⁺ e_j, a
+  generalised Rayleigh quotient; the cells whose units reach the largest shares are taken while
+  their units stay linearly independent. It is fitted on one replicate of the probe sweep and
+  measured on the other (the strokes half a pixel away), so its share is not read off its own
+  training data.
+
+A unit's selectivity is read on the stroke probes of the position x pattern sweep
+(dissect/selectivity.position_pattern): its responses r[p, q, replicate] give the ANOVA's
+interaction residuals e[p, q] = cell - pattern mean - position mean + grand mean (the part of
+"this pattern at this position" that neither alone explains; omega_squared's interaction share is
+their sum of squares, bias-corrected). Its concentration is the top cell's share of that sum,
+max e² / Σ e²: (1 - 1/P)(1 - 1/Q) for a unit that fires on one cell only, about 1/(PQ)'s order
+for one spread over many.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from convdissect.conventions import CENTRE, clock_from_xy, line_phrase
+from convdissect.dissect.selectivity import PositionPattern, omega_squared, position_pattern
+from convdissect.errors import UserInputError
+
+METHODS = ("pca", "ica", "varimax")  # fitted on training images
+PROBE_METHOD = "probe_optimal"  # fitted on the probe sweep (one replicate)
+# probe_optimal keeps a cell's unit when at least this share of its norm is new (outside the span
+# of the units already kept), so the map stays well conditioned; then looser, until it is invertible.
+NEW_SHARES = (0.3, 0.1, 0.01)
+# Directions whose variance is below this share of the largest are dead: dropped before fitting.
+DEAD_SHARE = 1e-6
+
+
+@dataclass
+class Basis:
+    """New units u = weight @ (x - mean): weight [K, C], mean [C]; `seconds` it took to fit."""
+
+    method: str
+    weight: torch.Tensor
+    mean: torch.Tensor
+    seconds: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., C] -> units [..., K]."""
+        return (x - self.mean) @ self.weight.T
+
+
+def varimax(loadings: np.ndarray, iterations: int = 500, tol: float = 1e-8) -> np.ndarray:
+    """The orthogonal rotation R [K, K] maximising the variance of the squared loadings [C, K] @ R
+    (Kaiser's varimax, by the SVD iteration)."""
+    c, k = loadings.shape
+    rotation, objective = np.eye(k), 0.0
+    for _ in range(iterations):
+        rotated = loadings @ rotation
+        u, s, vt = np.linalg.svd(loadings.T @ (rotated**3 - rotated @ np.diag((rotated**2).sum(axis=0)) / c))
+        rotation = u @ vt
+        if s.sum() < objective * (1 + tol):
+            break
+        objective = s.sum()
+    return rotation
+
+
+def fit_basis(features: torch.Tensor, method: str, seed: int = 0) -> Basis:
+    """A linear map [K, C] of conv3's outputs features [N, C] by `method` (one of METHODS)."""
+    if method not in METHODS:
+        raise UserInputError(f"untangle method {method!r}: allowed {list(METHODS)} (and {PROBE_METHOD!r} by fit_probe_basis)")
+    from sklearn.decomposition import PCA, FastICA  # imported here: only this analysis needs scikit-learn
+
+    start = time.perf_counter()
+    x = features.double().cpu().numpy()
+    pca = PCA().fit(x)
+    alive = int((pca.explained_variance_ > DEAD_SHARE * pca.explained_variance_[0]).sum())
+    axes, variances = pca.components_[:alive], pca.explained_variance_[:alive]  # [K, C], [K]
+    if method == "pca":
+        weight = axes
+    elif method == "varimax":
+        rotation = varimax(axes.T * np.sqrt(variances))  # loadings [C, K]
+        weight = rotation.T @ (axes / np.sqrt(variances)[:, None])  # whitened scores, rotated
+    else:
+        ica = FastICA(n_components=alive, whiten="unit-variance", random_state=seed, max_iter=2000, tol=1e-4)
+        ica.fit(x)
+        weight = ica.components_
+    return Basis(method, torch.from_numpy(weight).float(), torch.from_numpy(pca.mean_).float(), time.perf_counter() - start)
+
+
+def fit_probe_basis(responses: torch.Tensor, features: torch.Tensor) -> Basis:
+    """probe_optimal's map [K, C] from the channels' probe responses [C, P, Q] (one replicate);
+    features [N, C] (training images) give its centre and its number of units: the rank of both."""
+    start = time.perf_counter()
+    e = interaction_cells(responses).flatten(1).T  # [cells, C]
+    gram_inv = torch.linalg.pinv(e.T @ e, rtol=1e-8)
+    w = e @ gram_inv  # [cells, C]: the best unit for each cell
+    achievable = (w * e).sum(dim=1)  # e_j (EᵀE)⁺ e_j, each cell's best share
+    rank = min(int(torch.linalg.matrix_rank(e)), int(torch.linalg.matrix_rank(features.double() - features.double().mean(0))))
+    kept: list[torch.Tensor] = []
+    basis = torch.zeros(0, e.shape[1], dtype=e.dtype)  # orthonormal span of the kept units
+    order = achievable.argsort(descending=True).tolist()
+    for new_share in NEW_SHARES:  # the best cells first; a looser test fills the rank if need be
+        for j in order:
+            if len(kept) == rank:
+                break
+            unit = w[j] / w[j].norm()
+            new = unit - basis.T @ (basis @ unit)
+            if new.norm() >= new_share:
+                kept.append(unit)
+                basis = torch.cat([basis, (new / new.norm())[None]])
+    return Basis(PROBE_METHOD, torch.stack(kept).float(), features.mean(dim=0).float(), time.perf_counter() - start)
+
+
+def interaction_cells(r: torch.Tensor) -> torch.Tensor:
+    """Interaction residuals e [U, P, Q] of responses [U, P, Q] or [U, P, Q, R] (R replicates)."""
+    cell = r.double().mean(dim=3) if r.dim() == 4 else r.double()
+    grand = cell.mean(dim=(1, 2), keepdim=True)
+    return cell - cell.mean(dim=2, keepdim=True) - cell.mean(dim=1, keepdim=True) + grand
+
+
+def top_cell_share(r: torch.Tensor) -> torch.Tensor:
+    """[U] each unit's largest squared interaction residual over their sum (NaN: no interaction)."""
+    e2 = interaction_cells(r).square().flatten(1)
+    total = e2.sum(dim=1)
+    scale = r.double().flatten(1).square().sum(dim=1)
+    return torch.where(total > 1e-12 * scale + 1e-30, e2.amax(dim=1) / total, torch.nan).float()
+
+
+@dataclass
+class Units:
+    """One set of units on the probe sweep: raw conv3, fc4, or a basis."""
+
+    name: str
+    responses: torch.Tensor  # [U, P, Q, R], each unit signed so that its top interaction cell is positive
+    share: torch.Tensor  # [U] top-cell share
+    interaction: torch.Tensor  # [U] omega² of the interaction
+    readout_accuracy: float | None = None
+    seconds: float | None = None
+
+    @property
+    def median_share(self) -> float:
+        return float(self.share.nanmedian())
+
+
+def units_on_probes(name: str, responses: torch.Tensor, **extra) -> Units:
+    """Units from their probe responses [U, P, Q, R]: flipped so that the top cell is positive."""
+    e = interaction_cells(responses).flatten(1)
+    top = e.gather(1, e.abs().argmax(dim=1, keepdim=True)).squeeze(1)
+    signed = responses * torch.where(top < 0, -1.0, 1.0).to(responses.dtype)[:, None, None, None]
+    return Units(name, signed, top_cell_share(signed), omega_squared(signed).interaction, **extra)
+
+
+def readout_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> float:
+    """Test accuracy of a linear discriminant readout. Unlike a regularised logistic regression,
+    its decisions do not change under an invertible linear map of the units, so any difference
+    between bases is information lost, not the readout's penalty."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    model = LinearDiscriminantAnalysis().fit(train_x.double().numpy(), train_y.numpy())
+    return float(model.score(test_x.double().numpy(), test_y.numpy()))
+
+
+@dataclass
+class Untangled:
+    sweep: PositionPattern  # the probes (patterns, positions)
+    units: list[Units]  # conv3 raw, fc4, then one per method
+
+
+@torch.no_grad()
+def untangle(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+             methods=METHODS + (PROBE_METHOD,), seed: int = 0, sweep: PositionPattern | None = None) -> Untangled:
+    """Fit each method on conv3's pooled outputs of the train images and measure every set of
+    units: top-cell share on the probe sweep (conv3's position_pattern, measured here unless
+    given), readout accuracy from train to test images."""
+    net.eval()
+    sweep = sweep or position_pattern(net, "conv3")
+    # conv3's pooled output is max-pool(ReLU(conv3)) over its whole map: the ReLU'd sweep response
+    pooled = sweep.responses.relu()  # [C, P, Q, R]
+    cells = pooled.permute(1, 2, 3, 0)  # [P, Q, R, C]
+    train_x, test_x = net.features(train[0]).cpu(), net.features(test[0]).cpu()
+    fc4 = net.fc4_act(net.fc4(cells)).permute(3, 0, 1, 2)
+    fc4_train, fc4_test = (net.fc4_act(net.fc4(x)) for x in (train_x, test_x))
+    units = [
+        units_on_probes("conv3 (raw)", pooled, readout_accuracy=readout_accuracy(train_x, train[1], test_x, test[1])),
+        units_on_probes("fc4", fc4, readout_accuracy=readout_accuracy(fc4_train, train[1], fc4_test, test[1])),
+    ]
+    bases = [fit_basis(train_x, method, seed) for method in methods if method != PROBE_METHOD]
+    held_out = slice(None)
+    if PROBE_METHOD in methods:
+        bases.append(fit_probe_basis(pooled[..., 0], train_x))
+        held_out = slice(1, None)  # fitted on replicate 0: measured on the others
+    for basis in bases:
+        acc = readout_accuracy(basis(train_x), train[1], basis(test_x), test[1])
+        probe_units = basis(cells).permute(3, 0, 1, 2)
+        if basis.method == PROBE_METHOD:
+            probe_units = probe_units[..., held_out]
+        units.append(units_on_probes(basis.method, probe_units, readout_accuracy=acc, seconds=basis.seconds))
+    return Untangled(sweep, units)
+
+
+def unit_label(sweep: PositionPattern, responses: torch.Tensor) -> str:
+    """One line for a unit [P, Q, R]: its top interaction cell as 'horizontal line at 12 o'clock'."""
+    e = interaction_cells(responses[None])[0]
+    p, q = divmod(int(e.argmax()), e.shape[1])
+    kind, angle = sweep.patterns[p]
+    clock, distance = clock_from_xy(*sweep.positions[q].tolist())
+    where = "at the centre" if clock == CENTRE else (
+        f"at {clock[:-3]} o'clock" if clock.endswith(":00") else f"at {clock}") + f", {distance:.0f} px"
+    return f"{line_phrase(angle) if kind == 'line' else f'{kind} {angle:.0f}°'} {where}"
+
+
+def position_maps_figure(untangled: Untangled, method: str, n_units: int = 8):
+    """Raw conv3 units' position maps (left block) next to the `method` units' (right block): each
+    unit's response to its top pattern over the probe positions, the n_units most concentrated of
+    each, titled with the unit's one-line label and top-cell share."""
+    import matplotlib.pyplot as plt
+
+    sweep = untangled.sweep
+    side = int(math.isqrt(len(sweep.positions)))
+    xs = sweep.positions[:, 0].unique()
+    extent = (float(xs.min()), float(xs.max()), float(xs.min()), float(xs.max()))
+    chosen = [u for u in untangled.units if u.name in ("conv3 (raw)", method)]
+    if len(chosen) != 2:
+        raise UserInputError(f"untangle method {method!r}: not among {[u.name for u in untangled.units]}")
+    fig, axes = plt.subplots(n_units, 2, figsize=(9.5, 2.1 * n_units), squeeze=False)
+    for column, units in enumerate(chosen):
+        order = units.share.nan_to_num(-1.0).argsort(descending=True)[:n_units].tolist()
+        for row in range(n_units):
+            ax = axes[row, column]
+            ax.set_xticks([]), ax.set_yticks([])
+            if row >= len(order):
+                ax.axis("off")
+                continue
+            k = order[row]
+            r = units.responses[k]  # [P, Q, R]
+            p = int(interaction_cells(r[None])[0].amax(dim=1).argmax())
+            grid = r[p].mean(dim=1).reshape(side, side)  # row-major from the top-left
+            ax.imshow(grid, cmap="magma", extent=extent)
+            ax.set_title(f"{units.name} #{k + 1}: {unit_label(sweep, r)}\ntop-cell share {float(units.share[k]):.2f}",
+                         fontsize=7)
+    fig.suptitle(f"position maps (response to the top pattern): conv3 raw vs {method}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))  # room for the suptitle
+    return fig
+
+
+def report_figure(net: nn.Module, images: torch.Tensor, digits: torch.Tensor, sweep: PositionPattern,
+                  method: str = "ica"):
+    """The report's untangling figure (section conv3): bases fitted on the first half of the
+    dissection images, readout scored on the second half; the table in the caption."""
+    from convdissect.dissect.report import ReportFigure  # the report imports this module
+
+    half = len(images) // 2
+    result = untangle(net, (images[:half], digits[:half].cpu()), (images[half:], digits[half:].cpu()), sweep=sweep)
+    rows = "; ".join(f"{u.name}: share {u.median_share:.3f}, readout {100 * u.readout_accuracy:.1f}%" for u in result.units)
+    return (ReportFigure("conv3", f"conv3_untangled_{method}", f"conv3 untangled ({method}) vs raw",
+                         "Can a linear map of conv3's pooled output give units that each respond to one pattern at one "
+                         "position (docs/article_method.md)? Position maps of the most concentrated raw conv3 units (left) "
+                         f"and {method} units (right) on the stroke sweep. Median top-cell share of the pattern × position "
+                         f"interaction and linear readout accuracy ({half} images fitted, {len(images) - half} scored): {rows}."),
+            position_maps_figure(result, method))
+
+
+def untangle_table(rows: dict[str, list[Units]]) -> str:
+    """Markdown: per set of units, median top-cell share, median interaction omega², readout
+    accuracy and fit time, mean ± sd over the nets in rows {name: [Units per net]}."""
+
+    def mean_sd(values: list[float], digits: int) -> str:
+        values = [v for v in values if v is not None and not math.isnan(v)]
+        if not values:
+            return "-"
+        if len(values) == 1:
+            return f"{values[0]:.{digits}f}"
+        return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+    lines = ["| units | nets | median top-cell share | median interaction ω² | readout accuracy (%) | fit time (s) |",
+             "|---|---|---|---|---|---|"]
+    for name, per_net in rows.items():
+        lines.append(
+            f"| {name} | {len(per_net)} | {mean_sd([u.median_share for u in per_net], 3)} | "
+            f"{mean_sd([float(u.interaction.nanmedian()) for u in per_net], 3)} | "
+            f"{mean_sd([100 * u.readout_accuracy for u in per_net], 2)} | "
+            f"{mean_sd([u.seconds for u in per_net], 2)} |"
+        )
+    return "\n".join(lines)
