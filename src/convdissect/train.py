@@ -123,7 +123,9 @@ def train(cfg: DictConfig) -> dict:
         torch.save(module.net.state_dict(), out_dir / "model_state.pt")
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         for logger in trainer.loggers:
-            logger.log_hyperparams(_hparams(cfg, module), metrics={"test/acc": metrics["test/acc"], "test/loss": metrics["test/loss"]})
+            # test/acc, test/loss and the callbacks' numbers (e.g. explanation/numbers) in the HParams view
+            scalars = {k: v for k, v in metrics.items() if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            logger.log_hyperparams(_hparams(cfg, module), metrics=scalars)
             logger.finalize("success")
         log.info("test/acc %.4f, %d params, %.1f s; outputs in %s", metrics["test/acc"], metrics["n_params"], metrics["wall_s"], out_dir)
     return metrics

@@ -25,11 +25,12 @@ from convdissect.dissect.activations import conv_layers
 from convdissect.dissect.checkpoint import load_any_net
 from convdissect.dissect.contributions import Redundancy, redundancy
 from convdissect.dissect.describe import describe, write_labels
+from convdissect.dissect.handnet_explanation import explain, explanation_markdown
 from convdissect.dissect.projections import projections, stage_activations, subsample
 from convdissect.dissect.report import check_report_settings, handnet_figures, raw, report_figures, write_report
 from convdissect.dissect.superstimuli import standard_transforms, superstimuli
 from convdissect.errors import UserInputError
-from convdissect.models.handnet import HandNet, explanation_markdown
+from convdissect.models.handnet import HandNet
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def dissect(cfg: DictConfig) -> dict:
         check_report_settings(cfg.report, net, digits)
     start = time.perf_counter()
     red = redundancy(net, "conv2", images) if "conv2" in conv_layers(net) else None
-    labels = net.explain() if handnet else describe(net, images, red)
+    labels = explain(net) if handnet else describe(net, images, red)
     write_labels(labels, out_dir / "labels.json")
     if handnet:
         (out_dir / "explanation.md").write_text(explanation_markdown(labels))
