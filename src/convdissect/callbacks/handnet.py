@@ -82,16 +82,10 @@ class HandNetSchedule(L.Callback):
         if net.terms is not None and p >= self.shrink_start and (step % self.shrink_every == 0 or p >= self.shrink_end):
             self.shrink(trainer, net, self.kept_terms(p, net.widths[1], net.terms))
 
-    @torch.no_grad()
     def shrink(self, trainer: L.Trainer, net, keep: int) -> None:
-        """Per digit, keep the `keep` live readout weights with the largest |weight| x spread."""
-        mask = net.readout_mask
-        if int(mask.sum(1).max()) <= keep:
-            return
-        images, _ = trainer.datamodule.tensors("train", self.spread_images)
-        spread = net.features(images.to(mask.device)).std(0)
-        score = (net.readout.weight.abs() * spread).masked_fill(mask == 0, -1.0)
-        mask.zero_().scatter_(1, score.topk(keep, dim=1).indices, 1.0)
+        if int(net.readout_mask.sum(1).max()) > keep:
+            images, _ = trainer.datamodule.tensors("train", self.spread_images)
+            shrink_readout(net, images, keep)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         net = pl_module.net
@@ -101,3 +95,14 @@ class HandNetSchedule(L.Callback):
             self.shrink(trainer, net, net.terms)
         removed = net.remove_unread_units()
         log.info("HandNet schedule: channels frozen, at most %s terms per digit, %d unread units removed", net.terms, removed)
+
+
+@torch.no_grad()
+def shrink_readout(net, images: torch.Tensor, keep: int) -> None:
+    """Per digit, keep the `keep` live readout weights with the largest |weight| x spread, the
+    spread being the std of the unit's output over these images: a unit that never varies tells
+    no digits apart, whatever its weight."""
+    mask = net.readout_mask
+    spread = net.features(images.to(mask.device)).std(0)
+    score = (net.readout.weight.abs() * spread).masked_fill(mask == 0, -1.0)
+    mask.zero_().scatter_(1, score.topk(keep, dim=1).indices, 1.0)
