@@ -56,6 +56,8 @@ def test_k1_each_unit_reads_one_channel_and_its_grid_is_the_burst(run):
     out, metrics, state = run
     net = HandNet(recipes=str(out / "learned_recipes.yaml"))
     assert net.conv3.frozen and int(state["conv3.mode"]) == 2  # the trained net ends frozen too
+    # ... after the schedule annealed its choice (frozen at the temperature it had reached)
+    assert float(state["conv3.temperature"]) == pytest.approx(0.03, rel=0.2)
     grids = net.conv3.grids().detach()
     for k in range(grids.shape[0]):
         reads = grids[k].abs().sum((1, 2)).nonzero().flatten().tolist()

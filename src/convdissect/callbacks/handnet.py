@@ -77,7 +77,7 @@ class HandNetSchedule(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         net, step = pl_module.net, trainer.global_step
         p = step / max(1, trainer.estimated_stepping_batches)
-        if net.learn_channels and not net.conv3.frozen:
+        if net.learn_channels:  # a hand-built net comes frozen: the schedule frees its choice first
             net.conv3.set_channel_mode(self.channel_mode(p), self.temperature(p))
         if net.terms is not None and p >= self.shrink_start and (step % self.shrink_every == 0 or p >= self.shrink_end):
             self.shrink(trainer, net, self.kept_terms(p, net.widths[1], net.terms))

@@ -90,7 +90,7 @@ class HandNet(nn.Module):
         n_units = len(detectors) + extra_detectors
         self._check_terms(terms, n_units)
         per_unit = n_bursts * len(kinds) if burst_channels == "all" else n_bursts
-        self._make_layers(kinds, n_units, per_unit)
+        self._make_layers(kinds, n_units, per_unit, learn_channels=burst_channels == "learned")
         self.terms = terms
 
         c1, c3 = self.recipes.conv1, self.recipes.conv3
@@ -111,9 +111,9 @@ class HandNet(nn.Module):
         if terms is not None and (not isinstance(terms, int) or isinstance(terms, bool) or not 1 <= terms <= n_units):
             raise UserInputError(f"model.terms={terms!r}: must be null (all) or an integer from 1 to the {n_units} conv3 units")
 
-    def _make_layers(self, kinds: list[str], n_units: int, n_bursts: int) -> None:
+    def _make_layers(self, kinds: list[str], n_units: int, n_bursts: int, learn_channels: bool) -> None:
         self.conv1 = LineConv2d(len(kinds), kinds=kinds)
-        self.conv3 = BurstConv2d(len(kinds), n_units, n_bursts)
+        self.conv3 = BurstConv2d(len(kinds), n_units, n_bursts, learn_channels=learn_channels)
         self.readout = nn.Linear(n_units, 10)
         # Which readout weights exist (1) or were pruned away (0): at most `terms` per digit.
         self.register_buffer("readout_mask", torch.ones(10, n_units))
@@ -126,7 +126,8 @@ class HandNet(nn.Module):
         bursts = state_dict.get(prefix + "conv3.mean_x")
         if bias is None or bursts is None or (len(bias), bursts.shape[1]) == (self.widths[1], self.conv3.n_bursts):
             return
-        self.conv3 = BurstConv2d(self.widths[0], len(bias), bursts.shape[1]).to(self.readout.weight.device)
+        learn = self.conv3.channel_logits is not None
+        self.conv3 = BurstConv2d(self.widths[0], len(bias), bursts.shape[1], learn_channels=learn).to(self.readout.weight.device)
         self.readout = nn.Linear(len(bias), 10).to(self.readout.weight.device)
         self.readout_mask = torch.ones(10, len(bias), device=self.readout.weight.device)
         self.widths = [self.widths[0], len(bias)]
@@ -134,7 +135,7 @@ class HandNet(nn.Module):
     def _build_from_learned(self, r: Recipes) -> None:
         """Every number from a learned recipe file: the net that file explains, exactly."""
         n_units, n_bursts = len(r.units), len(r.units[0]["bursts"])
-        self._make_layers([line["kind"] for line in r.lines], n_units, n_bursts)
+        self._make_layers([line["kind"] for line in r.lines], n_units, n_bursts, learn_channels=False)
         self.terms = max(len(entry["terms"]) for entry in r.readout.values())
         with torch.no_grad():
             for key in ("theta", "sigma", "offset", "amplitude", "bias"):
@@ -175,11 +176,15 @@ class HandNet(nn.Module):
         for unit, part in enumerate(detectors):
             channel = self.conv1_angles.index(_pattern_angle(part.pattern))
             # learned channels: the first burst, set to that channel; all: the first on that channel
-            burst = int((c3.channel[unit] == channel).nonzero()[0]) if c3.frozen else 0
-            c3.channel_logits[unit, burst] = FIXED_LOGIT * F.one_hot(torch.tensor(channel), c3.in_channels)
+            if c3.channel_logits is None:
+                burst = int((c3.channel[unit] == channel).nonzero()[0])
+            else:
+                burst = 0
+                c3.channel_logits[unit, burst] = FIXED_LOGIT * F.one_hot(torch.tensor(channel), c3.in_channels)
             x, y = r.xy(part.position)
             c3.mean_x[unit, burst], c3.mean_y[unit, burst], c3.amplitude[unit, burst] = x, y, 1.0
-        c3.set_channel_mode("frozen")  # as built; training's schedule (callbacks/handnet.py) may free it
+        if c3.channel_logits is not None:
+            c3.set_channel_mode("frozen")  # as built; training's schedule (callbacks/handnet.py) frees it
         # Scale each unit so that its full stroke gives 1 above the threshold, 0 at it.
         probes = torch.cat([self._part_stroke(part) for part in detectors])
         full = self.features(probes).diagonal()[:, None]

@@ -65,12 +65,13 @@ class BurstConv2d(nn.Module):
 
     Parameters per burst, each of shape [out, n_bursts]: mean_x, mean_y (grid cells from the grid
     centre, x right, y up), sigma_x, sigma_y, amplitude (signed peak value); channel_logits
-    [out, n_bursts, in] (the learnable channel choice); and bias [out]. Buffers: `channel`
-    [out, n_bursts] (the chosen channel once frozen), `temperature` and `mode` (an index of
-    CHANNEL_MODES), set by the training schedule (callbacks/handnet.py). No padding (7x7 -> 3x3).
+    [out, n_bursts, in] (the learnable channel choice; None with learn_channels=False, where the
+    channels are given by fix_channels); and bias [out]. Buffers: `channel` [out, n_bursts] (the
+    chosen channel once frozen), `temperature` and `mode` (an index of CHANNEL_MODES), set by the
+    training schedule (callbacks/handnet.py). No padding (7x7 -> 3x3).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, n_bursts: int = 1, size: int = 5):
+    def __init__(self, in_channels: int, out_channels: int, n_bursts: int = 1, size: int = 5, learn_channels: bool = True):
         super().__init__()
         self.size, self.in_channels = size, in_channels
         shape = (out_channels, n_bursts)
@@ -79,11 +80,11 @@ class BurstConv2d(nn.Module):
         self.sigma_x = nn.Parameter(torch.ones(shape))
         self.sigma_y = nn.Parameter(torch.ones(shape))
         self.amplitude = nn.Parameter(torch.zeros(shape))
-        self.channel_logits = nn.Parameter(torch.zeros(*shape, in_channels))
+        self.channel_logits = nn.Parameter(torch.zeros(*shape, in_channels)) if learn_channels else None
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.register_buffer("channel", torch.zeros(shape, dtype=torch.long))
         self.register_buffer("temperature", torch.tensor(1.0))
-        self.register_buffer("mode", torch.tensor(0))
+        self.register_buffer("mode", torch.tensor(0 if learn_channels else CHANNEL_MODES.index("frozen")))
 
     @property
     def n_bursts(self) -> int:
@@ -95,6 +96,8 @@ class BurstConv2d(nn.Module):
 
     def set_channel_mode(self, mode: str, temperature: float | None = None) -> None:
         """Switch the channel choice; freezing fixes each burst's channel at its logits' argmax."""
+        if self.channel_logits is None:
+            raise ValueError("BurstConv2d(learn_channels=False) has fixed channels; nothing to switch")
         if mode == "frozen" and not self.frozen:
             self.channel.copy_(self.channel_logits.detach().argmax(-1))
         self.mode.fill_(CHANNEL_MODES.index(mode))
@@ -103,11 +106,8 @@ class BurstConv2d(nn.Module):
             self.temperature.fill_(temperature)
 
     def fix_channels(self, channel: torch.Tensor) -> None:
-        """Freeze on given channels [out, n_bursts] (hand-built and rebuilt nets)."""
-        with torch.no_grad():
-            self.channel.copy_(channel)
-            self.channel_logits.copy_(F.one_hot(channel, self.in_channels).float())
-        self.set_channel_mode("frozen")
+        """Set the fixed channels [out, n_bursts] of a layer with learn_channels=False."""
+        self.channel.copy_(channel)
 
     def reset_random(self, sigma: float, amplitude_std: float) -> None:
         """Bursts anywhere on the grid with random signed amplitudes and nearly uniform channel
@@ -119,7 +119,8 @@ class BurstConv2d(nn.Module):
             self.sigma_x.fill_(sigma)
             self.sigma_y.fill_(sigma)
             self.amplitude.normal_(0.0, amplitude_std)
-            self.channel_logits.normal_(0.0, 0.1)
+            if self.channel_logits is not None:
+                self.channel_logits.normal_(0.0, 0.1)
             self.bias.zero_()
 
     def channel_weights(self) -> torch.Tensor:
@@ -145,6 +146,8 @@ class BurstConv2d(nn.Module):
         """Keep only these out channels (in this order)."""
         for name in ("mean_x", "mean_y", "sigma_x", "sigma_y", "amplitude", "channel_logits", "bias"):
             old = getattr(self, name)
+            if old is None:
+                continue
             setattr(self, name, nn.Parameter(old.detach()[units].clone(), requires_grad=old.requires_grad))
         self.channel = self.channel[units].clone()
 
