@@ -85,7 +85,7 @@ def test_straight_through_is_hard_forward_and_soft_backward():
 @pytest.mark.slow
 def test_readout_keeps_at_most_t_terms_and_every_unit_is_read(run):
     _, metrics, state = run
-    weight = state["readout.weight"] * state["readout_mask"]
+    weight = state["readout.weight"] * state["readout.mask"]
     terms = (weight != 0).sum(1)
     assert terms.max() <= TERMS and metrics["explanation/terms_per_digit_max"] == int(terms.max())
     assert (weight != 0).any(0).all()  # units no digit reads were removed
@@ -124,7 +124,7 @@ def test_explanation_names_every_burst_and_counts_its_numbers(run):
     for k in range(amplitude.shape[0]):
         assert sorted(bursts[f"conv3_{k + 1}"]) == sorted(f"conv1_{int(c) + 1}" for c in state["conv3.channel"][k])
     n_lines, (n_units, k_bursts) = len(state["conv1.theta"]), amplitude.shape
-    terms = int((state["readout.weight"] * state["readout_mask"] != 0).sum())
+    terms = int((state["readout.weight"] * state["readout.mask"] != 0).sum())
     assert metrics["explanation/numbers"] == 5 * n_lines + 6 * n_units * k_bursts + n_units + terms + 10
 
 
@@ -181,5 +181,5 @@ def test_shrinking_ranks_weight_times_spread():
         net.readout.weight[:, still] = 5.0
         net.readout.weight[:, varying] = 0.5
     shrink_readout(net, images, keep=1)
-    assert net.readout_mask.sum(1).tolist() == [1.0] * 10
-    assert (net.readout_mask[:, varying] == 1).all() and (net.readout_mask[:, still] == 0).all()
+    assert net.readout.mask.sum(1).tolist() == [1.0] * 10
+    assert (net.readout.mask[:, varying] == 1).all() and (net.readout.mask[:, still] == 0).all()

@@ -22,6 +22,7 @@ import lightning as L
 import torch
 
 from convdissect.errors import UserInputError
+from convdissect.models.handnet import HandNet
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class HandNetSchedule(L.Callback):
         self.spread_images = spread_images
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not hasattr(pl_module.net, "readout_mask"):
+        if not isinstance(pl_module.net, HandNet):
             raise UserInputError(f"callbacks.handnet_schedule: needs model.name=handnet, not {type(pl_module.net).__name__}")
 
     def temperature(self, p: float) -> float:
@@ -83,7 +84,7 @@ class HandNetSchedule(L.Callback):
             self.shrink(trainer, net, self.kept_terms(p, net.widths[1], net.terms))
 
     def shrink(self, trainer: L.Trainer, net, keep: int) -> None:
-        if int(net.readout_mask.sum(1).max()) > keep:
+        if int(net.readout.mask.sum(1).max()) > keep:
             images, _ = trainer.datamodule.tensors("train", self.spread_images)
             shrink_readout(net, images, keep)
 
@@ -102,7 +103,7 @@ def shrink_readout(net, images: torch.Tensor, keep: int) -> None:
     """Per digit, keep the `keep` live readout weights with the largest |weight| x spread, the
     spread being the std of the unit's output over these images: a unit that never varies tells
     no digits apart, whatever its weight."""
-    mask = net.readout_mask
+    mask = net.readout.mask
     spread = net.features(images.to(mask.device)).std(0)
     score = (net.readout.weight.abs() * spread).masked_fill(mask == 0, -1.0)
     mask.zero_().scatter_(1, score.topk(keep, dim=1).indices, 1.0)

@@ -80,7 +80,7 @@ def _explain_conv3(net, conv1: list[dict]) -> list[dict]:
     position_index, pattern_index = position_pattern_indices(net)
     channel = c.channel_weights().argmax(-1)  # [units, bursts]: the channel each burst reads (one-hot once frozen)
     sx, sy = (s.abs().clamp_min(MIN_SIGMA) for s in (c.sigma_x, c.sigma_y))
-    read = net.readout_weight().ne(0).any(0)
+    read = net.readout.sparse_weight().ne(0).any(0)
     units = []
     for k in range(c.amplitude.shape[0]):
         bursts = []
@@ -108,7 +108,7 @@ def _explain_conv3(net, conv1: list[dict]) -> list[dict]:
 
 def _explain_readout(net, conv3: list[dict]) -> list[dict]:
     """Every nonzero readout weight of each digit, largest first."""
-    weight = net.readout_weight()
+    weight = net.readout.sparse_weight()
     units = []
     for digit in range(10):
         w = weight[digit]
@@ -189,7 +189,7 @@ def learned_recipes(net, exact: bool = True) -> dict:
                     for b in range(c3.n_bursts)]}
         for k in range(len(channel))
     ]  # fmt: skip
-    weight = net.readout_weight()
+    weight = net.readout.sparse_weight()
     out["digits"] = {
         digit: {"bias": number(float(net.readout.bias[digit])),
                 "terms": [{"unit": unit_name("conv3", k + 1), "weight": number(float(weight[digit, k]))}

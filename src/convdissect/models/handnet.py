@@ -34,6 +34,22 @@ CELL_PIXELS = 4
 FIXED_LOGIT = 8.0
 
 
+class SparseLinear(nn.Linear):
+    """A Linear whose weights exist where `mask` is 1 (a buffer): the readout, at most `terms`
+    weights per digit once the training schedule pruned it."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features)
+        self.register_buffer("mask", torch.ones(out_features, in_features))
+
+    def sparse_weight(self) -> torch.Tensor:
+        """The weights that exist (pruned ones are 0)."""
+        return self.weight * self.mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.sparse_weight(), self.bias)
+
+
 class HandNet(nn.Module):
     """Parametric lines -> bursts -> sparse linear readout, built from a recipe file.
 
@@ -114,9 +130,7 @@ class HandNet(nn.Module):
     def _make_layers(self, kinds: list[str], n_units: int, n_bursts: int, learn_channels: bool) -> None:
         self.conv1 = LineConv2d(len(kinds), kinds=kinds)
         self.conv3 = BurstConv2d(len(kinds), n_units, n_bursts, learn_channels=learn_channels)
-        self.readout = nn.Linear(n_units, 10)
-        # Which readout weights exist (1) or were pruned away (0): at most `terms` per digit.
-        self.register_buffer("readout_mask", torch.ones(10, n_units))
+        self.readout = SparseLinear(n_units, 10)
         self.widths = [len(kinds), n_units]
         # A smaller state_dict (units no digit reads were removed) loads into a net of its size.
         self.register_load_state_dict_pre_hook(HandNet._fit_state_dict_size)
@@ -128,8 +142,7 @@ class HandNet(nn.Module):
             return
         learn = self.conv3.channel_logits is not None
         self.conv3 = BurstConv2d(self.widths[0], len(bias), bursts.shape[1], learn_channels=learn).to(self.readout.weight.device)
-        self.readout = nn.Linear(len(bias), 10).to(self.readout.weight.device)
-        self.readout_mask = torch.ones(10, len(bias), device=self.readout.weight.device)
+        self.readout = SparseLinear(len(bias), 10).to(self.readout.weight.device)
         self.widths = [self.widths[0], len(bias)]
 
     def _build_from_learned(self, r: Recipes) -> None:
@@ -145,12 +158,12 @@ class HandNet(nn.Module):
             self.conv3.bias.copy_(torch.tensor([u["bias"] for u in r.units]))
             self.conv3.fix_channels(torch.tensor([[b["channel"] for b in u["bursts"]] for u in r.units]))
             self.readout.weight.zero_()
-            self.readout_mask.zero_()
+            self.readout.mask.zero_()
             for digit, entry in r.readout.items():
                 self.readout.bias[digit] = entry["bias"]
                 for unit, weight in entry["terms"]:
                     self.readout.weight[digit, unit] = weight
-                    self.readout_mask[digit, unit] = 1.0
+                    self.readout.mask[digit, unit] = 1.0
 
     def _build_by_hand(self, detectors: list[Part], signs: list[float]) -> None:
         """Set conv1, the recipe units of conv3 and the readout from the recipe file.
@@ -214,29 +227,25 @@ class HandNet(nn.Module):
         x = F.max_pool2d(F.relu(self.conv1(x)), CELL_PIXELS)  # 28 -> 7
         return F.max_pool2d(F.relu(self.conv3(x)), 3).flatten(1)  # 7 -> 3 -> 1
 
-    def readout_weight(self) -> torch.Tensor:
-        """The readout weights that exist (pruned ones are 0) [10, C3]."""
-        return self.readout.weight * self.readout_mask
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(F.linear(self.features(x), self.readout_weight(), self.readout.bias), dim=1)
+        return F.log_softmax(self.readout(self.features(x)), dim=1)
 
     def penalty(self) -> torch.Tensor:
         """L1 sparsity: short digit recipes and few strong bursts per conv3 unit."""
-        return self.l1_readout * self.readout_weight().abs().sum() + self.l1_bursts * self.conv3.amplitude.abs().sum()
+        return self.l1_readout * self.readout.sparse_weight().abs().sum() + self.l1_bursts * self.conv3.amplitude.abs().sum()
 
     @torch.no_grad()
     def remove_unread_units(self) -> int:
         """Remove the conv3 units that no digit reads; returns how many were removed."""
-        read = self.readout_mask.bool().any(0).nonzero().flatten()
+        read = self.readout.mask.bool().any(0).nonzero().flatten()
         removed = self.widths[1] - len(read)
         if removed:
             self.conv3.keep(read)
-            weight, bias, mask = self.readout.weight[:, read], self.readout.bias.clone(), self.readout_mask[:, read]
-            self.readout = nn.Linear(len(read), 10).to(weight.device)
+            weight, bias, mask = self.readout.weight[:, read], self.readout.bias.clone(), self.readout.mask[:, read]
+            self.readout = SparseLinear(len(read), 10).to(weight.device)
             self.readout.weight.copy_(weight)
             self.readout.bias.copy_(bias)
-            self.readout_mask = mask.clone()
+            self.readout.mask.copy_(mask)
             self.widths = [self.widths[0], len(read)]
         return removed
 
