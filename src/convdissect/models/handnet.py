@@ -58,7 +58,8 @@ class HandNet(nn.Module):
     extra_detectors more (randomly initialised, unused by the hand-built readout); n_bursts
     bursts per conv3 unit (burst_channels=all: per unit and conv1 channel). init: hand (from the
     recipes) or random. line_sigma / burst_sigma override the recipe file's initial widths.
-    terms: at most this many readout weights per digit after training (null: all).
+    terms: at most this many readout weights per digit after training (null: all). l1_readout,
+    l1_bursts and group_readout weigh the sparsity penalties (see penalty()).
     Learned recipes (a run's learned_recipes.yaml) define every number themselves; the structure
     keys are then ignored.
     """
@@ -77,6 +78,7 @@ class HandNet(nn.Module):
         burst_sigma: float | None = None,
         l1_readout: float = 0.0,
         l1_bursts: float = 0.0,
+        group_readout: float = 0.0,
     ):
         super().__init__()
         if init not in INIT_MODES:
@@ -89,7 +91,7 @@ class HandNet(nn.Module):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise UserInputError(f"model.{key}={value!r}: must be an integer >= {low}")
         self.recipes = load_recipes(recipes)
-        self.l1_readout, self.l1_bursts = l1_readout, l1_bursts
+        self.l1_readout, self.l1_bursts, self.group_readout = l1_readout, l1_bursts, group_readout
         self.learn_channels = burst_channels == "learned" and not self.recipes.learned
         if self.recipes.learned:
             self._build_from_learned(self.recipes)
@@ -231,8 +233,11 @@ class HandNet(nn.Module):
         return F.log_softmax(self.readout(self.features(x)), dim=1)
 
     def penalty(self) -> torch.Tensor:
-        """L1 sparsity: short digit recipes and few strong bursts per conv3 unit."""
-        return self.l1_readout * self.readout.sparse_weight().abs().sum() + self.l1_bursts * self.conv3.amplitude.abs().sum()
+        """Sparsity: L1 for short digit recipes and few strong bursts per conv3 unit; group lasso
+        (the L2 norm of each unit's readout column) for few units read at all."""
+        weight = self.readout.sparse_weight()
+        return (self.l1_readout * weight.abs().sum() + self.group_readout * weight.norm(dim=0).sum()
+                + self.l1_bursts * self.conv3.amplitude.abs().sum())  # fmt: skip
 
     @torch.no_grad()
     def remove_unread_units(self) -> int:
