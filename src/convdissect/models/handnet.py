@@ -241,8 +241,9 @@ class HandNet(nn.Module):
 
     @torch.no_grad()
     def remove_unread_units(self) -> int:
-        """Remove the conv3 units that no digit reads; returns how many were removed."""
-        read = self.readout.mask.bool().any(0).nonzero().flatten()
+        """Remove the conv3 units that no digit reads (pruned or zero weights, e.g. a unit that never
+        fired and so never got a gradient); returns how many were removed."""
+        read = self.readout.sparse_weight().ne(0).any(0).nonzero().flatten()
         removed = self.widths[1] - len(read)
         if removed:
             self.conv3.keep(read)
