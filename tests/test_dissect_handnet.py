@@ -47,6 +47,7 @@ def check_report(out, labels: dict) -> None:
     assert list((out / "tensorboard").glob("events.out.tfevents*"))
 
 
+@pytest.mark.slow
 def test_a_handnet_lightning_checkpoint_is_explained(finetuned, tmp_path):
     ckpt = finetuned / "checkpoints" / "last.ckpt"
     labels = dissect(compose_cfg("dissect", [f"ckpt_path={ckpt}", *FAST], tmp_path))

@@ -200,6 +200,7 @@ def test_handcrafted_experiment_tests_and_explains_the_net_as_built(tmp_path):
     assert any(tag.startswith("explanation") for tag in tags)
 
 
+@pytest.mark.slow
 def test_finetune_trains_only_the_family_parameters(tmp_path):
     cfg = compose_cfg(
         "train",
