@@ -1,24 +1,9 @@
-"""Dissect a trained SimpleConvNet, or explain a HandNet: python dissect.py ckpt_path=PATH [key=value ...]."""
+"""Dissect a trained SimpleConvNet, or explain a HandNet: python dissect.py ckpt_path=PATH [key=value ...]
+(installed: convdissect-dissect)."""
 
-import sys
+from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
-
-import convdissect.config  # noqa: F401  (registers ${repo_root:})
-from convdissect.errors import UserInputError
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="dissect")
-def main(cfg: DictConfig) -> None:
-    from convdissect.dissect.run import dissect  # heavy imports after Hydra parsed the command line
-
-    try:
-        dissect(cfg)
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
+from convdissect.cli import dissect_main
 
 if __name__ == "__main__":
-    main()
+    dissect_main(config_dir=str(Path(__file__).resolve().parent / "conf"))  # this checkout's configs

@@ -1,24 +1,8 @@
-"""Train (and prune) a ConvNet: python train.py [+experiment=NAME] [key=value ...]."""
+"""Train (and prune) a ConvNet: python train.py [+experiment=NAME] [key=value ...] (installed: convdissect-train)."""
 
-import sys
+from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
-
-import convdissect.config  # noqa: F401  (registers ${repo_root:})
-from convdissect.errors import UserInputError
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float:
-    from convdissect.train import train  # heavy imports after Hydra parsed the command line
-
-    try:
-        return train(cfg)["test/acc"]  # the value a Hydra sweeper optimises
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
+from convdissect.cli import train_main
 
 if __name__ == "__main__":
-    main()
+    train_main(config_dir=str(Path(__file__).resolve().parent / "conf"))  # this checkout's configs

@@ -9,14 +9,16 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from convdissect.config import CONFIG_DIR, REPO_ROOT
+from convdissect.config import CONFIG_DIR
+
+CHECKOUT = Path(__file__).resolve().parents[1]  # where the tests run train.py, dissect.py and scripts/ from
 
 
 def _data_dir() -> str:
     if os.environ.get("CONVDISSECT_DATA_DIR"):
         return os.environ["CONVDISSECT_DATA_DIR"]
-    shared = REPO_ROOT.parent / "shared" / "data"
-    return str(shared if shared.exists() else REPO_ROOT / "data")
+    shared = CHECKOUT.parent / "shared" / "data"
+    return str(shared if shared.exists() else CHECKOUT / "data")
 
 
 DATA_DIR = _data_dir()

@@ -12,7 +12,7 @@ from convdissect.config import CONFIG_DIR
 from convdissect.train import build_module
 from tests.conftest import compose_cfg
 
-GROUPS = ["data", "model", "callbacks", "trainer", "logger", "paths", "hydra", "experiment"]
+GROUPS = ["data", "model", "callbacks", "trainer", "logger", "paths", "hydra", "experiment", "debug", "hparams_search"]
 CPU_TRAINERS = {"default", "cpu", "ddp_sim"}
 
 
@@ -36,11 +36,14 @@ def test_every_option_composes(group, option, tmp_path):
         targets = [node] if "_target_" in node else [v for v in node.values() if "_target_" in v]
         for target in targets:  # each builds the class its config names
             assert type(instantiate(target)).__name__ == target._target_.rsplit(".", 1)[1]
-    if group == "trainer":
+    if group in ("trainer", "debug"):
         trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
-        assert trainer.max_epochs == cfg.trainer.max_epochs
-    if group in ("model", "experiment"):
-        assert build_module(cfg).n_params > 0
+        assert trainer.max_epochs == cfg.trainer.max_epochs or trainer.fast_dev_run
+    if group == "debug":
+        assert cfg.trainer.detect_anomaly and cfg.trainer.accelerator == "cpu"
+    if group in ("model", "experiment", "hparams_search"):
+        net = build_module(cfg).net
+        assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)  # the composed net runs on MNIST-sized input
 
 
 def test_baseline_experiment(tmp_path):

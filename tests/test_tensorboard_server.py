@@ -12,6 +12,8 @@ import pytest
 from convdissect.train import train
 from tests.conftest import TINY, compose_cfg
 
+pytestmark = pytest.mark.slow  # every test reads from a real server over a trained run
+
 
 def free_port() -> int:
     with socket.socket() as s:
