@@ -19,6 +19,10 @@ from pathlib import Path
 
 import matplotlib
 
+# Overrides that do not change the net: runs differing only in these are seeds of one point.
+NOT_A_VARIANT = ("seed=", "threads=", "hydra.", "hydra/", "paths.", "trainer.enable_progress_bar=", "~callbacks.progress_bar",
+                 "+sweep=", "+experiment=", "model.n_bursts=", "model.terms=")  # fmt: skip
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
@@ -39,6 +43,7 @@ def load_runs(dirs: list[str]) -> list[dict]:
                 "K": m["explanation/bursts_per_unit_max"] if explained else None,
                 "T": ("all" if terms is None else terms) if explained else None,
                 "seed": cfg.get("seed"),
+                "variant": " ".join(sorted(o for o in m.get("overrides", []) if not o.startswith(NOT_A_VARIANT))),
                 "acc": 100 * m["test/acc"],
                 # the rounded net (every number as explanation.md prints it) against the trained one, same images
                 "rounding": 100 * m["explanation/rounded_acc_change"] if explained else None,
@@ -57,9 +62,9 @@ def group(runs: list[dict]) -> list[dict]:
     """Runs of one experiment, K and T averaged over seeds."""
     groups = defaultdict(list)
     for run in runs:
-        groups[(run["experiment"], run["K"], str(run["T"]))].append(run)
+        groups[(run["experiment"], run["K"], str(run["T"]), run["variant"])].append(run)
     rows = []
-    for (experiment, k, t), members in groups.items():
+    for (experiment, k, t, variant), members in groups.items():
         acc = [r["acc"] for r in members]
 
         def mean(key):
@@ -67,13 +72,13 @@ def group(runs: list[dict]) -> list[dict]:
             return statistics.mean(values) if values else None
 
         rows.append({
-            "experiment": experiment, "K": k, "T": t, "seeds": len(members), "acc": statistics.mean(acc),
+            "experiment": experiment, "K": k, "T": t, "variant": variant, "seeds": len(members), "acc": statistics.mean(acc),
             "acc_sd": statistics.stdev(acc) if len(acc) > 1 else None, "rounding": mean("rounding"),
             "roundtrip": min((r["roundtrip"] for r in members if r["roundtrip"] is not None), default=None),
             "bursts": mean("bursts"), "terms": mean("terms"), "units": mean("units"), "numbers": mean("numbers"),
             "wall_s": mean("wall_s"),
         })  # fmt: skip
-    return sorted(rows, key=lambda r: (r["K"] is None, r["K"] or 0, r["T"] == "all", int(r["T"]) if r["T"].isdigit() else 0))
+    return sorted(rows, key=lambda r: (r["K"] is None, r["K"] or 0, r["T"] == "all", int(r["T"]) if r["T"].isdigit() else 0, r["variant"]))
 
 
 def _num(value, digits: int = 0) -> str:
@@ -82,14 +87,14 @@ def _num(value, digits: int = 0) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| experiment | K | T | seeds | test acc % | rounding Δ (points) | round trip | bursts/unit | terms/digit | units | numbers to read | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| experiment | K | T | other overrides | seeds | test acc % | rounding Δ (points) | round trip | bursts/unit | terms/digit | units | numbers to read | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         acc = f"{r['acc']:.2f}" + (f" ± {r['acc_sd']:.2f}" if r["acc_sd"] is not None else "")
         roundtrip = "—" if r["roundtrip"] is None else f"{100 * r['roundtrip']:.2f}%"
         lines.append(
-            f"| {r['experiment']} | {r['K'] if r['K'] is not None else '—'} | {r['T'] if r['K'] is not None else '—'} | {r['seeds']} | "
+            f"| {r['experiment']} | {r['K'] if r['K'] is not None else '—'} | {r['T'] if r['K'] is not None else '—'} | {r['variant']} | {r['seeds']} | "
             f"{acc} | {_num(r['rounding'], 2)} | {roundtrip} | {_num(r['bursts'])} | {_num(r['terms'])} | {_num(r['units'])} | "
             f"{_num(r['numbers'])} | {_num(r['wall_s'])} |"
         )
@@ -100,10 +105,15 @@ def plot(rows: list[dict], references: list[dict], path: Path) -> None:
     """Accuracy against numbers to read (log scale); one marker per K, T labelled; references apart."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for k in sorted({r["K"] for r in rows}):
-        points = sorted((r for r in rows if r["K"] == k), key=lambda r: r["numbers"])
+        points = sorted((r for r in rows if r["K"] == k and not r["variant"]), key=lambda r: r["numbers"])
         ax.plot([r["numbers"] for r in points], [r["acc"] for r in points], "o-", label=f"K={k} bursts per unit")
         for r in points:
             ax.annotate(f"T={r['T']}", (r["numbers"], r["acc"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    for r in rows:
+        if r["variant"]:  # a measured option, off the K lines
+            ax.plot([r["numbers"]], [r["acc"]], "x", color="gray")
+            ax.annotate(f"K={r['K']}, T={r['T']}, {r['variant']}", (r["numbers"], r["acc"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=6, color="gray")  # fmt: skip
     for r, marker in zip(references, "s^Dv"):
         ax.plot([r["numbers"]], [r["acc"]], marker, color="black", markerfacecolor="none", markersize=9,
                 label=f"{r['experiment']} (reference)")  # fmt: skip
