@@ -104,16 +104,12 @@ def table(rows: list[dict]) -> str:
 def plot(rows: list[dict], references: list[dict], path: Path) -> None:
     """Accuracy against numbers to read (log scale); one marker per K, T labelled; references apart."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    for k in sorted({r["K"] for r in rows}):
-        points = sorted((r for r in rows if r["K"] == k and not r["variant"]), key=lambda r: r["numbers"])
-        ax.plot([r["numbers"] for r in points], [r["acc"] for r in points], "o-", label=f"K={k} bursts per unit")
+    for k, variant in sorted({(r["K"], r["variant"]) for r in rows}):  # a line per K (and per option measured)
+        points = sorted((r for r in rows if (r["K"], r["variant"]) == (k, variant)), key=lambda r: r["numbers"])
+        label = f"K={k} bursts per unit" + (f", {variant}" if variant else "")
+        ax.plot([r["numbers"] for r in points], [r["acc"] for r in points], "o-" if not variant else "x--", label=label)
         for r in points:
             ax.annotate(f"T={r['T']}", (r["numbers"], r["acc"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    for r in rows:
-        if r["variant"]:  # a measured option, off the K lines
-            ax.plot([r["numbers"]], [r["acc"]], "x", color="gray")
-            ax.annotate(f"K={r['K']}, T={r['T']}, {r['variant']}", (r["numbers"], r["acc"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=6, color="gray")  # fmt: skip
     for r, marker in zip(references, "s^Dv"):
         ax.plot([r["numbers"]], [r["acc"]], marker, color="black", markerfacecolor="none", markersize=9,
                 label=f"{r['experiment']} (reference)")  # fmt: skip
