@@ -64,7 +64,10 @@ def lightning_epoch(widths) -> float:
     L.seed_everything(0, verbose=False)
     dm = MNISTDataModule(DATA_DIR, batch_size=64)
     dm.setup()
-    module = LitClassifier({"name": "simple_convnet", "widths": widths}, {"name": "adam", "lr": 1e-3})
+    module = LitClassifier(
+        {"_target_": "convdissect.models.simple_convnet.SimpleConvNet", "widths": widths},
+        {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+    )
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=1, limit_val_batches=0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

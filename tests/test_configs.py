@@ -28,7 +28,7 @@ def all_options():
 def test_every_option_composes(group, option, tmp_path):
     prefix = "+" if group == "experiment" else ""
     cfg = compose_cfg("train", [f"{prefix}{group}={option}"], tmp_path)
-    assert cfg.paths.data_dir and cfg.model.name
+    assert cfg.paths.data_dir and cfg.model._target_
     if group == "trainer" and option not in CPU_TRAINERS and not torch.cuda.is_available():
         return  # gpu / ddp need GPUs: composing is all this machine can check
     if group in ("data", "callbacks", "logger"):

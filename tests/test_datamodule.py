@@ -101,3 +101,22 @@ def test_truncated_file_is_one_clear_error(tmp_path, data_dir):
 def test_bad_batch_size():
     with pytest.raises(UserInputError, match="data.batch_size=0"):
         MNISTDataModule(batch_size=0)
+
+
+@pytest.mark.parametrize("offset,byte,match", [
+    (3, 2, r"t10k-labels-idx1-ubyte has magic number 0x00000802, expected 0x00000801"),  # right size, another IDX type
+    (7, 7, r"t10k-labels-idx1-ubyte has dims \[9991\], expected \[10000\]"),  # 10000 = 0x2710 -> 0x2707
+    (8 + 99, 200, r"t10k-labels-idx1-ubyte holds the label 200, expected 0 to 9"),
+])
+def test_idx_content_is_checked_not_only_the_size(offset, byte, match, tmp_path, data_dir):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in IDX_FILES:
+        if name != "t10k-labels-idx1-ubyte":
+            (raw / name).symlink_to(f"{data_dir}/MNIST/raw/{name}")
+    shutil.copy(f"{data_dir}/MNIST/raw/t10k-labels-idx1-ubyte", raw / "t10k-labels-idx1-ubyte")
+    with open(raw / "t10k-labels-idx1-ubyte", "r+b") as f:
+        f.seek(offset)
+        f.write(bytes([byte]))
+    with pytest.raises(UserInputError, match=match):
+        MNISTDataModule(data_dir=str(tmp_path)).setup()

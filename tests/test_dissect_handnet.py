@@ -72,7 +72,7 @@ def test_a_handcrafted_model_state_dissects_with_its_run_config(tmp_path):
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # as Hydra saves it: interpolations unresolved
     spec = OmegaConf.to_container(cfg.model, resolve=True)
-    net = HandNet(**{k: v for k, v in spec.items() if k != "name"})
+    net = HandNet(**{k: v for k, v in spec.items() if k != "_target_"})
     torch.save(net.state_dict(), run / "model_state.pt")
     out = tmp_path / "dissect"
     labels = dissect(compose_cfg("dissect", [f"ckpt_path={run / 'model_state.pt'}", *FAST, "superstimulus.enabled=false"], out))

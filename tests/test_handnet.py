@@ -211,7 +211,7 @@ def test_finetune_trains_only_the_family_parameters(tmp_path):
     metrics = train(cfg)
     assert metrics["steps"] == 6 and 0.0 <= metrics["test/acc"] <= 1.0
     state = torch.load(tmp_path / "model_state.pt", weights_only=True)
-    start = HandNet(**{k: v for k, v in cfg.model.items() if k != "name"}).state_dict()
+    start = HandNet(**{k: v for k, v in cfg.model.items() if k != "_target_"}).state_dict()
     assert set(state) == set(start)
     assert not torch.equal(state["conv1.theta"], start["conv1.theta"])  # trained ...
     assert not torch.equal(state["conv3.mean_x"], start["conv3.mean_x"])
@@ -223,7 +223,7 @@ def test_sweep_space_names_real_model_options():
     for key, values in space.items():
         for value in str(values).split(","):
             cfg = compose_cfg("train", ["+experiment=handnet_finetune", f"{key}={value}"])
-            net = HandNet(**{k: v for k, v in cfg.model.items() if k not in ("name", "recipes")})
+            net = HandNet(**{k: v for k, v in cfg.model.items() if k not in ("_target_", "recipes")})
             assert net.widths[0] == len(net.conv1.theta) and net.conv3.n_bursts == cfg.model.n_bursts * net.widths[0]
 
 

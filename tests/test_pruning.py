@@ -254,7 +254,7 @@ def test_bad_schedules_fail_before_training(overrides, match, tmp_path):
 def test_multi_device_pruning_is_refused(tmp_path):
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, max_epochs=5,
                         default_root_dir=tmp_path)
-    module = LitClassifier({"name": "simple_convnet", "widths": [4, 8, 8, 8]}, {"name": "adam"})
+    module = LitClassifier({"_target_": "convdissect.models.simple_convnet.SimpleConvNet", "widths": [4, 8, 8, 8]}, None)
     with pytest.raises(UserInputError, match="pruning runs on one device only"):
         PruningCallback(target_widths=TARGET).setup(trainer, module, "fit")
 

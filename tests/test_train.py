@@ -1,6 +1,9 @@
 """Short real training runs through train(): outputs, TensorBoard, checkpoints, DDP, bad input."""
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,15 +11,18 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hp_metadata
 
 from convdissect.config import REPO_ROOT
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.models.lit_module import LitClassifier
 from convdissect.models.simple_convnet import SimpleConvNet
-from convdissect.train import train
+from convdissect.train import build_module, train
 from tests.conftest import TINY, compose_cfg
 
 
@@ -51,6 +57,7 @@ def tiny_run(tmp_path_factory):
     return out, metrics
 
 
+@pytest.mark.slow
 def test_run_writes_its_outputs(tiny_run):
     out, metrics = tiny_run
     written = json.loads((out / "metrics.json").read_text())
@@ -64,6 +71,7 @@ def test_run_writes_its_outputs(tiny_run):
     assert {"_hparams_/session_start_info", "_hparams_/experiment"} <= hparams_tags(out / "tensorboard")
 
 
+@pytest.mark.slow
 def test_model_state_is_the_tested_net(tiny_run, data_dir):
     out, metrics = tiny_run
     state = torch.load(out / "model_state.pt", weights_only=True)
@@ -77,6 +85,7 @@ def test_model_state_is_the_tested_net(tiny_run, data_dir):
     assert acc == pytest.approx(metrics["test/acc"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_gives_the_same_test_accuracy(tiny_run, data_dir):
     out, metrics = tiny_run
     module = LitClassifier.load_from_checkpoint(out / "checkpoints" / "last.ckpt")
@@ -90,6 +99,7 @@ def val_acc_steps(log_dir: Path) -> list[int]:
     return [e.step for acc in accumulators(log_dir) if "val/acc" in acc.Tags()["scalars"] for e in acc.Scalars("val/acc")]
 
 
+@pytest.mark.slow
 def test_ckpt_path_resumes_mid_run(tiny_run, tmp_path):
     out, _ = tiny_run
     cfg = compose_cfg("train", TINY + ["trainer.max_epochs=2", f"ckpt_path={out / 'checkpoints' / 'epoch_000.ckpt'}"], tmp_path)
@@ -110,6 +120,7 @@ class RecordFirstBatch(L.Callback):
             torch.save(batch[1].cpu(), Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path):
     cfg = compose_cfg("train", TINY + ["trainer=ddp_sim", "trainer.limit_train_batches=3"], tmp_path)
     with open_dict(cfg):
@@ -127,6 +138,7 @@ def test_bad_widths_are_clear_errors(widths, tmp_path):
         train(cfg)
 
 
+@pytest.mark.slow
 def test_entry_point_prints_one_line_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train.py", "model.widths=[8,16,0,16]", f"hydra.run.dir={tmp_path}"],
@@ -138,6 +150,7 @@ def test_entry_point_prints_one_line_error(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_multirun_jobs_write_their_own_dirs(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train.py", "-m", *TINY, "seed=1,2", f"hydra.sweep.dir={tmp_path}"],
@@ -147,3 +160,173 @@ def test_multirun_jobs_write_their_own_dirs(tmp_path):
     runs = {job: json.loads((tmp_path / job / "metrics.json").read_text()) for job in ("0", "1")}
     assert [r["overrides"][-1] for r in runs.values()] == ["seed=1", "seed=2"]
     assert all((tmp_path / job / "model_state.pt").exists() for job in runs)
+
+
+# ---------------------------------------------------------------------- nothing silently wrong
+
+# A pruning run whose batches are shuffled differently every epoch: 2 steps (epochs 1 and 2), 2 final epochs.
+PRUNE_RESUME = TINY + [
+    "callbacks=pruning",
+    "trainer.max_epochs=4",
+    "callbacks.pruning.target_widths=[2,4,4,4]",
+    "callbacks.pruning.iterations=2",
+    "callbacks.pruning.pretrain_epochs=1",
+    "callbacks.pruning.calibration_size=200",
+    "callbacks.pruning.eval_size=400",
+    "+callbacks.model_checkpoint.save_top_k=-1",
+    "test_ckpt=null",  # test (and save) the final weights: both runs end with the same ones
+    "threads=1",  # bit-identical weights need one CPU thread
+]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    return out, train(compose_cfg("train", PRUNE_RESUME, out))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("boundary", ["epoch_000", "epoch_001", "epoch_002"])
+def test_resumed_run_equals_the_uninterrupted_one(uninterrupted, boundary, tmp_path):
+    """A run killed at an epoch boundary left that epoch's checkpoint (the uninterrupted run's own,
+    as training is deterministic on one CPU thread); a new Trainer resumes it with ckpt_path. It
+    must keep the same channels at every pruning step and end with the same weights, bit for bit
+    (before the fix, the resumed epochs replayed the shuffle of epochs 0, 1, ...)."""
+    full_dir, full = uninterrupted
+    resumed = train(compose_cfg("train", PRUNE_RESUME + [f"ckpt_path={full_dir / 'checkpoints' / f'{boundary}.ckpt'}"], tmp_path))
+    assert [h["kept_channels"] for h in resumed["pruning_history"]] == [h["kept_channels"] for h in full["pruning_history"]]
+    a = torch.load(full_dir / "model_state.pt", weights_only=True)
+    b = torch.load(tmp_path / "model_state.pt", weights_only=True)
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["test/acc"] == full["test/acc"] and resumed["steps"] == full["steps"]
+
+
+def test_fit_false_with_nothing_to_load_is_an_error(tmp_path):
+    with pytest.raises(UserInputError, match="fit=false with nothing to load: the net would be tested at its random initialisation"):
+        train(compose_cfg("train", TINY + ["fit=false"], tmp_path))
+    assert not (tmp_path / "model_state.pt").exists()
+
+
+def test_zero_epochs_is_an_error_before_the_fit(tmp_path):
+    with pytest.raises(UserInputError, match=r"trainer\.max_epochs=0: a fit needs at least 1 epoch"):
+        train(compose_cfg("train", TINY + ["trainer.max_epochs=0"], tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override,match", [
+    ("data.batch_size=100000", r"data\.batch_size=100000: more than the 55000 training images"),
+    ("trainer.limit_train_batches=0", r"the fit took no optimizer step .*nothing was trained"),
+])
+def test_a_fit_that_trains_nothing_is_an_error(override, match, tmp_path):
+    with pytest.raises(UserInputError, match=match):
+        train(compose_cfg("train", TINY + [override], tmp_path))
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    state = SimpleConvNet([4, 8, 8, 8]).state_dict()
+    state["conv3.bias"][2] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(UserInputError, match=r"model\.init_from=.*nan\.pt: tensor conv3\.bias holds NaN or inf values"):
+        build_module(compose_cfg("train", TINY + [f"model.init_from={tmp_path / 'nan.pt'}"], tmp_path))
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_the_run(tmp_path):
+    with pytest.raises(UserInputError, match=r"training loss became nan at epoch 0, batch \d+ \(global step \d+\)"):
+        train(compose_cfg("train", TINY + ["optimizer.lr=1e30", "scheduler=null"], tmp_path))
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("pct_start", [0.2, 0.25, 0.5, 0.9])
+def test_one_cycle_runs_for_any_number_of_steps(pct_start):
+    """OneCycleLR divides by its warm-up length pct_start * steps - 1, zero for 5 steps at 0.2."""
+    module = LitClassifier(
+        {"_target_": "convdissect.models.simple_convnet.SimpleConvNet", "widths": [2, 2, 2, 2]},
+        {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+        {"_target_": "torch.optim.lr_scheduler.OneCycleLR", "_partial_": True, "max_lr": 0.1, "pct_start": pct_start},
+    )
+    for steps in range(1, 13):
+        opt, sched = module._optimizers(steps)
+        for _ in range(steps):
+            opt.step()
+            sched.step()
+        assert sched.last_epoch == steps
+
+
+@pytest.mark.slow
+def test_one_cycle_with_five_steps_left_at_a_pruning_step(tmp_path):
+    cfg = compose_cfg("train", TINY + [
+        "callbacks=pruning", "trainer.limit_train_batches=5", "trainer.max_epochs=2", "callbacks.pruning.pretrain_epochs=1",
+        "callbacks.pruning.iterations=1", "callbacks.pruning.target_widths=[2,4,4,4]", "callbacks.pruning.calibration_size=200",
+    ], tmp_path)
+    metrics = train(cfg)
+    assert metrics["steps"] == 10 and metrics["widths"] == [2, 4, 4, 4]
+
+
+def test_default_run_dirs_name_the_microsecond_and_the_process():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO_ROOT / "conf")):
+        hcfg = compose("train", [], return_hydra_config=True)
+    for run_dir in (hcfg.hydra.run.dir, hcfg.hydra.sweep.dir):
+        assert re.search(rf"/\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{{6}}_{os.getpid()}$", run_dir), run_dir
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_write_their_own_dirs(tmp_path):
+    command = [sys.executable, "train.py", *TINY, "trainer.limit_train_batches=2", f"paths.log_dir={tmp_path}", "threads=1"]
+    procs = [subprocess.Popen(command + [f"seed={seed}"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for seed in (1, 2)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    runs = sorted((tmp_path / "train" / "runs").iterdir())
+    assert len(runs) == 2
+    seeds = sorted(json.loads((run / "metrics.json").read_text())["overrides"][-1] for run in runs)
+    assert seeds == ["seed=1", "seed=2"] and all(sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"] for run in runs)
+
+
+@pytest.mark.slow
+def test_a_finished_run_dir_is_refused_unless_overwrite(tiny_run, tmp_path):
+    out, _ = tiny_run
+    with pytest.raises(UserInputError, match=f"hydra.run.dir={out} already holds a finished run .*overwrite=true"):
+        train(compose_cfg("train", TINY, out))
+    shutil.copytree(out, tmp_path / "run")
+    metrics = train(compose_cfg("train", TINY + ["overwrite=true", "seed=5"], tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]  # no last-v1
+    assert val_acc_steps(tmp_path / "run" / "tensorboard") == [7]  # the old run's events are gone
+
+
+def hparams_of(log_dir: Path) -> tuple[dict, list[str]]:
+    """The HParams tab's view of a run: its hyperparameters and the names of its metrics."""
+    values, metric_tags = {}, []
+    for acc in accumulators(log_dir):
+        try:
+            content = acc.PluginTagToContent(hp_metadata.PLUGIN_NAME)
+        except KeyError:  # an event file without hparams
+            continue
+        if hp_metadata.SESSION_START_INFO_TAG in content:
+            info = hp_metadata.parse_session_start_info_plugin_data(content[hp_metadata.SESSION_START_INFO_TAG])
+            values.update({k: v.string_value or v.number_value or v.bool_value for k, v in info.hparams.items()})
+        if hp_metadata.EXPERIMENT_TAG in content:
+            experiment = hp_metadata.parse_experiment_plugin_data(content[hp_metadata.EXPERIMENT_TAG])
+            metric_tags += [m.name.tag for m in experiment.metric_infos]
+    return values, metric_tags
+
+
+@pytest.mark.slow
+def test_hparams_describe_the_whole_run(uninterrupted):
+    """A pruning sweep compares runs in TensorBoard's HParams tab on every setting of the composed
+    config (callbacks.pruning.* included) and on the final net."""
+    out, metrics = uninterrupted
+    values, metric_tags = hparams_of(out / "tensorboard")
+    assert values["callbacks.pruning.criterion"] == "activation_variance"
+    assert values["callbacks.pruning.target_widths"] == "[2, 4, 4, 4]" and values["callbacks.pruning.iterations"] == 2
+    assert values["optimizer._target_"] == "torch.optim.AdamW" and values["model.widths"] == "[4, 8, 8, 8]"
+    assert values["experiment"] == "train" and values["trainer.max_epochs"] == 4
+    assert {"test/acc", "val/acc_best", "final/n_params", "final/width_conv1", "final/width_fc4"} <= set(metric_tags)
+    scalars = {tag: acc.Scalars(tag)[-1].value for acc in accumulators(out / "tensorboard") for tag in acc.Tags()["scalars"]}
+    assert [scalars[f"final/width_{layer}"] for layer in ("conv1", "conv2", "conv3", "fc4")] == [2, 4, 4, 4]
+    assert scalars["final/n_params"] == metrics["n_params"] == sum(p.numel() for p in SimpleConvNet([2, 4, 4, 4]).parameters())
+    # the final and the best validation accuracy (the best among the epochs after the last pruning step)
+    val = [e.value for acc in accumulators(out / "tensorboard") if "val/acc" in acc.Tags()["scalars"] for e in acc.Scalars("val/acc")]
+    assert metrics["val/acc"] == pytest.approx(val[-1]) and metrics["val/acc_best"] == pytest.approx(max(val[-2:]))
+    assert scalars["val/acc_best"] == pytest.approx(metrics["val/acc_best"])

@@ -47,6 +47,8 @@ def running_config_dir() -> str:
 OmegaConf.register_new_resolver("cwd", launch_dir, replace=True)
 # ${conf_dir:} - paths.conf_dir, for files beside the configs (the HandNet's recipes).
 OmegaConf.register_new_resolver("conf_dir", running_config_dir, replace=True)
+# ${pid:} - this process's id: with the time to the microsecond, run dirs of runs started together differ.
+OmegaConf.register_new_resolver("pid", lambda: os.getpid(), replace=True)
 
 
 def instantiate(node, **kwargs):

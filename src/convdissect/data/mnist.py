@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +21,8 @@ IDX_FILES = {
     "t10k-images-idx3-ubyte": 7_840_016,
     "t10k-labels-idx1-ubyte": 10_008,
 }
+# IDX headers: magic number 0x0000080d (unsigned bytes, d dimensions), then d big-endian sizes.
+IMAGES_MAGIC, LABELS_MAGIC = 0x803, 0x801
 
 log = logging.getLogger(__name__)
 
@@ -56,32 +59,55 @@ def ensure_mnist(data_dir: str | Path, download: bool = True) -> None:
             raise _missing_data_error(raw_dir, f"{name} has {actual} bytes, expected {size}: truncated or not MNIST")
 
 
-def load_mnist(data_dir: str | Path, download: bool = True) -> dict[str, torch.Tensor]:
-    """MNIST's uint8 images and labels on the CPU, parsed by torchvision:
-    {"train_images", "train_labels", "test_images", "test_labels"}."""
-    from torchvision.datasets import MNIST
+def read_idx(path: Path, magic: int, dims: tuple[int, ...]) -> torch.Tensor:
+    """A uint8 IDX file as a tensor, after checking its magic number and dims (a file of the right
+    size can still hold something else)."""
+    raw = path.read_bytes()
+    header = 4 + 4 * len(dims)
+    found_magic = int.from_bytes(raw[:4], "big")
+    found_dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(len(dims)))
+    if found_magic != magic:
+        why = f"{path.name} has magic number {found_magic:#010x}, expected {magic:#010x}: not an MNIST IDX file"
+        raise _missing_data_error(path.parent, why)
+    if found_dims != dims:
+        raise _missing_data_error(path.parent, f"{path.name} has dims {list(found_dims)}, expected {list(dims)}")
+    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(dims)
 
+
+def load_mnist(data_dir: str | Path, download: bool = True) -> dict[str, torch.Tensor]:
+    """MNIST's uint8 images and labels on the CPU, checked:
+    {"train_images", "train_labels", "test_images", "test_labels"}."""
     ensure_mnist(data_dir, download)
+    raw_dir = Path(data_dir) / "MNIST" / "raw"
     out = {}
-    for split, train in (("train", True), ("test", False)):
-        ds = MNIST(str(data_dir), train=train, download=False)
-        out[f"{split}_images"], out[f"{split}_labels"] = ds.data, ds.targets
+    for split, prefix, n in (("train", "train", 60_000), ("test", "t10k", 10_000)):
+        out[f"{split}_images"] = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte", IMAGES_MAGIC, (n, 28, 28))
+        labels = read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte", LABELS_MAGIC, (n,)).long()
+        if labels.max() > 9:
+            why = f"{prefix}-labels-idx1-ubyte holds the label {int(labels.max())}, expected 0 to 9"
+            raise _missing_data_error(raw_dir, why)
+        out[f"{split}_labels"] = labels
     return out
 
 
 class TensorBatches:
     """An epoch of batches sliced from in-memory tensors, in a seeded order.
 
-    Each call to iter() is one epoch, counted from first_epoch (a resumed run's epoch); epoch e
-    uses permutation seed + e, the same on every rank, and each rank takes its own strided share
-    of it (so ranks see distinct data).
+    Each call to iter() is one epoch; epoch e uses permutation seed + e, the same on every rank,
+    and each rank takes its own strided share of it (so ranks see distinct data). With
+    current_epoch (the trainer's counter), each epoch asks it when it starts: a resumed run's
+    loader is built before the counter is restored, so a count fixed then would replay the
+    shuffle from epoch 0. Without it, epochs count up from first_epoch.
     """
 
-    def __init__(self, images, labels, batch_size, shuffle, seed=0, rank=0, world_size=1, drop_last=False, first_epoch=0):
+    def __init__(
+        self, images, labels, batch_size, shuffle, seed=0, rank=0, world_size=1, drop_last=False, first_epoch=0,
+        current_epoch: Callable[[], int] | None = None,
+    ):
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.epoch = first_epoch
+        self.epoch, self.current_epoch = first_epoch, current_epoch
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
@@ -98,6 +124,8 @@ class TensorBatches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
+        if self.current_epoch is not None:
+            self.epoch = self.current_epoch()
         idx = self._indices()
         self.epoch += 1
         for b in range(len(self)):
@@ -155,7 +183,7 @@ class MNISTDataModule(L.LightningDataModule):
 
     def _batches(self, split: str, shuffle: bool) -> TensorBatches:
         images, labels = self._split(split)
-        rank, world, epoch = (self.trainer.global_rank, self.trainer.world_size, self.trainer.current_epoch) if self.trainer else (0, 1, 0)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         return TensorBatches(
             images,
             labels,
@@ -165,11 +193,17 @@ class MNISTDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
             drop_last=shuffle,
-            first_epoch=epoch,
+            current_epoch=(lambda: self.trainer.current_epoch) if self.trainer else None,
         )
 
     def train_dataloader(self):
-        return self._batches("train", shuffle=True)
+        batches = self._batches("train", shuffle=True)
+        if len(batches) == 0:  # drop_last: no full batch, so no training step at all
+            n = len(batches.labels) // batches.world_size
+            raise UserInputError(
+                f"data.batch_size={self.batch_size}: more than the {n} training images (per process); allowed 1 to {n}"
+            )
+        return batches
 
     def val_dataloader(self):
         return self._batches("val", shuffle=False)

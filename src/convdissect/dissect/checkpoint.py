@@ -11,7 +11,6 @@ Every problem is one UserInputError line naming the file and what was expected.
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -21,23 +20,25 @@ from torch import nn
 
 import convdissect.config  # noqa: F401  (registers ${repo_root:}, which a run's saved config uses)
 from convdissect.errors import UserInputError
-from convdissect.models import build_net
+from convdissect.models import build_net, net_class
 from convdissect.models.simple_convnet import SimpleConvNet
 
+SIMPLE_CONVNET = "convdissect.models.simple_convnet.SimpleConvNet"
+HANDNET = "convdissect.models.handnet.HandNet"
 LIGHTNING_PREFIX = "net."
 LAYERS = ("conv1", "conv2", "conv3", "fc4", "fc5")
 HANDNET_KEY = "conv1.theta"  # a parametric conv1: a HandNet state_dict
 
 
-def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(SimpleConvNet state_dict, net hyperparameters or {}) from a .ckpt or .pt file."""
+def read_checkpoint(path: str | Path):
+    """torch.load(weights_only=True) of a user's file, every failure one UserInputError line."""
     if not path:
         raise UserInputError("ckpt_path is not set: python dissect.py ckpt_path=PATH (a Lightning .ckpt or a state_dict .pt)")
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"ckpt_path={path}: no such file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "GLOBAL" in str(err):  # an object other than tensors and plain values: it could run code
             raise UserInputError(
@@ -45,8 +46,14 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
                 f"(only tensors and plain values are loaded, so no code from the file runs): {_reason(err)}"
             ) from None
         raise UserInputError(f"ckpt_path={path}: not a readable PyTorch file ({_reason(err)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise UserInputError(f"ckpt_path={path}: not a readable PyTorch file ({_reason(err)})") from None
+    except Exception as err:  # text or other files: the unpickler fails with KeyError, IndexError, EOFError ...
+        reason = f"{type(err).__name__}: {_reason(err)}"
+        raise UserInputError(f"ckpt_path={path}: not a readable PyTorch file ({reason})") from None
+
+
+def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(net state_dict, net spec or {}) from a .ckpt or .pt file; its floating tensors all finite."""
+    payload = read_checkpoint(path)
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):  # Lightning
         state = {k[len(LIGHTNING_PREFIX) :]: v for k, v in payload["state_dict"].items() if k.startswith(LIGHTNING_PREFIX)}
         hparams = payload.get("hyper_parameters", {}).get("net", {}) or {}
@@ -54,7 +61,29 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         state, hparams = payload, {}
     else:
         raise UserInputError(f"ckpt_path={path}: holds a {type(payload).__name__}, expected a state_dict or a Lightning checkpoint")
+    check_finite(path, state)
     return state, dict(hparams)
+
+
+def check_finite(path: str | Path, state: dict) -> None:
+    """A net with NaN or inf weights gives meaningless results (accuracies, "nan%" labels): refuse it."""
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise UserInputError(
+                f"ckpt_path={path}: tensor {name} holds NaN or inf values; only finite weights can be used"
+            )
+
+
+def check_resumable(path: str | Path) -> None:
+    """A Lightning training checkpoint that `ckpt_path=` can resume: epoch, optimizer and loop state."""
+    payload = read_checkpoint(path)
+    if not (isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict) and "loops" in payload):
+        raise UserInputError(
+            f"ckpt_path={path}: not a Lightning training checkpoint (a plain state_dict or another file); "
+            "resuming needs "
+            "a .ckpt from a run's checkpoints/, and model.init_from=PATH starts a new run from a state_dict's weights"
+        )
+    check_finite(path, payload["state_dict"])
 
 
 def _reason(err: Exception) -> str:
@@ -67,13 +96,18 @@ def _reason(err: Exception) -> str:
 def load_net(path: str | Path) -> SimpleConvNet:
     """The SimpleConvNet of a checkpoint, in eval mode on the CPU; a HandNet or anything else
     not shaped like a SimpleConvNet is refused."""
-    return _simple_convnet(path, *load_state(path))
+    return _simple_convnet(path, *load_state(path))[0]
 
 
-def _simple_convnet(path: str | Path, state: dict[str, torch.Tensor], hparams: dict) -> SimpleConvNet:
-    name = hparams.get("name", "simple_convnet")
-    if name != "simple_convnet":
-        raise UserInputError(f"ckpt_path={path}: a {name!r} checkpoint, expected a SimpleConvNet")
+def _is_handnet(spec: dict) -> bool:
+    return net_class(spec) == "HandNet" or spec.get("name") == "handnet"  # name: checkpoints from before _target_
+
+
+def _simple_convnet(path: str | Path, state: dict[str, torch.Tensor], hparams: dict) -> tuple[SimpleConvNet, dict]:
+    legacy_name = hparams.get("name", "simple_convnet")  # checkpoints from before _target_
+    if hparams.get("_target_", SIMPLE_CONVNET) != SIMPLE_CONVNET or legacy_name != "simple_convnet":
+        kind = hparams.get("_target_") or hparams.get("name")
+        raise UserInputError(f"ckpt_path={path}: a {kind} checkpoint, expected a SimpleConvNet")
     expected = {f"{layer}.{p}" for layer in LAYERS for p in ("weight", "bias")}
     if "conv2.weight" not in state:
         expected -= {"conv2.weight", "conv2.bias"}
@@ -86,26 +120,38 @@ def _simple_convnet(path: str | Path, state: dict[str, torch.Tensor], hparams: d
     if not all(isinstance(v, torch.Tensor) and v.dim() >= 1 for v in state.values()):
         raise UserInputError(f"ckpt_path={path}: every state_dict value must be a tensor with at least one dimension")
     widths, conv2 = SimpleConvNet.widths_from_state_dict(state)
-    net = SimpleConvNet(widths, conv2=conv2, fc4_activation=hparams.get("fc4_activation", "relu"))
+    activation = hparams.get("fc4_activation", "relu")
+    spec = {"_target_": SIMPLE_CONVNET, "widths": widths, "conv2": conv2, "fc4_activation": activation}
+    net = build_net(spec)
     shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     wrong = [f"{k} {tuple(state[k].shape)} (expected {shape})" for k, shape in shapes.items() if tuple(state[k].shape) != shape]
     if wrong:
         raise UserInputError(f"ckpt_path={path}: wrongly shaped for a SimpleConvNet with widths {widths}: {', '.join(wrong[:3])}")
     net.load_state_dict({k: v.float() for k, v in state.items()})
-    return net.eval()
+    return net.eval(), spec
 
 
 def load_any_net(path: str | Path) -> nn.Module:
     """The SimpleConvNet or HandNet of a checkpoint, in eval mode on the CPU."""
+    return load_net_and_spec(path)[0]
+
+
+def load_net_and_spec(path: str | Path) -> tuple[nn.Module, dict]:
+    """The SimpleConvNet or HandNet of a checkpoint (eval mode, CPU) and the net spec that rebuilds
+    it at its own widths ({"_target_": ..., **kwargs}, as in conf/model/)."""
     state, hparams = load_state(path)
-    if hparams.get("name") == "handnet" or (not hparams and HANDNET_KEY in state):
-        return load_handnet(path, state, hparams)
+    if _is_handnet(hparams) or (not hparams and HANDNET_KEY in state):
+        return _handnet(path, state, hparams)
     return _simple_convnet(path, state, hparams)
 
 
 def load_handnet(path: str | Path, state: dict[str, torch.Tensor], spec: dict) -> nn.Module:
     """A HandNet from its state_dict and net spec; without a spec (a model_state.pt), the spec is
     the `model` node of <dir>/.hydra/config.yaml, converted as train.py's build_module does."""
+    return _handnet(path, state, spec)[0]
+
+
+def _handnet(path: str | Path, state: dict[str, torch.Tensor], spec: dict) -> tuple[nn.Module, dict]:
     path = Path(path)
     if not spec:
         config = path.parent / ".hydra" / "config.yaml"
@@ -120,8 +166,11 @@ def load_handnet(path: str | Path, state: dict[str, torch.Tensor], spec: dict) -
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise UserInputError(f"ckpt_path={path}: no readable model node in {config} ({reason})") from None
         spec.pop("init_from", None)
-        if spec.get("name") != "handnet":
-            raise UserInputError(f"ckpt_path={path}: a HandNet state_dict, but {config} has model.name={spec.get('name')!r}")
+        if not _is_handnet(spec):
+            raise UserInputError(
+                f"ckpt_path={path}: a HandNet state_dict, but {config} builds model._target_={spec.get('_target_')}"
+            )
+    spec = {"_target_": HANDNET, **{k: v for k, v in spec.items() if k != "name"}}
     try:
         net = build_net(spec)
     except (UserInputError, TypeError) as err:  # e.g. its recipe file is gone, or a kwarg HandNet does not take
@@ -130,4 +179,4 @@ def load_handnet(path: str | Path, state: dict[str, torch.Tensor], spec: dict) -
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except (RuntimeError, AttributeError) as err:
         raise UserInputError(f"ckpt_path={path}: does not fit the HandNet of its net spec ({_reason(err)})") from None
-    return net.eval()
+    return net.eval(), spec

@@ -1,23 +1,28 @@
-"""Nets by name, so a LightningModule's hyperparameters stay plain values."""
+"""Nets are built by Hydra from their config's `_target_`, so a LightningModule's hyperparameters
+stay plain values (a dict with a class path) that a checkpoint rebuilds from."""
 
 from __future__ import annotations
 
-import importlib
+from hydra.errors import InstantiationException
 
 from convdissect.errors import UserInputError
 
-# name -> "module:class", imported only when used
-NETS = {
-    "simple_convnet": "convdissect.models.simple_convnet:SimpleConvNet",
-    "handnet": "convdissect.models.handnet:HandNet",
-}
-
 
 def build_net(spec: dict):
-    """spec = {"name": ..., **kwargs} -> an nn.Module."""
-    spec = dict(spec)
-    name = spec.pop("name", None)
-    if name not in NETS:
-        raise UserInputError(f"model.name={name!r}: allowed {sorted(NETS)}")
-    module_name, class_name = NETS[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)(**spec)
+    """spec = {"_target_": "package.module.Class", **kwargs} -> an nn.Module."""
+    from convdissect.config import instantiate  # Hydra's, with our UserInputError unwrapped
+
+    if not isinstance(spec, dict) or not spec.get("_target_"):
+        raise UserInputError(
+            f"model={spec!r}: a net spec needs a _target_, e.g. convdissect.models.simple_convnet.SimpleConvNet"
+        )
+    try:
+        return instantiate(dict(spec), _convert_="all")
+    except InstantiationException as err:  # an unknown class, or a key the class does not take
+        reason = " ".join(str(err).split())
+        raise UserInputError(f"model._target_={spec['_target_']}: cannot build the net ({reason})") from None
+
+
+def net_class(spec: dict) -> str:
+    """The class name a net spec builds: "SimpleConvNet", "HandNet" ..."""
+    return str(spec.get("_target_", "")).rsplit(".", 1)[-1]

@@ -5,32 +5,35 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from torchmetrics.classification import MulticlassAccuracy
 
 from convdissect.errors import UserInputError
 from convdissect.models import build_net
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-SCHEDULERS = ("onecycle", "none")
-
 
 class LitClassifier(L.LightningModule):
-    """Hyperparameters are plain Python values (checkpoints load with weights_only=True), so
-    `load_from_checkpoint` rebuilds the net from them, whatever its widths."""
+    """Net, optimizer and scheduler are Hydra specs ({"_target_": ..., **kwargs}; the optimizer and
+    scheduler with `_partial_: true`). They are saved as these plain values (checkpoints load with
+    weights_only=True), so `load_from_checkpoint` rebuilds the net from them, whatever its widths."""
 
-    def __init__(self, net: dict, optimizer: dict, scheduler: dict | None = None):
+    def __init__(self, net: dict, optimizer: dict | None, scheduler: dict | None = None):
         super().__init__()
-        optimizer = dict(optimizer)
-        scheduler = dict(scheduler or {"name": "none"})
-        if optimizer.get("name") not in OPTIMIZERS:
-            raise UserInputError(f"optimizer.name={optimizer.get('name')!r}: allowed {sorted(OPTIMIZERS)}")
-        if scheduler.get("name") not in SCHEDULERS:
-            raise UserInputError(f"scheduler.name={scheduler.get('name')!r}: allowed {list(SCHEDULERS)}")
-        self.save_hyperparameters({"net": dict(net), "optimizer": optimizer, "scheduler": scheduler})
+        # optimizer None: a module that is only tested (python eval.py)
+        self.save_hyperparameters({
+            "net": dict(net),
+            "optimizer": dict(optimizer) if optimizer else None,
+            "scheduler": dict(scheduler) if scheduler else None,
+        })
         self.net = build_net(dict(net))
         self.metrics = torch.nn.ModuleDict({s: MulticlassAccuracy(num_classes=10, average="micro") for s in ("val_", "test_")})
         # Training loss sum, correct and seen counts, on the device; see training_step.
         self.register_buffer("train_sums", torch.zeros(3), persistent=False)
+        # Leading training steps of this epoch whose loss was finite (the first NaN's batch index).
+        self.register_buffer("finite_steps", torch.zeros((), dtype=torch.long), persistent=False)
+        if optimizer:
+            self._optimizers(total_steps=10)  # a bad optimizer or scheduler setting fails here, before any training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -49,6 +52,8 @@ class LitClassifier(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.train_sums.zero_()
+        self.finite_steps.zero_()
+        self.epoch_start_step = self.global_step
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -58,12 +63,20 @@ class LitClassifier(L.LightningModule):
         # self.log per step cost a fifth of the step itself.
         with torch.no_grad():
             self.train_sums += torch.stack([loss * len(y), (logits.argmax(1) == y).sum().float(), torch.full_like(loss, len(y))])
+            self.finite_steps += torch.isfinite(loss) & (self.finite_steps == batch_idx)
         if hasattr(self.net, "penalty"):  # e.g. HandNet's sparsity terms
             loss = loss + self.net.penalty()
         return loss
 
     def on_train_epoch_end(self) -> None:
         loss_sum, correct, seen = self.train_sums
+        if not torch.isfinite(loss_sum):  # one check an epoch: a per-step check would wait for the device every step
+            bad_batch = int(self.finite_steps)
+            raise UserInputError(
+                f"training loss became {float(loss_sum / seen)} at epoch {self.current_epoch}, batch {bad_batch} "
+                f"(global step {self.epoch_start_step + bad_batch}); "
+                "stopped: lower optimizer.lr / scheduler.max_lr, or check model.init_from"
+            )
         self.log("train/loss", loss_sum / seen, sync_dist=True)
         self.log("train/acc", correct / seen, prog_bar=True, sync_dist=True)
         if hasattr(self.net, "penalty"):
@@ -91,13 +104,50 @@ class LitClassifier(L.LightningModule):
         if widths != list(self.net.widths):
             self.set_widths(widths)
 
-    def configure_optimizers(self):
-        """Also called again after pruning surgery: the schedule spans the remaining steps only."""
-        opt_cfg = dict(self.hparams.optimizer)
-        opt = OPTIMIZERS[opt_cfg.pop("name")](self.parameters(), **opt_cfg)
+    def _optimizers(self, total_steps: int):
+        """The optimizer and, when configured, its scheduler; a OneCycleLR spans total_steps."""
+        if not self.hparams.optimizer:
+            raise UserInputError("this module was built for testing only (no optimizer); train with python train.py")
+        try:
+            opt = instantiate(self.hparams.optimizer)(self.parameters())
+        except (InstantiationException, ValueError, TypeError) as err:  # e.g. torch's "Invalid learning rate: -1"
+            raise UserInputError(f"optimizer {_call(self.hparams.optimizer)} is refused: {_reason(err)}") from None
+        if not self.hparams.scheduler:
+            return opt, None
         sched_cfg = dict(self.hparams.scheduler)
-        if sched_cfg.pop("name") == "none":
-            return opt
+        kwargs = {}
+        if sched_cfg.get("_target_", "").endswith("OneCycleLR"):
+            pct_start = sched_cfg.get("pct_start", 0.3)
+            if not 0 <= pct_start < 1:  # at 1 the annealing phase is zero long: a division by zero
+                raise UserInputError(f"scheduler.pct_start={pct_start}: allowed 0 <= pct_start < 1 (the warm-up's share)")
+            kwargs["total_steps"] = total_steps
+            # OneCycleLR divides by its warm-up's length, pct_start * total_steps - 1: a one-step warm-up is
+            # zero long (e.g. 5 steps left at pct_start 0.2), so then there is none.
+            if float(sched_cfg.get("pct_start", 0.3) * total_steps) - 1 == 0:
+                sched_cfg["pct_start"] = 0.0
+        try:
+            return opt, instantiate(sched_cfg)(opt, **kwargs)
+        except (InstantiationException, ValueError, TypeError) as err:
+            raise UserInputError(f"scheduler {_call(self.hparams.scheduler)} is refused: {_reason(err)}") from None
+
+    def configure_optimizers(self):
+        """Also called again after pruning surgery: a OneCycle schedule spans the remaining steps only."""
         remaining = max(1, self.trainer.estimated_stepping_batches - self.trainer.global_step)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, total_steps=remaining, **sched_cfg)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt, sched = self._optimizers(remaining)
+        if sched is None:
+            return opt
+        interval = "step" if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) else "epoch"
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
+
+
+def _call(spec: dict) -> str:
+    """A Hydra spec as the call it makes, e.g. torch.optim.AdamW(lr=-1, weight_decay=0.0001)."""
+    kwargs = ", ".join(f"{k}={v!r}" for k, v in spec.items() if not k.startswith("_"))
+    return f"{spec.get('_target_')}({kwargs})"
+
+
+def _reason(err: Exception) -> str:
+    """The innermost message of a (Hydra-wrapped) error, on one line."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return " ".join(str(err).split()) or type(err).__name__

@@ -15,6 +15,8 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "identity": nn
 def check_widths(widths, conv2: bool) -> list[int]:
     want = 4 if conv2 else 3
     names = "[c1, c2, c3, f4]" if conv2 else "[c1, c3, f4] (conv2=false)"
+    if not isinstance(widths, (list, tuple)):
+        raise UserInputError(f"model.widths={widths}: expected a list of {want} values {names}")
     widths = list(widths)
     if len(widths) != want:
         raise UserInputError(f"model.widths={widths}: expected {want} values {names}")

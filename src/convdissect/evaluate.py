@@ -1,0 +1,65 @@
+"""Test a checkpoint's own weights: python eval.py ckpt_path=PATH (or train.py fit=false ckpt_path=PATH).
+
+PATH is a Lightning .ckpt of any of our nets, pruned or not, or a model_state.pt. The net is rebuilt
+at the widths its tensors have, so a pruned checkpoint tests the pruned net.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from convdissect.config import instantiate
+from convdissect.dissect.checkpoint import load_net_and_spec
+from convdissect.errors import UserInputError
+from convdissect.models.lit_module import LitClassifier
+from convdissect.run_dir import check_run_dir
+from convdissect.train import set_threads
+
+log = logging.getLogger(__name__)
+
+
+def load_module(path: str | Path) -> LitClassifier:
+    """A LightningModule holding the checkpoint's net and weights (one-line errors for bad files)."""
+    net, spec = load_net_and_spec(path)
+    module = LitClassifier(net=spec, optimizer=None)
+    module.net.load_state_dict(net.state_dict())
+    return module
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Test ckpt_path's weights on the test split; return the metrics written to <output_dir>/metrics.json."""
+    start = time.perf_counter()
+    if not cfg.get("ckpt_path"):
+        raise UserInputError(
+            "ckpt_path is not set: python eval.py ckpt_path=PATH (a Lightning .ckpt or a model_state.pt)"
+        )
+    set_threads(cfg.get("threads"))
+    out_dir = Path(cfg.paths.output_dir)
+    check_run_dir(out_dir, overwrite=cfg.get("overwrite", False), resuming=False)
+    module = load_module(cfg.ckpt_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    (test_metrics,) = trainer.test(module, datamodule=instantiate(cfg.data))
+    metrics = {
+        "test/acc": float(test_metrics["test/acc"]),
+        "test/loss": float(test_metrics["test/loss"]),
+        "tested_checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "net": module.hparams.net,
+        "n_params": module.n_params,
+        "wall_s": round(time.perf_counter() - start, 2),
+        "device": str(trainer.strategy.root_device),
+        "torch_version": torch.__version__,
+        "lightning_version": L.__version__,
+    }
+    if trainer.is_global_zero:
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        log.info("test/acc %.4f of %s; metrics in %s", metrics["test/acc"], metrics["tested_checkpoint"], out_dir)
+    return metrics

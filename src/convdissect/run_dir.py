@@ -1,0 +1,77 @@
+"""A run's own directory: writable, and never silently shared with a finished run."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from convdissect.errors import UserInputError
+
+FINISHED = "metrics.json"  # written last by a run: its presence means the dir holds a finished run
+# What a run writes (conf/callbacks/model_checkpoint.yaml, conf/logger/*): replaced on overwrite=true.
+OUTPUTS = ("metrics.json", "model_state.pt", "checkpoints", "tensorboard", "csv", "pruning_accuracy.png")
+
+
+def check_writable(run_dir: Path) -> None:
+    """The dir, or the nearest folder above it that exists, must take a file (tried with a temporary
+    one: permission bits alone do not say, e.g. for root or a read-only mount)."""
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UserInputError(
+            f"output dir {run_dir} cannot be written ({existing}: {err.strerror or err}); pick another hydra.run.dir"
+        ) from None
+
+
+def check_run_dir(run_dir: Path, overwrite: bool, resuming: bool) -> None:
+    """Refuse a dir that cannot be written, or that holds a finished run, unless overwrite=true or
+    the run resumes (ckpt_path=)."""
+    run_dir = Path(run_dir)
+    check_writable(run_dir)
+    if (run_dir / FINISHED).exists() and not overwrite and not resuming:
+        raise UserInputError(
+            f"hydra.run.dir={run_dir} already holds a finished run ({FINISHED}); pick another dir, "
+            "add overwrite=true to replace its outputs, or ckpt_path=CKPT to resume"
+        )
+
+
+def clear_outputs(run_dir: Path) -> None:
+    """Remove a previous run's outputs (overwrite=true), so none of them is mistaken for the new run's."""
+    for name in OUTPUTS:
+        path = Path(run_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+class RunDirGuard(Callback):
+    """Hydra callback: checks the run dir before Hydra writes its .hydra/ files and log there
+    (a refused run must not touch a finished run's saved config). Prints one line and exits 2."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            if "overwrite" in config:  # the train and eval apps write metrics.json
+                resuming = bool(config.get("fit") and config.get("ckpt_path"))
+                check_run_dir(Path(config.hydra.run.dir), bool(config.overwrite), resuming)
+            else:
+                check_writable(Path(config.hydra.run.dir))
+        except UserInputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            check_writable(Path(config.hydra.sweep.dir))
+        except UserInputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
