@@ -97,7 +97,7 @@ def test_round_trip_rebuilds_the_same_predictions(run, data_dir, tmp_path):
     out, metrics, state = run
     assert metrics["explanation/roundtrip_agreement"] == 1.0 and metrics["explanation/checked_images"] == 300
     spec = OmegaConf.to_container(OmegaConf.load(out / ".hydra" / "config.yaml").model, resolve=True)
-    trained = HandNet(**{k: v for k, v in spec.items() if k != "name"})
+    trained = HandNet(**{k: v for k, v in spec.items() if k != "_target_"})
     trained.load_state_dict(state)  # a smaller state_dict (units removed) loads into the net of its spec
     rebuilt = HandNet(recipes=str(out / "learned_recipes.yaml"))
     x, _ = MNISTDataModule(data_dir=data_dir).tensors("val", 400)

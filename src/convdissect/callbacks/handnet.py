@@ -60,7 +60,7 @@ class HandNetSchedule(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not isinstance(pl_module.net, HandNet):
-            raise UserInputError(f"callbacks.handnet_schedule: needs model.name=handnet, not {type(pl_module.net).__name__}")
+            raise UserInputError(f"callbacks.handnet_schedule: needs a HandNet (model=handnet), not {type(pl_module.net).__name__}")
 
     def temperature(self, p: float) -> float:
         share = min(p / self.choice_end, 1.0)
