@@ -12,6 +12,7 @@ on the plot; a net without an explanation counts every parameter as a number to 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 from collections import defaultdict
@@ -66,11 +67,7 @@ def group(runs: list[dict]) -> list[dict]:
     rows = []
     for (experiment, k, t, variant), members in groups.items():
         acc = [r["acc"] for r in members]
-
-        def mean(key):
-            values = [r[key] for r in members if r[key] is not None]
-            return statistics.mean(values) if values else None
-
+        mean = functools.partial(_mean, members)
         rows.append({
             "experiment": experiment, "K": k, "T": t, "variant": variant, "seeds": len(members), "acc": statistics.mean(acc),
             "acc_sd": statistics.stdev(acc) if len(acc) > 1 else None, "rounding": mean("rounding"),
@@ -79,6 +76,11 @@ def group(runs: list[dict]) -> list[dict]:
             "wall_s": mean("wall_s"),
         })  # fmt: skip
     return sorted(rows, key=lambda r: (r["K"] is None, r["K"] or 0, r["T"] == "all", int(r["T"]) if r["T"].isdigit() else 0, r["variant"]))
+
+
+def _mean(members: list[dict], key: str) -> float | None:
+    values = [r[key] for r in members if r[key] is not None]
+    return statistics.mean(values) if values else None
 
 
 def _num(value, digits: int = 0) -> str:

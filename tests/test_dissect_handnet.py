@@ -10,9 +10,9 @@ import torch
 from omegaconf import OmegaConf
 
 from convdissect.dissect.checkpoint import load_any_net
+from convdissect.dissect.handnet_explanation import explain, explanation_markdown
 from convdissect.dissect.run import dissect
 from convdissect.errors import UserInputError
-from convdissect.dissect.handnet_explanation import explain, explanation_markdown
 from convdissect.models.handnet import HandNet
 from convdissect.train import train
 from tests.conftest import compose_cfg

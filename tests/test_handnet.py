@@ -12,8 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from convdissect.config import CONFIG_DIR
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.data.probes import stroke_images
-from convdissect.errors import UserInputError
 from convdissect.dissect.handnet_explanation import explain
+from convdissect.errors import UserInputError
 from convdissect.models.handnet import HandNet
 from convdissect.models.handnet_recipes import Part, load_recipes
 from convdissect.models.parametric import burst_grids, line_kernels

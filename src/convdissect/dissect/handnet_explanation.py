@@ -10,8 +10,16 @@ import math
 
 import torch
 
-from convdissect.conventions import CENTRE, ORIENTATION_NAMES, clock_from_xy, edge_side, format_distance, orientation_bin
-from convdissect.conventions import stroke_label, unit_name
+from convdissect.conventions import (
+    CENTRE,
+    ORIENTATION_NAMES,
+    clock_from_xy,
+    edge_side,
+    format_distance,
+    orientation_bin,
+    stroke_label,
+    unit_name,
+)
 from convdissect.dissect.selectivity import position_pattern
 from convdissect.models.handnet_recipes import BURST_KEYS, LINE_KEYS
 from convdissect.models.parametric import canonical_line
