@@ -10,9 +10,10 @@ import torch
 from omegaconf import OmegaConf
 
 from convdissect.dissect.checkpoint import load_any_net
+from convdissect.dissect.handnet_explanation import explain, explanation_markdown
 from convdissect.dissect.run import dissect
 from convdissect.errors import UserInputError
-from convdissect.models.handnet import HandNet, explanation_markdown
+from convdissect.models.handnet import HandNet
 from convdissect.train import train
 from tests.conftest import compose_cfg
 from tests.test_report import FAST, Page
@@ -46,17 +47,18 @@ def check_report(out, labels: dict, events=None) -> None:
     assert list((events or out / "tensorboard").glob("events.out.tfevents*"))
 
 
+@pytest.mark.slow
 def test_a_handnet_lightning_checkpoint_is_explained(finetuned, tmp_path):
     ckpt = finetuned / "checkpoints" / "last.ckpt"
     labels = dissect(compose_cfg("dissect", [f"ckpt_path={ckpt}", *FAST], tmp_path))
     assert labels == json.loads((tmp_path / "labels.json").read_text())
-    assert labels == json.loads((finetuned / "labels.json").read_text())  # the training run's net.explain()
+    assert labels == json.loads((finetuned / "labels.json").read_text())  # the training run's explain(net)
     net = load_any_net(ckpt)
     assert isinstance(net, HandNet) and not net.training
     assert labels["net"] == "handnet" and labels["widths"] == net.widths == [4, len(net.recipes.detectors) + 2]
     counts = {layer: sum(u["layer"] == layer for u in labels["units"]) for layer in ("conv1", "conv3", "fc")}
     assert counts == {"conv1": 4, "conv3": net.widths[1], "fc": 10}
-    assert [u.get("sentence", u["label"]) for u in labels["units"]] == [u.get("sentence", u["label"]) for u in net.explain()["units"]]
+    assert [u.get("sentence", u["label"]) for u in labels["units"]] == [u.get("sentence", u["label"]) for u in explain(net)["units"]]
     check_report(tmp_path, labels)
     stimuli = torch.load(tmp_path / "superstimuli.pt", weights_only=True)
     assert {k: tuple(v.shape) for k, v in stimuli.items()} == {
@@ -74,7 +76,7 @@ def test_a_handcrafted_model_state_dissects_with_its_run_config(tmp_path):
     torch.save(net.state_dict(), run / "model_state.pt")
     out = tmp_path / "dissect"
     labels = dissect(compose_cfg("dissect", [f"ckpt_path={run / 'model_state.pt'}", *FAST, "superstimulus.enabled=false"], out))
-    assert labels == json.loads(json.dumps(net.explain(), ensure_ascii=False)) and labels["widths"][0] == 24
+    assert labels == json.loads(json.dumps(explain(net), ensure_ascii=False)) and labels["widths"][0] == 24
     check_report(out, labels, run / "tensorboard" / "dissect_dissect")  # beside the training run's events
 
 

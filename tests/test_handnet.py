@@ -12,15 +12,17 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from convdissect.config import CONFIG_DIR
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.data.probes import stroke_images
+from convdissect.dissect.handnet_explanation import explain
 from convdissect.errors import UserInputError
-from convdissect.models.handnet import HandNet, Part, load_recipes
+from convdissect.models.handnet import HandNet
+from convdissect.models.handnet_recipes import Part, load_recipes
 from convdissect.models.parametric import burst_grids, line_kernels
 from convdissect.train import train
 from tests.conftest import compose_cfg
 
 FAMILY_PARAMS = {
     "conv1.theta", "conv1.sigma", "conv1.offset", "conv1.amplitude", "conv1.bias",
-    "conv3.mean_x", "conv3.mean_y", "conv3.sigma_x", "conv3.sigma_y", "conv3.amplitude", "conv3.bias",
+    "conv3.mean_x", "conv3.mean_y", "conv3.sigma_x", "conv3.sigma_y", "conv3.amplitude", "conv3.channel_logits", "conv3.bias",
     "readout.weight", "readout.bias",
 }
 QUIET = ["trainer.enable_progress_bar=false", "~callbacks.progress_bar", "data.eval_batch_size=200", "trainer.limit_test_batches=2"]
@@ -31,8 +33,9 @@ def test_parameter_count_is_the_family_count():
     c1, c3 = net.widths
     assert c1 == 8 * 3 and c3 == len(net.recipes.detectors) + 3
     assert {name for name, _ in net.named_parameters()} == FAMILY_PARAMS
-    per_line, per_burst = 4, 5  # theta, sigma, offset, amplitude; mean_x, mean_y, sigma_x, sigma_y, amplitude
-    expected = c1 * (per_line + 1) + c3 * c1 * 2 * per_burst + c3 + (c3 + 1) * 10
+    # theta, sigma, offset, amplitude; mean_x, mean_y, sigma_x, sigma_y, amplitude and a logit per conv1 channel
+    per_line, per_burst = 4, 5 + c1
+    expected = c1 * (per_line + 1) + c3 * 2 * per_burst + c3 + (c3 + 1) * 10
     assert sum(p.numel() for p in net.parameters()) == expected
 
 
@@ -47,13 +50,21 @@ def test_kernels_are_computed_from_the_family_parameters():
     torch.testing.assert_close(c.kernels()[~edge], expected_lines)
     torch.testing.assert_close(c.kernels()[edge], expected_edges)
     b = net.conv3
-    torch.testing.assert_close(b.grids(), burst_grids(b.mean_x, b.mean_y, b.sigma_x, b.sigma_y, b.amplitude))
+    b.set_channel_mode("frozen")
+    grids = b.grids()
+    for unit in range(b.amplitude.shape[0]):  # each burst's Gaussian, on its own channel
+        expected = torch.zeros_like(grids[unit])
+        for k in range(b.n_bursts):
+            expected[b.channel[unit, k]] += burst_grids(b.mean_x[unit, k:k + 1], b.mean_y[unit, k:k + 1], b.sigma_x[unit, k:k + 1],
+                                                        b.sigma_y[unit, k:k + 1], b.amplitude[unit, k:k + 1])  # fmt: skip
+        torch.testing.assert_close(grids[unit], expected)
 
 
 @pytest.mark.parametrize("init", ["random", "hand"])
 def test_gradients_reach_every_parameter(init, data_dir):
     torch.manual_seed(0)
     net = HandNet(edges=True, extra_detectors=4, n_bursts=2, init=init, l1_readout=1e-3, l1_bursts=1e-3)
+    net.conv3.set_channel_mode("soft")  # as training's schedule starts (a hand-built net comes frozen)
     x, y = MNISTDataModule(data_dir=data_dir).tensors("train", 64)
     if init == "hand":  # the hand-built readout ignores the extra units: one step gives them weight
         F.nll_loss(net(x), y).backward()
@@ -76,7 +87,7 @@ def test_top_horizontal_stroke_drives_the_top_horizontal_unit():
     assert response.argmax().item() == top
     assert response[top] > 0
     # The explanation, read from the parameters, names that unit so.
-    conv3 = [u for u in net.explain()["units"] if u["layer"] == "conv3"]
+    conv3 = [u for u in explain(net)["units"] if u["layer"] == "conv3"]
     assert conv3[top]["label"] == "top(horizontal)"
 
 
@@ -89,7 +100,7 @@ def test_hand_built_net_is_far_above_chance(data_dir):
 
 def known_net() -> HandNet:
     """A net with a hand-set parameter set whose explanation is known."""
-    net = HandNet(edges=True)
+    net = HandNet(edges=True, n_bursts=2)
     with torch.no_grad():
         c = net.conv1
         c.theta[1], c.sigma[1], c.offset[1] = math.radians(45), 0.3, -0.2  # conv1_2
@@ -98,8 +109,8 @@ def known_net() -> HandNet:
         c.theta[4], c.sigma[4], c.offset[4], c.amplitude[4] = math.radians(90), 0.4, 0.0, -1.0
         b = net.conv3
         b.amplitude[0] = 0.0
-        b.mean_x[0, 0, 0], b.mean_y[0, 0, 0], b.amplitude[0, 0, 0] = 0.0, 2.0, 1.0  # conv3_1 <- conv1_1
-        b.mean_x[0, 2, 0], b.mean_y[0, 2, 0], b.amplitude[0, 2, 0] = -2.0, -2.0, -0.6  # conv3_1 <- conv1_3
+        b.mean_x[0, 0], b.mean_y[0, 0], b.amplitude[0, 0], b.channel[0, 0] = 0.0, 2.0, 1.0, 0  # conv3_1 <- conv1_1
+        b.mean_x[0, 1], b.mean_y[0, 1], b.amplitude[0, 1], b.channel[0, 1] = -2.0, -2.0, -0.6, 2  # conv3_1 <- conv1_3
         units = [net.recipes.detectors.index(Part(*p)) for p in (("top", "horizontal"), ("middle", "horizontal"), ("middle", "vertical"))]
         net.readout.weight[5] = 0.0
         net.readout.weight[5, units] = torch.tensor([1.3, 0.9, -0.4])
@@ -107,7 +118,7 @@ def known_net() -> HandNet:
 
 
 def test_explanation_of_a_known_parameter_set():
-    labels = known_net().explain()
+    labels = explain(known_net())
     units = {u["name"]: u for u in labels["units"]}
     assert units["conv1_1"]["sentence"] == "horizontal line, width 0.5, centred"
     assert units["conv1_2"]["sentence"] == "line at 45° (slope 1.00), width 0.3, shifted 0.2 to the lower right"
@@ -177,7 +188,9 @@ def test_handcrafted_experiment_tests_and_explains_the_net_as_built(tmp_path):
     assert by_layer["fc"][5]["name"] == "digit_5" and by_layer["fc"][5]["label"].startswith("5 = ")
     assert by_layer["fc"][5]["terms"][0]["unit"].startswith("conv3_")
     text = (tmp_path / "explanation.md").read_text()
-    assert by_layer["fc"][5]["label"] in text and by_layer["conv3"][0]["sentence"] in text
+    digit_5 = next(line for line in text.splitlines() if line.startswith("- **digit_5**"))
+    assert all(f"{t['unit']} {t['label']}" in digit_5 for t in by_layer["fc"][5]["terms"])
+    assert f"- **conv3_1** {by_layer['conv3'][0]['label']}" in text
 
     tags = set()
     for events in (tmp_path / "tensorboard").rglob("events.out.tfevents*"):
@@ -187,6 +200,7 @@ def test_handcrafted_experiment_tests_and_explains_the_net_as_built(tmp_path):
     assert any(tag.startswith("explanation") for tag in tags)
 
 
+@pytest.mark.slow
 def test_finetune_trains_only_the_family_parameters(tmp_path):
     cfg = compose_cfg(
         "train",
@@ -210,7 +224,7 @@ def test_sweep_space_names_real_model_options():
         for value in str(values).split(","):
             cfg = compose_cfg("train", ["+experiment=handnet_finetune", f"{key}={value}"])
             net = HandNet(**{k: v for k, v in cfg.model.items() if k not in ("_target_", "recipes")})
-            assert net.widths[0] == len(net.conv1.theta) and net.conv3.mean_x.shape[-1] == cfg.model.n_bursts
+            assert net.widths[0] == len(net.conv1.theta) and net.conv3.n_bursts == cfg.model.n_bursts * net.widths[0]
 
 
 def test_a_malformed_recipe_file_is_one_clear_error(tmp_path):

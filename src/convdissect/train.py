@@ -214,7 +214,9 @@ def train(cfg: DictConfig) -> dict:
         hparam_metrics = {k: metrics[k] for k in ("test/acc", "test/loss", "val/acc_best") if metrics[k] is not None}
         for logger in trainer.loggers:
             hparams = flat_config(cfg, metrics["experiment"])
-            logger.log_hyperparams(hparams, metrics={**hparam_metrics, **_final_net(metrics)})
+            # ... and a callback's numbers about the net, e.g. the HandNet's explanation/numbers
+            explained = {k: v for k, v in metrics.items() if k.startswith("explanation/")}
+            logger.log_hyperparams(hparams, metrics={**hparam_metrics, **_final_net(metrics), **explained})
             logger.finalize("success")
         log.info("test/acc %.4f, %d params, %.1f s; outputs in %s", metrics["test/acc"], metrics["n_params"], metrics["wall_s"], out_dir)
     return metrics

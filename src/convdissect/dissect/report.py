@@ -25,11 +25,11 @@ from convdissect.data.probes import normalise, stroke_images
 from convdissect.dissect import figures, untangle
 from convdissect.dissect.activations import conv_layers, input_layer, record, top_k
 from convdissect.dissect.contributions import inner_contributions
+from convdissect.dissect.handnet_explanation import EXPLANATION_TITLES
 from convdissect.dissect.measure import Measurements
 from convdissect.dissect.projections import Projection
 from convdissect.dissect.selectivity import OrientationTuning, PositionPattern, orientation_tuning, position_pattern
 from convdissect.errors import UserInputError
-from convdissect.models.handnet import EXPLANATION_TITLES
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ HANDNET_INTROS = {
     "conv1": "Each conv1 kernel is a parametric line or edge (angle θ counter-clockwise from the horizontal, width σ, "
     "offset, amplitude); each sentence is read off these parameters, nothing is fitted to data.",
     "conv3": "Each conv3 grid is a sum of Gaussian bursts on the pooled 7x7 conv1 maps: a burst at a clock position "
-    "(12 o'clock up, distance in grid cells) picks where that conv1 pattern must lie. Bursts under a quarter of the unit's strongest are left out.",
-    "fc": "Each digit's score is one weighted sum of conv3 units: its recipe (terms under a quarter of the digit's largest weight left out).",
+    "(12 o'clock up, distance in grid cells) picks where that conv1 pattern must lie. Every burst is listed.",
+    "fc": "Each digit's score is one weighted sum of conv3 units: its recipe, every nonzero term.",
 }
 HANDNET_COLUMNS = {
     "conv1": [("sentence", "explanation"), ("pattern", "pattern"), ("sigma", "σ"), ("offset", "offset"),

@@ -23,11 +23,12 @@ from convdissect.config import instantiate
 from convdissect.dissect.checkpoint import load_any_net
 from convdissect.dissect.describe import describe, write_labels
 from convdissect.dissect.measure import Measurements, measure
+from convdissect.dissect.handnet_explanation import explain, explanation_markdown
 from convdissect.dissect.projections import projections, stage_activations, subsample
 from convdissect.dissect.report import check_report_settings, handnet_figures, labels_markdown, raw, report_figures, write_report
 from convdissect.dissect.superstimuli import standard_transforms, superstimuli
 from convdissect.errors import UserInputError
-from convdissect.models.handnet import HandNet, explanation_markdown
+from convdissect.models.handnet import HandNet
 from convdissect.models.simple_convnet import SimpleConvNet
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class SimpleConvNetDissection:
 
 
 class HandNetDissection:
-    """Explained from its parameters (HandNet.explain); its report has the figures that apply to
+    """Explained from its parameters (dissect/handnet_explanation.py); its report has the figures that apply to
     conv1 -> conv3 -> readout."""
 
     def __init__(self, net: HandNet, cfg: DictConfig, images: torch.Tensor, digits: torch.Tensor):
@@ -123,7 +124,7 @@ class HandNetDissection:
         pass  # the report's channel choices pick dissections, which a HandNet does not get
 
     def label(self, out_dir: Path) -> dict:
-        labels = self.net.explain()
+        labels = explain(self.net)
         (out_dir / "explanation.md").write_text(explanation_markdown(labels))
         return labels
 

@@ -1,180 +1,67 @@
-"""HandNet (docs/measures.md, "The nets"): a ConvNet of parametric lines and bursts, hand-built from readable
-recipes (conf/handnet/recipes.yaml), and explained from its parameters alone.
+"""HandNet: a ConvNet of parametric lines and bursts, hand-built from readable recipes
+(conf/handnet/recipes.yaml) or rebuilt exactly from a trained run's learned_recipes.yaml.
 
-conv1 (LineConv2d: line/edge detectors) -> relu -> maxpool(4) -> conv3 (BurstConv2d: "pattern at
-position" detectors on the 7x7 map, 5x5 grids, no padding) -> relu -> maxpool(3) -> readout
-(one Linear from the conv3 units to the 10 digits) -> log_softmax.
+conv1 (LineConv2d: line/edge detectors) -> relu -> maxpool(4) -> conv3 (BurstConv2d: K bursts per
+unit, each reading one conv1 channel, on the 7x7 map, 5x5 grids, no padding) -> relu -> maxpool(3)
+-> readout (one Linear from the conv3 units to the 10 digits, at most T terms per digit) -> log_softmax.
+Its explanation from its parameters is convdissect.dissect.handnet_explanation.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
-from convdissect.config import REPO_ROOT
-from convdissect.conventions import (
-    CENTRE,
-    ORIENTATION_NAMES,
-    clock_from_xy,
-    edge_side,
-    format_distance,
-    orientation_bin,
-    parse_clock,
-    stroke_label,
-    unit_name,
-    xy_from_clock,
-)
+from convdissect.conventions import ORIENTATION_NAMES
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
 from convdissect.data.probes import stroke_images
-from convdissect.dissect.selectivity import position_pattern
 from convdissect.errors import UserInputError
-from convdissect.models.parametric import canonical_line
-from convdissect.models.parametric_layers import MIN_SIGMA, BurstConv2d, LineConv2d
+from convdissect.models.handnet_recipes import Part, Recipes, load_recipes
+from convdissect.models.parametric_layers import BurstConv2d, LineConv2d
 
 INIT_MODES = ("hand", "random")
-# Burst amplitudes and readout weights below this share of their unit's (digit's) largest are
-# left out of the explanation: the net is kept sparse, so the rest is small.
-EXPLAIN_REL_THRESHOLD = 0.25
-MAX_TERMS = 8
-# Named positions (and angles) within this distance (degrees) are called by their name.
-NAME_TOLERANCE_CELLS = 0.5
-NAME_TOLERANCE_DEG = 5.0
+# learned: each burst learns which conv1 channel it reads (see callbacks/handnet.py); all: each
+# unit has n_bursts bursts on every conv1 channel, fixed (the dense HandNet).
+BURST_CHANNELS = ("learned", "all")
 # Random initialisation: burst amplitudes ~ N(0, this) (hand-built units use the recipe's amplitude).
 RANDOM_BURST_STD = 0.3
 # conv1's max pooling: one cell of conv3's grid spans this many pixels.
 CELL_PIXELS = 4
+# A fixed channel choice as logits: softmax at temperature 1 already puts ~all weight on it.
+FIXED_LOGIT = 8.0
 
 
-# ---------------------------------------------------------------------------- recipes
+class SparseLinear(nn.Linear):
+    """A Linear whose weights exist where `mask` is 1 (a buffer): the readout, at most `terms`
+    weights per digit once the training schedule pruned it."""
 
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features)
+        self.register_buffer("mask", torch.ones(out_features, in_features))
 
-@dataclass(frozen=True)
-class Part:
-    """One part of a digit recipe: a pattern (conv1 orientation name) at a position."""
+    def sparse_weight(self) -> torch.Tensor:
+        """The weights that exist (pruned ones are 0)."""
+        return self.weight * self.mask
 
-    position: str
-    pattern: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.position}({self.pattern})"
-
-
-@dataclass
-class Recipes:
-    positions: dict[str, tuple[float, float]]  # name -> (x, y) in grid cells, y up
-    clock_distance: float
-    conv1: dict
-    conv3: dict
-    stroke: dict  # the synthetic stroke the thresholds are shares of: thickness, length (pixels)
-    gain: float
-    digits: dict[int, list[tuple[Part, float]]]  # digit -> [(part, +1 or -1)]
-
-    @property
-    def detectors(self) -> list[Part]:
-        """Every distinct part, in order of first appearance: the hand-built conv3 units."""
-        return list(dict.fromkeys(part for parts in self.digits.values() for part, _ in parts))
-
-    def xy(self, position: str) -> tuple[float, float]:
-        if position in self.positions:
-            return self.positions[position]
-        return xy_from_clock(position, self.clock_distance)
-
-
-def _position_xy(name: str, spec) -> tuple[float, float]:
-    if not isinstance(spec, dict) or "clock" not in spec:
-        raise UserInputError(f"recipes position {name!r}: expected {{clock: \"12:00\", distance: 2}}, got {spec!r}")
-    try:
-        return xy_from_clock(spec["clock"], float(spec.get("distance", 0.0)))
-    except UserInputError as err:
-        raise UserInputError(f"recipes position {name!r}: {err}") from None
-
-
-def _parse_part(digit: int, item, recipes: Recipes) -> tuple[Part, float]:
-    """'top/horizontal', '"10:30"/vertical', '-centre/vertical' -> (Part, sign)."""
-    where = f"recipe of digit {digit}, part {item!r}"
-    if not isinstance(item, str):
-        try:
-            parse_clock(item)  # explains a clock YAML turned into a number (unquoted 10:30)
-        except UserInputError as err:
-            raise UserInputError(f"{where}: {err}; write parts as \"position/pattern\"") from None
-        raise UserInputError(f"{where}: expected a string \"position/pattern\" such as \"top/horizontal\"")
-    text = item.strip()
-    sign = -1.0 if text.startswith("-") else 1.0
-    position, slash, pattern = text.lstrip("-").strip().partition("/")
-    position, pattern = position.strip(), pattern.strip()
-    if not slash:
-        raise UserInputError(f"{where}: expected \"position/pattern\" such as \"top/horizontal\"")
-    if pattern not in ORIENTATION_NAMES.values():
-        raise UserInputError(f"{where}: unknown pattern {pattern!r}; allowed {list(ORIENTATION_NAMES.values())}")
-    if position == "center":
-        position = CENTRE
-    if position not in recipes.positions and position != CENTRE:
-        try:
-            parse_clock(position)
-        except UserInputError:
-            allowed = sorted(recipes.positions) + [CENTRE]
-            raise UserInputError(
-                f"{where}: unknown position {position!r}; allowed {allowed} or a quoted clock position such as \"10:30\""
-            ) from None
-    return Part(position, pattern), sign
-
-
-def load_recipes(path: str | Path) -> Recipes:
-    """Read and check a recipe file (see conf/handnet/recipes.yaml); bad entries raise UserInputError."""
-    path = Path(path)
-    if not path.is_absolute():
-        path = REPO_ROOT / path
-    if not path.is_file():
-        raise UserInputError(f"model.recipes={str(path)!r}: no such file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserInputError(f"recipes file {path}: not valid YAML ({' '.join(str(err).split())})") from None
-    if not isinstance(raw, dict):
-        raise UserInputError(f"recipes file {path}: expected a mapping of settings and digits, got {type(raw).__name__}")
-    try:
-        recipes = Recipes(
-            positions={name: _position_xy(name, spec) for name, spec in (raw.get("positions") or {}).items()},
-            clock_distance=float(raw.get("clock_distance", 1.5)),
-            conv1=dict(raw["conv1"]),
-            conv3=dict(raw["conv3"]),
-            stroke=dict(raw["stroke"]),
-            gain=float(raw["readout"]["gain"]),
-            digits={},
-        )
-        digits = raw["digits"]
-    except (KeyError, TypeError) as err:
-        raise UserInputError(f"recipes file {path}: missing or malformed entry {err}; see conf/handnet/recipes.yaml") from None
-    if not isinstance(digits, dict) or sorted(digits) != list(range(10)):
-        got = sorted(digits) if isinstance(digits, dict) else digits
-        raise UserInputError(f"recipes file {path}: digits must have one recipe for each of 0..9, got {got}")
-    for digit, parts in digits.items():
-        if not isinstance(parts, list) or not parts:
-            raise UserInputError(f"recipe of digit {digit}: expected a non-empty list of parts, got {parts!r}")
-        recipes.digits[digit] = [_parse_part(digit, item, recipes) for item in parts]
-        if all(sign < 0 for _, sign in recipes.digits[digit]):
-            raise UserInputError(f"recipe of digit {digit}: needs at least one positive part")
-    return recipes
-
-
-# ---------------------------------------------------------------------------- the net
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.sparse_weight(), self.bias)
 
 
 class HandNet(nn.Module):
-    """Parametric lines -> bursts -> linear readout, built from a recipe file.
+    """Parametric lines -> bursts -> sparse linear readout, built from a recipe file.
 
-    n_orientations line kernels at k * 180° / n (and, with edges, two edge kernels per
-    orientation, one for each side); one conv3 unit per distinct recipe part plus
+    Hand recipes: n_orientations line kernels at k * 180° / n (and, with edges, two edge kernels
+    per orientation, one for each side); one conv3 unit per distinct recipe part plus
     extra_detectors more (randomly initialised, unused by the hand-built readout); n_bursts
-    bursts per (conv3 unit, conv1 channel) grid. init: hand (from the recipes) or random.
-    line_sigma / burst_sigma override the recipe file's initial widths (null: the file's).
+    bursts per conv3 unit (burst_channels=all: per unit and conv1 channel). init: hand (from the
+    recipes) or random. line_sigma / burst_sigma override the recipe file's initial widths.
+    terms: at most this many readout weights per digit after training (null: all). l1_readout,
+    l1_bursts and group_readout weigh the sparsity penalties (see penalty()).
+    Learned recipes (a run's learned_recipes.yaml) define every number themselves; the structure
+    keys are then ignored.
     """
 
     def __init__(
@@ -184,22 +71,31 @@ class HandNet(nn.Module):
         edges: bool = False,
         extra_detectors: int = 0,
         n_bursts: int = 1,
+        burst_channels: str = "learned",
+        terms: int | None = None,
         init: str = "hand",
         line_sigma: float | None = None,
         burst_sigma: float | None = None,
         l1_readout: float = 0.0,
         l1_bursts: float = 0.0,
+        group_readout: float = 0.0,
     ):
         super().__init__()
         if init not in INIT_MODES:
             raise UserInputError(f"model.init={init!r}: allowed {list(INIT_MODES)}")
+        if burst_channels not in BURST_CHANNELS:
+            raise UserInputError(f"model.burst_channels={burst_channels!r}: allowed {list(BURST_CHANNELS)}")
         if n_orientations not in (4, 8):
             raise UserInputError(f"model.n_orientations={n_orientations}: allowed 4, 8")
-        for key, value in (("extra_detectors", extra_detectors), ("n_bursts", n_bursts - 1)):
-            if not isinstance(value, int) or value < 0:
-                raise UserInputError(f"model.{key}={value!r}: must be an integer >= {0 if key == 'extra_detectors' else 1}")
+        for key, value, low in (("extra_detectors", extra_detectors, 0), ("n_bursts", n_bursts, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise UserInputError(f"model.{key}={value!r}: must be an integer >= {low}")
         self.recipes = load_recipes(recipes)
-        self.l1_readout, self.l1_bursts = l1_readout, l1_bursts
+        self.l1_readout, self.l1_bursts, self.group_readout = l1_readout, l1_bursts, group_readout
+        self.learn_channels = burst_channels == "learned" and not self.recipes.learned
+        if self.recipes.learned:
+            self._build_from_learned(self.recipes)
+            return
 
         angles = [k * 180.0 / n_orientations for k in range(n_orientations)]
         kinds, self.conv1_angles, signs = ["line"] * len(angles), list(angles), [1.0] * len(angles)
@@ -209,10 +105,11 @@ class HandNet(nn.Module):
                 self.conv1_angles += angles
                 signs += [sign] * len(angles)
         detectors = self.recipes.detectors
-        self.conv1 = LineConv2d(len(kinds), kinds=kinds)
-        self.conv3 = BurstConv2d(len(kinds), len(detectors) + extra_detectors, n_bursts)
-        self.readout = nn.Linear(self.conv3.bias.numel(), 10)
-        self.widths = [len(kinds), len(detectors) + extra_detectors]
+        n_units = len(detectors) + extra_detectors
+        self._check_terms(terms, n_units)
+        per_unit = n_bursts * len(kinds) if burst_channels == "all" else n_bursts
+        self._make_layers(kinds, n_units, per_unit, learn_channels=burst_channels == "learned")
+        self.terms = terms
 
         c1, c3 = self.recipes.conv1, self.recipes.conv3
         line_sigma = c1["sigma"] if line_sigma is None else line_sigma
@@ -220,10 +117,55 @@ class HandNet(nn.Module):
         with torch.no_grad():
             self.conv1.sigma.fill_(line_sigma)
             self.conv3.reset_random(burst_sigma, RANDOM_BURST_STD)
+            if burst_channels == "all":  # n_bursts on each channel in turn
+                self.conv3.fix_channels(torch.arange(len(kinds)).repeat_interleave(n_bursts).expand(n_units, -1))
             if init == "random":
                 self.conv1.theta.uniform_(0.0, math.pi)
             else:
                 self._build_by_hand(detectors, signs)
+
+    @staticmethod
+    def _check_terms(terms, n_units: int) -> None:
+        if terms is not None and (not isinstance(terms, int) or isinstance(terms, bool) or not 1 <= terms <= n_units):
+            raise UserInputError(f"model.terms={terms!r}: must be null (all) or an integer from 1 to the {n_units} conv3 units")
+
+    def _make_layers(self, kinds: list[str], n_units: int, n_bursts: int, learn_channels: bool) -> None:
+        self.conv1 = LineConv2d(len(kinds), kinds=kinds)
+        self.conv3 = BurstConv2d(len(kinds), n_units, n_bursts, learn_channels=learn_channels)
+        self.readout = SparseLinear(n_units, 10)
+        self.widths = [len(kinds), n_units]
+        # A smaller state_dict (units no digit reads were removed) loads into a net of its size.
+        self.register_load_state_dict_pre_hook(HandNet._fit_state_dict_size)
+
+    def _fit_state_dict_size(self, state_dict, prefix, *args) -> None:
+        bias = state_dict.get(prefix + "conv3.bias")
+        bursts = state_dict.get(prefix + "conv3.mean_x")
+        if bias is None or bursts is None or (len(bias), bursts.shape[1]) == (self.widths[1], self.conv3.n_bursts):
+            return
+        learn = self.conv3.channel_logits is not None
+        self.conv3 = BurstConv2d(self.widths[0], len(bias), bursts.shape[1], learn_channels=learn).to(self.readout.weight.device)
+        self.readout = SparseLinear(len(bias), 10).to(self.readout.weight.device)
+        self.widths = [self.widths[0], len(bias)]
+
+    def _build_from_learned(self, r: Recipes) -> None:
+        """Every number from a learned recipe file: the net that file explains, exactly."""
+        n_units, n_bursts = len(r.units), len(r.units[0]["bursts"])
+        self._make_layers([line["kind"] for line in r.lines], n_units, n_bursts, learn_channels=False)
+        self.terms = max(len(entry["terms"]) for entry in r.readout.values())
+        with torch.no_grad():
+            for key in ("theta", "sigma", "offset", "amplitude", "bias"):
+                getattr(self.conv1, key).copy_(torch.tensor([line[key] for line in r.lines]))
+            for name, key in (("mean_x", "x"), ("mean_y", "y"), ("sigma_x", "sigma_x"), ("sigma_y", "sigma_y"), ("amplitude", "amplitude")):
+                getattr(self.conv3, name).copy_(torch.tensor([[b[key] for b in u["bursts"]] for u in r.units]))
+            self.conv3.bias.copy_(torch.tensor([u["bias"] for u in r.units]))
+            self.conv3.fix_channels(torch.tensor([[b["channel"] for b in u["bursts"]] for u in r.units]))
+            self.readout.weight.zero_()
+            self.readout.mask.zero_()
+            for digit, entry in r.readout.items():
+                self.readout.bias[digit] = entry["bias"]
+                for unit, weight in entry["terms"]:
+                    self.readout.weight[digit, unit] = weight
+                    self.readout.mask[digit, unit] = 1.0
 
     def _build_by_hand(self, detectors: list[Part], signs: list[float]) -> None:
         """Set conv1, the recipe units of conv3 and the readout from the recipe file.
@@ -241,22 +183,29 @@ class HandNet(nn.Module):
         full = F.conv2d(strokes.transpose(0, 1), self.conv1.kernels()[:, None], padding=self.conv1.size // 2, groups=len(strokes))
         self.conv1.bias.copy_(-r.conv1["threshold"] * full[0].amax(dim=(-2, -1)))
         n = len(detectors)
-        # Recipe units read only their part's channel; every other burst starts silent (zero
-        # amplitude, random place) so fine-tuning can grow it where the data needs it.
-        self.conv3.amplitude[:n] = 0.0
-        self.conv3.bias[:n] = 0.0
+        # Recipe units read only their part's channel, with one burst; every other burst starts
+        # silent (zero amplitude, random place) so fine-tuning can grow it where the data needs it.
+        c3 = self.conv3
+        c3.amplitude[:n] = 0.0
+        c3.bias[:n] = 0.0
         for unit, part in enumerate(detectors):
             channel = self.conv1_angles.index(_pattern_angle(part.pattern))
+            # learned channels: the first burst, set to that channel; all: the first on that channel
+            if c3.channel_logits is None:
+                burst = int((c3.channel[unit] == channel).nonzero()[0])
+            else:
+                burst = 0
+                c3.channel_logits[unit, burst] = FIXED_LOGIT * F.one_hot(torch.tensor(channel), c3.in_channels)
             x, y = r.xy(part.position)
-            self.conv3.mean_x[unit, channel, 0] = x
-            self.conv3.mean_y[unit, channel, 0] = y
-            self.conv3.amplitude[unit, channel, 0] = 1.0
+            c3.mean_x[unit, burst], c3.mean_y[unit, burst], c3.amplitude[unit, burst] = x, y, 1.0
+        if c3.channel_logits is not None:
+            c3.set_channel_mode("frozen")  # as built; training's schedule (callbacks/handnet.py) frees it
         # Scale each unit so that its full stroke gives 1 above the threshold, 0 at it.
         probes = torch.cat([self._part_stroke(part) for part in detectors])
-        full = self.features(probes).diagonal()[:, None, None]
+        full = self.features(probes).diagonal()[:, None]
         t = r.conv3["threshold"]
-        self.conv3.amplitude[:n] /= (1.0 - t) * full
-        self.conv3.bias[:n] = -t / (1.0 - t)
+        c3.amplitude[:n] /= (1.0 - t) * full
+        c3.bias[:n] = -t / (1.0 - t)
         # A digit's score: the share of its recipe that holds, each part counting alike: a
         # positive part holds as far as its unit reads, a negative one as far as its unit is
         # silent (1 - reading; the 1s make the bias). Recipes of any length compare fairly.
@@ -284,174 +233,28 @@ class HandNet(nn.Module):
         return F.log_softmax(self.readout(self.features(x)), dim=1)
 
     def penalty(self) -> torch.Tensor:
-        """L1 sparsity: short digit recipes and few bursts per conv3 unit."""
-        return self.l1_readout * self.readout.weight.abs().sum() + self.l1_bursts * self.conv3.amplitude.abs().sum()
-
-    # ------------------------------------------------------------------------ explanations
+        """Sparsity: L1 for short digit recipes and few strong bursts per conv3 unit; group lasso
+        (the L2 norm of each unit's readout column) for few units read at all."""
+        weight = self.readout.sparse_weight()
+        return (self.l1_readout * weight.abs().sum() + self.group_readout * weight.norm(dim=0).sum()
+                + self.l1_bursts * self.conv3.amplitude.abs().sum())  # fmt: skip
 
     @torch.no_grad()
-    def explain(self) -> dict:
-        """Every unit described from its parameters: the labels.json dict (see the callback).
-
-        Each unit also carries `sentence`, the line of explanation.md.
-        """
-        conv1 = self._explain_conv1()
-        conv3 = self._explain_conv3(conv1)
-        readout = self._explain_readout(conv3)
-        return {"net": "handnet", "widths": list(self.widths), "units": conv1 + conv3 + readout}
-
-    def _explain_conv1(self) -> list[dict]:
-        c = self.conv1
-        sigma = c.sigma.abs().clamp_min(MIN_SIGMA)
-        thetas, offsets, amplitudes = canonical_line(c.theta, c.offset, c.amplitude, c.is_edge)
-        units = []
-        for i, kind in enumerate(c.kinds):
-            theta = math.degrees(float(thetas[i])) % 180.0  # % guards rounding at exactly 180
-            offset, amplitude = float(offsets[i]), float(amplitudes[i])
-            label = stroke_label(kind, theta, amplitude)
-            units.append({
-                "layer": "conv1", "index": i + 1, "name": unit_name("conv1", i + 1), "label": label,
-                "sentence": conv1_sentence(kind, theta, float(sigma[i]), offset, amplitude),
-                "pattern": pattern_word(kind, theta, amplitude),
-                "orientation_deg": round(theta, 2), "kind": kind,
-                "side": edge_side(theta, amplitude) if kind == "edge" else None,
-                "fit_r2": 1.0,  # the kernel is a member of the family by construction
-                "secondary_orientation_deg": None,  # one line or edge: a single-peaked tuning curve
-                "sigma": round(float(sigma[i]), 4), "offset": round(offset, 4),
-                "amplitude": round(amplitude, 4), "bias": round(float(c.bias[i]), 4),
-            })
-        return units
-
-    def _explain_conv3(self, conv1: list[dict]) -> list[dict]:
-        c = self.conv3
-        position_index, pattern_index = self.position_pattern_indices()
-        amplitude = c.amplitude  # [out, in, bursts]
-        units = []
-        for k in range(amplitude.shape[0]):
-            strongest = float(amplitude[k].abs().max())
-            order = amplitude[k].flatten().abs().argsort(descending=True)[:MAX_TERMS]
-            bursts = []
-            for flat in order.tolist():
-                j, b = divmod(flat, amplitude.shape[2])
-                a = float(amplitude[k, j, b])
-                if strongest == 0.0 or abs(a) < EXPLAIN_REL_THRESHOLD * strongest:
-                    break
-                x, y = float(c.mean_x[k, j, b]), float(c.mean_y[k, j, b])
-                clock, distance = clock_from_xy(x, y)
-                bursts.append({
-                    "sign": "+" if a > 0 else "-", "clock": clock, "distance": round(distance, 3),
-                    "input": conv1[j]["name"], "input_label": conv1[j]["label"],
-                    "x": round(x, 3), "y": round(y, 3), "amplitude": round(a, 4),
-                    "position": self._position_word(x, y), "pattern": conv1[j]["pattern"],
-                })
-            label = f"{bursts[0]['position']}({bursts[0]['pattern']})" if bursts else "silent"
-            if bursts and bursts[0]["sign"] == "-":
-                label = "not " + label
-            units.append({
-                "layer": "conv3", "index": k + 1, "name": unit_name("conv3", k + 1), "label": label,
-                "sentence": "; ".join(burst_sentence(b) for b in bursts) or "no bursts (silent)",
-                "bursts": bursts, "bias": round(float(c.bias[k]), 4),
-                "position_index": position_index[k], "pattern_index": pattern_index[k],
-            })
-        return units
-
-    def _explain_readout(self, conv3: list[dict]) -> list[dict]:
-        units = []
-        for digit in range(10):
-            w = self.readout.weight[digit]
-            strongest = float(w.abs().max())
-            top = w.abs().argsort(descending=True)[:MAX_TERMS].tolist()
-            keep = [k for k in top if strongest > 0 and abs(float(w[k])) >= EXPLAIN_REL_THRESHOLD * strongest]
-            keep.sort(key=lambda k: -float(w[k]))
-            terms = [{"weight": round(float(w[k]), 4), "unit": conv3[k]["name"], "label": conv3[k]["label"]} for k in keep]
-            units.append({
-                "layer": "fc", "index": digit + 1, "name": f"digit_{digit}", "label": recipe_sentence(digit, terms),
-                "terms": terms, "bias": round(float(self.readout.bias[digit]), 4),
-            })
-        return units
-
-    def _position_word(self, x: float, y: float) -> str:
-        """A recipe position's name (top, middle, ...) where a burst sits on one, else its clock."""
-        for name, (px, py) in self.recipes.positions.items():
-            if math.hypot(x - px, y - py) <= NAME_TOLERANCE_CELLS:
-                return name
-        return clock_from_xy(x, y)[0]
-
-    def position_pattern_indices(self) -> tuple[list[float | None], list[float | None]]:
-        """Per conv3 unit, omega² of position and of pattern over line probes (docs/measures.md, "Claim 4"), measured
-        as for a SimpleConvNet."""
-        pp = position_pattern(self, "conv3")
-        return tuple([None if math.isnan(v) else round(v, 4) for v in share.tolist()] for share in (pp.position_index, pp.pattern_index))
+    def remove_unread_units(self) -> int:
+        """Remove the conv3 units that no digit reads (pruned or zero weights, e.g. a unit that never
+        fired and so never got a gradient); returns how many were removed."""
+        read = self.readout.sparse_weight().ne(0).any(0).nonzero().flatten()
+        removed = self.widths[1] - len(read)
+        if removed:
+            self.conv3.keep(read)
+            weight, bias, mask = self.readout.weight[:, read], self.readout.bias.clone(), self.readout.mask[:, read]
+            self.readout = SparseLinear(len(read), 10).to(weight.device)
+            self.readout.weight.copy_(weight)
+            self.readout.bias.copy_(bias)
+            self.readout.mask.copy_(mask)
+            self.widths = [self.widths[0], len(read)]
+        return removed
 
 
 def _pattern_angle(pattern: str) -> float:
     return float(next(angle for angle, name in ORIENTATION_NAMES.items() if name == pattern))
-
-
-# ---------------------------------------------------------------------------- sentences
-
-_SHIFT_WORDS = {"upper": "up", "lower": "down"}
-
-
-def pattern_word(kind: str, theta_deg: float, amplitude: float) -> str:
-    """The short pattern name of a stroke detector, as recipes write it: 'horizontal',
-    'diagonal /', 'dark vertical', 'left side of vertical', or '20°' off the four orientations."""
-    gap = abs(theta_deg - orientation_bin(theta_deg)) % 180.0
-    near = min(gap, 180.0 - gap) <= NAME_TOLERANCE_DEG
-    base = ORIENTATION_NAMES[orientation_bin(theta_deg)] if near else f"{theta_deg % 180.0:.0f}°"
-    if kind == "edge":
-        return f"{edge_side(theta_deg, amplitude)} side of {base}"
-    return base if amplitude >= 0 else f"dark {base}"
-
-
-def conv1_sentence(kind: str, theta_deg: float, sigma: float, offset: float, amplitude: float) -> str:
-    """'line at 45° (slope 1.00), width 0.3, shifted 0.2 to the lower right'."""
-    text = f"{stroke_label(kind, theta_deg, amplitude)}, width {sigma:.2g}"
-    if abs(offset) < 0.05:
-        return f"{text}, centred"
-    # A positive offset moves the line along its normal n = (-sin θ, cos θ); edge_side(θ, -1)
-    # names the direction n (an edge's negative lobe lies on the -sign * n side).
-    word = edge_side(theta_deg, -1.0 if offset > 0 else 1.0)
-    word = _SHIFT_WORDS.get(word, "to the " + word.replace("-", " "))
-    return f"{text}, shifted {abs(offset):.2g} {word}"
-
-
-def burst_sentence(burst: dict) -> str:
-    """'+burst at 12 o'clock, distance 2, on conv1_1 (horizontal line)'."""
-    if burst["clock"] == CENTRE:
-        where = "at the centre"
-    else:
-        clock = burst["clock"]
-        clock = f"{clock.removesuffix(':00')} o'clock" if clock.endswith(":00") else clock
-        where = f"at {clock}, distance {format_distance(burst['distance'])}"
-    return f"{burst['sign']}burst {where}, on {burst['input']} ({burst['input_label']})"
-
-
-def recipe_sentence(digit: int, terms: list[dict]) -> str:
-    """'5 = 1.3 top(horizontal) + 0.9 middle(horizontal) - 0.4 centre(vertical)'."""
-    if not terms:
-        return f"{digit} = (nothing)"
-    text = f"{digit} = {'-' if terms[0]['weight'] < 0 else ''}{abs(terms[0]['weight']):.2g} {terms[0]['label']}"
-    for term in terms[1:]:
-        text += f" {'-' if term['weight'] < 0 else '+'} {abs(term['weight']):.2g} {term['label']}"
-    return text
-
-
-# explanation.md's (and the dissection report's) section per labels.json layer
-EXPLANATION_TITLES = {
-    "conv1": "conv1: line detectors",
-    "conv3": "conv3: pattern-at-position detectors (bursts on conv1 channels)",
-    "fc": "readout: digit recipes",
-}
-
-
-def explanation_markdown(labels: dict) -> str:
-    """explanation.md: one line per unit, grouped by layer."""
-    lines = [f"# HandNet explained from its parameters (widths {labels['widths']})"]
-    for layer, title in EXPLANATION_TITLES.items():
-        lines += ["", f"## {title}", ""]
-        for unit in labels["units"]:
-            if unit["layer"] == layer:
-                text = unit["label"] if layer == "fc" else unit["sentence"]
-                lines.append(f"- **{unit['name']}**: {text}")
-    return "\n".join(lines) + "\n"

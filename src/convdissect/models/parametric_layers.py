@@ -55,27 +55,63 @@ class LineConv2d(nn.Module):
         return F.conv2d(x, self.kernels()[:, None], self.bias, padding=self.size // 2)
 
 
-class BurstConv2d(nn.Module):
-    """in_channels -> out_channels; each (out, in) grid is a sum of n_bursts Gaussian bursts.
+# BurstConv2d's channel choice: soft (softmax over the logits at `temperature`), hard (the argmax
+# channel forward, the softmax's gradient backward: straight-through) or frozen (the `channel` buffer).
+CHANNEL_MODES = ("soft", "hard", "frozen")
 
-    Parameters per burst, each of shape [out, in, n_bursts]: mean_x, mean_y (grid cells from the
-    grid centre, x right, y up), sigma_x, sigma_y, amplitude (signed peak value); and bias [out].
-    No padding (the conv3 of docs/measures.md: 7x7 -> 3x3).
+
+class BurstConv2d(nn.Module):
+    """in_channels -> out_channels; each out channel owns n_bursts Gaussian bursts, each reading ONE in channel.
+
+    Parameters per burst, each of shape [out, n_bursts]: mean_x, mean_y (grid cells from the grid
+    centre, x right, y up), sigma_x, sigma_y, amplitude (signed peak value); channel_logits
+    [out, n_bursts, in] (the learnable channel choice; None with learn_channels=False, where the
+    channels are given by fix_channels); and bias [out]. Buffers: `channel` [out, n_bursts] (the
+    chosen channel once frozen), `temperature` and `mode` (an index of CHANNEL_MODES), set by the
+    training schedule (callbacks/handnet.py). No padding (7x7 -> 3x3).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, n_bursts: int = 1, size: int = 5):
+    def __init__(self, in_channels: int, out_channels: int, n_bursts: int = 1, size: int = 5, learn_channels: bool = True):
         super().__init__()
-        self.size = size
-        shape = (out_channels, in_channels, n_bursts)
+        self.size, self.in_channels = size, in_channels
+        shape = (out_channels, n_bursts)
         self.mean_x = nn.Parameter(torch.zeros(shape))
         self.mean_y = nn.Parameter(torch.zeros(shape))
         self.sigma_x = nn.Parameter(torch.ones(shape))
         self.sigma_y = nn.Parameter(torch.ones(shape))
         self.amplitude = nn.Parameter(torch.zeros(shape))
+        self.channel_logits = nn.Parameter(torch.zeros(*shape, in_channels)) if learn_channels else None
         self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.register_buffer("channel", torch.zeros(shape, dtype=torch.long))
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("mode", torch.tensor(0 if learn_channels else CHANNEL_MODES.index("frozen")))
+
+    @property
+    def n_bursts(self) -> int:
+        return self.mean_x.shape[1]
+
+    @property
+    def frozen(self) -> bool:
+        return CHANNEL_MODES[int(self.mode)] == "frozen"
+
+    def set_channel_mode(self, mode: str, temperature: float | None = None) -> None:
+        """Switch the channel choice; freezing fixes each burst's channel at its logits' argmax."""
+        if self.channel_logits is None:
+            raise ValueError("BurstConv2d(learn_channels=False) has fixed channels; nothing to switch")
+        if mode == "frozen" and not self.frozen:
+            self.channel.copy_(self.channel_logits.detach().argmax(-1))
+        self.mode.fill_(CHANNEL_MODES.index(mode))
+        self.channel_logits.requires_grad_(mode != "frozen")
+        if temperature is not None:
+            self.temperature.fill_(temperature)
+
+    def fix_channels(self, channel: torch.Tensor) -> None:
+        """Set the fixed channels [out, n_bursts] of a layer with learn_channels=False."""
+        self.channel.copy_(channel)
 
     def reset_random(self, sigma: float, amplitude_std: float) -> None:
-        """Bursts anywhere on the grid with random signed amplitudes (the random initialisation)."""
+        """Bursts anywhere on the grid with random signed amplitudes and nearly uniform channel
+        logits (the random initialisation)."""
         half = (self.size - 1) / 2.0
         with torch.no_grad():
             self.mean_x.uniform_(-half, half)
@@ -83,12 +119,37 @@ class BurstConv2d(nn.Module):
             self.sigma_x.fill_(sigma)
             self.sigma_y.fill_(sigma)
             self.amplitude.normal_(0.0, amplitude_std)
+            if self.channel_logits is not None:
+                self.channel_logits.normal_(0.0, 0.1)
             self.bias.zero_()
+
+    def channel_weights(self) -> torch.Tensor:
+        """How much each burst reads each in channel [out, n_bursts, in]: one-hot unless soft."""
+        if self.frozen:
+            return F.one_hot(self.channel, self.in_channels).to(self.mean_x.dtype)
+        soft = torch.softmax(self.channel_logits / self.temperature, dim=-1)
+        if CHANNEL_MODES[int(self.mode)] == "soft":
+            return soft
+        hard = F.one_hot(soft.argmax(-1), self.in_channels).to(soft.dtype)
+        return hard + soft - soft.detach()  # straight-through: hard forward, softmax gradient
+
+    def burst_grids(self) -> torch.Tensor:
+        """Each burst's own Gaussian [out, n_bursts, size, size]."""
+        sx, sy = (s.abs().clamp_min(MIN_SIGMA)[..., None] for s in (self.sigma_x, self.sigma_y))
+        return burst_grids(self.mean_x[..., None], self.mean_y[..., None], sx, sy, self.amplitude[..., None], size=self.size)
 
     def grids(self) -> torch.Tensor:
         """The current weight grids [out, in, size, size]."""
-        sx, sy = (s.abs().clamp_min(MIN_SIGMA) for s in (self.sigma_x, self.sigma_y))
-        return burst_grids(self.mean_x, self.mean_y, sx, sy, self.amplitude, size=self.size)
+        return torch.einsum("okc,okij->ocij", self.channel_weights(), self.burst_grids())
+
+    def keep(self, units: torch.Tensor) -> None:
+        """Keep only these out channels (in this order)."""
+        for name in ("mean_x", "mean_y", "sigma_x", "sigma_y", "amplitude", "channel_logits", "bias"):
+            old = getattr(self, name)
+            if old is None:
+                continue
+            setattr(self, name, nn.Parameter(old.detach()[units].clone(), requires_grad=old.requires_grad))
+        self.channel = self.channel[units].clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.grids(), self.bias)

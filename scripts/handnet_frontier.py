@@ -1,0 +1,145 @@
+"""The HandNet's accuracy-versus-explanation frontier: a table and a plot from run dirs.
+
+    python scripts/handnet_frontier.py MULTIRUN_DIR [MORE_DIRS ...] \
+        [--reference DIR ...] [--plot handnet_frontier.png]
+
+Every metrics.json below the given dirs is one run; runs of the same K (bursts per unit), T (terms
+per digit) and experiment are averaged over their seeds (mean ± sd). `--reference` dirs (e.g. the
+dense fine-tuned HandNet, handnet_finetune, and the pruned SimpleConvNet, prune_7iters) are marked
+on the plot; a net without an explanation counts every parameter as a number to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+# Overrides that do not change the net: runs differing only in these are seeds of one point.
+NOT_A_VARIANT = ("seed=", "threads=", "hydra.", "hydra/", "paths.", "trainer.enable_progress_bar=", "~callbacks.progress_bar",
+                 "+sweep=", "+experiment=", "model.n_bursts=", "model.terms=")  # fmt: skip
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+
+
+def load_runs(dirs: list[str]) -> list[dict]:
+    """One row per metrics.json: its experiment, K, T, seed and numbers."""
+    runs = []
+    for root in dirs:
+        for path in sorted(Path(root).rglob("metrics.json")):
+            m = json.loads(path.read_text())
+            config = path.parent / ".hydra" / "config.yaml"
+            cfg = yaml.safe_load(config.read_text()) if config.is_file() else {}
+            terms = cfg.get("model", {}).get("terms", "?") if cfg else "?"  # ? : a run without its .hydra config
+            explained = "explanation/numbers" in m
+            runs.append({
+                "experiment": m.get("experiment", "?"),
+                "K": m["explanation/bursts_per_unit_max"] if explained else None,
+                "T": ("all" if terms is None else terms) if explained else None,
+                "seed": cfg.get("seed"),
+                "variant": " ".join(sorted(o for o in m.get("overrides", []) if not o.startswith(NOT_A_VARIANT))),
+                "acc": 100 * m["test/acc"],
+                # the rounded net (every number as explanation.md prints it) against the trained one, same images
+                "rounding": 100 * m["explanation/rounded_acc_change"] if explained else None,
+                "roundtrip": m.get("explanation/roundtrip_agreement"),
+                "bursts": m.get("explanation/bursts_per_unit_max"),
+                "terms": m.get("explanation/terms_per_digit_max"),
+                "units": m.get("explanation/units_used"),
+                "numbers": m["explanation/numbers"] if explained else m["n_params"],
+                "wall_s": m["wall_s"],
+                "dir": str(path.parent),
+            })  # fmt: skip
+    return runs
+
+
+def group(runs: list[dict]) -> list[dict]:
+    """Runs of one experiment, K and T averaged over seeds."""
+    groups = defaultdict(list)
+    for run in runs:
+        groups[(run["experiment"], run["K"], str(run["T"]), run["variant"])].append(run)
+    rows = []
+    for (experiment, k, t, variant), members in groups.items():
+        acc = [r["acc"] for r in members]
+        mean = functools.partial(_mean, members)
+        rows.append({
+            "experiment": experiment, "K": k, "T": t, "variant": variant, "seeds": len(members), "acc": statistics.mean(acc),
+            "acc_sd": statistics.stdev(acc) if len(acc) > 1 else None, "rounding": mean("rounding"),
+            "roundtrip": min((r["roundtrip"] for r in members if r["roundtrip"] is not None), default=None),
+            "bursts": mean("bursts"), "terms": mean("terms"), "units": mean("units"), "numbers": mean("numbers"),
+            "wall_s": mean("wall_s"),
+        })  # fmt: skip
+    return sorted(rows, key=lambda r: (r["K"] is None, r["K"] or 0, r["T"] == "all", int(r["T"]) if r["T"].isdigit() else 0, r["variant"]))
+
+
+def _mean(members: list[dict], key: str) -> float | None:
+    values = [r[key] for r in members if r[key] is not None]
+    return statistics.mean(values) if values else None
+
+
+def _num(value, digits: int = 0) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| experiment | K | T | other overrides | seeds | test acc % | rounding Δ (points) | round trip | bursts/unit | terms/digit | units | numbers to read | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        acc = f"{r['acc']:.2f}" + (f" ± {r['acc_sd']:.2f}" if r["acc_sd"] is not None else "")
+        roundtrip = "—" if r["roundtrip"] is None else f"{100 * r['roundtrip']:.2f}%"
+        lines.append(
+            f"| {r['experiment']} | {r['K'] if r['K'] is not None else '—'} | {r['T'] if r['K'] is not None else '—'} | {r['variant']} | {r['seeds']} | "
+            f"{acc} | {_num(r['rounding'], 2)} | {roundtrip} | {_num(r['bursts'])} | {_num(r['terms'])} | {_num(r['units'])} | "
+            f"{_num(r['numbers'])} | {_num(r['wall_s'])} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], references: list[dict], path: Path) -> None:
+    """Accuracy against numbers to read (log scale); one marker per K, T labelled; references apart."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for k, variant in sorted({(r["K"], r["variant"]) for r in rows}):  # a line per K (and per option measured)
+        points = sorted((r for r in rows if (r["K"], r["variant"]) == (k, variant)), key=lambda r: r["numbers"])
+        label = f"K={k} bursts per unit" + (f", {variant}" if variant else "")
+        ax.plot([r["numbers"] for r in points], [r["acc"] for r in points], "o-" if not variant else "x--", label=label)
+        for r in points:
+            ax.annotate(f"T={r['T']}", (r["numbers"], r["acc"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    for r, marker in zip(references, "s^Dv"):
+        ax.plot([r["numbers"]], [r["acc"]], marker, color="black", markerfacecolor="none", markersize=9,
+                label=f"{r['experiment']} (reference)")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("numbers a reader must read to know the whole net (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("HandNet: accuracy against explanation length")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", help="multirun or run dirs of the frontier")
+    parser.add_argument("--reference", nargs="*", default=[], help="run dirs marked as reference points")
+    parser.add_argument("--plot", default="handnet_frontier.png", help="where the plot goes")
+    args = parser.parse_args(argv)
+    rows = group(load_runs(args.dirs))
+    references = group(load_runs(args.reference))
+    if not rows:
+        raise SystemExit(f"error: no metrics.json under {args.dirs}")
+    print(table(rows + references))
+    plot(rows, references, Path(args.plot))
+    print(f"\nplot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""A HandNet explained from its parameters alone, completely: every conv1 line, every burst of
+every conv3 unit and every readout term. Parameters -> labels.json entries (`explain`) ->
+sentences and markdown (`explanation_markdown`); the same numbers as a learned recipe file
+(`learned_recipes`) rebuild the net, exactly or rounded to the printed precision.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from convdissect.conventions import (
+    CENTRE,
+    ORIENTATION_NAMES,
+    clock_from_xy,
+    edge_side,
+    format_distance,
+    orientation_bin,
+    stroke_label,
+    unit_name,
+)
+from convdissect.dissect.selectivity import position_pattern
+from convdissect.models.handnet_recipes import BURST_KEYS, LINE_KEYS
+from convdissect.models.parametric import canonical_line
+from convdissect.models.parametric_layers import MIN_SIGMA
+
+# Numbers in explanation.md have this many significant digits; the rounded net uses the same.
+SIGNIFICANT = 3
+# Named positions (and angles) within this distance (degrees) are called by their name.
+NAME_TOLERANCE_CELLS = 0.5
+NAME_TOLERANCE_DEG = 5.0
+
+
+def rounded(value: float) -> float:
+    """A number as explanation.md prints it."""
+    return float(f"{value:.{SIGNIFICANT}g}")
+
+
+def fmt(value: float) -> str:
+    return f"{value:.{SIGNIFICANT}g}"
+
+
+# ---------------------------------------------------------------------------- parameters -> labels
+
+
+@torch.no_grad()
+def explain(net) -> dict:
+    """Every unit of a HandNet described from its parameters: the labels.json dict. Each unit
+    carries its numbers, `label` (short) and `sentence` (its line in the report)."""
+    conv1 = _explain_conv1(net)
+    conv3 = _explain_conv3(net, conv1)
+    readout = _explain_readout(net, conv3)
+    return {"net": "handnet", "widths": list(net.widths), "units": conv1 + conv3 + readout}
+
+
+def _conv1_numbers(net) -> list[dict]:
+    """conv1's lines in canonical form (θ in degrees in [0, 180), width as used)."""
+    c = net.conv1
+    sigma = c.sigma.abs().clamp_min(MIN_SIGMA)
+    thetas, offsets, amplitudes = canonical_line(c.theta, c.offset, c.amplitude, c.is_edge)
+    return [
+        {"kind": kind, "theta_deg": math.degrees(float(thetas[i])) % 180.0,  # % guards rounding at exactly 180
+         "sigma": float(sigma[i]), "offset": float(offsets[i]), "amplitude": float(amplitudes[i]), "bias": float(c.bias[i])}
+        for i, kind in enumerate(c.kinds)
+    ]  # fmt: skip
+
+
+def _explain_conv1(net) -> list[dict]:
+    units = []
+    for i, line in enumerate(_conv1_numbers(net)):
+        kind, theta, amplitude = line["kind"], line["theta_deg"], line["amplitude"]
+        units.append({
+            "layer": "conv1", "index": i + 1, "name": unit_name("conv1", i + 1), "label": stroke_label(kind, theta, amplitude),
+            "sentence": conv1_sentence(kind, theta, line["sigma"], line["offset"], amplitude),
+            "pattern": pattern_word(kind, theta, amplitude),
+            "orientation_deg": theta, "kind": kind,
+            "side": edge_side(theta, amplitude) if kind == "edge" else None,
+            "fit_r2": 1.0,  # the kernel is a member of the family by construction
+            "secondary_orientation_deg": None,  # one line or edge: a single-peaked tuning curve
+            "sigma": line["sigma"], "offset": line["offset"], "amplitude": amplitude, "bias": line["bias"],
+        })  # fmt: skip
+    return units
+
+
+def _explain_conv3(net, conv1: list[dict]) -> list[dict]:
+    c = net.conv3
+    position_index, pattern_index = position_pattern_indices(net)
+    channel = c.channel_weights().argmax(-1)  # [units, bursts]: the channel each burst reads (one-hot once frozen)
+    sx, sy = (s.abs().clamp_min(MIN_SIGMA) for s in (c.sigma_x, c.sigma_y))
+    read = net.readout.sparse_weight().ne(0).any(0)
+    units = []
+    for k in range(c.amplitude.shape[0]):
+        bursts = []
+        for b in sorted(range(c.n_bursts), key=lambda b: -abs(float(c.amplitude[k, b]))):  # strongest first
+            j, a = int(channel[k, b]), float(c.amplitude[k, b])
+            x, y = float(c.mean_x[k, b]), float(c.mean_y[k, b])
+            clock, distance = clock_from_xy(x, y)
+            bursts.append({
+                "sign": "+" if a >= 0 else "-", "clock": clock, "distance": distance,
+                "input": conv1[j]["name"], "input_label": conv1[j]["label"],
+                "x": x, "y": y, "sigma_x": float(sx[k, b]), "sigma_y": float(sy[k, b]), "amplitude": a,
+                "position": position_word(net.recipes.positions, x, y), "pattern": conv1[j]["pattern"],
+            })  # fmt: skip
+        strongest = bursts[0]
+        label = f"{strongest['position']}({strongest['pattern']})" if strongest["amplitude"] != 0 else "silent"
+        if strongest["amplitude"] < 0:
+            label = "not " + label
+        units.append({
+            "layer": "conv3", "index": k + 1, "name": unit_name("conv3", k + 1), "label": label,
+            "sentence": "; ".join(burst_sentence(b) for b in bursts), "bursts": bursts, "bias": float(c.bias[k]),
+            "read": bool(read[k]), "position_index": position_index[k], "pattern_index": pattern_index[k],
+        })  # fmt: skip
+    return units
+
+
+def _explain_readout(net, conv3: list[dict]) -> list[dict]:
+    """Every nonzero readout weight of each digit, largest first."""
+    weight = net.readout.sparse_weight()
+    units = []
+    for digit in range(10):
+        w = weight[digit]
+        keep = sorted(w.nonzero().flatten().tolist(), key=lambda k: -float(w[k]))
+        terms = [{"weight": float(w[k]), "unit": conv3[k]["name"], "label": conv3[k]["label"]} for k in keep]
+        units.append({
+            "layer": "fc", "index": digit + 1, "name": f"digit_{digit}", "label": recipe_sentence(digit, terms),
+            "terms": terms, "bias": float(net.readout.bias[digit]),
+        })  # fmt: skip
+    return units
+
+
+def position_word(positions: dict[str, tuple[float, float]], x: float, y: float) -> str:
+    """A recipe position's name (top, middle, ...) where a burst sits on one, else its clock."""
+    for name, (px, py) in positions.items():
+        if math.hypot(x - px, y - py) <= NAME_TOLERANCE_CELLS:
+            return name
+    return clock_from_xy(x, y)[0]
+
+
+def position_pattern_indices(net) -> tuple[list[float | None], list[float | None]]:
+    """Per conv3 unit, eta² of position and of pattern over line probes, measured as for a SimpleConvNet."""
+    pp = position_pattern(net, "conv3")
+    return tuple([None if math.isnan(v) else round(v, 4) for v in share.tolist()] for share in (pp.position_index, pp.pattern_index))
+
+
+# ---------------------------------------------------------------------------- metrics of the explanation
+
+
+def explanation_metrics(labels: dict) -> dict:
+    """How long the explanation is: bursts per unit, terms per digit, units read by a digit, and
+    the numbers a reader must read to know the whole net (each line's θ, σ, offset, amplitude and
+    bias; each burst's x, y, two widths, amplitude and channel; each unit's bias; each readout
+    weight and each digit's bias)."""
+    by_layer = {layer: [u for u in labels["units"] if u["layer"] == layer] for layer in ("conv1", "conv3", "fc")}
+    bursts = [len(u["bursts"]) for u in by_layer["conv3"]]
+    terms = [len(u["terms"]) for u in by_layer["fc"]]
+    numbers = len(by_layer["conv1"]) * len(LINE_KEYS) + sum(bursts) * (len(BURST_KEYS) + 1) + len(bursts) + sum(terms) + 10
+    return {
+        "explanation/bursts_per_unit_max": max(bursts),
+        "explanation/terms_per_digit_max": max(terms),
+        "explanation/units_used": sum(u["read"] for u in by_layer["conv3"]),
+        "explanation/numbers": numbers,
+    }
+
+
+# ---------------------------------------------------------------------------- the executable explanation
+
+
+@torch.no_grad()
+def learned_recipes(net, exact: bool = True) -> dict:
+    """The learned recipe file (same schema as conf/handnet/recipes.yaml, extended) that rebuilds
+    this net. exact: the parameters bit for bit; else every number rounded as explanation.md
+    prints it (θ in degrees, the canonical line), i.e. the net a reader of explanation.md knows."""
+    r = net.recipes
+    out = {
+        "positions": {name: {"clock": clock, "distance": distance} for name, (clock, distance) in
+                      ((name, clock_from_xy(x, y)) for name, (x, y) in r.positions.items())},
+        "clock_distance": r.clock_distance,
+    }  # fmt: skip
+    c1 = net.conv1
+    labels = [stroke_label(line["kind"], line["theta_deg"], line["amplitude"]) for line in _conv1_numbers(net)]
+    if exact:
+        raw = {key: getattr(c1, key).tolist() for key in LINE_KEYS}
+        lines = [{key: raw[key][i] for key in LINE_KEYS} for i in range(len(labels))]
+    else:
+        lines = [{"theta": math.radians(rounded(line["theta_deg"])), **{k: rounded(line[k]) for k in ("sigma", "offset", "amplitude", "bias")}}
+                 for line in _conv1_numbers(net)]  # fmt: skip
+    out["lines"] = [{"kind": kind, **line, "label": label} for kind, line, label in zip(c1.kinds, lines, labels)]
+    c3 = net.conv3
+    channel = c3.channel_weights().argmax(-1).tolist()
+    widths = [c3.sigma_x, c3.sigma_y] if exact else [s.abs().clamp_min(MIN_SIGMA) for s in (c3.sigma_x, c3.sigma_y)]
+    values = {key: t.tolist() for key, t in zip(BURST_KEYS, (c3.mean_x, c3.mean_y, *widths, c3.amplitude))}
+    number = (lambda v: v) if exact else rounded
+    out["units"] = [
+        {"name": unit_name("conv3", k + 1), "bias": number(float(c3.bias[k])),
+         "bursts": [{"input": unit_name("conv1", channel[k][b] + 1), **{key: number(values[key][k][b]) for key in BURST_KEYS}}
+                    for b in range(c3.n_bursts)]}
+        for k in range(len(channel))
+    ]  # fmt: skip
+    weight = net.readout.sparse_weight()
+    out["digits"] = {
+        digit: {"bias": number(float(net.readout.bias[digit])),
+                "terms": [{"unit": unit_name("conv3", k + 1), "weight": number(float(weight[digit, k]))}
+                          for k in weight[digit].nonzero().flatten().tolist()]}
+        for digit in range(10)
+    }  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------------------- sentences
+
+_SHIFT_WORDS = {"upper": "up", "lower": "down"}
+
+
+def pattern_word(kind: str, theta_deg: float, amplitude: float) -> str:
+    """The short pattern name of a stroke detector, as recipes write it: 'horizontal',
+    'diagonal /', 'dark vertical', 'left side of vertical', or '20°' off the four orientations."""
+    gap = abs(theta_deg - orientation_bin(theta_deg)) % 180.0
+    near = min(gap, 180.0 - gap) <= NAME_TOLERANCE_DEG
+    base = ORIENTATION_NAMES[orientation_bin(theta_deg)] if near else f"{theta_deg % 180.0:.0f}°"
+    if kind == "edge":
+        return f"{edge_side(theta_deg, amplitude)} side of {base}"
+    return base if amplitude >= 0 else f"dark {base}"
+
+
+def conv1_sentence(kind: str, theta_deg: float, sigma: float, offset: float, amplitude: float) -> str:
+    """'line at 45° (slope 1.00), width 0.3, shifted 0.2 to the lower right'."""
+    text = f"{stroke_label(kind, theta_deg, amplitude)}, width {sigma:.2g}"
+    if abs(offset) < 0.05:
+        return f"{text}, centred"
+    # A positive offset moves the line along its normal n = (-sin θ, cos θ); edge_side(θ, -1)
+    # names the direction n (an edge's negative lobe lies on the -sign * n side).
+    word = edge_side(theta_deg, -1.0 if offset > 0 else 1.0)
+    word = _SHIFT_WORDS.get(word, "to the " + word.replace("-", " "))
+    return f"{text}, shifted {abs(offset):.2g} {word}"
+
+
+def burst_place(burst: dict) -> str:
+    """'at 12 o'clock, distance 2', 'at the centre'."""
+    if burst["clock"] == CENTRE:
+        return "at the centre"
+    clock = burst["clock"]
+    clock = f"{clock.removesuffix(':00')} o'clock" if clock.endswith(":00") else clock
+    return f"at {clock}, distance {format_distance(burst['distance'])}"
+
+
+def burst_sentence(burst: dict) -> str:
+    """'+burst at 12 o'clock, distance 2, on conv1_1 (horizontal line)'."""
+    return f"{burst['sign']}burst {burst_place(burst)}, on {burst['input']} ({burst['input_label']})"
+
+
+def recipe_sentence(digit: int, terms: list[dict]) -> str:
+    """'5 = 1.3 top(horizontal) + 0.9 middle(horizontal) - 0.4 centre(vertical)'."""
+    if not terms:
+        return f"{digit} = (nothing)"
+    text = f"{digit} = {'-' if terms[0]['weight'] < 0 else ''}{abs(terms[0]['weight']):.2g} {terms[0]['label']}"
+    for term in terms[1:]:
+        text += f" {'-' if term['weight'] < 0 else '+'} {abs(term['weight']):.2g} {term['label']}"
+    return text
+
+
+# ---------------------------------------------------------------------------- markdown
+
+# explanation.md's (and the dissection report's) section per labels.json layer
+EXPLANATION_TITLES = {
+    "conv1": "conv1: line detectors",
+    "conv3": "conv3: pattern-at-position detectors (bursts on conv1 channels)",
+    "fc": "readout: digit recipes",
+}
+
+
+def _line_numbers(unit: dict) -> str:
+    return (f"θ {fmt(unit['orientation_deg'])}°, σ {fmt(unit['sigma'])}, offset {fmt(unit['offset'])}, "
+            f"amplitude {fmt(unit['amplitude'])}, bias {fmt(unit['bias'])}")  # fmt: skip
+
+
+def _burst_line(burst: dict) -> str:
+    return (f"{fmt(burst['amplitude'])} × burst {burst_place(burst)} "
+            f"(x {fmt(burst['x'])}, y {fmt(burst['y'])}, σx {fmt(burst['sigma_x'])}, σy {fmt(burst['sigma_y'])}) "
+            f"on {burst['input']} ({burst['input_label']})")  # fmt: skip
+
+
+def _recipe_line(unit: dict) -> str:
+    text = f"{unit['index'] - 1} = {fmt(unit['bias'])}"
+    for term in unit["terms"]:
+        text += f" {'-' if term['weight'] < 0 else '+'} {fmt(abs(term['weight']))} {term['unit']} {term['label']}"
+    return text
+
+
+def explanation_markdown(labels: dict) -> str:
+    """explanation.md: the whole net, every line, burst and readout term, numbers to SIGNIFICANT digits."""
+    metrics = explanation_metrics(labels)
+    lines = [
+        f"# HandNet explained from its parameters (widths {labels['widths']})",
+        "",
+        f"Complete: every conv1 line, every burst of every conv3 unit and every readout term; "
+        f"{metrics['explanation/numbers']} numbers, printed to {SIGNIFICANT} significant digits. "
+        "Positions are in grid cells of conv3's 5x5 grid (x right, y up; one cell = 4 pixels); "
+        "a unit reads relu(its bursts summed + bias), max-pooled over the image.",
+    ]
+    for layer, title in EXPLANATION_TITLES.items():
+        lines += ["", f"## {title}", ""]
+        for unit in labels["units"]:
+            if unit["layer"] != layer:
+                continue
+            if layer == "conv1":
+                lines.append(f"- **{unit['name']}**: {unit['sentence']} ({_line_numbers(unit)})")
+            elif layer == "conv3":
+                unread = "" if unit["read"] else "; read by no digit"
+                lines.append(f"- **{unit['name']}** {unit['label']} (bias {fmt(unit['bias'])}{unread}):")
+                lines += [f"  - {_burst_line(burst)}" for burst in unit["bursts"]]
+            else:
+                lines.append(f"- **{unit['name']}**: {_recipe_line(unit)}")
+    return "\n".join(lines) + "\n"
