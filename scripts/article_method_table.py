@@ -29,9 +29,14 @@ from convdissect.config import REPO_ROOT
 ARTICLE = {"activation_variance", "weight_noise", "superstimulus_contrast", "selectivity"}
 ORDER = ["prune_article", "activation_variance", "magnitude", "taylor", "random"]
 # claim 2 (a): conv2 copies its driver's pattern; (b): one driver dominates; the top-k ablation
-COLUMNS = {"conv2_copy_fraction": "(a) copy fraction", "conv2_tuning_corr": "(a) tuning corr. with driver",
-           "conv2_top_share": "(b) main driver's share", "ablation_top1": "top-1 ablation acc.",
-           "ablation_top2": "top-2 ablation acc.", "ablation_top3": "top-3 ablation acc."}
+COLUMNS = {
+    "conv2_copy_fraction": "(a) copy fraction",
+    "conv2_tuning_corr": "(a) tuning corr. with driver",
+    "conv2_top_share": "(b) main driver's share",
+    "ablation_top1": "top-1 ablation acc.",
+    "ablation_top2": "top-2 ablation acc.",
+    "ablation_top3": "top-3 ablation acc.",
+}
 
 
 def criterion_name(criterion) -> str:
@@ -66,8 +71,15 @@ def run_seed(run: Path) -> int:
 
 def dissect(run: Path, overrides: list[str]) -> None:
     """dissect.py on the run's model_state.pt into RUN/dissect (claims only: no report, no superstimuli)."""
-    command = [sys.executable, str(REPO_ROOT / "dissect.py"), f"ckpt_path={run / 'model_state.pt'}",
-               f"hydra.run.dir={run / 'dissect'}", "report.enabled=false", "superstimulus.enabled=false", *overrides]
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "dissect.py"),
+        f"ckpt_path={run / 'model_state.pt'}",
+        f"hydra.run.dir={run / 'dissect'}",
+        "report.enabled=false",
+        "superstimulus.enabled=false",
+        *overrides,
+    ]
     subprocess.run(command, check=True, cwd=REPO_ROOT)
 
 
@@ -82,8 +94,7 @@ def cell(records: list[dict], name: str) -> str:
 
 
 def table(rows: dict[str, list[tuple[int, dict, dict]]], no_conv2: dict[int, float]) -> str:
-    header = ["criterion", "seeds", *COLUMNS.values(), "test accuracy (%)",
-              "minus no_conv2 (points)"]
+    header = ["criterion", "seeds", *COLUMNS.values(), "test accuracy (%)", "minus no_conv2 (points)"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for name in sorted(rows, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
         runs = sorted(rows[name], key=lambda r: r[0])
@@ -96,8 +107,11 @@ def table(rows: dict[str, list[tuple[int, dict, dict]]], no_conv2: dict[int, flo
         else:
             gap = "-"
         cells = [cell(claims, c) if claims else "not dissected" for c in COLUMNS]
-        lines.append(f"| {name} | {', '.join(str(s) for s, _, _ in runs)} | " + " | ".join(cells) +
-                     f" | {mean_sd(acc, 2)} | {gap} |")
+        lines.append(
+            f"| {name} | {', '.join(str(s) for s, _, _ in runs)} | "
+            + " | ".join(cells)
+            + f" | {mean_sd(acc, 2)} | {gap} |"
+        )
     return "\n".join(lines)
 
 
@@ -105,7 +119,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("multirun_dir", type=Path)
     parser.add_argument("--dissect", action="store_true", help="run dissect.py on every run without claims.json")
-    parser.add_argument("--dissect-overrides", nargs="*", default=[], help="extra dissect.py overrides, e.g. n_images=200")
+    parser.add_argument(
+        "--dissect-overrides", nargs="*", default=[], help="extra dissect.py overrides, e.g. n_images=200"
+    )
     parser.add_argument("--no-conv2", type=Path, nargs="*", default=[], help="no_conv2 run dirs (metrics.json)")
     args = parser.parse_args(argv)
     if not args.multirun_dir.is_dir():

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from tutorial_mnist import train_one_epoch, tutorial_loaders
 
 from convdissect.config import REPO_ROOT
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.models.lit_module import LitClassifier
 from convdissect.models.simple_convnet import SimpleConvNet
-from tutorial_mnist import train_one_epoch, tutorial_loaders
 
 DATA_DIR = os.environ.get("CONVDISSECT_DATA_DIR", str(REPO_ROOT / "data"))
 
@@ -69,8 +69,13 @@ def lightning_epoch(widths) -> float:
         {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
     )
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=1, limit_val_batches=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        max_epochs=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     return timed(lambda: trainer.fit(module, datamodule=dm))
 
@@ -81,7 +86,13 @@ def end_to_end(widths) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as run_dir:
         ours = [sys.executable, "train.py", f"model.widths=[{w}]", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"]
         t_ours = timed(lambda: subprocess.run(ours, cwd=REPO_ROOT, env=env, check=True, capture_output=True))
-    tutorial = [sys.executable, str(Path(__file__).with_name("tutorial_mnist.py")), DATA_DIR, "--widths", *map(str, widths)]
+    tutorial = [
+        sys.executable,
+        str(Path(__file__).with_name("tutorial_mnist.py")),
+        DATA_DIR,
+        "--widths",
+        *map(str, widths),
+    ]
     t_tut = timed(lambda: subprocess.run(tutorial, env=env, check=True, capture_output=True))
     return t_ours, t_tut
 
@@ -98,7 +109,9 @@ def main():
     print(f"ours / in-memory = {ours / mem:.2f}  (goal <= 1.10)")
     if args.end_to_end:
         t_ours, t_tut = end_to_end(args.widths)
-        print(f"end to end: train.py {t_ours:.1f} s, tutorial script {t_tut:.1f} s, ratio {t_ours / t_tut:.2f} (goal <= 0.60)")
+        print(
+            f"end to end: train.py {t_ours:.1f} s, tutorial script {t_tut:.1f} s, ratio {t_ours / t_tut:.2f} (goal <= 0.60)"
+        )
 
 
 if __name__ == "__main__":

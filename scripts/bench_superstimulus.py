@@ -1,7 +1,7 @@
 """Time superstimuli of all channels of a layer: one batched run vs one run per channel.
 
-    python scripts/bench_superstimulus.py [--layer conv2] [--steps 64] [--widths 8 16 24 16]
-                                          [--ckpt PATH] [--threads N] [--device cpu|cuda]
+python scripts/bench_superstimulus.py [--layer conv2] [--steps 64] [--widths 8 16 24 16]
+                                      [--ckpt PATH] [--threads N] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -41,9 +41,13 @@ def main() -> None:
 
     superstimuli(net, args.layer, channels=[0], steps=2)  # warm-up
     batched = timed(lambda: superstimuli(net, args.layer, steps=args.steps))
-    one_by_one = timed(lambda: [superstimuli(net, args.layer, channels=[c], steps=args.steps) for c in range(n_channels)])
-    print(f"net widths {net.widths}, layer {args.layer} ({n_channels} channels), {args.steps} steps, "
-          f"device {args.device}, {torch.get_num_threads()} threads")  # fmt: skip
+    one_by_one = timed(
+        lambda: [superstimuli(net, args.layer, channels=[c], steps=args.steps) for c in range(n_channels)]
+    )
+    print(
+        f"net widths {net.widths}, layer {args.layer} ({n_channels} channels), {args.steps} steps, "
+        f"device {args.device}, {torch.get_num_threads()} threads"
+    )
     print(f"batched (all channels at once): {batched:.2f} s")
     print(f"channel by channel:             {one_by_one:.2f} s")
     print(f"speed-up: {one_by_one / batched:.1f}x")

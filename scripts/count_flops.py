@@ -22,9 +22,11 @@ def macs_by_layer(net: nn.Module, image: torch.Tensor) -> dict[str, int]:
     macs, handles = {}, []
     for name, layer in net.named_modules():
         if isinstance(layer, nn.Conv2d):
+
             def hook(m, args, out, name=name):  # one product per weight per output position
                 macs[name] = out[0, 0].numel() * m.weight.numel()
         elif isinstance(layer, nn.Linear):
+
             def hook(m, args, out, name=name):
                 macs[name] = m.weight.numel()
         else:

@@ -23,24 +23,44 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PRUNE = [
-    "+experiment=prune_7iters", "trainer.limit_train_batches=0.1", "trainer.limit_val_batches=0.2", "threads=1", "seed=0",
-    "trainer.enable_progress_bar=false", "~callbacks.progress_bar",
+    "+experiment=prune_7iters",
+    "trainer.limit_train_batches=0.1",
+    "trainer.limit_val_batches=0.2",
+    "threads=1",
+    "seed=0",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
     "+callbacks.model_checkpoint.save_top_k=-1",  # every epoch's checkpoint stays
 ]
 TINY = [
-    "model.widths=[4,8,8,8]", "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "~callbacks.progress_bar", "threads=1",
+    "model.widths=[4,8,8,8]",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "threads=1",
 ]
 
 
 def train(args: list[str], **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def finish(proc: subprocess.Popen, what: str) -> None:
     _, err = proc.communicate(timeout=1800)
     if proc.returncode != 0:
-        raise SystemExit(f"{what} failed (exit {proc.returncode}): {err.strip().splitlines()[-1] if err.strip() else ''}")
+        raise SystemExit(
+            f"{what} failed (exit {proc.returncode}): {err.strip().splitlines()[-1] if err.strip() else ''}"
+        )
 
 
 def sha256(path: Path) -> str:
@@ -75,8 +95,11 @@ def check_kill_and_resume(out: Path, epoch: int) -> bool:
 
     a, b = kept_channels(full), kept_channels(killed)
     same_steps = [i + 1 for i, (x, y) in enumerate(zip(a, b)) if x == y]
-    ok_kept = report("kept channels per pruning step", a == b and len(a) == 7,
-                     f"{len(same_steps)} of {len(a)} steps equal (uninterrupted {len(a)} steps, resumed {len(b)})")
+    ok_kept = report(
+        "kept channels per pruning step",
+        a == b and len(a) == 7,
+        f"{len(same_steps)} of {len(a)} steps equal (uninterrupted {len(a)} steps, resumed {len(b)})",
+    )
     ha, hb = sha256(full / "model_state.pt"), sha256(killed / "model_state.pt")
     ok_hash = report("model_state.pt sha256", ha == hb, f"uninterrupted {ha[:16]}, resumed {hb[:16]}")
     acc_a, acc_b = (json.loads((d / "metrics.json").read_text())["test/acc"] for d in (full, killed))
@@ -90,11 +113,18 @@ def check_same_second(out: Path) -> bool:
     for proc in procs:
         finish(proc, "a concurrent run")
     runs = sorted((log_dir / "train" / "runs").iterdir())
-    seeds = sorted(json.loads((run / "metrics.json").read_text())["overrides"][-1] for run in runs if (run / "metrics.json").exists())
+    seeds = sorted(
+        json.loads((run / "metrics.json").read_text())["overrides"][-1]
+        for run in runs
+        if (run / "metrics.json").exists()
+    )
     ckpts = [sorted(p.name for p in (run / "checkpoints").iterdir()) for run in runs]
     ok = len(runs) == 2 and seeds == ["seed=1", "seed=2"] and all(c == ["epoch_000.ckpt", "last.ckpt"] for c in ckpts)
-    return report("two runs started together, default dirs", ok,
-                  f"{len(runs)} run dirs {[r.name for r in runs]}, metrics.json of {seeds}, checkpoints {ckpts}")
+    return report(
+        "two runs started together, default dirs",
+        ok,
+        f"{len(runs)} run dirs {[r.name for r in runs]}, metrics.json of {seeds}, checkpoints {ckpts}",
+    )
 
 
 def main() -> None:
@@ -103,7 +133,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="where the runs go; default: a new temporary dir")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="fault_check_"))
-    epoch = args.epoch if args.epoch is not None else random.randrange(0, 9)  # prune_7iters: 10 epochs, epoch 9 is the last
+    epoch = (
+        args.epoch if args.epoch is not None else random.randrange(0, 9)
+    )  # prune_7iters: 10 epochs, epoch 9 is the last
     print(f"runs in {out}; killing after epoch {epoch}", flush=True)
     results = [check_kill_and_resume(out, epoch), check_same_second(out)]
     print("ALL PASS" if all(results) else "SOME FAILED", flush=True)

@@ -21,8 +21,19 @@ from pathlib import Path
 import matplotlib
 
 # Overrides that do not change the net: runs differing only in these are seeds of one point.
-NOT_A_VARIANT = ("seed=", "threads=", "hydra.", "hydra/", "paths.", "trainer.enable_progress_bar=", "~callbacks.progress_bar",
-                 "+sweep=", "+experiment=", "model.n_bursts=", "model.terms=")  # fmt: skip
+NOT_A_VARIANT = (
+    "seed=",
+    "threads=",
+    "hydra.",
+    "hydra/",
+    "paths.",
+    "trainer.enable_progress_bar=",
+    "~callbacks.progress_bar",
+    "+sweep=",
+    "+experiment=",
+    "model.n_bursts=",
+    "model.terms=",
+)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -39,23 +50,25 @@ def load_runs(dirs: list[str]) -> list[dict]:
             cfg = yaml.safe_load(config.read_text()) if config.is_file() else {}
             terms = cfg.get("model", {}).get("terms", "?") if cfg else "?"  # ? : a run without its .hydra config
             explained = "explanation/numbers" in m
-            runs.append({
-                "experiment": m.get("experiment", "?"),
-                "K": m["explanation/bursts_per_unit_max"] if explained else None,
-                "T": ("all" if terms is None else terms) if explained else None,
-                "seed": cfg.get("seed"),
-                "variant": " ".join(sorted(o for o in m.get("overrides", []) if not o.startswith(NOT_A_VARIANT))),
-                "acc": 100 * m["test/acc"],
-                # the rounded net (every number as explanation.md prints it) against the trained one, same images
-                "rounding": 100 * m["explanation/rounded_acc_change"] if explained else None,
-                "roundtrip": m.get("explanation/roundtrip_agreement"),
-                "bursts": m.get("explanation/bursts_per_unit_max"),
-                "terms": m.get("explanation/terms_per_digit_max"),
-                "units": m.get("explanation/units_used"),
-                "numbers": m["explanation/numbers"] if explained else m["n_params"],
-                "wall_s": m["wall_s"],
-                "dir": str(path.parent),
-            })  # fmt: skip
+            runs.append(
+                {
+                    "experiment": m.get("experiment", "?"),
+                    "K": m["explanation/bursts_per_unit_max"] if explained else None,
+                    "T": ("all" if terms is None else terms) if explained else None,
+                    "seed": cfg.get("seed"),
+                    "variant": " ".join(sorted(o for o in m.get("overrides", []) if not o.startswith(NOT_A_VARIANT))),
+                    "acc": 100 * m["test/acc"],
+                    # the rounded net (every number as explanation.md prints it) against the trained one, same images
+                    "rounding": 100 * m["explanation/rounded_acc_change"] if explained else None,
+                    "roundtrip": m.get("explanation/roundtrip_agreement"),
+                    "bursts": m.get("explanation/bursts_per_unit_max"),
+                    "terms": m.get("explanation/terms_per_digit_max"),
+                    "units": m.get("explanation/units_used"),
+                    "numbers": m["explanation/numbers"] if explained else m["n_params"],
+                    "wall_s": m["wall_s"],
+                    "dir": str(path.parent),
+                }
+            )
     return runs
 
 
@@ -68,14 +81,34 @@ def group(runs: list[dict]) -> list[dict]:
     for (experiment, k, t, variant), members in groups.items():
         acc = [r["acc"] for r in members]
         mean = functools.partial(_mean, members)
-        rows.append({
-            "experiment": experiment, "K": k, "T": t, "variant": variant, "seeds": len(members), "acc": statistics.mean(acc),
-            "acc_sd": statistics.stdev(acc) if len(acc) > 1 else None, "rounding": mean("rounding"),
-            "roundtrip": min((r["roundtrip"] for r in members if r["roundtrip"] is not None), default=None),
-            "bursts": mean("bursts"), "terms": mean("terms"), "units": mean("units"), "numbers": mean("numbers"),
-            "wall_s": mean("wall_s"),
-        })  # fmt: skip
-    return sorted(rows, key=lambda r: (r["K"] is None, r["K"] or 0, r["T"] == "all", int(r["T"]) if r["T"].isdigit() else 0, r["variant"]))
+        rows.append(
+            {
+                "experiment": experiment,
+                "K": k,
+                "T": t,
+                "variant": variant,
+                "seeds": len(members),
+                "acc": statistics.mean(acc),
+                "acc_sd": statistics.stdev(acc) if len(acc) > 1 else None,
+                "rounding": mean("rounding"),
+                "roundtrip": min((r["roundtrip"] for r in members if r["roundtrip"] is not None), default=None),
+                "bursts": mean("bursts"),
+                "terms": mean("terms"),
+                "units": mean("units"),
+                "numbers": mean("numbers"),
+                "wall_s": mean("wall_s"),
+            }
+        )
+    return sorted(
+        rows,
+        key=lambda r: (
+            r["K"] is None,
+            r["K"] or 0,
+            r["T"] == "all",
+            int(r["T"]) if r["T"].isdigit() else 0,
+            r["variant"],
+        ),
+    )
 
 
 def _mean(members: list[dict], key: str) -> float | None:
@@ -111,10 +144,19 @@ def plot(rows: list[dict], references: list[dict], path: Path) -> None:
         label = f"K={k} bursts per unit" + (f", {variant}" if variant else "")
         ax.plot([r["numbers"] for r in points], [r["acc"] for r in points], "o-" if not variant else "x--", label=label)
         for r in points:
-            ax.annotate(f"T={r['T']}", (r["numbers"], r["acc"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            ax.annotate(
+                f"T={r['T']}", (r["numbers"], r["acc"]), textcoords="offset points", xytext=(4, -10), fontsize=7
+            )
     for r, marker in zip(references, "s^Dv"):
-        ax.plot([r["numbers"]], [r["acc"]], marker, color="black", markerfacecolor="none", markersize=9,
-                label=f"{r['experiment']} (reference)")  # fmt: skip
+        ax.plot(
+            [r["numbers"]],
+            [r["acc"]],
+            marker,
+            color="black",
+            markerfacecolor="none",
+            markersize=9,
+            label=f"{r['experiment']} (reference)",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("numbers a reader must read to know the whole net (log scale)")
     ax.set_ylabel("test accuracy (%)")

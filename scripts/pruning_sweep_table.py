@@ -47,8 +47,15 @@ def table(runs: list[tuple[Path, dict]]) -> str:
     for _, m in runs:
         groups[(criterion_label(m["pruning"]), schedule_label(m["pruning"]))].append(m)
     steps = max(len(m["pruning_history"]) for _, m in runs)
-    header = ["criterion", "schedule", "seeds", *(f"step {k} (%)" for k in range(1, steps + 1)),
-              "final widths", "FLOPs per image", "test acc (%)"]
+    header = [
+        "criterion",
+        "schedule",
+        "seeds",
+        *(f"step {k} (%)" for k in range(1, steps + 1)),
+        "final widths",
+        "FLOPs per image",
+        "test acc (%)",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (criterion, schedule), group in sorted(groups.items()):
         group.sort(key=lambda m: m["pruning"].get("seed", -1))

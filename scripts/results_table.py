@@ -24,7 +24,15 @@ from omegaconf import OmegaConf
 from convdissect.claims import accuracy_table, claims_table
 
 # Experiments in the order the article tells them.
-ORDER = ["baseline", "prune_7iters", "prune_random", "small_scratch", "no_conv2", "handnet_handcrafted", "handnet_finetune"]
+ORDER = [
+    "baseline",
+    "prune_7iters",
+    "prune_random",
+    "small_scratch",
+    "no_conv2",
+    "handnet_handcrafted",
+    "handnet_finetune",
+]
 
 
 @dataclass
@@ -93,7 +101,10 @@ def results_table(groups: dict[str, list[Run]]) -> str:
 
 def pruning_table(groups: dict[str, list[Run]]) -> str:
     """Val accuracy per pruning step (mean over seeds): before, right after, after retraining."""
-    rows = ["| experiment | step | widths | before (%) | right after pruning (%) | after retraining (%) |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| experiment | step | widths | before (%) | right after pruning (%) | after retraining (%) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, runs in groups.items():
         histories = [r.metrics["pruning_history"] for r in runs if r.metrics.get("pruning_history")]
         for step in range(min((len(h) for h in histories), default=0)):
@@ -134,7 +145,9 @@ def main(argv=None) -> int:
     acc = {name: {r.seed: r.metrics["test/acc"] for r in runs} for name, runs in groups.items()}
     print(accuracy_table(acc, {name: dissection_files(runs, "separation.json") for name, runs in groups.items()}))
     print("\n## The article's claims: each statistic next to its nulls, per net (docs/measures.md)\n")
-    print(claims_table({name: found for name, runs in groups.items() if (found := dissection_files(runs, "claims.json"))}))
+    print(
+        claims_table({name: found for name, runs in groups.items() if (found := dissection_files(runs, "claims.json"))})
+    )
     for run_dir in missing:
         print(f"\nno metrics.json in {run_dir}: that run failed or is still running")
     return 0

@@ -19,17 +19,24 @@ from convdissect.dissect.contributions import contributions, signed_contribution
 
 def main(paths: list[str]) -> None:
     torch.set_num_threads(1)
-    images, _ = MNISTDataModule(data_dir=os.environ.get("CONVDISSECT_DATA_DIR", str(REPO_ROOT / "data"))).tensors("val", 1000)
+    images, _ = MNISTDataModule(data_dir=os.environ.get("CONVDISSECT_DATA_DIR", str(REPO_ROOT / "data"))).tensors(
+        "val", 1000
+    )
     for path in paths:
         net = load_any_net(path).eval()
         seen = record(net, images, ["conv2"], what="input")["conv2"]
-        norms = sum(contributions(net.conv2, seen[s : s + 100]).flatten(3).norm(dim=3).sum(dim=0) for s in range(0, len(seen), 100))
+        norms = sum(
+            contributions(net.conv2, seen[s : s + 100]).flatten(3).norm(dim=3).sum(dim=0)
+            for s in range(0, len(seen), 100)
+        )
         dominant = norms.argmax(dim=1)
         found = signed_contributions(net, "conv2", images)
         main_driver = found.drive.argmax(dim=1)
         inhibiting = int((found.mean[torch.arange(len(dominant)), dominant] < 0).sum())
-        print(f"{path}: the sign-blind dominant input is the main driver in {int((dominant == main_driver).sum())} of "
-              f"{len(dominant)} conv2 channels; it inhibits the channel (mean signed contribution < 0) in {inhibiting}")
+        print(
+            f"{path}: the sign-blind dominant input is the main driver in {int((dominant == main_driver).sum())} of "
+            f"{len(dominant)} conv2 channels; it inhibits the channel (mean signed contribution < 0) in {inhibiting}"
+        )
 
 
 if __name__ == "__main__":

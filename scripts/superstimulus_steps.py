@@ -36,8 +36,14 @@ def step_table(net, images: torch.Tensor, labels: torch.Tensor, steps: list[int]
     table = producer_consumer_table(net)
     cal = Calibration(net, table, images, labels, torch.Generator())
     pairs = list(itertools.combinations(steps, 2))
-    rows = ["| layer | channels | " + " | ".join(f"ρ({a}, {b})" for a, b in pairs) + " | seconds at " +
-            ", ".join(map(str, steps)) + " |", "|---" * (3 + len(pairs)) + "|"]
+    rows = [
+        "| layer | channels | "
+        + " | ".join(f"ρ({a}, {b})" for a, b in pairs)
+        + " | seconds at "
+        + ", ".join(map(str, steps))
+        + " |",
+        "|---" * (3 + len(pairs)) + "|",
+    ]
     for layer in table:
         scores, seconds = {}, []
         for n in steps:
@@ -45,8 +51,13 @@ def step_table(net, images: torch.Tensor, labels: torch.Tensor, steps: list[int]
             scores[n] = superstimulus_contrast(cal, layer, steps=n)
             seconds.append(time.perf_counter() - start)
         rhos = [spearman(scores[a], scores[b]) for a, b in pairs]
-        rows.append(f"| {layer} | {len(scores[steps[0]])} | " + " | ".join(f"{r:.3f}" for r in rhos) + " | " +
-                    ", ".join(f"{s:.1f}" for s in seconds) + " |")
+        rows.append(
+            f"| {layer} | {len(scores[steps[0]])} | "
+            + " | ".join(f"{r:.3f}" for r in rhos)
+            + " | "
+            + ", ".join(f"{s:.1f}" for s in seconds)
+            + " |"
+        )
     return rows
 
 

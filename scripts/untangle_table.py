@@ -59,7 +59,9 @@ def main(argv=None) -> None:
         if args.figure and seed == 0:
             position_maps_figure(result, args.method).savefig(args.figure, dpi=110)
             print(f"figure: {args.figure}", file=sys.stderr)
-    print(f"{len(nets)} nets, bases fitted on {args.n_train} training images, readout scored on {args.n_test} test images\n")
+    print(
+        f"{len(nets)} nets, bases fitted on {args.n_train} training images, readout scored on {args.n_test} test images\n"
+    )
     print(untangle_table(rows))
     raw = rows[RAW]
     print()
@@ -67,9 +69,11 @@ def main(argv=None) -> None:
         ratios = [u.median_share / r.median_share for u, r in zip(rows[name], raw)]
         points = [100 * (u.readout_accuracy - r.readout_accuracy) for u, r in zip(rows[name], raw)]
         met = all(q >= GOAL_RATIO for q in ratios) and all(abs(p) <= GOAL_POINTS for p in points)
-        print(f"{name}: share / raw conv3's = {', '.join(f'{q:.2f}' for q in ratios)}; readout - raw = "
-              f"{', '.join(f'{p:+.2f}' for p in points)} points; goal (>= {GOAL_RATIO:g}x at +-{GOAL_POINTS:g} points) "
-              f"{'met' if met else 'not met'}")
+        print(
+            f"{name}: share / raw conv3's = {', '.join(f'{q:.2f}' for q in ratios)}; readout - raw = "
+            f"{', '.join(f'{p:+.2f}' for p in points)} points; goal (>= {GOAL_RATIO:g}x at +-{GOAL_POINTS:g} points) "
+            f"{'met' if met else 'not met'}"
+        )
 
 
 if __name__ == "__main__":

@@ -24,53 +24,149 @@ RUN = [*TINY, "threads=1"]
 CASES = {
     # nets
     "widths_scalar": ("train.py", ["model.widths=32"], ["model.widths=32", "expected a list of 4 values"]),
-    "widths_zero": ("train.py", ["model.widths=[8,16,0,16]"], ["model.widths=[8, 16, 0, 16]", "every width must be a positive integer"]),
+    "widths_zero": (
+        "train.py",
+        ["model.widths=[8,16,0,16]"],
+        ["model.widths=[8, 16, 0, 16]", "every width must be a positive integer"],
+    ),
     "widths_count": ("train.py", ["model.widths=[8,16,24]"], ["model.widths=[8, 16, 24]", "expected 4 values"]),
-    "recipes_missing": ("train.py", ["model=handnet", "model.recipes=/nonexistent/recipes.yaml", "fit=false"],
-                        ["model.recipes='/nonexistent/recipes.yaml'", "no such file"]),
+    "recipes_missing": (
+        "train.py",
+        ["model=handnet", "model.recipes=/nonexistent/recipes.yaml", "fit=false"],
+        ["model.recipes='/nonexistent/recipes.yaml'", "no such file"],
+    ),
     # data files
-    "idx_bad_magic": ("train.py", [*RUN, "paths.data_dir={files}/bad_magic"],
-                      ["t10k-labels-idx1-ubyte has magic number 0x00000802", "expected 0x00000801"]),
-    "idx_garbage": ("train.py", [*RUN, "paths.data_dir={files}/garbage"], ["t10k-images-idx3-ubyte has magic number", "expected 0x00000803"]),
-    "idx_label_200": ("train.py", [*RUN, "paths.data_dir={files}/label_200"], ["holds the label 200", "expected 0 to 9"]),
-    "idx_truncated": ("train.py", [*RUN, "paths.data_dir={files}/truncated"], ["t10k-labels-idx1-ubyte has 5000 bytes", "expected 10008"]),
-    "data_missing": ("train.py", [*RUN, "paths.data_dir={files}/empty", "data.download=false"],
-                     ["MNIST not usable in {files}/empty/MNIST/raw", "data.download=false"]),
+    "idx_bad_magic": (
+        "train.py",
+        [*RUN, "paths.data_dir={files}/bad_magic"],
+        ["t10k-labels-idx1-ubyte has magic number 0x00000802", "expected 0x00000801"],
+    ),
+    "idx_garbage": (
+        "train.py",
+        [*RUN, "paths.data_dir={files}/garbage"],
+        ["t10k-images-idx3-ubyte has magic number", "expected 0x00000803"],
+    ),
+    "idx_label_200": (
+        "train.py",
+        [*RUN, "paths.data_dir={files}/label_200"],
+        ["holds the label 200", "expected 0 to 9"],
+    ),
+    "idx_truncated": (
+        "train.py",
+        [*RUN, "paths.data_dir={files}/truncated"],
+        ["t10k-labels-idx1-ubyte has 5000 bytes", "expected 10008"],
+    ),
+    "data_missing": (
+        "train.py",
+        [*RUN, "paths.data_dir={files}/empty", "data.download=false"],
+        ["MNIST not usable in {files}/empty/MNIST/raw", "data.download=false"],
+    ),
     # training settings
-    "batch_size_too_large": ("train.py", [*RUN, "data.batch_size=100000"], ["data.batch_size=100000", "allowed 1 to 55000"]),
+    "batch_size_too_large": (
+        "train.py",
+        [*RUN, "data.batch_size=100000"],
+        ["data.batch_size=100000", "allowed 1 to 55000"],
+    ),
     "zero_epochs": ("train.py", [*RUN, "trainer.max_epochs=0"], ["trainer.max_epochs=0", "at least 1 epoch"]),
     "negative_lr": ("train.py", [*RUN, "optimizer.lr=-1"], ["torch.optim.AdamW(lr=-1", "Invalid learning rate"]),
-    "pct_start_one": ("train.py", [*RUN, "scheduler.pct_start=1.0"], ["scheduler.pct_start=1.0", "allowed 0 <= pct_start < 1"]),
-    "nan_loss": ("train.py", [*RUN, "optimizer.lr=1e30", "scheduler=null"], ["training loss became nan at epoch 0, batch", "optimizer.lr"]),
+    "pct_start_one": (
+        "train.py",
+        [*RUN, "scheduler.pct_start=1.0"],
+        ["scheduler.pct_start=1.0", "allowed 0 <= pct_start < 1"],
+    ),
+    "nan_loss": (
+        "train.py",
+        [*RUN, "optimizer.lr=1e30", "scheduler=null"],
+        ["training loss became nan at epoch 0, batch", "optimizer.lr"],
+    ),
     "threads": ("train.py", [*RUN, "threads=-1"], ["threads=-1", "positive integer"]),
     "test_ckpt": ("train.py", [*RUN, "test_ckpt=bogus"], ["test_ckpt=bogus", "allowed ['best', 'last']"]),
-    "fit_false_nothing_to_load": ("train.py", [*RUN, "fit=false"], ["fit=false with nothing to load", "ckpt_path=", "model.init_from="]),
+    "fit_false_nothing_to_load": (
+        "train.py",
+        [*RUN, "fit=false"],
+        ["fit=false with nothing to load", "ckpt_path=", "model.init_from="],
+    ),
     # pruning settings
-    "pruning_mode": ("train.py", [*RUN, "callbacks=pruning", "callbacks.pruning.mode=bogus"],
-                     ["callbacks.pruning.mode='bogus'", "allowed ['geometric', 'threshold']"]),
-    "pruning_target_too_wide": ("train.py", [*RUN, "callbacks=pruning", "trainer.max_epochs=10"],
-                                ["callbacks.pruning.target_widths=[8, 16, 24, 16]", "above its current width"]),
+    "pruning_mode": (
+        "train.py",
+        [*RUN, "callbacks=pruning", "callbacks.pruning.mode=bogus"],
+        ["callbacks.pruning.mode='bogus'", "allowed ['geometric', 'threshold']"],
+    ),
+    "pruning_target_too_wide": (
+        "train.py",
+        [*RUN, "callbacks=pruning", "trainer.max_epochs=10"],
+        ["callbacks.pruning.target_widths=[8, 16, 24, 16]", "above its current width"],
+    ),
     "pruning_eval_size_0": pytest.param(
-        "train.py", [*RUN, "callbacks=pruning", "trainer.max_epochs=3", "callbacks.pruning.target_widths=[2,4,4,4]",
-                     "callbacks.pruning.iterations=1", "callbacks.pruning.pretrain_epochs=1", "callbacks.pruning.eval_size=0"],
-        ["callbacks.pruning.eval_size=0"], marks=XFAIL_PRUNING),
+        "train.py",
+        [
+            *RUN,
+            "callbacks=pruning",
+            "trainer.max_epochs=3",
+            "callbacks.pruning.target_widths=[2,4,4,4]",
+            "callbacks.pruning.iterations=1",
+            "callbacks.pruning.pretrain_epochs=1",
+            "callbacks.pruning.eval_size=0",
+        ],
+        ["callbacks.pruning.eval_size=0"],
+        marks=XFAIL_PRUNING,
+    ),
     # checkpoints and state_dicts
-    "init_from_text": ("train.py", [*RUN, "model.init_from={files}/text.pt"], ["model.init_from={files}/text.pt", "not a readable PyTorch file"]),
-    "init_from_nan": ("train.py", [*RUN, "model.init_from={files}/nan.pt"], ["model.init_from={files}/nan.pt", "tensor conv1.weight holds NaN or inf"]),
-    "init_from_wrong_shape": ("train.py", [*RUN, "model.init_from={files}/wrong_shape.pt"], ["wrongly shaped for a SimpleConvNet", "conv3.weight"]),
-    "resume_text": ("train.py", [*RUN, "ckpt_path={files}/text.pt"], ["ckpt_path={files}/text.pt", "not a readable PyTorch file"]),
-    "resume_missing": ("train.py", [*RUN, "ckpt_path={files}/missing.ckpt"], ["ckpt_path={files}/missing.ckpt", "no such file"]),
-    "resume_state_dict": ("train.py", [*RUN, "ckpt_path={files}/model_state.pt"], ["not a Lightning training checkpoint", "model.init_from"]),
+    "init_from_text": (
+        "train.py",
+        [*RUN, "model.init_from={files}/text.pt"],
+        ["model.init_from={files}/text.pt", "not a readable PyTorch file"],
+    ),
+    "init_from_nan": (
+        "train.py",
+        [*RUN, "model.init_from={files}/nan.pt"],
+        ["model.init_from={files}/nan.pt", "tensor conv1.weight holds NaN or inf"],
+    ),
+    "init_from_wrong_shape": (
+        "train.py",
+        [*RUN, "model.init_from={files}/wrong_shape.pt"],
+        ["wrongly shaped for a SimpleConvNet", "conv3.weight"],
+    ),
+    "resume_text": (
+        "train.py",
+        [*RUN, "ckpt_path={files}/text.pt"],
+        ["ckpt_path={files}/text.pt", "not a readable PyTorch file"],
+    ),
+    "resume_missing": (
+        "train.py",
+        [*RUN, "ckpt_path={files}/missing.ckpt"],
+        ["ckpt_path={files}/missing.ckpt", "no such file"],
+    ),
+    "resume_state_dict": (
+        "train.py",
+        [*RUN, "ckpt_path={files}/model_state.pt"],
+        ["not a Lightning training checkpoint", "model.init_from"],
+    ),
     "eval_no_ckpt": ("eval.py", [], ["ckpt_path is not set", "python eval.py ckpt_path=PATH"]),
     "eval_nan": ("eval.py", ["ckpt_path={files}/nan.pt"], ["tensor conv1.weight holds NaN or inf"]),
-    "dissect_text": ("dissect.py", ["ckpt_path={files}/text.pt"], ["ckpt_path={files}/text.pt", "not a readable PyTorch file"]),
+    "dissect_text": (
+        "dissect.py",
+        ["ckpt_path={files}/text.pt"],
+        ["ckpt_path={files}/text.pt", "not a readable PyTorch file"],
+    ),
     "dissect_nan": ("dissect.py", ["ckpt_path={files}/nan.pt"], ["tensor conv1.weight holds NaN or inf"]),
     "dissect_projection_points_0": pytest.param(
-        "dissect.py", ["ckpt_path={files}/model_state.pt", "report.projection_points=0"], ["report.projection_points=0"], marks=XFAIL_DISSECT),
+        "dissect.py",
+        ["ckpt_path={files}/model_state.pt", "report.projection_points=0"],
+        ["report.projection_points=0"],
+        marks=XFAIL_DISSECT,
+    ),
     # run dirs
-    "run_dir_not_writable": ("train.py", [*RUN, "hydra.run.dir=/proc/convdissect/run"], ["output dir /proc/convdissect/run cannot be written"]),
-    "run_dir_finished": ("train.py", [*RUN, "hydra.run.dir={files}/finished"],
-                         ["hydra.run.dir={files}/finished already holds a finished run", "overwrite=true"]),
+    "run_dir_not_writable": (
+        "train.py",
+        [*RUN, "hydra.run.dir=/proc/convdissect/run"],
+        ["output dir /proc/convdissect/run cannot be written"],
+    ),
+    "run_dir_finished": (
+        "train.py",
+        [*RUN, "hydra.run.dir={files}/finished"],
+        ["hydra.run.dir={files}/finished already holds a finished run", "overwrite=true"],
+    ),
 }
 
 
@@ -86,7 +182,12 @@ def files(tmp_path_factory, data_dir):
     (out / "finished" / "metrics.json").write_text("{}\n")
     (out / "empty").mkdir()
     real = f"{data_dir}/MNIST/raw"
-    for name, damage in (("bad_magic", _bad_magic), ("garbage", _garbage), ("label_200", _label_200), ("truncated", _truncate)):
+    for name, damage in (
+        ("bad_magic", _bad_magic),
+        ("garbage", _garbage),
+        ("label_200", _label_200),
+        ("truncated", _truncate),
+    ):
         raw = out / name / "MNIST" / "raw"
         raw.mkdir(parents=True)
         for idx in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):

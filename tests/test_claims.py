@@ -111,7 +111,9 @@ def test_signed_shares_sum_as_documented(images):
         live = found.drive.sum(dim=1) > 0
         torch.testing.assert_close(found.drive.sum(dim=1)[live], torch.ones(int(live.sum()), dtype=torch.float64))
         inhibited = found.inhibition.sum(dim=1) > 0
-        torch.testing.assert_close(found.inhibition.sum(dim=1)[inhibited], torch.ones(int(inhibited.sum()), dtype=torch.float64))
+        torch.testing.assert_close(
+            found.inhibition.sum(dim=1)[inhibited], torch.ones(int(inhibited.sum()), dtype=torch.float64)
+        )
 
 
 def test_reference_bursts_and_strokes_are_classified_right():
@@ -139,12 +141,22 @@ def test_the_verdict_rule():
 
 @pytest.mark.slow
 def test_an_untrained_net_is_never_reported_as_having_learned_claims_2_to_4(images, data_dir, one_thread):
-    settings = OmegaConf.create({"statistics": "all", "untrained_seeds": 8, "bootstrap": 500, "reference_grids": 100, "shuffles": 50,
-                                 "ablation_draws": 3})  # fmt: skip
+    settings = OmegaConf.create(
+        {
+            "statistics": "all",
+            "untrained_seeds": 8,
+            "bootstrap": 500,
+            "reference_grids": 100,
+            "shuffles": 50,
+            "ablation_draws": 3,
+        }
+    )
     for seed in (11, 12):
         torch.manual_seed(seed)
         net = SimpleConvNet([8, 16, 24, 16]).eval()
-        nulls = [measure(untrained_like(net, 1000 + i), images, for_labels=False) for i in range(settings.untrained_seeds)]
+        nulls = [
+            measure(untrained_like(net, 1000 + i), images, for_labels=False) for i in range(settings.untrained_seeds)
+        ]
         claims = claim_statistics(measure(net, images), nulls, settings, seed)
         assert {name for name, spec in STATISTICS.items() if not name.startswith("ablation")} == set(claims)
         learned = {name: c["learned"] for name, c in claims.items() if c["claim"] in (2, 3, 4)}
@@ -159,8 +171,13 @@ def test_dissect_events_go_beside_the_training_run(tmp_path):
     (run / ".hydra").mkdir()
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # what the Hydra app leaves in a run dir
     out = tmp_path / "dissect"
-    overrides = [f"ckpt_path={run / 'model_state.pt'}", "n_images=200", "superstimulus.enabled=false", "report.projection_points=60",
-                 *FAST_NULLS]  # fmt: skip
+    overrides = [
+        f"ckpt_path={run / 'model_state.pt'}",
+        "n_images=200",
+        "superstimulus.enabled=false",
+        "report.projection_points=60",
+        *FAST_NULLS,
+    ]
     labels = dissect(compose_cfg("dissect", overrides, out))
     events_dirs = [p for p in (run / "tensorboard").iterdir() if p.is_dir() and p.name.startswith("dissect_")]
     assert len(events_dirs) == 1 and not (out / "tensorboard").exists()

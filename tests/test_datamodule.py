@@ -25,7 +25,7 @@ def test_normalisation(dm):
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (64, 1, 28, 28) and y.shape == (64,)
     images = dm.splits["train"][0]
-    raw = (images[:2000].float() / 255)
+    raw = images[:2000].float() / 255
     assert abs(raw.mean().item() - MNIST_MEAN) < 0.01
     full, _ = dm.tensors("train", 2000)
     assert abs(full.mean().item()) < 0.03 and abs(full.std().item() - 1) < 0.03
@@ -103,11 +103,18 @@ def test_bad_batch_size():
         MNISTDataModule(batch_size=0)
 
 
-@pytest.mark.parametrize("offset,byte,match", [
-    (3, 2, r"t10k-labels-idx1-ubyte has magic number 0x00000802, expected 0x00000801"),  # right size, another IDX type
-    (7, 7, r"t10k-labels-idx1-ubyte has dims \[9991\], expected \[10000\]"),  # 10000 = 0x2710 -> 0x2707
-    (8 + 99, 200, r"t10k-labels-idx1-ubyte holds the label 200, expected 0 to 9"),
-])
+@pytest.mark.parametrize(
+    "offset,byte,match",
+    [
+        (
+            3,
+            2,
+            r"t10k-labels-idx1-ubyte has magic number 0x00000802, expected 0x00000801",
+        ),  # right size, another IDX type
+        (7, 7, r"t10k-labels-idx1-ubyte has dims \[9991\], expected \[10000\]"),  # 10000 = 0x2710 -> 0x2707
+        (8 + 99, 200, r"t10k-labels-idx1-ubyte holds the label 200, expected 0 to 9"),
+    ],
+)
 def test_idx_content_is_checked_not_only_the_size(offset, byte, match, tmp_path, data_dir):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)

@@ -21,8 +21,13 @@ from convdissect.train import train
 from tests.conftest import TINY, compose_cfg
 
 # Few null draws and ablation images: the nulls' machinery runs, in seconds.
-FAST_NULLS = ["claims.untrained_seeds=2", "claims.bootstrap=200", "claims.shuffles=20", "claims.ablation_images=500",
-              "claims.reference_grids=50"]  # fmt: skip
+FAST_NULLS = [
+    "claims.untrained_seeds=2",
+    "claims.bootstrap=200",
+    "claims.shuffles=20",
+    "claims.ablation_images=500",
+    "claims.reference_grids=50",
+]
 DISSECT_FAST = ["n_images=200", "superstimulus.steps=8", *FAST_NULLS]
 
 
@@ -40,7 +45,9 @@ def images(data_dir):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "dissect.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "dissect.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow
@@ -49,7 +56,9 @@ def test_cli_on_a_lightning_checkpoint(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     labels = json.loads((tmp_path / "labels.json").read_text())
     assert labels["net"] == "simple_convnet" and labels["widths"] == [4, 8, 8, 8]
-    assert [u["name"] for u in labels["units"]] == [f"conv{l}_{i}" for l, n in ((1, 4), (2, 8), (3, 8)) for i in range(1, n + 1)]
+    assert [u["name"] for u in labels["units"]] == [
+        f"conv{layer}_{i}" for layer, n in ((1, 4), (2, 8), (3, 8)) for i in range(1, n + 1)
+    ]
     conv1, conv2, conv3 = labels["units"][0], labels["units"][4], labels["units"][12]
     assert {"orientation_deg", "kind", "side", "fit_r2", "secondary_orientation_deg"} <= set(conv1)
     assert {"drivers", "inhibitors", "copies_input"} <= set(conv2)
@@ -61,7 +70,11 @@ def test_cli_on_a_lightning_checkpoint(trained, tmp_path):
     assert all(b["input"].startswith("conv2_") for u in labels["units"][12:] for b in u["bursts"])
     stimuli = torch.load(tmp_path / "superstimuli.pt", weights_only=True)
     assert {k: tuple(v.shape) for k, v in stimuli.items()} == {
-        "conv1": (4, 1, 28, 28), "conv2": (8, 1, 28, 28), "conv3": (8, 1, 28, 28), "fc5": (10, 1, 28, 28)}  # fmt: skip
+        "conv1": (4, 1, 28, 28),
+        "conv2": (8, 1, 28, 28),
+        "conv3": (8, 1, 28, 28),
+        "fc5": (10, 1, 28, 28),
+    }
     assert stimuli["conv1"].min() >= 0 and stimuli["conv1"].max() <= 1
 
 
@@ -69,7 +82,11 @@ def test_cli_on_a_lightning_checkpoint(trained, tmp_path):
 def test_plain_state_dict_without_conv2_is_the_no_conv2_variant(tmp_path):
     torch.manual_seed(0)
     torch.save(SimpleConvNet([4, 6, 8], conv2=False).state_dict(), tmp_path / "no_conv2.pt")
-    cfg = compose_cfg("dissect", [f"ckpt_path={tmp_path / 'no_conv2.pt'}", "superstimulus.enabled=false", "n_images=100", *FAST_NULLS], tmp_path)
+    cfg = compose_cfg(
+        "dissect",
+        [f"ckpt_path={tmp_path / 'no_conv2.pt'}", "superstimulus.enabled=false", "n_images=100", *FAST_NULLS],
+        tmp_path,
+    )
     labels = dissect(cfg)
     assert labels == json.loads((tmp_path / "labels.json").read_text())
     assert labels["widths"] == [4, 6, 8]
@@ -120,7 +137,10 @@ def wrong_shapes(path):
 
 
 def handnet_like(path):
-    torch.save({"conv1.theta": torch.zeros(4), "conv3.mean_x": torch.zeros(8, 4, 2), "readout.weight": torch.zeros(10, 8)}, path)
+    torch.save(
+        {"conv1.theta": torch.zeros(4), "conv3.mean_x": torch.zeros(8, 4, 2), "readout.weight": torch.zeros(10, 8)},
+        path,
+    )
 
 
 @pytest.mark.parametrize(
@@ -149,13 +169,19 @@ def test_ckpt_path_is_required(tmp_path):
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("n_images=0", "n_images=0: must be"), ("split=holdout", "split='holdout'"),
-     ("superstimulus.layers=[conv9]", r"superstimulus\.layers: \['conv9'\] unknown"),
-     ("data.val_size=0", r"data\.val_size=0"),
-     ("claims.statistics=[conv2_dominance]", r"claims\.statistics: \['conv2_dominance'\] unknown; allowed 'all' or a list of"),
-     ("claims.untrained_seeds=1", r"claims\.untrained_seeds=1: must be an integer in 2\.\.20"),
-     ("claims.bootstrap=10", r"claims\.bootstrap=10: must be an integer in 100\.\.100000"),
-     ("claims.ablation_images=0", r"claims\.ablation_images=0: must be a positive integer")],
+    [
+        ("n_images=0", "n_images=0: must be"),
+        ("split=holdout", "split='holdout'"),
+        ("superstimulus.layers=[conv9]", r"superstimulus\.layers: \['conv9'\] unknown"),
+        ("data.val_size=0", r"data\.val_size=0"),
+        (
+            "claims.statistics=[conv2_dominance]",
+            r"claims\.statistics: \['conv2_dominance'\] unknown; allowed 'all' or a list of",
+        ),
+        ("claims.untrained_seeds=1", r"claims\.untrained_seeds=1: must be an integer in 2\.\.20"),
+        ("claims.bootstrap=10", r"claims\.bootstrap=10: must be an integer in 100\.\.100000"),
+        ("claims.ablation_images=0", r"claims\.ablation_images=0: must be a positive integer"),
+    ],
 )
 def test_bad_dissect_settings_are_clear_errors(tmp_path, override, message):
     torch.save(SimpleConvNet([4, 8, 8, 8]).state_dict(), tmp_path / "net.pt")

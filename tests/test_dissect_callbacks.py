@@ -66,5 +66,8 @@ def test_no_conv2_variant_skips_the_missing_layer(tmp_path):
     cfg = compose_cfg("train", BASE + ["model.widths=[4,8,8]", "model.conv2=false"], tmp_path)
     train(cfg)
     found = events(tmp_path / "tensorboard")
-    assert {t for t in found["images"] if t.startswith("superstimulus/")} == {"superstimulus/conv1", "superstimulus/conv3"}
+    assert {t for t in found["images"] if t.startswith("superstimulus/")} == {
+        "superstimulus/conv1",
+        "superstimulus/conv3",
+    }
     assert "selectivity/conv3_mean" in found["scalars"] and "selectivity/conv2_mean" not in found["scalars"]

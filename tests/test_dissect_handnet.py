@@ -20,7 +20,12 @@ from tests.test_report import FAST, Page
 
 SMALL = ["model.n_orientations=4", "model.edges=false", "model.extra_detectors=2"]
 QUIET = ["trainer.enable_progress_bar=false", "~callbacks.progress_bar", "data.eval_batch_size=200"]
-SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
+SHORT = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +63,16 @@ def test_a_handnet_lightning_checkpoint_is_explained(finetuned, tmp_path):
     assert labels["net"] == "handnet" and labels["widths"] == net.widths == [4, len(net.recipes.detectors) + 2]
     counts = {layer: sum(u["layer"] == layer for u in labels["units"]) for layer in ("conv1", "conv3", "fc")}
     assert counts == {"conv1": 4, "conv3": net.widths[1], "fc": 10}
-    assert [u.get("sentence", u["label"]) for u in labels["units"]] == [u.get("sentence", u["label"]) for u in explain(net)["units"]]
+    assert [u.get("sentence", u["label"]) for u in labels["units"]] == [
+        u.get("sentence", u["label"]) for u in explain(net)["units"]
+    ]
     check_report(tmp_path, labels)
     stimuli = torch.load(tmp_path / "superstimuli.pt", weights_only=True)
     assert {k: tuple(v.shape) for k, v in stimuli.items()} == {
-        "conv1": (4, 1, 28, 28), "conv3": (net.widths[1], 1, 28, 28), "readout": (10, 1, 28, 28)}  # fmt: skip
+        "conv1": (4, 1, 28, 28),
+        "conv3": (net.widths[1], 1, 28, 28),
+        "readout": (10, 1, 28, 28),
+    }
     assert "readout_superstimuli.png" in Page((tmp_path / "report.html").read_text()).images
 
 
@@ -75,7 +85,9 @@ def test_a_handcrafted_model_state_dissects_with_its_run_config(tmp_path):
     net = HandNet(**{k: v for k, v in spec.items() if k != "_target_"})
     torch.save(net.state_dict(), run / "model_state.pt")
     out = tmp_path / "dissect"
-    labels = dissect(compose_cfg("dissect", [f"ckpt_path={run / 'model_state.pt'}", *FAST, "superstimulus.enabled=false"], out))
+    labels = dissect(
+        compose_cfg("dissect", [f"ckpt_path={run / 'model_state.pt'}", *FAST, "superstimulus.enabled=false"], out)
+    )
     assert labels == json.loads(json.dumps(explain(net), ensure_ascii=False)) and labels["widths"][0] == 24
     check_report(out, labels, run / "tensorboard" / "dissect_dissect")  # beside the training run's events
 

@@ -96,8 +96,18 @@ def test_checkpoint_hparams_are_plain_values(pruned_run):
 def test_eval_entry_point(pruned_run, tmp_path):
     out, metrics = pruned_run
     proc = subprocess.run(
-        [sys.executable, "eval.py", f"ckpt_path={out / 'model_state.pt'}", *EVAL, f"hydra.run.dir={tmp_path}", "threads=1"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "eval.py",
+            f"ckpt_path={out / 'model_state.pt'}",
+            *EVAL,
+            f"hydra.run.dir={tmp_path}",
+            "threads=1",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = json.loads((tmp_path / "metrics.json").read_text())

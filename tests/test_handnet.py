@@ -21,11 +21,27 @@ from convdissect.train import train
 from tests.conftest import compose_cfg
 
 FAMILY_PARAMS = {
-    "conv1.theta", "conv1.sigma", "conv1.offset", "conv1.amplitude", "conv1.bias",
-    "conv3.mean_x", "conv3.mean_y", "conv3.sigma_x", "conv3.sigma_y", "conv3.amplitude", "conv3.channel_logits", "conv3.bias",
-    "readout.weight", "readout.bias",
+    "conv1.theta",
+    "conv1.sigma",
+    "conv1.offset",
+    "conv1.amplitude",
+    "conv1.bias",
+    "conv3.mean_x",
+    "conv3.mean_y",
+    "conv3.sigma_x",
+    "conv3.sigma_y",
+    "conv3.amplitude",
+    "conv3.channel_logits",
+    "conv3.bias",
+    "readout.weight",
+    "readout.bias",
 }
-QUIET = ["trainer.enable_progress_bar=false", "~callbacks.progress_bar", "data.eval_batch_size=200", "trainer.limit_test_batches=2"]
+QUIET = [
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "data.eval_batch_size=200",
+    "trainer.limit_test_batches=2",
+]
 
 
 def test_parameter_count_is_the_family_count():
@@ -55,8 +71,13 @@ def test_kernels_are_computed_from_the_family_parameters():
     for unit in range(b.amplitude.shape[0]):  # each burst's Gaussian, on its own channel
         expected = torch.zeros_like(grids[unit])
         for k in range(b.n_bursts):
-            expected[b.channel[unit, k]] += burst_grids(b.mean_x[unit, k:k + 1], b.mean_y[unit, k:k + 1], b.sigma_x[unit, k:k + 1],
-                                                        b.sigma_y[unit, k:k + 1], b.amplitude[unit, k:k + 1])  # fmt: skip
+            expected[b.channel[unit, k]] += burst_grids(
+                b.mean_x[unit, k : k + 1],
+                b.mean_y[unit, k : k + 1],
+                b.sigma_x[unit, k : k + 1],
+                b.sigma_y[unit, k : k + 1],
+                b.amplitude[unit, k : k + 1],
+            )
         torch.testing.assert_close(grids[unit], expected)
 
 
@@ -111,7 +132,10 @@ def known_net() -> HandNet:
         b.amplitude[0] = 0.0
         b.mean_x[0, 0], b.mean_y[0, 0], b.amplitude[0, 0], b.channel[0, 0] = 0.0, 2.0, 1.0, 0  # conv3_1 <- conv1_1
         b.mean_x[0, 1], b.mean_y[0, 1], b.amplitude[0, 1], b.channel[0, 1] = -2.0, -2.0, -0.6, 2  # conv3_1 <- conv1_3
-        units = [net.recipes.detectors.index(Part(*p)) for p in (("top", "horizontal"), ("middle", "horizontal"), ("middle", "vertical"))]
+        units = [
+            net.recipes.detectors.index(Part(*p))
+            for p in (("top", "horizontal"), ("middle", "horizontal"), ("middle", "vertical"))
+        ]
         net.readout.weight[5] = 0.0
         net.readout.weight[5, units] = torch.tensor([1.3, 0.9, -0.4])
     return net
@@ -130,11 +154,18 @@ def test_explanation_of_a_known_parameter_set():
     )
     assert units["conv3_1"]["label"] == "top(horizontal)"
     second = units["conv3_1"]["bursts"][1]
-    assert (second["sign"], second["clock"], second["input"], second["input_label"]) == ("-", "7:30", "conv1_3", "vertical line")
+    assert (second["sign"], second["clock"], second["input"], second["input_label"]) == (
+        "-",
+        "7:30",
+        "conv1_3",
+        "vertical line",
+    )
     assert second["distance"] == pytest.approx(2 * math.sqrt(2), abs=1e-3)
     assert units["digit_5"]["label"] == "5 = 1.3 top(horizontal) + 0.9 middle(horizontal) - 0.4 middle(vertical)"
     detectors = known_net().recipes.detectors
-    expected = [detectors.index(Part(*p)) + 1 for p in (("top", "horizontal"), ("middle", "horizontal"), ("middle", "vertical"))]
+    expected = [
+        detectors.index(Part(*p)) + 1 for p in (("top", "horizontal"), ("middle", "horizontal"), ("middle", "vertical"))
+    ]
     assert [t["unit"] for t in units["digit_5"]["terms"]] == [f"conv3_{k}" for k in expected]
 
 
@@ -204,8 +235,14 @@ def test_handcrafted_experiment_tests_and_explains_the_net_as_built(tmp_path):
 def test_finetune_trains_only_the_family_parameters(tmp_path):
     cfg = compose_cfg(
         "train",
-        ["+experiment=handnet_finetune", *QUIET, "model.extra_detectors=4", "trainer.max_epochs=1",
-         "trainer.limit_train_batches=6", "trainer.limit_val_batches=1"],
+        [
+            "+experiment=handnet_finetune",
+            *QUIET,
+            "model.extra_detectors=4",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=6",
+            "trainer.limit_val_batches=1",
+        ],
         tmp_path,
     )
     metrics = train(cfg)

@@ -21,13 +21,27 @@ from convdissect.train import train
 from tests.conftest import compose_cfg
 
 TERMS = 3
-QUIET = ["trainer.limit_test_batches=2", "trainer.enable_progress_bar=false", "~callbacks.progress_bar", "data.eval_batch_size=200",
-         "threads=1"]  # fmt: skip
+QUIET = [
+    "trainer.limit_test_batches=2",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "data.eval_batch_size=200",
+    "threads=1",
+]
 RUN = [
-    "+experiment=handnet_explainable", "model.n_orientations=4", "model.edges=false", "model.extra_detectors=5",
-    "model.n_bursts=1", f"model.terms={TERMS}", "trainer.max_epochs=1", "trainer.limit_train_batches=60",
-    "trainer.limit_val_batches=1", "callbacks.explanation.roundtrip_images=300", "callbacks.handnet_schedule.shrink_every=5", *QUIET,
-]  # fmt: skip
+    "+experiment=handnet_explainable",
+    "model.n_orientations=4",
+    "model.edges=false",
+    "model.extra_detectors=5",
+    "model.n_bursts=1",
+    f"model.terms={TERMS}",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=60",
+    "trainer.limit_val_batches=1",
+    "callbacks.explanation.roundtrip_images=300",
+    "callbacks.handnet_schedule.shrink_every=5",
+    *QUIET,
+]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +76,9 @@ def test_k1_each_unit_reads_one_channel_and_its_grid_is_the_burst(run):
     for k in range(grids.shape[0]):
         reads = grids[k].abs().sum((1, 2)).nonzero().flatten().tolist()
         assert reads == [int(state["conv3.channel"][k, 0])]
-        mx, my, sx, sy, a = (float(state[f"conv3.{n}"][k, 0]) for n in ("mean_x", "mean_y", "sigma_x", "sigma_y", "amplitude"))
+        mx, my, sx, sy, a = (
+            float(state[f"conv3.{n}"][k, 0]) for n in ("mean_x", "mean_y", "sigma_x", "sigma_y", "amplitude")
+        )
         torch.testing.assert_close(grids[k, reads[0]], gaussian(mx, my, abs(sx), abs(sy), a))
     assert metrics["explanation/bursts_per_unit_max"] == 1
 
@@ -103,8 +119,13 @@ def test_round_trip_rebuilds_the_same_predictions(run, data_dir, tmp_path):
     x, _ = MNISTDataModule(data_dir=data_dir).tensors("val", 400)
     with torch.no_grad():
         assert torch.equal(trained(x), rebuilt(x))
-    again = train(compose_cfg("train", ["+experiment=handnet_handcrafted", f"model.recipes={out / 'learned_recipes.yaml'}",
-                                        *QUIET], tmp_path))  # fmt: skip
+    again = train(
+        compose_cfg(
+            "train",
+            ["+experiment=handnet_handcrafted", f"model.recipes={out / 'learned_recipes.yaml'}", *QUIET],
+            tmp_path,
+        )
+    )
     assert again["steps"] == 0 and again["test/acc"] == metrics["test/acc"]
 
 
@@ -143,7 +164,14 @@ def test_explanation_metrics_reach_tensorboard_and_hparams(run):
         if "_hparams_/experiment" in content:  # the HParams view's metric columns
             data = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
             hparam_metrics |= {m.name.tag for m in data.experiment.metric_infos}
-    for key in ("bursts_per_unit_max", "terms_per_digit_max", "units_used", "numbers", "roundtrip_agreement", "rounded_acc"):
+    for key in (
+        "bursts_per_unit_max",
+        "terms_per_digit_max",
+        "units_used",
+        "numbers",
+        "roundtrip_agreement",
+        "rounded_acc",
+    ):
         assert scalars[f"explanation/{key}"] == pytest.approx(metrics[f"explanation/{key}"])
         assert f"explanation/{key}" in hparam_metrics
     assert json.loads((out / "metrics.json").read_text())["explanation/numbers"] == metrics["explanation/numbers"]

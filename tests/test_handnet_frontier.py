@@ -12,37 +12,71 @@ from convdissect.train import train
 from tests.conftest import TINY, compose_cfg
 
 TINY_HANDNET = [
-    "model.n_bursts=1,2", "model.terms=2,null", "model.n_orientations=4", "model.edges=false", "model.extra_detectors=3",
-    "trainer.max_epochs=1", "trainer.limit_train_batches=10", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-    "data.eval_batch_size=200", "callbacks.explanation.roundtrip_images=200", "trainer.enable_progress_bar=false",
-    "~callbacks.progress_bar", "threads=1",
-]  # fmt: skip
+    "model.n_bursts=1,2",
+    "model.terms=2,null",
+    "model.n_orientations=4",
+    "model.edges=false",
+    "model.extra_detectors=3",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=10",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "data.eval_batch_size=200",
+    "callbacks.explanation.roundtrip_images=200",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "threads=1",
+]
 
 
 @pytest.mark.slow
 def test_frontier_table_and_plot_from_a_real_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     made = subprocess.run(
-        [sys.executable, "train.py", "-m", "+experiment=handnet_explainable", "+sweep=handnet_frontier", *TINY_HANDNET,
-         "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={sweep}"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "+experiment=handnet_explainable",
+            "+sweep=handnet_frontier",
+            *TINY_HANDNET,
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert made.returncode == 0, made.stderr[-2000:]
     reference = tmp_path / "reference"
     simple = train(compose_cfg("train", TINY, reference))  # a net without an explanation: every parameter is read
     plot = tmp_path / "frontier.png"
     table = subprocess.run(
         [sys.executable, "scripts/handnet_frontier.py", str(sweep), "--reference", str(reference), "--plot", str(plot)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert table.returncode == 0, table.stderr[-2000:]
-    rows = {tuple(cell.strip() for cell in line.split("|")[1:4]): line.split("|")
-            for line in table.stdout.splitlines() if line.startswith("| handnet_explainable")}  # fmt: skip
+    rows = {
+        tuple(cell.strip() for cell in line.split("|")[1:4]): line.split("|")
+        for line in table.stdout.splitlines()
+        if line.startswith("| handnet_explainable")
+    }
     assert set(rows) == {("handnet_explainable", k, t) for k in ("1", "2") for t in ("2", "all")}
     assert len({cells[4] for cells in rows.values()}) == 1  # the tiny settings: one variant, four points
     for (_, k, t), cells in rows.items():
-        metrics = json.loads(next(p for p in sweep.glob("*/metrics.json") if f"model.n_bursts={k}" in p.read_text()
-                                  and f"model.terms={'null' if t == 'all' else t}" in p.read_text()).read_text())  # fmt: skip
+        metrics = json.loads(
+            next(
+                p
+                for p in sweep.glob("*/metrics.json")
+                if f"model.n_bursts={k}" in p.read_text()
+                and f"model.terms={'null' if t == 'all' else t}" in p.read_text()
+            ).read_text()
+        )
         assert cells[12].strip() == str(metrics["explanation/numbers"])
         assert cells[8].strip() == "100.00%"  # the round trip
         assert int(cells[10]) <= (2 if t == "2" else 22)  # terms per digit

@@ -18,8 +18,16 @@ from tests.conftest import compose_cfg
 from tests.test_dissect import FAST_NULLS
 
 # conv1 units: (kind, angle, sign); the last one is a cross with a secondary orientation.
-PLANTED = [("line", 0, 1), ("line", 20, 1), ("line", 110, 1), ("line", 45, 1),
-           ("edge", 90, 1), ("edge", 90, -1), ("edge", 135, 1), ("edge", 135, -1)]  # fmt: skip
+PLANTED = [
+    ("line", 0, 1),
+    ("line", 20, 1),
+    ("line", 110, 1),
+    ("line", 45, 1),
+    ("edge", 90, 1),
+    ("edge", 90, -1),
+    ("edge", 135, 1),
+    ("edge", 135, -1),
+]
 CROSS = 8  # conv1_9: a horizontal line plus a weaker vertical one
 COPY, NOT_COPY, BURSTY = 0, 1, 0  # conv2_1 copies conv1_3, conv2_2 reads conv1_1 across; conv3_1
 
@@ -52,7 +60,9 @@ def planted_net() -> SimpleConvNet:
         x1, y1 = xy_from_clock("7:30", 2 * math.sqrt(2))
         x2, y2 = xy_from_clock("12:00", 2.0)
         net.conv3.weight[BURSTY] = 0.0
-        net.conv3.weight[BURSTY, COPY] = burst_grids(torch.tensor([x1, x2]), torch.tensor([y1, y2]), 0.5, 0.5, torch.tensor([1.0, -0.8]))
+        net.conv3.weight[BURSTY, COPY] = burst_grids(
+            torch.tensor([x1, x2]), torch.tensor([y1, y2]), 0.5, 0.5, torch.tensor([1.0, -0.8])
+        )
         net.conv3.bias[BURSTY] = 0.0
     return net
 
@@ -61,8 +71,17 @@ def planted_net() -> SimpleConvNet:
 def labels(tmp_path_factory):
     out = tmp_path_factory.mktemp("planted")
     torch.save(planted_net().state_dict(), out / "planted.pt")
-    cfg = compose_cfg("dissect", [f"ckpt_path={out / 'planted.pt'}", "n_images=200", "superstimulus.enabled=false", "report.enabled=false",
-                                  *FAST_NULLS], out)  # fmt: skip
+    cfg = compose_cfg(
+        "dissect",
+        [
+            f"ckpt_path={out / 'planted.pt'}",
+            "n_images=200",
+            "superstimulus.enabled=false",
+            "report.enabled=false",
+            *FAST_NULLS,
+        ],
+        out,
+    )
     dissect(cfg)
     units = json.loads((out / "labels.json").read_text())["units"]
     return {u["name"]: u for u in units}
@@ -70,7 +89,9 @@ def labels(tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_unit_has_an_entry(labels):
-    expected = [f"conv1_{i}" for i in range(1, 10)] + [f"conv2_{i}" for i in range(1, 9)] + [f"conv3_{i}" for i in range(1, 7)]
+    expected = (
+        [f"conv1_{i}" for i in range(1, 10)] + [f"conv2_{i}" for i in range(1, 9)] + [f"conv3_{i}" for i in range(1, 7)]
+    )
     assert list(labels) == expected
     for name, unit in labels.items():
         layer, index = name.split("_")
@@ -124,7 +145,10 @@ def test_conv3_burst_comes_back(labels):
     assert unit["bursts"][0]["distance"] == pytest.approx(2 * math.sqrt(2), abs=0.01)
     assert unit["bursts"][0]["input_label"] == labels["conv2_1"]["label"]
     assert unit["drivers"] == [{"input": "conv2_1", "share": 1.0}]
-    assert unit["label"] == "conv2_1 (100% of its drive): line at 110° (slope -2.75) at 7:30 - line at 110° (slope -2.75) at 12 o'clock"
+    assert (
+        unit["label"]
+        == "conv2_1 (100% of its drive): line at 110° (slope -2.75) at 7:30 - line at 110° (slope -2.75) at 12 o'clock"
+    )
 
 
 @pytest.mark.slow
@@ -167,7 +191,9 @@ def image_orientation(image: torch.Tensor) -> float:
     f = torch.arange(28, dtype=torch.float64) - 14
     fy, fx = torch.meshgrid(-f, f, indexing="ij")  # rows go down, y goes up
     doubled = 2 * torch.atan2(fy, fx)
-    frequency_deg = 0.5 * math.degrees(math.atan2(float((power * doubled.sin()).sum()), float((power * doubled.cos()).sum())))
+    frequency_deg = 0.5 * math.degrees(
+        math.atan2(float((power * doubled.sin()).sum()), float((power * doubled.cos()).sum()))
+    )
     return (frequency_deg + 90.0) % 180.0
 
 

@@ -152,13 +152,23 @@ def test_fit_on_all_conv3_grids_of_a_full_net_gives_noise_its_reference_r2():
 
 def test_gradients_reach_every_parameter():
     for kind in ("line", "edge"):
-        params = [torch.tensor([0.3, 1.2]), torch.tensor([0.4, 0.7]), torch.tensor([0.1, -0.2]), torch.tensor([1.0, -0.5])]
+        params = [
+            torch.tensor([0.3, 1.2]),
+            torch.tensor([0.4, 0.7]),
+            torch.tensor([0.1, -0.2]),
+            torch.tensor([1.0, -0.5]),
+        ]
         params = [p.requires_grad_() for p in params]
         grids = line_kernels(*params, kind=kind)
         (grids * torch.randn(grids.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
         assert all(p.grad is not None and (p.grad != 0).all() for p in params), kind
-    params = [torch.tensor([[0.5, -1.0]]), torch.tensor([[1.0, 0.0]]), torch.tensor([[0.8, 1.1]]),
-              torch.tensor([[0.9, 0.6]]), torch.tensor([[1.0, -0.7]])]
+    params = [
+        torch.tensor([[0.5, -1.0]]),
+        torch.tensor([[1.0, 0.0]]),
+        torch.tensor([[0.8, 1.1]]),
+        torch.tensor([[0.9, 0.6]]),
+        torch.tensor([[1.0, -0.7]]),
+    ]
     params = [p.requires_grad_() for p in params]
     grids = burst_grids(*params)
     assert grids.shape == (1, 5, 5)
@@ -223,8 +233,16 @@ def test_format_burst():
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("13:00", "13:00.*hour must be 1..12"), ("10:15", "10:15.*minutes must be 00 or 30"), ("0:30", "hour"),
-     ("ten", "'ten'.*expected"), (630, "630.*10:30.*quote"), (450, "7:30"), (7.5, "7.5"), (True, "True")],
+    [
+        ("13:00", "13:00.*hour must be 1..12"),
+        ("10:15", "10:15.*minutes must be 00 or 30"),
+        ("0:30", "hour"),
+        ("ten", "'ten'.*expected"),
+        (630, "630.*10:30.*quote"),
+        (450, "7:30"),
+        (7.5, "7.5"),
+        (True, "True"),
+    ],
 )
 def test_bad_clock_values_raise_clear_errors(value, message):
     with pytest.raises(ValueError, match=message):

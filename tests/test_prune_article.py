@@ -82,11 +82,14 @@ def test_no_criterion_dominates_by_its_scale(how, calibration):
     torch.testing.assert_close(scaled, plain, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("normalise, match", [
-    ("percentile", "allowed"),
-    ({"activation_variance": "rank", "taylor": "rank"}, "not in the criterion"),
-    ({"activation_variance": "minmax"}, "allowed"),
-])
+@pytest.mark.parametrize(
+    "normalise, match",
+    [
+        ("percentile", "allowed"),
+        ({"activation_variance": "rank", "taylor": "rank"}, "not in the criterion"),
+        ({"activation_variance": "minmax"}, "allowed"),
+    ],
+)
 def test_bad_normalise_is_a_one_line_error(normalise, match):
     with pytest.raises(UserInputError, match=match) as err:
         parse_normalise(normalise, {"activation_variance": 1.0, "selectivity": 1.0})
@@ -100,11 +103,18 @@ def test_bad_superstimulus_steps_is_a_one_line_error():
 
 @pytest.mark.slow
 def test_a_prune_article_run_reaches_its_widths_and_records_the_criterion(tmp_path):
-    overrides = ["+experiment=prune_article"] + TINY + [
-        "trainer.max_epochs=3", "callbacks.pruning.target_widths=[2,4,4,4]", "callbacks.pruning.iterations=2",
-        "callbacks.pruning.calibration_size=100", "callbacks.pruning.eval_size=200",
-        "callbacks.pruning.superstimulus_steps=4",
-    ]
+    overrides = (
+        ["+experiment=prune_article"]
+        + TINY
+        + [
+            "trainer.max_epochs=3",
+            "callbacks.pruning.target_widths=[2,4,4,4]",
+            "callbacks.pruning.iterations=2",
+            "callbacks.pruning.calibration_size=100",
+            "callbacks.pruning.eval_size=200",
+            "callbacks.pruning.superstimulus_steps=4",
+        ]
+    )
     metrics = train(compose_cfg("train", overrides, tmp_path))
     assert metrics["widths"] == [2, 4, 4, 4]
     saved = json.loads((tmp_path / "metrics.json").read_text())
@@ -119,21 +129,48 @@ def test_the_criterion_sweep_runs_and_its_table_has_a_row_per_criterion_with_ver
     """The chain of the README's criterion table on 2 tiny runs: the sweep, dissect.py on each, the table."""
     sweep = tmp_path / "sweep"
     made = subprocess.run(
-        [sys.executable, "train.py", "-m", "+experiment=prune_7iters", "+sweep=article_criteria",
-         "callbacks.pruning.criterion={activation_variance:1,weight_noise:1,superstimulus_contrast:1,selectivity:1},random",
-         "seed=0", *TINY, "trainer.max_epochs=3", "callbacks.pruning.target_widths=[2,4,4,4]",
-         "callbacks.pruning.iterations=2", "callbacks.pruning.superstimulus_steps=4", f"hydra.sweep.dir={sweep}"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "+experiment=prune_7iters",
+            "+sweep=article_criteria",
+            "callbacks.pruning.criterion={activation_variance:1,weight_noise:1,superstimulus_contrast:1,selectivity:1},random",
+            "seed=0",
+            *TINY,
+            "trainer.max_epochs=3",
+            "callbacks.pruning.target_widths=[2,4,4,4]",
+            "callbacks.pruning.iterations=2",
+            "callbacks.pruning.superstimulus_steps=4",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert made.returncode == 0, made.stderr[-2000:]
     table = subprocess.run(
-        [sys.executable, "scripts/article_method_table.py", str(sweep), "--dissect", "--dissect-overrides", "n_images=200",
-         *FAST_NULLS],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "scripts/article_method_table.py",
+            str(sweep),
+            "--dissect",
+            "--dissect-overrides",
+            "n_images=200",
+            *FAST_NULLS,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert table.returncode == 0, table.stderr[-2000:]
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table.stdout.splitlines()
-            if line.startswith("| prune_article |") or line.startswith("| random |")}  # fmt: skip
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line.split(" | ")
+        for line in table.stdout.splitlines()
+        if line.startswith("| prune_article |") or line.startswith("| random |")
+    }
     assert set(rows) == {"prune_article", "random"}
     verdicts = ("supported", "not supported", "reversed")
     for cells in rows.values():

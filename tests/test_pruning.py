@@ -116,8 +116,14 @@ def test_pruning_run_fills_the_history(pruned_run):
 def test_pruning_is_logged_and_drawn(pruned_run):
     out, metrics = pruned_run
     scalars, other = tb(out / "tensorboard")
-    for tag in ("pruning/val_acc_before", "pruning/val_acc_pruned", "pruning/val_acc_retrained", "pruning/n_params",
-                "pruning/width_fc4", "pruning/flops"):
+    for tag in (
+        "pruning/val_acc_before",
+        "pruning/val_acc_pruned",
+        "pruning/val_acc_retrained",
+        "pruning/n_params",
+        "pruning/width_fc4",
+        "pruning/flops",
+    ):
         assert [step for step, _ in scalars[tag]] == [1, 2], tag
     assert [value for _, value in scalars["pruning/width_conv2"]] == [6, 4]
     assert [value for _, value in scalars["pruning/flops"]] == [h["flops"] for h in metrics["pruning_history"]]
@@ -128,7 +134,10 @@ def test_pruning_is_logged_and_drawn(pruned_run):
         assert tb_histograms(out / "tensorboard", f"pruning/scores/{layer}") == steps
     charts = tb_custom_scalars(out / "tensorboard")
     assert charts["val accuracy: before / right after pruning / after retraining"] == [
-        "pruning/val_acc_before", "pruning/val_acc_pruned", "pruning/val_acc_retrained"]
+        "pruning/val_acc_before",
+        "pruning/val_acc_pruned",
+        "pruning/val_acc_retrained",
+    ]
     # The learning-rate monitor shows OneCycle starting afresh after each step (epochs 1 and 2, 8 batches each).
     lr = scalars["lr-AdamW"]
     assert [step for step, value in lr if value == pytest.approx(lr[0][1], rel=1e-5)] == [0, 8, 16]
@@ -238,8 +247,10 @@ def test_threshold_outside_zero_one_is_an_error(threshold):
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        (["callbacks.pruning.target_widths=[2,16,4,4]"],
-         r"target_widths=\[2, 16, 4, 4\]: conv2 target 16 is above its current width 8"),
+        (
+            ["callbacks.pruning.target_widths=[2,16,4,4]"],
+            r"target_widths=\[2, 16, 4, 4\]: conv2 target 16 is above its current width 8",
+        ),
         (["callbacks.pruning.target_widths=[2,0,4,4]"], r"target_widths=\[2, 0, 4, 4\]: one width >= 1"),
         (["callbacks.pruning.target_widths=[2,4,4]"], r"need one width per prunable layer"),
         (["trainer.max_epochs=2"], r"trainer.max_epochs=2 cannot hold the pruning schedule: .* need max_epochs >= 3"),
@@ -252,9 +263,12 @@ def test_bad_schedules_fail_before_training(overrides, match, tmp_path):
 
 
 def test_multi_device_pruning_is_refused(tmp_path):
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, max_epochs=5,
-                        default_root_dir=tmp_path)
-    module = LitClassifier({"_target_": "convdissect.models.simple_convnet.SimpleConvNet", "widths": [4, 8, 8, 8]}, None)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, max_epochs=5, default_root_dir=tmp_path
+    )
+    module = LitClassifier(
+        {"_target_": "convdissect.models.simple_convnet.SimpleConvNet", "widths": [4, 8, 8, 8]}, None
+    )
     with pytest.raises(UserInputError, match="pruning runs on one device only"):
         PruningCallback(target_widths=TARGET).setup(trainer, module, "fit")
 
@@ -287,8 +301,12 @@ def test_experiments_compose():
 @pytest.mark.slow
 def test_no_conv2_net_prunes(tmp_path):
     overrides = [o for o in PRUNE if not o.startswith(("callbacks.pruning.target_widths", "model.widths"))]
-    overrides += ["model.conv2=false", "model.widths=[4,8,8]", "callbacks.pruning.target_widths=[2,4,4]",
-                  "trainer.limit_train_batches=2"]
+    overrides += [
+        "model.conv2=false",
+        "model.widths=[4,8,8]",
+        "callbacks.pruning.target_widths=[2,4,4]",
+        "trainer.limit_train_batches=2",
+    ]
     metrics = train(compose_cfg("train", overrides, tmp_path))
     assert metrics["widths"] == [2, 4, 4]
     assert list(metrics["pruning_history"][0]["kept_channels"]) == ["conv1", "conv3", "fc4"]
@@ -296,8 +314,12 @@ def test_no_conv2_net_prunes(tmp_path):
 
 @pytest.mark.slow
 def test_global_ranking_keeps_the_summed_width_and_each_layers_min_width(tmp_path):
-    overrides = PRUNE + ["callbacks.pruning.scope=global", "callbacks.pruning.criterion=taylor",
-                         "callbacks.pruning.min_width=[2,3,3,3]", "trainer.limit_train_batches=2"]
+    overrides = PRUNE + [
+        "callbacks.pruning.scope=global",
+        "callbacks.pruning.criterion=taylor",
+        "callbacks.pruning.min_width=[2,3,3,3]",
+        "trainer.limit_train_batches=2",
+    ]
     metrics = train(compose_cfg("train", overrides, tmp_path))
     for h in metrics["pruning_history"]:
         planned = [geometric_width(w, t, h["iteration"], 2) for w, t in zip([4, 8, 8, 8], TARGET)]
@@ -309,9 +331,13 @@ def test_global_ranking_keeps_the_summed_width_and_each_layers_min_width(tmp_pat
 
 @pytest.mark.slow
 def test_threshold_mode_shrinks_every_layer_but_never_below_one(tmp_path):
-    overrides = PRUNE + ["callbacks.pruning.mode=threshold", "callbacks.pruning.threshold=1.0",
-                         "callbacks.pruning.target_widths=null", "model.widths=[4,8,8,2]",
-                         "trainer.limit_train_batches=2"]
+    overrides = PRUNE + [
+        "callbacks.pruning.mode=threshold",
+        "callbacks.pruning.threshold=1.0",
+        "callbacks.pruning.target_widths=null",
+        "model.widths=[4,8,8,2]",
+        "trainer.limit_train_batches=2",
+    ]
     history = train(compose_cfg("train", overrides, tmp_path))["pruning_history"]
     widths = [[4, 8, 8, 2]] + [h["widths"] for h in history]
     for before, after in zip(widths, widths[1:]):
@@ -324,13 +350,30 @@ def test_sweep_table_averages_the_seeds_of_each_criterion(tmp_path):
     # the multirun a user starts, 2 criteria x 2 seeds, each run tiny
     overrides = [o for o in PRUNE if not o.startswith(("callbacks.pruning.criterion", "+callbacks.model_checkpoint"))]
     made = subprocess.run(
-        [sys.executable, "train.py", "-m", *overrides, "callbacks.pruning.criterion=magnitude,taylor", "seed=0,1",
-         "trainer.limit_train_batches=2", "threads=1", f"hydra.sweep.dir={sweep}"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            *overrides,
+            "callbacks.pruning.criterion=magnitude,taylor",
+            "seed=0,1",
+            "trainer.limit_train_batches=2",
+            "threads=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert made.returncode == 0, made.stderr[-2000:]
-    proc = subprocess.run([sys.executable, "scripts/pruning_sweep_table.py", str(sweep)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "scripts/pruning_sweep_table.py", str(sweep)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     runs = [json.loads(path.read_text()) for path in sorted(sweep.glob("*/metrics.json"))]
     assert len(runs) == 4
@@ -348,9 +391,18 @@ def test_sweep_table_averages_the_seeds_of_each_criterion(tmp_path):
 @pytest.mark.slow
 def test_entry_point_refuses_a_schedule_too_long_in_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "train.py", "+experiment=prune_7iters", "trainer.max_epochs=5",
-         "trainer.limit_train_batches=1", f"hydra.run.dir={tmp_path}"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "train.py",
+            "+experiment=prune_7iters",
+            "trainer.max_epochs=5",
+            "trainer.limit_train_batches=1",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (

@@ -20,8 +20,17 @@ from tests.conftest import compose_cfg
 pytestmark = pytest.mark.slow  # every test but one dissects a whole net
 
 # Few null draws and ablation images: the nulls' machinery runs, in seconds.
-FAST = ["n_images=300", "superstimulus.steps=8", "report.projection_points=120", "report.dissection_rows=4", "claims.untrained_seeds=2",
-        "claims.bootstrap=200", "claims.shuffles=20", "claims.ablation_images=500", "claims.reference_grids=50"]  # fmt: skip
+FAST = [
+    "n_images=300",
+    "superstimulus.steps=8",
+    "report.projection_points=120",
+    "report.dissection_rows=4",
+    "claims.untrained_seeds=2",
+    "claims.bootstrap=200",
+    "claims.shuffles=20",
+    "claims.ablation_images=500",
+    "claims.reference_grids=50",
+]
 SECTIONS = ("conv1", "conv2", "conv3", "fc")
 STAGES = {"input": 784, "conv3": 8, "fc4": 8, "fc5": 10}
 
@@ -136,8 +145,14 @@ def test_projector_embeddings_are_written(run):
 def test_chosen_channels_and_the_no_conv2_variant(tmp_path):
     torch.manual_seed(1)
     torch.save(SimpleConvNet([4, 6, 8], conv2=False).state_dict(), tmp_path / "no_conv2.pt")
-    overrides = [f"ckpt_path={tmp_path / 'no_conv2.pt'}", *FAST, "superstimulus.enabled=false", "report.projection_points=60",
-                 "report.conv3.unit=conv3_2", "report.conv3.digits=[3]"]  # fmt: skip
+    overrides = [
+        f"ckpt_path={tmp_path / 'no_conv2.pt'}",
+        *FAST,
+        "superstimulus.enabled=false",
+        "report.projection_points=60",
+        "report.conv3.unit=conv3_2",
+        "report.conv3.digits=[3]",
+    ]
     dissect(compose_cfg("dissect", overrides, tmp_path))
     text = (tmp_path / "report.html").read_text()
     assert Page(text).sections == list(SECTIONS) and "has no conv2" in text
@@ -147,10 +162,12 @@ def test_chosen_channels_and_the_no_conv2_variant(tmp_path):
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("report.conv2.unit=conv3_1", r"report\.conv2\.unit='conv3_1': expected conv2_K with K in 1\.\.8"),
-     ("report.conv3.unit=conv3_9", r"report\.conv3\.unit='conv3_9'"),
-     ("report.conv3.digits=[12]", r"report\.conv3\.digits: 12 is not a digit")],
-)  # fmt: skip
+    [
+        ("report.conv2.unit=conv3_1", r"report\.conv2\.unit='conv3_1': expected conv2_K with K in 1\.\.8"),
+        ("report.conv3.unit=conv3_9", r"report\.conv3\.unit='conv3_9'"),
+        ("report.conv3.digits=[12]", r"report\.conv3\.digits: 12 is not a digit"),
+    ],
+)
 def test_bad_report_choices_are_clear_errors(tmp_path, override, message):
     torch.save(SimpleConvNet([4, 8, 8, 8]).state_dict(), tmp_path / "net.pt")
     cfg = compose_cfg("dissect", [f"ckpt_path={tmp_path / 'net.pt'}", "n_images=50", override], tmp_path)

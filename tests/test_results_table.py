@@ -16,28 +16,53 @@ def test_table_has_a_row_per_experiment_and_per_net_claims_and_names_broken_runs
     sweep = tmp_path / "sweep"
     made = subprocess.run(
         [sys.executable, "train.py", "-m", "+experiment=baseline,small_scratch", *TINY, f"hydra.sweep.dir={sweep}"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert made.returncode == 0, made.stderr[-2000:]
     broken = sweep / "2"
     shutil.copytree(sweep / "0" / ".hydra", broken / ".hydra")  # a run that died before metrics.json
     dissected = subprocess.run(
-        [sys.executable, "dissect.py", f"ckpt_path={sweep / '0' / 'model_state.pt'}", f"hydra.run.dir={sweep / '0' / 'dissect'}",
-         "n_images=200", "superstimulus.enabled=false", "report.enabled=false", *FAST_NULLS],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "dissect.py",
+            f"ckpt_path={sweep / '0' / 'model_state.pt'}",
+            f"hydra.run.dir={sweep / '0' / 'dissect'}",
+            "n_images=200",
+            "superstimulus.enabled=false",
+            "report.enabled=false",
+            *FAST_NULLS,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert dissected.returncode == 0, dissected.stderr[-2000:]
 
     table = subprocess.run(
-        [sys.executable, "scripts/results_table.py", str(sweep)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, "scripts/results_table.py", str(sweep)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert table.returncode == 0, table.stderr[-2000:]
-    rows = [line for line in table.stdout.splitlines() if line.startswith("| baseline |") or line.startswith("| small_scratch |")]
+    rows = [
+        line
+        for line in table.stdout.splitlines()
+        if line.startswith("| baseline |") or line.startswith("| small_scratch |")
+    ]
     assert len(rows) == 2
     assert all("[4, 8, 8, 8]" in row for row in rows)
     claims = [line.split(" | ") for line in table.stdout.splitlines() if line.startswith("| 2: conv2 copies")]
     # one row per statistic of claim 2, all for the dissected net only (never pooled), each with both verdicts
     assert len(claims) == 6 and {row[2] for row in claims} == {"baseline"}
-    assert all(row[6] in ("supported", "not supported", "reversed") and row[8].rstrip(" |") in ("supported", "not supported", "reversed")
-               for row in claims)  # fmt: skip
+    assert all(
+        row[6] in ("supported", "not supported", "reversed")
+        and row[8].rstrip(" |") in ("supported", "not supported", "reversed")
+        for row in claims
+    )
     assert f"no metrics.json in {broken}" in table.stdout

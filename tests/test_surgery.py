@@ -19,7 +19,12 @@ def make_net(variant: str) -> SimpleConvNet:
 
 
 def test_table_follows_the_forward_pass():
-    assert producer_consumer_table(make_net("conv2")) == {"conv1": "conv2", "conv2": "conv3", "conv3": "fc4", "fc4": "fc5"}
+    assert producer_consumer_table(make_net("conv2")) == {
+        "conv1": "conv2",
+        "conv2": "conv3",
+        "conv3": "fc4",
+        "fc4": "fc5",
+    }
     assert producer_consumer_table(make_net("no_conv2")) == {"conv1": "conv3", "conv3": "fc4", "fc4": "fc5"}
 
 

@@ -46,15 +46,34 @@ def poll_tags(base: str, plugin: str, wanted: set[str], deadline_s: float = 90.0
 def server(tmp_path_factory):
     out = tmp_path_factory.mktemp("tb_run")
     # pruning logs its accuracy figure; the superstimulus callback its image grids
-    overrides = ["model.widths=[8,8,8,8]", "callbacks=[default,superstimulus,pruning]", "callbacks.superstimulus.steps=8",
-                 "callbacks.pruning.target_widths=[4,4,4,4]", "callbacks.pruning.iterations=1",
-                 "callbacks.pruning.pretrain_epochs=1", "callbacks.pruning.calibration_size=200", "trainer.max_epochs=2"]
+    overrides = [
+        "model.widths=[8,8,8,8]",
+        "callbacks=[default,superstimulus,pruning]",
+        "callbacks.superstimulus.steps=8",
+        "callbacks.pruning.target_widths=[4,4,4,4]",
+        "callbacks.pruning.iterations=1",
+        "callbacks.pruning.pretrain_epochs=1",
+        "callbacks.pruning.calibration_size=200",
+        "trainer.max_epochs=2",
+    ]
     train(compose_cfg("train", TINY + overrides, out))
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(out), "--host", "127.0.0.1",
-         "--port", str(port), "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(out),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     yield f"http://127.0.0.1:{port}"
     proc.terminate()

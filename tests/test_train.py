@@ -53,7 +53,9 @@ def hparams_tags(log_dir: Path) -> set[str]:
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     # Two epochs, every checkpoint kept, so a test can resume from the first.
-    metrics = train(compose_cfg("train", TINY + ["trainer.max_epochs=2", "+callbacks.model_checkpoint.save_top_k=-1"], out))
+    metrics = train(
+        compose_cfg("train", TINY + ["trainer.max_epochs=2", "+callbacks.model_checkpoint.save_top_k=-1"], out)
+    )
     return out, metrics
 
 
@@ -75,8 +77,18 @@ def test_run_writes_its_outputs(tiny_run):
 def test_model_state_is_the_tested_net(tiny_run, data_dir):
     out, metrics = tiny_run
     state = torch.load(out / "model_state.pt", weights_only=True)
-    assert list(state) == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "conv3.weight",
-                           "conv3.bias", "fc4.weight", "fc4.bias", "fc5.weight", "fc5.bias"]
+    assert list(state) == [
+        "conv1.weight",
+        "conv1.bias",
+        "conv2.weight",
+        "conv2.bias",
+        "conv3.weight",
+        "conv3.bias",
+        "fc4.weight",
+        "fc4.bias",
+        "fc5.weight",
+        "fc5.bias",
+    ]
     net = SimpleConvNet(*SimpleConvNet.widths_from_state_dict(state))
     net.load_state_dict(state)
     x, y = MNISTDataModule(data_dir=data_dir).tensors("test", 400)  # limit_test_batches=2 x 200
@@ -96,13 +108,17 @@ def test_checkpoint_round_trip_gives_the_same_test_accuracy(tiny_run, data_dir):
 
 
 def val_acc_steps(log_dir: Path) -> list[int]:
-    return [e.step for acc in accumulators(log_dir) if "val/acc" in acc.Tags()["scalars"] for e in acc.Scalars("val/acc")]
+    return [
+        e.step for acc in accumulators(log_dir) if "val/acc" in acc.Tags()["scalars"] for e in acc.Scalars("val/acc")
+    ]
 
 
 @pytest.mark.slow
 def test_ckpt_path_resumes_mid_run(tiny_run, tmp_path):
     out, _ = tiny_run
-    cfg = compose_cfg("train", TINY + ["trainer.max_epochs=2", f"ckpt_path={out / 'checkpoints' / 'epoch_000.ckpt'}"], tmp_path)
+    cfg = compose_cfg(
+        "train", TINY + ["trainer.max_epochs=2", f"ckpt_path={out / 'checkpoints' / 'epoch_000.ckpt'}"], tmp_path
+    )
     metrics = train(cfg)
     assert metrics["epochs"] == 2 and metrics["steps"] == 16
     assert val_acc_steps(out / "tensorboard") == [7, 15]  # the full run validated twice
@@ -142,7 +158,10 @@ def test_bad_widths_are_clear_errors(widths, tmp_path):
 def test_entry_point_prints_one_line_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train.py", "model.widths=[8,16,0,16]", f"hydra.run.dir={tmp_path}"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -154,7 +173,10 @@ def test_entry_point_prints_one_line_error(tmp_path):
 def test_multirun_jobs_write_their_own_dirs(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train.py", "-m", *TINY, "seed=1,2", f"hydra.sweep.dir={tmp_path}"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = {job: json.loads((tmp_path / job / "metrics.json").read_text()) for job in ("0", "1")}
@@ -193,8 +215,12 @@ def test_resumed_run_equals_the_uninterrupted_one(uninterrupted, boundary, tmp_p
     must keep the same channels at every pruning step and end with the same weights, bit for bit
     (before the fix, the resumed epochs replayed the shuffle of epochs 0, 1, ...)."""
     full_dir, full = uninterrupted
-    resumed = train(compose_cfg("train", PRUNE_RESUME + [f"ckpt_path={full_dir / 'checkpoints' / f'{boundary}.ckpt'}"], tmp_path))
-    assert [h["kept_channels"] for h in resumed["pruning_history"]] == [h["kept_channels"] for h in full["pruning_history"]]
+    resumed = train(
+        compose_cfg("train", PRUNE_RESUME + [f"ckpt_path={full_dir / 'checkpoints' / f'{boundary}.ckpt'}"], tmp_path)
+    )
+    assert [h["kept_channels"] for h in resumed["pruning_history"]] == [
+        h["kept_channels"] for h in full["pruning_history"]
+    ]
     a = torch.load(full_dir / "model_state.pt", weights_only=True)
     b = torch.load(tmp_path / "model_state.pt", weights_only=True)
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
@@ -202,7 +228,9 @@ def test_resumed_run_equals_the_uninterrupted_one(uninterrupted, boundary, tmp_p
 
 
 def test_fit_false_with_nothing_to_load_is_an_error(tmp_path):
-    with pytest.raises(UserInputError, match="fit=false with nothing to load: the net would be tested at its random initialisation"):
+    with pytest.raises(
+        UserInputError, match="fit=false with nothing to load: the net would be tested at its random initialisation"
+    ):
         train(compose_cfg("train", TINY + ["fit=false"], tmp_path))
     assert not (tmp_path / "model_state.pt").exists()
 
@@ -213,10 +241,13 @@ def test_zero_epochs_is_an_error_before_the_fit(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("override,match", [
-    ("data.batch_size=100000", r"data\.batch_size=100000: more than the 55000 training images"),
-    ("trainer.limit_train_batches=0", r"the fit took no optimizer step .*nothing was trained"),
-])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("data.batch_size=100000", r"data\.batch_size=100000: more than the 55000 training images"),
+        ("trainer.limit_train_batches=0", r"the fit took no optimizer step .*nothing was trained"),
+    ],
+)
 def test_a_fit_that_trains_nothing_is_an_error(override, match, tmp_path):
     with pytest.raises(UserInputError, match=match):
         train(compose_cfg("train", TINY + [override], tmp_path))
@@ -256,10 +287,20 @@ def test_one_cycle_runs_for_any_number_of_steps(pct_start):
 
 @pytest.mark.slow
 def test_one_cycle_with_five_steps_left_at_a_pruning_step(tmp_path):
-    cfg = compose_cfg("train", TINY + [
-        "callbacks=pruning", "trainer.limit_train_batches=5", "trainer.max_epochs=2", "callbacks.pruning.pretrain_epochs=1",
-        "callbacks.pruning.iterations=1", "callbacks.pruning.target_widths=[2,4,4,4]", "callbacks.pruning.calibration_size=200",
-    ], tmp_path)
+    cfg = compose_cfg(
+        "train",
+        TINY
+        + [
+            "callbacks=pruning",
+            "trainer.limit_train_batches=5",
+            "trainer.max_epochs=2",
+            "callbacks.pruning.pretrain_epochs=1",
+            "callbacks.pruning.iterations=1",
+            "callbacks.pruning.target_widths=[2,4,4,4]",
+            "callbacks.pruning.calibration_size=200",
+        ],
+        tmp_path,
+    )
     metrics = train(cfg)
     assert metrics["steps"] == 10 and metrics["widths"] == [2, 4, 4, 4]
 
@@ -274,13 +315,25 @@ def test_default_run_dirs_name_the_microsecond_and_the_process():
 
 @pytest.mark.slow
 def test_two_runs_started_together_write_their_own_dirs(tmp_path):
-    command = [sys.executable, "train.py", *TINY, "trainer.limit_train_batches=2", f"paths.log_dir={tmp_path}", "threads=1"]
-    procs = [subprocess.Popen(command + [f"seed={seed}"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for seed in (1, 2)]
+    command = [
+        sys.executable,
+        "train.py",
+        *TINY,
+        "trainer.limit_train_batches=2",
+        f"paths.log_dir={tmp_path}",
+        "threads=1",
+    ]
+    procs = [
+        subprocess.Popen(command + [f"seed={seed}"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for seed in (1, 2)
+    ]
     assert all(p.wait(timeout=300) == 0 for p in procs)
     runs = sorted((tmp_path / "train" / "runs").iterdir())
     assert len(runs) == 2
     seeds = sorted(json.loads((run / "metrics.json").read_text())["overrides"][-1] for run in runs)
-    assert seeds == ["seed=1", "seed=2"] and all(sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"] for run in runs)
+    assert seeds == ["seed=1", "seed=2"] and all(
+        sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"] for run in runs
+    )
 
 
 @pytest.mark.slow
@@ -291,7 +344,10 @@ def test_a_finished_run_dir_is_refused_unless_overwrite(tiny_run, tmp_path):
     shutil.copytree(out, tmp_path / "run")
     metrics = train(compose_cfg("train", TINY + ["overwrite=true", "seed=5"], tmp_path / "run"))
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]  # no last-v1
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "epoch_000.ckpt",
+        "last.ckpt",
+    ]  # no last-v1
     assert val_acc_steps(tmp_path / "run" / "tensorboard") == [7]  # the old run's events are gone
 
 
@@ -323,10 +379,21 @@ def test_hparams_describe_the_whole_run(uninterrupted):
     assert values["optimizer._target_"] == "torch.optim.AdamW" and values["model.widths"] == "[4, 8, 8, 8]"
     assert values["experiment"] == "train" and values["trainer.max_epochs"] == 4
     assert {"test/acc", "val/acc_best", "final/n_params", "final/width_conv1", "final/width_fc4"} <= set(metric_tags)
-    scalars = {tag: acc.Scalars(tag)[-1].value for acc in accumulators(out / "tensorboard") for tag in acc.Tags()["scalars"]}
+    scalars = {
+        tag: acc.Scalars(tag)[-1].value for acc in accumulators(out / "tensorboard") for tag in acc.Tags()["scalars"]
+    }
     assert [scalars[f"final/width_{layer}"] for layer in ("conv1", "conv2", "conv3", "fc4")] == [2, 4, 4, 4]
-    assert scalars["final/n_params"] == metrics["n_params"] == sum(p.numel() for p in SimpleConvNet([2, 4, 4, 4]).parameters())
+    assert (
+        scalars["final/n_params"]
+        == metrics["n_params"]
+        == sum(p.numel() for p in SimpleConvNet([2, 4, 4, 4]).parameters())
+    )
     # the final and the best validation accuracy (the best among the epochs after the last pruning step)
-    val = [e.value for acc in accumulators(out / "tensorboard") if "val/acc" in acc.Tags()["scalars"] for e in acc.Scalars("val/acc")]
+    val = [
+        e.value
+        for acc in accumulators(out / "tensorboard")
+        if "val/acc" in acc.Tags()["scalars"]
+        for e in acc.Scalars("val/acc")
+    ]
     assert metrics["val/acc"] == pytest.approx(val[-1]) and metrics["val/acc_best"] == pytest.approx(max(val[-2:]))
     assert scalars["val/acc_best"] == pytest.approx(metrics["val/acc_best"])

@@ -45,26 +45,61 @@ class Statistic:
     average: str = "median"  # how the per-unit samples become the statistic: median | mean
 
 
-STATISTICS = {s.name: s for s in [
-    Statistic(1, "conv1_line_fraction", f"share of conv1 kernels fitted by a line/edge with R² ≥ {LINE_R2}",
-              "reference", average="mean"),
-    Statistic(2, "conv2_top_share", "median share of a conv2 channel's drive carried by its main driver", "chance"),
-    Statistic(2, "conv2_copy_fraction",
-              f"share of conv2 channels whose grid on the main driver has its orientation (±{COPY_MAX_GAP_DEG}°)",
-              "shuffled", average="mean"),
-    Statistic(2, "conv2_tuning_corr", "median correlation of a conv2 channel's orientation tuning with its main driver's",
-              "shuffled"),
-    *[Statistic(2, f"ablation_top{k}", f"test accuracy keeping only each conv2 channel's top-{k} driver(s)",
-                "random_inputs", average="mean") for k in ABLATION_KS],
-    Statistic(3, "conv2_neighbour_corr", "median neighbour correlation of conv2's strongest grids", "reference"),
-    Statistic(3, "conv2_burst_like", "share of conv2's strongest grids that bursts fit better than a line", "reference",
-              -1, "mean"),
-    Statistic(3, "conv3_burst_like", "share of conv3's strongest grids that bursts fit better than a line", "reference",
-              average="mean"),
-    Statistic(4, "conv3_position_omega2", "median ω² of position over conv3 channels", "chance"),
-    Statistic(4, "conv3_interaction_omega2", "median ω² of pattern × position over conv3 channels", "chance"),
-    Statistic(4, "conv3_position_minus_pattern", "median ω²(position) - ω²(pattern) over conv3 channels", "chance"),
-]}  # fmt: skip
+STATISTICS = {
+    s.name: s
+    for s in [
+        Statistic(
+            1,
+            "conv1_line_fraction",
+            f"share of conv1 kernels fitted by a line/edge with R² ≥ {LINE_R2}",
+            "reference",
+            average="mean",
+        ),
+        Statistic(2, "conv2_top_share", "median share of a conv2 channel's drive carried by its main driver", "chance"),
+        Statistic(
+            2,
+            "conv2_copy_fraction",
+            f"share of conv2 channels whose grid on the main driver has its orientation (±{COPY_MAX_GAP_DEG}°)",
+            "shuffled",
+            average="mean",
+        ),
+        Statistic(
+            2,
+            "conv2_tuning_corr",
+            "median correlation of a conv2 channel's orientation tuning with its main driver's",
+            "shuffled",
+        ),
+        *[
+            Statistic(
+                2,
+                f"ablation_top{k}",
+                f"test accuracy keeping only each conv2 channel's top-{k} driver(s)",
+                "random_inputs",
+                average="mean",
+            )
+            for k in ABLATION_KS
+        ],
+        Statistic(3, "conv2_neighbour_corr", "median neighbour correlation of conv2's strongest grids", "reference"),
+        Statistic(
+            3,
+            "conv2_burst_like",
+            "share of conv2's strongest grids that bursts fit better than a line",
+            "reference",
+            -1,
+            "mean",
+        ),
+        Statistic(
+            3,
+            "conv3_burst_like",
+            "share of conv3's strongest grids that bursts fit better than a line",
+            "reference",
+            average="mean",
+        ),
+        Statistic(4, "conv3_position_omega2", "median ω² of position over conv3 channels", "chance"),
+        Statistic(4, "conv3_interaction_omega2", "median ω² of pattern × position over conv3 channels", "chance"),
+        Statistic(4, "conv3_position_minus_pattern", "median ω²(position) - ω²(pattern) over conv3 channels", "chance"),
+    ]
+}
 
 
 def check_claim_settings(settings) -> None:
@@ -73,9 +108,16 @@ def check_claim_settings(settings) -> None:
     if names != "all":
         unknown = [n for n in names if n not in STATISTICS]
         if unknown:
-            raise UserInputError(f"claims.statistics: {unknown} unknown; allowed 'all' or a list of {sorted(STATISTICS)}")
-    for key, low, high in (("untrained_seeds", 2, 20), ("bootstrap", 100, 100_000), ("reference_grids", 50, 10_000),
-                           ("shuffles", 10, 10_000), ("ablation_draws", 2, 100)):  # fmt: skip
+            raise UserInputError(
+                f"claims.statistics: {unknown} unknown; allowed 'all' or a list of {sorted(STATISTICS)}"
+            )
+    for key, low, high in (
+        ("untrained_seeds", 2, 20),
+        ("bootstrap", 100, 100_000),
+        ("reference_grids", 50, 10_000),
+        ("shuffles", 10, 10_000),
+        ("ablation_draws", 2, 100),
+    ):
         value = settings[key]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise UserInputError(f"claims.{key}={value!r}: must be an integer in {low}..{high}")
@@ -100,8 +142,11 @@ def copies(m: Measurements, drivers: torch.Tensor) -> list[float]:
     """1.0 per live conv2 channel whose grid on its main driver has the orientation of `drivers`."""
     live = m.driver >= 0
     theta = m.conv1_fit.theta_deg
-    return [float(angle_gap(float(m.driver_fit.theta_deg[k]), float(theta[j])) <= COPY_MAX_GAP_DEG)
-            for k, j in enumerate(drivers.tolist()) if live[k]]  # fmt: skip
+    return [
+        float(angle_gap(float(m.driver_fit.theta_deg[k]), float(theta[j])) <= COPY_MAX_GAP_DEG)
+        for k, j in enumerate(drivers.tolist())
+        if live[k]
+    ]
 
 
 def tuning_corrs(m: Measurements, drivers: torch.Tensor) -> list[float]:
@@ -164,14 +209,22 @@ def shuffled_samples(m: Measurements, name: str, shuffles: int, seed: int) -> li
 
 @torch.no_grad()
 def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 2000) -> float:
-    correct = sum(int((net(images[s : s + batch_size]).argmax(dim=1) == labels[s : s + batch_size]).sum())
-                  for s in range(0, len(images), batch_size))  # fmt: skip
+    correct = sum(
+        int((net(images[s : s + batch_size]).argmax(dim=1) == labels[s : s + batch_size]).sum())
+        for s in range(0, len(images), batch_size)
+    )
     return correct / len(images)
 
 
 @torch.no_grad()
-def ablation(net: nn.Module, contributions: SignedContributions, images: torch.Tensor, labels: torch.Tensor, draws: int,
-             seed: int) -> dict[str, float | list[float]]:  # fmt: skip
+def ablation(
+    net: nn.Module,
+    contributions: SignedContributions,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    draws: int,
+    seed: int,
+) -> dict[str, float | list[float]]:
     """Test accuracy keeping only each conv2 channel's top-k drivers (the other grids w_kj set to
     0, no retraining), next to as many random inputs (one accuracy per draw; none when draws is
     0) and the full net; "n_images" is the number of test images."""
@@ -193,8 +246,10 @@ def ablation(net: nn.Module, contributions: SignedContributions, images: torch.T
         if k > cin:
             continue
         result[f"top{k}"] = keep_only(order[:, :k])
-        result[f"random{k}"] = [keep_only(torch.stack([torch.randperm(cin, generator=g)[:k] for _ in range(cout)]).to(weight.device))
-                                for _ in range(draws)]  # fmt: skip
+        result[f"random{k}"] = [
+            keep_only(torch.stack([torch.randperm(cin, generator=g)[:k] for _ in range(cout)]).to(weight.device))
+            for _ in range(draws)
+        ]
     return result
 
 
@@ -216,8 +271,9 @@ def _null(values: list[float], samples: list[float] | None = None) -> dict:
     return {"value": stats.fmean(values), "spread": spread, "draws": len(values), "samples": samples}
 
 
-def bootstrap_interval(samples: list[float], null_samples: list[float] | None, null_value: float, how: str, n: int,
-                       seed: int) -> tuple[float, float]:  # fmt: skip
+def bootstrap_interval(
+    samples: list[float], null_samples: list[float] | None, null_value: float, how: str, n: int, seed: int
+) -> tuple[float, float]:
     """95% interval of statistic(samples) - statistic(null_samples) (or - null_value), both resampled with replacement."""
     g = torch.Generator().manual_seed(seed)
     x = torch.tensor(samples, dtype=torch.float64)
@@ -235,8 +291,14 @@ def _resampled(x: torch.Tensor, how: str, n: int, g: torch.Generator) -> torch.T
     return picks.median(dim=1).values if how == "median" else picks.mean(dim=1)
 
 
-def claim_statistics(m: Measurements, untrained: list[Measurements], settings, seed: int = 0, ablated: dict | None = None,
-                     ablated_untrained: list[dict] | None = None) -> dict[str, dict]:  # fmt: skip
+def claim_statistics(
+    m: Measurements,
+    untrained: list[Measurements],
+    settings,
+    seed: int = 0,
+    ablated: dict | None = None,
+    ablated_untrained: list[dict] | None = None,
+) -> dict[str, dict]:
     """{statistic: {"value", "claim", "what", "nulls": {name: {"value", "spread"}}, "holds", "learned"}}
     for every statistic of settings.statistics the net has. `holds` and `learned` are the
     one-seed verdicts of `verdict`; results_table applies the same rule over seeds."""
@@ -272,8 +334,13 @@ def _unit_record(spec: Statistic, m: Measurements, untrained: list[Measurements]
     values = [average(s, how) for s in per_init]
     learned = _null(values, [v for s in per_init for v in s])
     value = average(samples, how)
-    record = {"claim": spec.claim, "what": spec.what, "value": value, "n_units": len(samples),
-              "nulls": {spec.holds_null: holds, "untrained": learned}}  # fmt: skip
+    record = {
+        "claim": spec.claim,
+        "what": spec.what,
+        "value": value,
+        "n_units": len(samples),
+        "nulls": {spec.holds_null: holds, "untrained": learned},
+    }
     for part, null in (("holds", holds), ("learned", learned)):
         interval = bootstrap_interval(samples, null["samples"], null["value"], how, settings.bootstrap, seed)
         null["interval"] = interval
@@ -290,8 +357,13 @@ def _ablation_record(spec: Statistic, ablated: dict | None, ablated_untrained: l
     randoms = ablated[f"random{k}"]
     untrained = [a[f"top{k}"] for a in ablated_untrained or []]
     value = ablated[f"top{k}"]
-    record = {"claim": spec.claim, "what": spec.what, "value": value, "full_net": ablated["full"],
-              "nulls": {"random_inputs": _null(randoms), "untrained": _null(untrained)}}  # fmt: skip
+    record = {
+        "claim": spec.claim,
+        "what": spec.what,
+        "value": value,
+        "full_net": ablated["full"],
+        "nulls": {"random_inputs": _null(randoms), "untrained": _null(untrained)},
+    }
     for part, null in zip(("holds", "learned"), record["nulls"].values()):
         # the binomial sampling error of two accuracies on n test images, as a 95% interval
         p, q, n = value, null["value"], ablated["n_images"]
@@ -305,8 +377,13 @@ def _ablation_record(spec: Statistic, ablated: dict | None, ablated_untrained: l
 # ---------------------------------------------------------------------------- the verdict rule
 
 
-def verdict(values: list[float], nulls: list[float], direction: int = 1, intervals: list[tuple[float, float]] | None = None,
-            null_spreads: list[float] | None = None) -> str:  # fmt: skip
+def verdict(
+    values: list[float],
+    nulls: list[float],
+    direction: int = 1,
+    intervals: list[tuple[float, float]] | None = None,
+    null_spreads: list[float] | None = None,
+) -> str:
     """The one verdict rule (docs/measures.md). values and nulls: the statistic and its null, one
     per seed. The difference d = mean(values - nulls), signed so that the claim says d > 0, must
     exceed the spread: the largest of 2 sd over seeds of the values and of the nulls, the null's
@@ -336,7 +413,9 @@ def seed_verdicts(records: list[dict], name: str) -> dict[str, str]:
     for part, null_name in (("holds", spec.holds_null), ("learned", "untrained")):
         nulls = [r["nulls"][null_name] for r in records]
         intervals = [tuple(n["interval"]) for n in nulls if n.get("interval")]
-        out[part] = verdict(values, [n["value"] for n in nulls], spec.direction, intervals, [n["spread"] for n in nulls])
+        out[part] = verdict(
+            values, [n["value"] for n in nulls], spec.direction, intervals, [n["spread"] for n in nulls]
+        )
     return out
 
 
@@ -349,8 +428,10 @@ def _mean_sd(values: list[float], digits: int = 3) -> str:
 def claims_table(per_net: dict[str, list[dict]]) -> str:
     """A markdown table: one row per net and statistic, with its nulls and both verdicts.
     per_net: {net name: [claims.json of each seed]}."""
-    rows = ["| claim | statistic | net | seeds | value | null for \"holds\" | holds | untrained net | learned |",
-            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        '| claim | statistic | net | seeds | value | null for "holds" | holds | untrained net | learned |',
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, spec in STATISTICS.items():
         for net in sorted(per_net, key=lambda n: n != PRIMARY_NET):  # the article's net first, the others as given
             records = [s[name] for s in per_net[net] if name in s]
@@ -362,8 +443,10 @@ def claims_table(per_net: dict[str, list[dict]]) -> str:
             value = _mean_sd([r["value"] for r in records])
             if "full_net" in records[0]:
                 value += f" (full net {_mean_sd([r['full_net'] for r in records])})"
-            rows.append(f"| {spec.claim}: {CLAIMS[spec.claim]} | {spec.what} | {net} | {len(records)} | {value} "
-                        f"| {spec.holds_null} {_mean_sd(holds)} | {v['holds']} | {_mean_sd(untrained)} | {v['learned']} |")  # fmt: skip
+            rows.append(
+                f"| {spec.claim}: {CLAIMS[spec.claim]} | {spec.what} | {net} | {len(records)} | {value} "
+                f"| {spec.holds_null} {_mean_sd(holds)} | {v['holds']} | {_mean_sd(untrained)} | {v['learned']} |"
+            )
     return "\n".join(rows)
 
 
@@ -397,20 +480,31 @@ def accuracy_table(acc: dict[str, dict[int, float]], separations: dict[str, list
         if "small_scratch" in mean:
             edge = (mean["prune_7iters"] - mean["small_scratch"]) * 100
             spread = 2 * max(_sd(values("prune_7iters")), _sd(values("small_scratch"))) * 100
-            verdict_text += (f"; pruning beats training 8/16/24/16 from scratch by {edge:.2f} points" if edge > spread else
-                             f"; but training 8/16/24/16 from scratch does as well ({edge:+.2f} points, 2 sd {spread:.2f})")  # fmt: skip
+            verdict_text += (
+                f"; pruning beats training 8/16/24/16 from scratch by {edge:.2f} points"
+                if edge > spread
+                else f"; but training 8/16/24/16 from scratch does as well ({edge:+.2f} points, 2 sd {spread:.2f})"
+            )
         rows.append(f"| Pruning to 8/16/24/16 in 7 steps keeps accuracy after retraining | {text} | {verdict_text} |")
     if {"baseline", "no_conv2"} <= mean.keys() and paired("baseline", "no_conv2"):
         gaps = paired("baseline", "no_conv2")
-        rows.append(f"| conv2 can be left out | no_conv2 {_points(values('no_conv2'))}% vs baseline {_points(values('baseline'))}% "
-                    f"(baseline minus no_conv2: {_mean_sd(gaps, 2)} points, paired by seed) "
-                    f"| {'supported' if stats.fmean(gaps) <= 0.3 else 'not supported: leaving conv2 out costs accuracy'} |")  # fmt: skip
+        rows.append(
+            f"| conv2 can be left out | no_conv2 {_points(values('no_conv2'))}% vs baseline {_points(values('baseline'))}% "
+            f"(baseline minus no_conv2: {_mean_sd(gaps, 2)} points, paired by seed) "
+            f"| {'supported' if stats.fmean(gaps) <= 0.3 else 'not supported: leaving conv2 out costs accuracy'} |"
+        )
     for hand in ("handnet_handcrafted", "handnet_finetune"):
         if hand not in mean:
             continue
-        against = [f"{gap:.2f} points below {net} ({_points(values(net))}%)"
-                   for net in ("prune_7iters", "baseline") if net in mean for gap in [(mean[net] - mean[hand]) * 100]]  # fmt: skip
-        rows.append(f"| The HandNet ({hand}) compared with the nets it mirrors | {hand} {_points(values(hand))}%: {'; '.join(against)} | measured |")
+        against = [
+            f"{gap:.2f} points below {net} ({_points(values(net))}%)"
+            for net in ("prune_7iters", "baseline")
+            if net in mean
+            for gap in [(mean[net] - mean[hand]) * 100]
+        ]
+        rows.append(
+            f"| The HandNet ({hand}) compared with the nets it mirrors | {hand} {_points(values(hand))}%: {'; '.join(against)} | measured |"
+        )
     for net, seeds in (separations or {}).items():
         if not seeds:
             continue
@@ -418,5 +512,7 @@ def accuracy_table(acc: dict[str, dict[int, float]], separations: dict[str, list
         knn = {stage: stats.median(s[stage]["knn_acc"] for s in seeds) for stage in seeds[0]}
         text = "; ".join(f"{stage}: kNN {knn[stage]:.3f}, silhouette {sil[stage]:.2f}" for stage in sil)
         better = min(sil.get("fc4", 0), sil.get("fc5", 0)) > sil.get("conv3", 1)
-        rows.append(f"| The fc layers separate the classes better than conv3 ({net}) | {text} | {'supported' if better else 'not supported by the silhouette'} |")
+        rows.append(
+            f"| The fc layers separate the classes better than conv3 ({net}) | {text} | {'supported' if better else 'not supported by the silhouette'} |"
+        )
     return "\n".join(rows)

@@ -98,7 +98,10 @@ def _run_info(cfg: DictConfig) -> dict:
     """The experiment's name and the command-line overrides, when run through Hydra."""
     if HydraConfig.initialized():
         hc = HydraConfig.get()
-        return {"experiment": hc.runtime.choices.get("experiment") or cfg.task_name, "overrides": list(hc.overrides.task)}
+        return {
+            "experiment": hc.runtime.choices.get("experiment") or cfg.task_name,
+            "overrides": list(hc.overrides.task),
+        }
     return {"experiment": cfg.task_name, "overrides": []}
 
 
@@ -218,5 +221,11 @@ def train(cfg: DictConfig) -> dict:
             explained = {k: v for k, v in metrics.items() if k.startswith("explanation/")}
             logger.log_hyperparams(hparams, metrics={**hparam_metrics, **_final_net(metrics), **explained})
             logger.finalize("success")
-        log.info("test/acc %.4f, %d params, %.1f s; outputs in %s", metrics["test/acc"], metrics["n_params"], metrics["wall_s"], out_dir)
+        log.info(
+            "test/acc %.4f, %d params, %.1f s; outputs in %s",
+            metrics["test/acc"],
+            metrics["n_params"],
+            metrics["wall_s"],
+            out_dir,
+        )
     return metrics

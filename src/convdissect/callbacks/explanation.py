@@ -46,7 +46,9 @@ class ExplanationCallback(L.Callback):
         files = {}
         for name, exact in (("learned_recipes.yaml", True), ("learned_recipes_rounded.yaml", False)):
             files[exact] = self.output_dir / name
-            files[exact].write_text(yaml.safe_dump(learned_recipes(net, exact=exact), sort_keys=False, allow_unicode=True))
+            files[exact].write_text(
+                yaml.safe_dump(learned_recipes(net, exact=exact), sort_keys=False, allow_unicode=True)
+            )
         self.summary = {**explanation_metrics(labels), **self.check(trainer, net, files[True], files[False])}
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

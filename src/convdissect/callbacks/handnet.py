@@ -46,11 +46,17 @@ class HandNetSchedule(L.Callback):
                 "the temperature must fall, 0 < temperature_end < temperature_start"
             )
         if not 0 < choice_end < 1:
-            raise UserInputError(f"{where}.choice_end={choice_end}: must be in (0, 1), or the channel choice never freezes")
+            raise UserInputError(
+                f"{where}.choice_end={choice_end}: must be in (0, 1), or the channel choice never freezes"
+            )
         if not 0 < hard_share <= 1:
-            raise UserInputError(f"{where}.hard_share={hard_share}: must be in (0, 1], or the channel choice never hardens")
+            raise UserInputError(
+                f"{where}.hard_share={hard_share}: must be in (0, 1], or the channel choice never hardens"
+            )
         if not 0 <= shrink_start < shrink_end <= 1:
-            raise UserInputError(f"{where}: shrink_start={shrink_start}, shrink_end={shrink_end}: need 0 <= shrink_start < shrink_end <= 1")
+            raise UserInputError(
+                f"{where}: shrink_start={shrink_start}, shrink_end={shrink_end}: need 0 <= shrink_start < shrink_end <= 1"
+            )
         if shrink_every < 1 or spread_images < 1:
             raise UserInputError(f"{where}: shrink_every={shrink_every}, spread_images={spread_images}: must be >= 1")
         self.temperature_start, self.temperature_end = temperature_start, temperature_end
@@ -60,7 +66,9 @@ class HandNetSchedule(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not isinstance(pl_module.net, HandNet):
-            raise UserInputError(f"callbacks.handnet_schedule: needs a HandNet (model=handnet), not {type(pl_module.net).__name__}")
+            raise UserInputError(
+                f"callbacks.handnet_schedule: needs a HandNet (model=handnet), not {type(pl_module.net).__name__}"
+            )
 
     def temperature(self, p: float) -> float:
         share = min(p / self.choice_end, 1.0)
@@ -95,7 +103,9 @@ class HandNetSchedule(L.Callback):
         if net.terms is not None:
             self.shrink(trainer, net, net.terms)
         removed = net.remove_unread_units()
-        log.info("HandNet schedule: channels frozen, at most %s terms per digit, %d unread units removed", net.terms, removed)
+        log.info(
+            "HandNet schedule: channels frozen, at most %s terms per digit, %d unread units removed", net.terms, removed
+        )
 
 
 @torch.no_grad()

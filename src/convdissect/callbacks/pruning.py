@@ -70,7 +70,10 @@ class PruningCallback(L.Callback):
             min_width=min_width if isinstance(min_width, int) else [int(w) for w in min_width],
             scope=scope,
         )
-        self.options = {"magnitude": {"p": float(magnitude_p)}, "superstimulus_contrast": {"steps": int(superstimulus_steps)}}
+        self.options = {
+            "magnitude": {"p": float(magnitude_p)},
+            "superstimulus_contrast": {"steps": int(superstimulus_steps)},
+        }
         self.calibration_size, self.eval_size, self.seed = int(calibration_size), eval_size, int(seed)
         # Checkpointed state (state_dict): the schedule's start, what was kept, one history entry per step.
         self.start_widths: list[int] | None = None
@@ -122,11 +125,13 @@ class PruningCallback(L.Callback):
             self.start_flops = flops_per_image(pl_module.net, self._val(trainer, 1)[0])
         for logger in _tensorboards(trainer):
             # One chart per quantity, with the three accuracies of each step side by side.
-            layout = {"pruning": {
-                "val accuracy: before / right after pruning / after retraining": ["Multiline", list(ACCURACY_TAGS)],
-                "widths": ["Multiline", [r"pruning/width_.*"]],
-                "FLOPs per image": ["Multiline", ["pruning/flops"]],
-            }}
+            layout = {
+                "pruning": {
+                    "val accuracy: before / right after pruning / after retraining": ["Multiline", list(ACCURACY_TAGS)],
+                    "widths": ["Multiline", [r"pruning/width_.*"]],
+                    "FLOPs per image": ["Multiline", ["pruning/flops"]],
+                }
+            }
             logger.experiment.add_custom_scalars(layout)
 
     # ------------------------------------------------------------------ the pruning step
@@ -182,23 +187,37 @@ class PruningCallback(L.Callback):
 
         n_params = sum(p.numel() for p in net.parameters())
         flops = flops_per_image(net, images[:1])
-        self.history.append({
-            "iteration": step,
-            "epoch": trainer.current_epoch,
-            "widths_before": widths_before,
-            "widths": widths,
-            "n_params": n_params,
-            "flops": flops,
-            "kept_channels": {layer: list(kept) for layer, kept in self.kept.items()},
-            "criterion_fallbacks": {layer: f for layer, (_, f) in scored.items() if f},
-            "val_acc_before": acc_before,
-            "val_acc_pruned": acc_pruned,
-            "val_acc_retrained": None,
-        })
-        log.info("pruning step %d/%d: widths %s -> %s, %d FLOPs per image, val acc %.4f -> %.4f",
-                 step, self.schedule.iterations, widths_before, widths, flops, acc_before, acc_pruned)
-        metrics = {ACCURACY_TAGS[0]: acc_before, ACCURACY_TAGS[1]: acc_pruned, "pruning/n_params": n_params,
-                   "pruning/flops": flops}
+        self.history.append(
+            {
+                "iteration": step,
+                "epoch": trainer.current_epoch,
+                "widths_before": widths_before,
+                "widths": widths,
+                "n_params": n_params,
+                "flops": flops,
+                "kept_channels": {layer: list(kept) for layer, kept in self.kept.items()},
+                "criterion_fallbacks": {layer: f for layer, (_, f) in scored.items() if f},
+                "val_acc_before": acc_before,
+                "val_acc_pruned": acc_pruned,
+                "val_acc_retrained": None,
+            }
+        )
+        log.info(
+            "pruning step %d/%d: widths %s -> %s, %d FLOPs per image, val acc %.4f -> %.4f",
+            step,
+            self.schedule.iterations,
+            widths_before,
+            widths,
+            flops,
+            acc_before,
+            acc_pruned,
+        )
+        metrics = {
+            ACCURACY_TAGS[0]: acc_before,
+            ACCURACY_TAGS[1]: acc_pruned,
+            "pruning/n_params": n_params,
+            "pruning/flops": flops,
+        }
         metrics.update({f"pruning/width_{layer}": w for layer, w in zip(table, widths)})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
@@ -228,21 +247,33 @@ class PruningCallback(L.Callback):
         """Merged into metrics.json by train()."""
         schedule = self.schedule
         return {
-            "pruning": {"criterion": self.weights, "mode": schedule.mode, "scope": schedule.scope,
-                        "threshold": schedule.threshold if schedule.mode == "threshold" else None,
-                        "magnitude_p": self.options["magnitude"]["p"] if "magnitude" in self.weights else None,
-                        "normalise": self.normalise if len(self.weights) > 1 else None,
-                        "superstimulus_steps": self.options["superstimulus_contrast"]["steps"]
-                        if "superstimulus_contrast" in self.weights else None,
-                        "start_widths": self.start_widths, "start_flops": self.start_flops,
-                        "iterations": schedule.iterations, "seed": self.seed},
+            "pruning": {
+                "criterion": self.weights,
+                "mode": schedule.mode,
+                "scope": schedule.scope,
+                "threshold": schedule.threshold if schedule.mode == "threshold" else None,
+                "magnitude_p": self.options["magnitude"]["p"] if "magnitude" in self.weights else None,
+                "normalise": self.normalise if len(self.weights) > 1 else None,
+                "superstimulus_steps": self.options["superstimulus_contrast"]["steps"]
+                if "superstimulus_contrast" in self.weights
+                else None,
+                "start_widths": self.start_widths,
+                "start_flops": self.start_flops,
+                "iterations": schedule.iterations,
+                "seed": self.seed,
+            },
             "pruning_history": self.history,
             "flops": self.history[-1]["flops"] if self.history else self.start_flops,  # per image, of the final net
         }
 
     def state_dict(self) -> dict:
-        return {"iteration": self.iteration, "history": self.history, "kept": self.kept,
-                "start_widths": self.start_widths, "start_flops": self.start_flops}
+        return {
+            "iteration": self.iteration,
+            "history": self.history,
+            "kept": self.kept,
+            "start_widths": self.start_widths,
+            "start_flops": self.start_flops,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         # Lightning also restores callbacks when trainer.test loads the best checkpoint; that

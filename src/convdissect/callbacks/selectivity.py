@@ -51,14 +51,20 @@ class ChannelSelectivityCallback(L.Callback):
         images, labels = torch.cat(self._images), torch.cat(self._labels)
         means = class_means(net, images, labels, layers)
         tuning = orientation_tuning(net, layers, step_deg=self.tuning_step_deg)
-        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)] if trainer.is_global_zero else []
+        writers = (
+            [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+            if trainer.is_global_zero
+            else []
+        )
         for layer in layers:
             index = selectivity_index(means[layer].nan_to_num(0.0))
             osi = orientation_selectivity(tuning.responses[layer], tuning.angles_deg)
             pl_module.log(f"selectivity/{layer}_mean", index.mean(), on_epoch=True, sync_dist=True)
             pl_module.log(f"orientation/{layer}_mean", osi.mean(), on_epoch=True, sync_dist=True)
             if writers:
-                figure = selectivity_figure(layer, means[layer].cpu(), index.cpu(), tuning.responses[layer], tuning.angles_deg)
+                figure = selectivity_figure(
+                    layer, means[layer].cpu(), index.cpu(), tuning.responses[layer], tuning.angles_deg
+                )
                 for writer in writers:
                     writer.add_figure(f"selectivity/{layer}", figure, trainer.global_step)
         self._images, self._labels = [], []
@@ -74,15 +80,18 @@ def _scaled_columns(values: torch.Tensor) -> torch.Tensor:
     return values / values.abs().amax(dim=0, keepdim=True).clamp_min(1e-12)
 
 
-def selectivity_figure(layer: str, means: torch.Tensor, index: torch.Tensor, tuning: torch.Tensor, angles_deg: torch.Tensor) -> Figure:
+def selectivity_figure(
+    layer: str, means: torch.Tensor, index: torch.Tensor, tuning: torch.Tensor, angles_deg: torch.Tensor
+) -> Figure:
     """Three panels over the layer's channels (1-based): mean activation per digit, the class
     selectivity index, and the response to line probes by angle; heatmap columns are scaled to
     their maximum, each channel separately."""
     n = means.shape[1]
     fig = Figure(figsize=(max(4.5, 0.18 * n + 1.8), 6.5))
     class_ax, bar_ax, tuning_ax = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1, 3]})
-    class_ax.imshow(_scaled_columns(means.nan_to_num(0.0)).numpy(), aspect="auto", cmap="viridis",
-                    extent=(0.5, n + 0.5, 9.5, -0.5))  # fmt: skip
+    class_ax.imshow(
+        _scaled_columns(means.nan_to_num(0.0)).numpy(), aspect="auto", cmap="viridis", extent=(0.5, n + 0.5, 9.5, -0.5)
+    )
     class_ax.set_ylabel("digit")
     class_ax.set_yticks(range(10))
     class_ax.set_title(f"{layer}: by digit and by line angle (each channel scaled to its max)", fontsize=9)
@@ -90,8 +99,12 @@ def selectivity_figure(layer: str, means: torch.Tensor, index: torch.Tensor, tun
     bar_ax.set_ylim(0, 1)
     bar_ax.set_ylabel("class sel.")
     step = float(angles_deg[1] - angles_deg[0]) if len(angles_deg) > 1 else 1.0
-    tuning_ax.imshow(_scaled_columns(tuning.relu()).numpy(), aspect="auto", cmap="viridis",
-                     extent=(0.5, n + 0.5, float(angles_deg[-1]) + step / 2, float(angles_deg[0]) - step / 2))  # fmt: skip
+    tuning_ax.imshow(
+        _scaled_columns(tuning.relu()).numpy(),
+        aspect="auto",
+        cmap="viridis",
+        extent=(0.5, n + 0.5, float(angles_deg[-1]) + step / 2, float(angles_deg[0]) - step / 2),
+    )
     tuning_ax.set_ylabel("line angle (°)")
     tuning_ax.set_xlabel(f"{layer} channel (1-based)")
     fig.tight_layout()

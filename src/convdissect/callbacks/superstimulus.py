@@ -63,4 +63,7 @@ class SuperstimulusCallback(L.Callback):
         self.seconds += time.perf_counter() - start
 
     def run_summary(self) -> dict:
-        return {"superstimulus_callback/seconds": round(self.seconds, 3), "superstimulus_callback/calls": len(self.logged_steps)}
+        return {
+            "superstimulus_callback/seconds": round(self.seconds, 3),
+            "superstimulus_callback/calls": len(self.logged_steps),
+        }

@@ -52,7 +52,9 @@ def ensure_mnist(data_dir: str | Path, download: bool = True) -> None:
         try:
             MNIST(str(data_dir), train=True, download=True)
         except Exception as err:  # offline: URLError, socket errors, HTTP errors ...
-            raise _missing_data_error(raw_dir, f"files missing and the download failed: {' '.join(str(err).split())}") from None
+            raise _missing_data_error(
+                raw_dir, f"files missing and the download failed: {' '.join(str(err).split())}"
+            ) from None
     for name, size in IDX_FILES.items():
         actual = (raw_dir / name).stat().st_size
         if actual != size:
@@ -101,7 +103,16 @@ class TensorBatches:
     """
 
     def __init__(
-        self, images, labels, batch_size, shuffle, seed=0, rank=0, world_size=1, drop_last=False, first_epoch=0,
+        self,
+        images,
+        labels,
+        batch_size,
+        shuffle,
+        seed=0,
+        rank=0,
+        world_size=1,
+        drop_last=False,
+        first_epoch=0,
         current_epoch: Callable[[], int] | None = None,
     ):
         self.images, self.labels = images, labels

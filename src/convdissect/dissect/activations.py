@@ -49,7 +49,9 @@ def hooked(net: nn.Module, layers, what: str = "output"):
 
 
 @torch.no_grad()
-def record(net: nn.Module, images: torch.Tensor, layers, what: str = "output", batch_size: int = 1000) -> dict[str, torch.Tensor]:
+def record(
+    net: nn.Module, images: torch.Tensor, layers, what: str = "output", batch_size: int = 1000
+) -> dict[str, torch.Tensor]:
     """The named modules' outputs (or inputs) for all images, batched, detached: {layer: [N, ...]}."""
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     with hooked(net, layers, what) as store:
@@ -61,7 +63,9 @@ def record(net: nn.Module, images: torch.Tensor, layers, what: str = "output", b
 
 
 @torch.no_grad()
-def record_in_out(net: nn.Module, images: torch.Tensor, layer: str, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+def record_in_out(
+    net: nn.Module, images: torch.Tensor, layer: str, batch_size: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A module's input and output for all images, in one pass: ([N, ...], [N, ...])."""
     inputs, outputs = [], []
     with hooked(net, [layer], "input") as seen, hooked(net, [layer]) as made:

@@ -33,7 +33,9 @@ HANDNET_KEY = "conv1.theta"  # a parametric conv1: a HandNet state_dict
 def read_checkpoint(path: str | Path):
     """torch.load(weights_only=True) of a user's file, every failure one UserInputError line."""
     if not path:
-        raise UserInputError("ckpt_path is not set: python dissect.py ckpt_path=PATH (a Lightning .ckpt or a state_dict .pt)")
+        raise UserInputError(
+            "ckpt_path is not set: python dissect.py ckpt_path=PATH (a Lightning .ckpt or a state_dict .pt)"
+        )
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"ckpt_path={path}: no such file")
@@ -55,12 +57,16 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(net state_dict, net spec or {}) from a .ckpt or .pt file; its floating tensors all finite."""
     payload = read_checkpoint(path)
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):  # Lightning
-        state = {k[len(LIGHTNING_PREFIX) :]: v for k, v in payload["state_dict"].items() if k.startswith(LIGHTNING_PREFIX)}
+        state = {
+            k[len(LIGHTNING_PREFIX) :]: v for k, v in payload["state_dict"].items() if k.startswith(LIGHTNING_PREFIX)
+        }
         hparams = payload.get("hyper_parameters", {}).get("net", {}) or {}
     elif isinstance(payload, dict):
         state, hparams = payload, {}
     else:
-        raise UserInputError(f"ckpt_path={path}: holds a {type(payload).__name__}, expected a state_dict or a Lightning checkpoint")
+        raise UserInputError(
+            f"ckpt_path={path}: holds a {type(payload).__name__}, expected a state_dict or a Lightning checkpoint"
+        )
     check_finite(path, state)
     return state, dict(hparams)
 
@@ -124,9 +130,15 @@ def _simple_convnet(path: str | Path, state: dict[str, torch.Tensor], hparams: d
     spec = {"_target_": SIMPLE_CONVNET, "widths": widths, "conv2": conv2, "fc4_activation": activation}
     net = build_net(spec)
     shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {shape})" for k, shape in shapes.items() if tuple(state[k].shape) != shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {shape})"
+        for k, shape in shapes.items()
+        if tuple(state[k].shape) != shape
+    ]
     if wrong:
-        raise UserInputError(f"ckpt_path={path}: wrongly shaped for a SimpleConvNet with widths {widths}: {', '.join(wrong[:3])}")
+        raise UserInputError(
+            f"ckpt_path={path}: wrongly shaped for a SimpleConvNet with widths {widths}: {', '.join(wrong[:3])}"
+        )
     net.load_state_dict({k: v.float() for k, v in state.items()})
     return net.eval(), spec
 

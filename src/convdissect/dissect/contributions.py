@@ -132,8 +132,12 @@ def signed_contributions(net: nn.Module, layer: str, images: torch.Tensor) -> Si
     seen_blank, y_blank = record_in_out(net, blank_image(images), layer)
     pool = POOL_AFTER[layer]
     pooled, winners = F.max_pool2d(y.relu(), pool, return_indices=True)
-    mask = torch.zeros_like(y).flatten(2).scatter_(2, winners.flatten(2), (pooled > 0).to(y.dtype).flatten(2)).view_as(y)
-    grad = torch.nn.grad.conv2d_weight(seen - seen_blank, conv.weight.shape, mask, stride=conv.stride, padding=conv.padding)
+    mask = (
+        torch.zeros_like(y).flatten(2).scatter_(2, winners.flatten(2), (pooled > 0).to(y.dtype).flatten(2)).view_as(y)
+    )
+    grad = torch.nn.grad.conv2d_weight(
+        seen - seen_blank, conv.weight.shape, mask, stride=conv.stride, padding=conv.padding
+    )
     n = len(images)
     mean = (grad * conv.weight.detach()).sum(dim=(-2, -1)) / n
     baseline = (mask * y_blank).sum(dim=(0, 2, 3)) / n

@@ -66,11 +66,20 @@ def describe_conv1(m: Measurements) -> list[dict]:
         text = label if fit.r2[i] >= NOISY_R2 else f"noisy; closest: {label}"
         if secondary is not None:
             text += f", secondary {orientation_name(secondary)}"
-        units.append({
-            "layer": "conv1", "index": i + 1, "name": unit_name("conv1", i + 1), "label": text, "pattern": label,
-            "orientation_deg": round(theta, 2), "kind": fit.kind[i], "side": fit.side[i],
-            "fit_r2": _number(fit.r2[i]), "secondary_orientation_deg": secondary,
-        })  # fmt: skip
+        units.append(
+            {
+                "layer": "conv1",
+                "index": i + 1,
+                "name": unit_name("conv1", i + 1),
+                "label": text,
+                "pattern": label,
+                "orientation_deg": round(theta, 2),
+                "kind": fit.kind[i],
+                "side": fit.side[i],
+                "fit_r2": _number(fit.r2[i]),
+                "secondary_orientation_deg": secondary,
+            }
+        )
     return units
 
 
@@ -97,7 +106,10 @@ def signed_phrase(drivers: list[dict], inhibitors: list[dict], patterns: dict[st
     parts = []
     for i, d in enumerate(named(drivers)):
         what = f"{patterns[d['input']]}, " if patterns.get(d["input"]) else ""
-        parts.append(f"{d['input']} ({what}{d['share']:.0%}{' of its drive' if i == 0 else ''})" + (f" {through}" if i == 0 and through else ""))
+        parts.append(
+            f"{d['input']} ({what}{d['share']:.0%}{' of its drive' if i == 0 else ''})"
+            + (f" {through}" if i == 0 and through else "")
+        )
     text = " + ".join(parts)
     if inhibitors:
         text += ", inhibited by " + " and ".join(i["input"] for i in named(inhibitors))
@@ -125,13 +137,21 @@ def describe_conv2(m: Measurements, conv1_units: list[dict]) -> list[dict]:
             label = f"≈ {signed_phrase(drivers, inhibitors, patterns)}"
         else:
             label = f"reads {signed_phrase(drivers, inhibitors, patterns, f'through a {grid_labels[k]} grid')}"
-        units.append({
-            "layer": "conv2", "index": k + 1, "name": name, "label": label,
-            "pattern": conv1_units[j]["pattern"] if copies else name,
-            "drivers": drivers, "inhibitors": inhibitors, "copies_input": bool(copies),
-            "grid_orientation_deg": _number(fit.theta_deg[k], 2) if j >= 0 else None,
-            "grid_kind": fit.kind[k] if j >= 0 else None, "grid_fit_r2": _number(fit.r2[k]) if j >= 0 else None,
-        })  # fmt: skip
+        units.append(
+            {
+                "layer": "conv2",
+                "index": k + 1,
+                "name": name,
+                "label": label,
+                "pattern": conv1_units[j]["pattern"] if copies else name,
+                "drivers": drivers,
+                "inhibitors": inhibitors,
+                "copies_input": bool(copies),
+                "grid_orientation_deg": _number(fit.theta_deg[k], 2) if j >= 0 else None,
+                "grid_kind": fit.kind[k] if j >= 0 else None,
+                "grid_fit_r2": _number(fit.r2[k]) if j >= 0 else None,
+            }
+        )
     return units
 
 
@@ -152,17 +172,30 @@ def describe_conv3(net: nn.Module, m: Measurements, input_units: list[dict]) -> 
         for _, j, burst in kept:
             source = input_units[j]
             sign = "+" if burst.sign > 0 else "-"
-            bursts.append({
-                "sign": sign, "clock": burst.clock, "distance": _number(burst.distance, 3),
-                "input": source["name"], "input_label": source["label"], "notation": str(burst),
-                "amplitude": _number(burst.amplitude),
-            })  # fmt: skip
+            bursts.append(
+                {
+                    "sign": sign,
+                    "clock": burst.clock,
+                    "distance": _number(burst.distance, 3),
+                    "input": source["name"],
+                    "input_label": source["label"],
+                    "notation": str(burst),
+                    "amplitude": _number(burst.amplitude),
+                }
+            )
             phrases.append(f"{'' if not phrases and sign == '+' else sign + ' '}{source['pattern']} {_at(burst.clock)}")
         label = signed_phrase(drivers, inhibitors, {}) + (": " + " ".join(phrases) if phrases else "")
-        units.append({
-            "layer": "conv3", "index": k + 1, "name": unit_name("conv3", k + 1), "label": label, "bursts": bursts,
-            "drivers": drivers, "inhibitors": inhibitors,
-        })  # fmt: skip
+        units.append(
+            {
+                "layer": "conv3",
+                "index": k + 1,
+                "name": unit_name("conv3", k + 1),
+                "label": label,
+                "bursts": bursts,
+                "drivers": drivers,
+                "inhibitors": inhibitors,
+            }
+        )
     return units
 
 
@@ -170,7 +203,11 @@ def add_position_pattern(m: Measurements, layer: str, units: list[dict]) -> None
     """Add position_index, pattern_index and interaction_index (omega² on the stroke sweep)."""
     pp = m.position_pattern[layer]
     for unit, pos, pat, inter in zip(units, pp.position_index, pp.pattern_index, pp.interaction_index):
-        unit["position_index"], unit["pattern_index"], unit["interaction_index"] = _number(pos), _number(pat), _number(inter)
+        unit["position_index"], unit["pattern_index"], unit["interaction_index"] = (
+            _number(pos),
+            _number(pat),
+            _number(inter),
+        )
 
 
 def describe(net: nn.Module, m: Measurements) -> dict:
@@ -182,8 +219,12 @@ def describe(net: nn.Module, m: Measurements) -> dict:
     for layer, entries in units.items():
         add_position_pattern(m, layer, entries)
     grids = {layer: {k: _number(v) for k, v in stats.summary().items()} for layer, stats in m.grids.items()}
-    return {"net": "simple_convnet", "widths": list(m.widths), "grid_statistics": grids,  # claim 3's numbers per layer
-            "units": [u for entries in units.values() for u in entries]}  # fmt: skip
+    return {
+        "net": "simple_convnet",
+        "widths": list(m.widths),
+        "grid_statistics": grids,  # claim 3's numbers per layer
+        "units": [u for entries in units.values() for u in entries],
+    }
 
 
 def write_labels(labels: dict, path: str | Path) -> Path:

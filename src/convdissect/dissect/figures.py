@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import textwrap
-
 from typing import TYPE_CHECKING
 
 import torch
@@ -67,7 +66,7 @@ def _columns(n: int) -> int:
 # ---------------------------------------------------------------------------- conv1
 
 
-def weight_grids(grids: torch.Tensor, names: list[str], labels: list[str] | None = None, title: str = "") -> "Figure":
+def weight_grids(grids: torch.Tensor, names: list[str], labels: list[str] | None = None, title: str = "") -> Figure:
     """One grid per panel [N, k, k], each on its own symmetric scale, titled by name, its label below."""
     fig, axes = _panels(len(grids), _columns(len(grids)), cell=1.35, text_height=0.75 if labels else 0.1)
     for i, ax in enumerate(axes):
@@ -79,7 +78,9 @@ def weight_grids(grids: torch.Tensor, names: list[str], labels: list[str] | None
     return fig
 
 
-def activation_maps(inputs: torch.Tensor, maps: torch.Tensor, layer: str, row_names: list[str], title: str = "") -> "Figure":
+def activation_maps(
+    inputs: torch.Tensor, maps: torch.Tensor, layer: str, row_names: list[str], title: str = ""
+) -> Figure:
     """Rows: inputs (raw [R, 1, 28, 28], first column); columns: the layer's channels' ReLU'd maps
     [R, C, H, W]. Each channel column shares one colour scale from 0 to its maximum."""
     rows, channels = maps.shape[:2]
@@ -102,7 +103,13 @@ def activation_maps(inputs: torch.Tensor, maps: torch.Tensor, layer: str, row_na
     return fig
 
 
-def tuning_curves(angles_deg: torch.Tensor, responses: torch.Tensor, layer: str, fitted_deg: list[float] | None = None, title: str = "") -> "Figure":
+def tuning_curves(
+    angles_deg: torch.Tensor,
+    responses: torch.Tensor,
+    layer: str,
+    fitted_deg: list[float] | None = None,
+    title: str = "",
+) -> Figure:
     """One orientation tuning curve per channel (responses [A, C]); a dashed line at the fitted
     orientation when given."""
     channels = responses.shape[1]
@@ -122,7 +129,7 @@ def tuning_curves(angles_deg: torch.Tensor, responses: torch.Tensor, layer: str,
     return fig
 
 
-def superstimulus_grid(images: torch.Tensor, names: list[str], title: str = "") -> "Figure":
+def superstimulus_grid(images: torch.Tensor, names: list[str], title: str = "") -> Figure:
     """Raw [0, 1] superstimuli [C, 1, 28, 28], one per panel."""
     fig, axes = _panels(len(images), _columns(len(images)), text_height=0.15)
     for i, ax in enumerate(axes):
@@ -135,7 +142,9 @@ def superstimulus_grid(images: torch.Tensor, names: list[str], title: str = "") 
 # ---------------------------------------------------------------------------- inner-channel dissection
 
 
-def dissection(dissected, image: torch.Tensor, input_labels: list[str], input_layer: str, rows: int = 12, title: str = "") -> "Figure":
+def dissection(
+    dissected, image: torch.Tensor, input_labels: list[str], input_layer: str, rows: int = 12, title: str = ""
+) -> Figure:
     """The article's big figure for one out channel on one input (InnerContributions).
 
     The `rows` strongest in channels get a row each, strongest last; the weaker ones are summed
@@ -185,8 +194,15 @@ def dissection(dissected, image: torch.Tensor, input_labels: list[str], input_la
 # ---------------------------------------------------------------------------- conv2 and conv3
 
 
-def redundancy(signed_shares: torch.Tensor, driver: list[int], share: list[float], copies: list[bool], layer: str, input_layer: str,
-               title: str = "") -> "Figure":  # fmt: skip
+def redundancy(
+    signed_shares: torch.Tensor,
+    driver: list[int],
+    share: list[float],
+    copies: list[bool],
+    layer: str,
+    input_layer: str,
+    title: str = "",
+) -> Figure:
     """Left: each out channel's signed shares [Cout, Cin] (share of the drive positive, red; share
     of the inhibition negative, blue); the main driver circled. Right: the main driver's share of
     the drive, green where the grid copies that input's pattern."""
@@ -195,7 +211,9 @@ def redundancy(signed_shares: torch.Tensor, driver: list[int], share: list[float
     left, right = fig.subplots(1, 2, width_ratios=[max(cin * 0.25, 3.0), 4.0])
     image = left.imshow(signed_shares.cpu().numpy(), cmap=SIGNED, vmin=-1, vmax=1, aspect="auto")
     live = [(j, k) for k, j in enumerate(driver) if j >= 0]
-    left.scatter([j for j, _ in live], [k for _, k in live], s=30, facecolors="none", edgecolors="black", linewidths=1.0)
+    left.scatter(
+        [j for j, _ in live], [k for _, k in live], s=30, facecolors="none", edgecolors="black", linewidths=1.0
+    )
     left.set_xticks(range(cin), [str(j + 1) for j in range(cin)], fontsize=6)
     left.set_yticks(range(cout), [unit_name(layer, k + 1) for k in range(cout)], fontsize=6)
     left.set_xlabel(f"{input_layer} channel j")
@@ -214,7 +232,7 @@ def redundancy(signed_shares: torch.Tensor, driver: list[int], share: list[float
     return fig
 
 
-def bursts(weight: torch.Tensor, units: list[dict], layer: str, input_layer: str, title: str = "") -> "Figure":
+def bursts(weight: torch.Tensor, units: list[dict], layer: str, input_layer: str, title: str = "") -> Figure:
     """Per unit its grid on the input of its strongest burst (weight [Cout, Cin, k, k]), the
     bursts on that input marked (+ red, - blue circles) and all its bursts written in clock notation."""
     fig, axes = _panels(len(units), _columns(len(units)), cell=1.35, text_height=0.55)
@@ -227,30 +245,43 @@ def bursts(weight: torch.Tensor, units: list[dict], layer: str, input_layer: str
             if b["input"] == unit_name(input_layer, j + 1):
                 x, y = xy_from_clock(b["clock"], b["distance"])
                 ax.scatter([centre + x], [centre - y], s=160, facecolors="none", edgecolors="black", linewidths=1.4)
-        notes = [f"{format_burst(1 if b['sign'] == '+' else -1, b['clock'], b['distance'])} {b['input']}" for b in found]
+        notes = [
+            f"{format_burst(1 if b['sign'] == '+' else -1, b['clock'], b['distance'])} {b['input']}" for b in found
+        ]
         ax.set_title(f"{unit['name']} <- {unit_name(input_layer, j + 1)}", fontsize=7)
         ax.text(0.5, -0.06, "\n".join(notes) or "no bursts", transform=ax.transAxes, fontsize=6, ha="center", va="top")
     fig.suptitle(title)
     return fig
 
 
-def position_maps(responses: torch.Tensor, positions: torch.Tensor, patterns: list[tuple[str, float]], layer: str, title: str = "") -> "Figure":
+def position_maps(
+    responses: torch.Tensor, positions: torch.Tensor, patterns: list[tuple[str, float]], layer: str, title: str = ""
+) -> Figure:
     """Per channel the response map to its preferred pattern moved over the image
     (responses [C, P, Q], positions [Q, 2] row-major from the top-left); each map on its own
     sequential scale, image-centred axes in pixels."""
     side = int(round(math.sqrt(len(positions))))
-    extent = [float(positions[:, 0].min()), float(positions[:, 0].max()), float(positions[:, 1].min()), float(positions[:, 1].max())]
+    extent = [
+        float(positions[:, 0].min()),
+        float(positions[:, 0].max()),
+        float(positions[:, 1].min()),
+        float(positions[:, 1].max()),
+    ]
     fig, axes = _panels(len(responses), _columns(len(responses)), cell=1.3, text_height=0.3)
     for c, ax in enumerate(axes):
         best = int(responses[c].mean(dim=1).argmax())
         kind, angle = patterns[best]
-        ax.imshow(responses[c, best].reshape(side, side).numpy(), cmap=ACTIVATION, extent=extent, interpolation="nearest")
+        ax.imshow(
+            responses[c, best].reshape(side, side).numpy(), cmap=ACTIVATION, extent=extent, interpolation="nearest"
+        )
         ax.set_title(f"{unit_name(layer, c + 1)}\n{kind} {ANGLE_SYMBOLS.get(int(angle), f'{angle:.0f}°')}", fontsize=7)
     fig.suptitle(title)
     return fig
 
 
-def top_inputs(images: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, layer: str, title: str = "") -> "Figure":
+def top_inputs(
+    images: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, layer: str, title: str = ""
+) -> Figure:
     """Rows: channels; each row the k images (raw [N, 1, 28, 28]) that activate it most,
     strongest left, drawn as one montage."""
     channels, k = indices.shape
@@ -262,7 +293,9 @@ def top_inputs(images: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
     fig = _figure(k * 0.5 + 1.6, channels * 0.5 + 0.8)
     ax = fig.subplots()
     ax.imshow(montage.numpy(), cmap=RAW, vmin=0, vmax=1, interpolation="nearest")
-    ax.set_yticks([c * size + size / 2 for c in range(channels)], [unit_name(layer, c + 1) for c in range(channels)], fontsize=7)
+    ax.set_yticks(
+        [c * size + size / 2 for c in range(channels)], [unit_name(layer, c + 1) for c in range(channels)], fontsize=7
+    )
     ax.set_xticks([i * size + size / 2 for i in range(k)], [str(i + 1) for i in range(k)], fontsize=7)
     ax.set_xlabel(f"rank (1 = strongest; weakest in row: response {float(values[:, -1].min()):.2f} and up)")
     fig.suptitle(title)
@@ -272,7 +305,9 @@ def top_inputs(images: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
 # ---------------------------------------------------------------------------- fc
 
 
-def projection(points: list[torch.Tensor], labels: torch.Tensor, stages: list[str], scores: list[str], method: str, title: str = "") -> "Figure":
+def projection(
+    points: list[torch.Tensor], labels: torch.Tensor, stages: list[str], scores: list[str], method: str, title: str = ""
+) -> Figure:
     """One 2D scatter per stage (points [M, 2] each), coloured by digit, with its score line."""
     from matplotlib import colormaps
 
@@ -282,7 +317,9 @@ def projection(points: list[torch.Tensor], labels: torch.Tensor, stages: list[st
     for ax, xy, stage, score in zip(axes, points, stages, scores):
         for digit in range(10):
             chosen = labels == digit
-            ax.scatter(xy[chosen, 0].numpy(), xy[chosen, 1].numpy(), s=6, color=colours(digit), label=str(digit), alpha=0.8)
+            ax.scatter(
+                xy[chosen, 0].numpy(), xy[chosen, 1].numpy(), s=6, color=colours(digit), label=str(digit), alpha=0.8
+            )
         ax.set_title(f"{stage}: {method}\n{score}", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -291,7 +328,7 @@ def projection(points: list[torch.Tensor], labels: torch.Tensor, stages: list[st
     return fig
 
 
-def separation(stages: list[str], silhouette: list[float], knn_accuracy: list[float], title: str = "") -> "Figure":
+def separation(stages: list[str], silhouette: list[float], knn_accuracy: list[float], title: str = "") -> Figure:
     """Silhouette and kNN accuracy per stage, side by side."""
     fig = _figure(7.0, 3.6)
     ax = fig.subplots()

@@ -53,7 +53,12 @@ class LineFit:
             idx = torch.tensor([k == kind for k in self.kind], dtype=torch.bool)
             if idx.any():
                 out[idx] = line_kernels(
-                    torch.deg2rad(self.theta_deg[idx]), self.sigma[idx], self.offset[idx], self.amplitude[idx], kind, self.size
+                    torch.deg2rad(self.theta_deg[idx]),
+                    self.sigma[idx],
+                    self.offset[idx],
+                    self.amplitude[idx],
+                    kind,
+                    self.size,
                 )
         return out
 
@@ -105,7 +110,9 @@ def fit_lines(kernels: torch.Tensor, refine_steps: int = 30, chunk: int = 512) -
     theta, sigma, offset, is_edge = t_theta[best], t_sigma[best], t_offset[best], t_edge[best].bool()
     r2 = proj.square() / energy
     if refine_steps > 0:
-        theta, sigma, offset = _refine(centred.reshape(n, size, size), energy, theta, sigma, offset, is_edge, r2, refine_steps)
+        theta, sigma, offset = _refine(
+            centred.reshape(n, size, size), energy, theta, sigma, offset, is_edge, r2, refine_steps
+        )
 
     # θ into [0, 180); the amplitude (and so an edge's side) is re-read from the projection below.
     theta, offset, _ = canonical_line(theta, offset, torch.zeros_like(theta), is_edge)
@@ -131,7 +138,9 @@ def _refine(centred, energy, theta, sigma, offset, is_edge, r2_start, steps: int
         share = torch.empty_like(t)
         for edge in (False, True):
             idx = is_edge == edge
-            unit = line_kernels(t[idx], log_s[idx].exp().clamp(0.1, 5.0), o[idx], 1.0, KINDS[int(edge)], centred.shape[-1])
+            unit = line_kernels(
+                t[idx], log_s[idx].exp().clamp(0.1, 5.0), o[idx], 1.0, KINDS[int(edge)], centred.shape[-1]
+            )
             share[idx] = (unit * centred[idx]).sum(dim=(-2, -1)).square() / energy[idx]
         return share
 
@@ -216,8 +225,14 @@ def _burst_dictionary(size: int) -> torch.Tensor:
     x, y = grid_xy(size)
     xs, ys = x.flatten(), y.flatten()
     sx = torch.tensor(BURST_SIGMAS).repeat_interleave(len(xs))
-    grids = burst_grids(xs.repeat(len(BURST_SIGMAS))[:, None], ys.repeat(len(BURST_SIGMAS))[:, None],
-                        sx[:, None], sx[:, None], torch.ones(len(sx), 1), size).flatten(1)  # fmt: skip
+    grids = burst_grids(
+        xs.repeat(len(BURST_SIGMAS))[:, None],
+        ys.repeat(len(BURST_SIGMAS))[:, None],
+        sx[:, None],
+        sx[:, None],
+        torch.ones(len(sx), 1),
+        size,
+    ).flatten(1)
     grids = grids - grids.mean(dim=1, keepdim=True)
     return grids / grids.norm(dim=1, keepdim=True)
 
@@ -297,7 +312,9 @@ BURST_CUTOFF = 0.25
 def grid_statistics(grids: torch.Tensor) -> GridStatistics:
     """The burst-vs-stroke statistics of grids [N, k, k]."""
     grids = grids.detach().to(torch.float32).cpu().reshape(-1, *grids.shape[-2:])
-    return GridStatistics(kurtosis(grids), burst_fit_r2(grids), fit_lines(grids, refine_steps=0).r2, neighbour_correlation(grids))
+    return GridStatistics(
+        kurtosis(grids), burst_fit_r2(grids), fit_lines(grids, refine_steps=0).r2, neighbour_correlation(grids)
+    )
 
 
 REFERENCE_FAMILIES = ("noise", "line", "stroke", "single_burst", "double_burst")
@@ -319,7 +336,9 @@ def reference_grids(n: int = 200, size: int = 5, seed: int = 0) -> dict[str, tor
     theta = uniform(0, math.pi, n)
     lines = line_kernels(theta, uniform(0.25, 0.6, n), uniform(-0.3, 0.3, n), 1.0, "line", size)
     half = n // 2
-    lines[half:] = line_kernels(theta[half:], uniform(0.25, 0.6, n - half), uniform(-0.2, 0.2, n - half), 1.0, "edge", size)
+    lines[half:] = line_kernels(
+        theta[half:], uniform(0.25, 0.6, n - half), uniform(-0.2, 0.2, n - half), 1.0, "edge", size
+    )
     x, y = grid_xy(size)
     cx, cy = uniform(-1, 1, n, 1, 1), uniform(-1, 1, n, 1, 1)
     envelope = torch.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * 1.5**2))
@@ -328,9 +347,14 @@ def reference_grids(n: int = 200, size: int = 5, seed: int = 0) -> dict[str, tor
 
     def bursts(count):
         signs = torch.where(torch.rand(n, count, generator=g) < 0.5, -1.0, 1.0)
-        return burst_grids(torch.randint(-int(r), int(r) + 1, (n, count), generator=g).float(),
-                           torch.randint(-int(r), int(r) + 1, (n, count), generator=g).float(),
-                           uniform(0.3, 0.6, n, count), uniform(0.3, 0.6, n, count), signs * uniform(0.6, 1.0, n, count), size)  # fmt: skip
+        return burst_grids(
+            torch.randint(-int(r), int(r) + 1, (n, count), generator=g).float(),
+            torch.randint(-int(r), int(r) + 1, (n, count), generator=g).float(),
+            uniform(0.3, 0.6, n, count),
+            uniform(0.3, 0.6, n, count),
+            signs * uniform(0.6, 1.0, n, count),
+            size,
+        )
 
     return {
         "noise": torch.randn(n, size, size, generator=g),

@@ -60,26 +60,41 @@ def _conv1_numbers(net) -> list[dict]:
     sigma = c.sigma.abs().clamp_min(MIN_SIGMA)
     thetas, offsets, amplitudes = canonical_line(c.theta, c.offset, c.amplitude, c.is_edge)
     return [
-        {"kind": kind, "theta_deg": math.degrees(float(thetas[i])) % 180.0,  # % guards rounding at exactly 180
-         "sigma": float(sigma[i]), "offset": float(offsets[i]), "amplitude": float(amplitudes[i]), "bias": float(c.bias[i])}
+        {
+            "kind": kind,
+            "theta_deg": math.degrees(float(thetas[i])) % 180.0,  # % guards rounding at exactly 180
+            "sigma": float(sigma[i]),
+            "offset": float(offsets[i]),
+            "amplitude": float(amplitudes[i]),
+            "bias": float(c.bias[i]),
+        }
         for i, kind in enumerate(c.kinds)
-    ]  # fmt: skip
+    ]
 
 
 def _explain_conv1(net) -> list[dict]:
     units = []
     for i, line in enumerate(_conv1_numbers(net)):
         kind, theta, amplitude = line["kind"], line["theta_deg"], line["amplitude"]
-        units.append({
-            "layer": "conv1", "index": i + 1, "name": unit_name("conv1", i + 1), "label": stroke_label(kind, theta, amplitude),
-            "sentence": conv1_sentence(kind, theta, line["sigma"], line["offset"], amplitude),
-            "pattern": pattern_word(kind, theta, amplitude),
-            "orientation_deg": theta, "kind": kind,
-            "side": edge_side(theta, amplitude) if kind == "edge" else None,
-            "fit_r2": 1.0,  # the kernel is a member of the family by construction
-            "secondary_orientation_deg": None,  # one line or edge: a single-peaked tuning curve
-            "sigma": line["sigma"], "offset": line["offset"], "amplitude": amplitude, "bias": line["bias"],
-        })  # fmt: skip
+        units.append(
+            {
+                "layer": "conv1",
+                "index": i + 1,
+                "name": unit_name("conv1", i + 1),
+                "label": stroke_label(kind, theta, amplitude),
+                "sentence": conv1_sentence(kind, theta, line["sigma"], line["offset"], amplitude),
+                "pattern": pattern_word(kind, theta, amplitude),
+                "orientation_deg": theta,
+                "kind": kind,
+                "side": edge_side(theta, amplitude) if kind == "edge" else None,
+                "fit_r2": 1.0,  # the kernel is a member of the family by construction
+                "secondary_orientation_deg": None,  # one line or edge: a single-peaked tuning curve
+                "sigma": line["sigma"],
+                "offset": line["offset"],
+                "amplitude": amplitude,
+                "bias": line["bias"],
+            }
+        )
     return units
 
 
@@ -96,21 +111,40 @@ def _explain_conv3(net, conv1: list[dict]) -> list[dict]:
             j, a = int(channel[k, b]), float(c.amplitude[k, b])
             x, y = float(c.mean_x[k, b]), float(c.mean_y[k, b])
             clock, distance = clock_from_xy(x, y)
-            bursts.append({
-                "sign": "+" if a >= 0 else "-", "clock": clock, "distance": distance,
-                "input": conv1[j]["name"], "input_label": conv1[j]["label"],
-                "x": x, "y": y, "sigma_x": float(sx[k, b]), "sigma_y": float(sy[k, b]), "amplitude": a,
-                "position": position_word(net.recipes.positions, x, y), "pattern": conv1[j]["pattern"],
-            })  # fmt: skip
+            bursts.append(
+                {
+                    "sign": "+" if a >= 0 else "-",
+                    "clock": clock,
+                    "distance": distance,
+                    "input": conv1[j]["name"],
+                    "input_label": conv1[j]["label"],
+                    "x": x,
+                    "y": y,
+                    "sigma_x": float(sx[k, b]),
+                    "sigma_y": float(sy[k, b]),
+                    "amplitude": a,
+                    "position": position_word(net.recipes.positions, x, y),
+                    "pattern": conv1[j]["pattern"],
+                }
+            )
         strongest = bursts[0]
         label = f"{strongest['position']}({strongest['pattern']})" if strongest["amplitude"] != 0 else "silent"
         if strongest["amplitude"] < 0:
             label = "not " + label
-        units.append({
-            "layer": "conv3", "index": k + 1, "name": unit_name("conv3", k + 1), "label": label,
-            "sentence": "; ".join(burst_sentence(b) for b in bursts), "bursts": bursts, "bias": float(c.bias[k]),
-            "read": bool(read[k]), "position_index": position_index[k], "pattern_index": pattern_index[k],
-        })  # fmt: skip
+        units.append(
+            {
+                "layer": "conv3",
+                "index": k + 1,
+                "name": unit_name("conv3", k + 1),
+                "label": label,
+                "sentence": "; ".join(burst_sentence(b) for b in bursts),
+                "bursts": bursts,
+                "bias": float(c.bias[k]),
+                "read": bool(read[k]),
+                "position_index": position_index[k],
+                "pattern_index": pattern_index[k],
+            }
+        )
     return units
 
 
@@ -122,10 +156,16 @@ def _explain_readout(net, conv3: list[dict]) -> list[dict]:
         w = weight[digit]
         keep = sorted(w.nonzero().flatten().tolist(), key=lambda k: -float(w[k]))
         terms = [{"weight": float(w[k]), "unit": conv3[k]["name"], "label": conv3[k]["label"]} for k in keep]
-        units.append({
-            "layer": "fc", "index": digit + 1, "name": f"digit_{digit}", "label": recipe_sentence(digit, terms),
-            "terms": terms, "bias": float(net.readout.bias[digit]),
-        })  # fmt: skip
+        units.append(
+            {
+                "layer": "fc",
+                "index": digit + 1,
+                "name": f"digit_{digit}",
+                "label": recipe_sentence(digit, terms),
+                "terms": terms,
+                "bias": float(net.readout.bias[digit]),
+            }
+        )
     return units
 
 
@@ -140,7 +180,10 @@ def position_word(positions: dict[str, tuple[float, float]], x: float, y: float)
 def position_pattern_indices(net) -> tuple[list[float | None], list[float | None]]:
     """Per conv3 unit, eta² of position and of pattern over line probes, measured as for a SimpleConvNet."""
     pp = position_pattern(net, "conv3")
-    return tuple([None if math.isnan(v) else round(v, 4) for v in share.tolist()] for share in (pp.position_index, pp.pattern_index))
+    return tuple(
+        [None if math.isnan(v) else round(v, 4) for v in share.tolist()]
+        for share in (pp.position_index, pp.pattern_index)
+    )
 
 
 # ---------------------------------------------------------------------------- metrics of the explanation
@@ -154,7 +197,9 @@ def explanation_metrics(labels: dict) -> dict:
     by_layer = {layer: [u for u in labels["units"] if u["layer"] == layer] for layer in ("conv1", "conv3", "fc")}
     bursts = [len(u["bursts"]) for u in by_layer["conv3"]]
     terms = [len(u["terms"]) for u in by_layer["fc"]]
-    numbers = len(by_layer["conv1"]) * len(LINE_KEYS) + sum(bursts) * (len(BURST_KEYS) + 1) + len(bursts) + sum(terms) + 10
+    numbers = (
+        len(by_layer["conv1"]) * len(LINE_KEYS) + sum(bursts) * (len(BURST_KEYS) + 1) + len(bursts) + sum(terms) + 10
+    )
     return {
         "explanation/bursts_per_unit_max": max(bursts),
         "explanation/terms_per_digit_max": max(terms),
@@ -173,18 +218,25 @@ def learned_recipes(net, exact: bool = True) -> dict:
     prints it (θ in degrees, the canonical line), i.e. the net a reader of explanation.md knows."""
     r = net.recipes
     out = {
-        "positions": {name: {"clock": clock, "distance": distance} for name, (clock, distance) in
-                      ((name, clock_from_xy(x, y)) for name, (x, y) in r.positions.items())},
+        "positions": {
+            name: {"clock": clock, "distance": distance}
+            for name, (clock, distance) in ((name, clock_from_xy(x, y)) for name, (x, y) in r.positions.items())
+        },
         "clock_distance": r.clock_distance,
-    }  # fmt: skip
+    }
     c1 = net.conv1
     labels = [stroke_label(line["kind"], line["theta_deg"], line["amplitude"]) for line in _conv1_numbers(net)]
     if exact:
         raw = {key: getattr(c1, key).tolist() for key in LINE_KEYS}
         lines = [{key: raw[key][i] for key in LINE_KEYS} for i in range(len(labels))]
     else:
-        lines = [{"theta": math.radians(rounded(line["theta_deg"])), **{k: rounded(line[k]) for k in ("sigma", "offset", "amplitude", "bias")}}
-                 for line in _conv1_numbers(net)]  # fmt: skip
+        lines = [
+            {
+                "theta": math.radians(rounded(line["theta_deg"])),
+                **{k: rounded(line[k]) for k in ("sigma", "offset", "amplitude", "bias")},
+            }
+            for line in _conv1_numbers(net)
+        ]
     out["lines"] = [{"kind": kind, **line, "label": label} for kind, line, label in zip(c1.kinds, lines, labels)]
     c3 = net.conv3
     channel = c3.channel_weights().argmax(-1).tolist()
@@ -192,18 +244,30 @@ def learned_recipes(net, exact: bool = True) -> dict:
     values = {key: t.tolist() for key, t in zip(BURST_KEYS, (c3.mean_x, c3.mean_y, *widths, c3.amplitude))}
     number = (lambda v: v) if exact else rounded
     out["units"] = [
-        {"name": unit_name("conv3", k + 1), "bias": number(float(c3.bias[k])),
-         "bursts": [{"input": unit_name("conv1", channel[k][b] + 1), **{key: number(values[key][k][b]) for key in BURST_KEYS}}
-                    for b in range(c3.n_bursts)]}
+        {
+            "name": unit_name("conv3", k + 1),
+            "bias": number(float(c3.bias[k])),
+            "bursts": [
+                {
+                    "input": unit_name("conv1", channel[k][b] + 1),
+                    **{key: number(values[key][k][b]) for key in BURST_KEYS},
+                }
+                for b in range(c3.n_bursts)
+            ],
+        }
         for k in range(len(channel))
-    ]  # fmt: skip
+    ]
     weight = net.readout.sparse_weight()
     out["digits"] = {
-        digit: {"bias": number(float(net.readout.bias[digit])),
-                "terms": [{"unit": unit_name("conv3", k + 1), "weight": number(float(weight[digit, k]))}
-                          for k in weight[digit].nonzero().flatten().tolist()]}
+        digit: {
+            "bias": number(float(net.readout.bias[digit])),
+            "terms": [
+                {"unit": unit_name("conv3", k + 1), "weight": number(float(weight[digit, k]))}
+                for k in weight[digit].nonzero().flatten().tolist()
+            ],
+        }
         for digit in range(10)
-    }  # fmt: skip
+    }
     return out
 
 
@@ -270,14 +334,18 @@ EXPLANATION_TITLES = {
 
 
 def _line_numbers(unit: dict) -> str:
-    return (f"θ {fmt(unit['orientation_deg'])}°, σ {fmt(unit['sigma'])}, offset {fmt(unit['offset'])}, "
-            f"amplitude {fmt(unit['amplitude'])}, bias {fmt(unit['bias'])}")  # fmt: skip
+    return (
+        f"θ {fmt(unit['orientation_deg'])}°, σ {fmt(unit['sigma'])}, offset {fmt(unit['offset'])}, "
+        f"amplitude {fmt(unit['amplitude'])}, bias {fmt(unit['bias'])}"
+    )
 
 
 def _burst_line(burst: dict) -> str:
-    return (f"{fmt(burst['amplitude'])} × burst {burst_place(burst)} "
-            f"(x {fmt(burst['x'])}, y {fmt(burst['y'])}, σx {fmt(burst['sigma_x'])}, σy {fmt(burst['sigma_y'])}) "
-            f"on {burst['input']} ({burst['input_label']})")  # fmt: skip
+    return (
+        f"{fmt(burst['amplitude'])} × burst {burst_place(burst)} "
+        f"(x {fmt(burst['x'])}, y {fmt(burst['y'])}, σx {fmt(burst['sigma_x'])}, σy {fmt(burst['sigma_y'])}) "
+        f"on {burst['input']} ({burst['input_label']})"
+    )
 
 
 def _recipe_line(unit: dict) -> str:

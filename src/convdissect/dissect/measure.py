@@ -42,7 +42,9 @@ def main_drivers(contributions: SignedContributions) -> torch.Tensor:
     return torch.where(drive.amax(dim=1) > 0, top, torch.full_like(top, -1))
 
 
-def strongest_grids(weight: torch.Tensor, contributions: SignedContributions, per_channel: int = GRIDS_PER_CHANNEL) -> torch.Tensor:
+def strongest_grids(
+    weight: torch.Tensor, contributions: SignedContributions, per_channel: int = GRIDS_PER_CHANNEL
+) -> torch.Tensor:
     """The weight grids [Cout * per_channel, k, k] on each out channel's inputs of largest |c_kj|."""
     order = contributions.mean.abs().argsort(dim=1, descending=True)[:, :per_channel]
     return weight.detach().cpu()[torch.arange(len(order))[:, None], order].flatten(0, 1)
@@ -57,7 +59,9 @@ def measure(net: nn.Module, images: torch.Tensor, for_labels: bool = True) -> Me
     layers = conv_layers(net)
     inner = [layer for layer in layers if layer != "conv1"]
     contributions = {layer: signed_contributions(net, layer, images) for layer in inner}
-    grids = {layer: grid_statistics(strongest_grids(getattr(net, layer).weight, contributions[layer])) for layer in inner}
+    grids = {
+        layer: grid_statistics(strongest_grids(getattr(net, layer).weight, contributions[layer])) for layer in inner
+    }
     driver_fit, driver = None, None
     if "conv2" in layers:
         driver = main_drivers(contributions["conv2"])
@@ -82,4 +86,3 @@ def source_layer(m: Measurements, layer: str) -> str:
     """The conv layer feeding `layer` in the measured net."""
     position = m.layers.index(layer)
     return m.layers[position - 1]
-

@@ -82,6 +82,11 @@ def project(x: torch.Tensor, labels: torch.Tensor, stage: str, seed: int = 0, pe
     )
 
 
-def projections(activations: dict[str, torch.Tensor], labels: torch.Tensor, seed: int = 0, progress: bool = False) -> list[Projection]:
+def projections(
+    activations: dict[str, torch.Tensor], labels: torch.Tensor, seed: int = 0, progress: bool = False
+) -> list[Projection]:
     """One Projection per stage of `activations` (all on the same points), with a progress bar."""
-    return [project(x, labels, stage, seed) for stage, x in tqdm(activations.items(), desc="projections", disable=not progress, leave=False)]
+    return [
+        project(x, labels, stage, seed)
+        for stage, x in tqdm(activations.items(), desc="projections", disable=not progress, leave=False)
+    ]

@@ -52,14 +52,30 @@ INTROS = {
     "projected to 2D, scored in the full space.",
 }
 TABLE_COLUMNS = {
-    "conv1": [("label", "label"), ("orientation_deg", "θ (°)"), ("kind", "kind"), ("side", "side"),
-              ("fit_r2", "fit R²"), ("secondary_orientation_deg", "secondary θ (°)")],
-    "conv2": [("label", "label"), ("drivers", "drivers (share of the drive)"), ("inhibitors", "inhibitors (share of the inhibition)"),
-              ("copies_input", "copies its main driver")],
-    "conv3": [("label", "label"), ("bursts", "bursts"), ("drivers", "drivers"), ("position_index", "position ω²"),
-              ("pattern_index", "pattern ω²"), ("interaction_index", "pattern × position ω²")],
+    "conv1": [
+        ("label", "label"),
+        ("orientation_deg", "θ (°)"),
+        ("kind", "kind"),
+        ("side", "side"),
+        ("fit_r2", "fit R²"),
+        ("secondary_orientation_deg", "secondary θ (°)"),
+    ],
+    "conv2": [
+        ("label", "label"),
+        ("drivers", "drivers (share of the drive)"),
+        ("inhibitors", "inhibitors (share of the inhibition)"),
+        ("copies_input", "copies its main driver"),
+    ],
+    "conv3": [
+        ("label", "label"),
+        ("bursts", "bursts"),
+        ("drivers", "drivers"),
+        ("position_index", "position ω²"),
+        ("pattern_index", "pattern ω²"),
+        ("interaction_index", "pattern × position ω²"),
+    ],
     "fc": [("label", "recipe")],
-}  # fmt: skip
+}
 # A HandNet's page: its explanation from its parameters (HandNet.explain) instead of fitted labels.
 HANDNET_INTROS = {
     "conv1": "Each conv1 kernel is a parametric line or edge (angle θ counter-clockwise from the horizontal, width σ, "
@@ -69,11 +85,22 @@ HANDNET_INTROS = {
     "fc": "Each digit's score is one weighted sum of conv3 units: its recipe, every nonzero term.",
 }
 HANDNET_COLUMNS = {
-    "conv1": [("sentence", "explanation"), ("pattern", "pattern"), ("sigma", "σ"), ("offset", "offset"),
-              ("amplitude", "amplitude"), ("bias", "bias")],
-    "conv3": [("label", "label"), ("sentence", "bursts"), ("position_index", "position index"), ("pattern_index", "pattern index")],
+    "conv1": [
+        ("sentence", "explanation"),
+        ("pattern", "pattern"),
+        ("sigma", "σ"),
+        ("offset", "offset"),
+        ("amplitude", "amplitude"),
+        ("bias", "bias"),
+    ],
+    "conv3": [
+        ("label", "label"),
+        ("sentence", "bursts"),
+        ("position_index", "position index"),
+        ("pattern_index", "pattern index"),
+    ],
     "fc": [("label", "recipe"), ("bias", "bias")],
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -115,13 +142,18 @@ def check_report_settings(settings: DictConfig, net, digits: torch.Tensor) -> No
         except ValueError:
             name, index = None, 0
         if name != layer or not 1 <= index <= width:
-            raise UserInputError(f"report.{layer}.unit={unit!r}: expected {layer}_K with K in 1..{width}" if width else
-                                 f"report.{layer}.unit={unit!r}: this net has no {layer}")  # fmt: skip
+            raise UserInputError(
+                f"report.{layer}.unit={unit!r}: expected {layer}_K with K in 1..{width}"
+                if width
+                else f"report.{layer}.unit={unit!r}: this net has no {layer}"
+            )
     for key, digit in [("conv2.digit", settings.conv2.digit)] + [("conv3.digits", d) for d in settings.conv3.digits]:
         if isinstance(digit, bool) or not isinstance(digit, int) or not 0 <= digit <= 9:
             raise UserInputError(f"report.{key}: {digit!r} is not a digit 0..9")
         if not (digits == digit).any():
-            raise UserInputError(f"report.{key}: no image of digit {digit} among the n_images={len(digits)} dissection images")
+            raise UserInputError(
+                f"report.{key}: no image of digit {digit} among the n_images={len(digits)} dissection images"
+            )
     if not settings.conv3.digits:
         raise UserInputError("report.conv3.digits is empty: give at least one digit, e.g. [5, 7]")
 
@@ -136,7 +168,9 @@ def most_copying_conv2(labels: dict) -> str:
 
 def labels_markdown(labels: dict) -> str:
     """labels.json as one markdown table (unit, label), for TensorBoard's text tab."""
-    rows = ["| unit | label |", "|---|---|"] + [f"| {u['name']} | {u['label'].replace('|', '∣')} |" for u in labels["units"]]
+    rows = ["| unit | label |", "|---|---|"] + [
+        f"| {u['name']} | {u['label'].replace('|', '∣')} |" for u in labels["units"]
+    ]
     return "\n".join(rows)
 
 
@@ -155,8 +189,18 @@ def best_image(responses: torch.Tensor, digits: torch.Tensor, unit: str, digit: 
 # ---------------------------------------------------------------------------- the figures
 
 
-def report_figures(net, m: Measurements, images: torch.Tensor, digits: torch.Tensor, labels: dict, stimuli: dict,
-                   projections: list[Projection], projected_digits: torch.Tensor, settings: DictConfig, seed: int = 0):  # fmt: skip
+def report_figures(
+    net,
+    m: Measurements,
+    images: torch.Tensor,
+    digits: torch.Tensor,
+    labels: dict,
+    stimuli: dict,
+    projections: list[Projection],
+    projected_digits: torch.Tensor,
+    settings: DictConfig,
+    seed: int = 0,
+):
     """Yields (ReportFigure, matplotlib Figure) for every figure of the report, in page order.
 
     m: the net's measurements on images (normalised dissection images, labels `digits`), from
@@ -167,28 +211,58 @@ def report_figures(net, m: Measurements, images: torch.Tensor, digits: torch.Ten
     units = {layer: [u for u in labels["units"] if u["layer"] == layer] for layer in layers}
     resp = m.responses
 
-    yield from _conv1_figures(net, net.conv1.weight.detach()[:, 0].cpu(), images, digits, units["conv1"], stimuli, settings, seed,
-                              m.tuning)  # fmt: skip
+    yield from _conv1_figures(
+        net, net.conv1.weight.detach()[:, 0].cpu(), images, digits, units["conv1"], stimuli, settings, seed, m.tuning
+    )
 
     # conv2
     if "conv2" in layers:
         yield from _superstimulus_figure("conv2", stimuli)
         unit = settings.conv2.unit or most_copying_conv2(labels)
-        yield _dissection_figure(net, unit, settings.conv2.digit, images, digits, resp, labels, settings.dissection_rows,
-                                 "the most copy-like conv2 channel" if settings.conv2.unit is None else "chosen in the config")  # fmt: skip
+        yield _dissection_figure(
+            net,
+            unit,
+            settings.conv2.digit,
+            images,
+            digits,
+            resp,
+            labels,
+            settings.dissection_rows,
+            "the most copy-like conv2 channel" if settings.conv2.unit is None else "chosen in the config",
+        )
         contributions = m.contributions["conv2"]
-        yield (ReportFigure("conv2", "conv2_redundancy", "conv2 drivers and inhibitors",
-                            f"Left: each conv2 channel's signed contributions (mean over {len(images)} images of what each conv1 channel "
-                            "adds to the channel's output that survives ReLU and max-pool, blank-image part subtracted), red: share of "
-                            "the drive, blue: share of the inhibition; circle: the main driver. Right: the main driver's share of the "
-                            "drive; green where the grid on it copies its pattern (copies_input in the table)."),
-               figures.redundancy(contributions.drive - contributions.inhibition, m.driver.tolist(),
-                                  contributions.drive.amax(dim=1).tolist(), [u["copies_input"] for u in units["conv2"]],
-                                  "conv2", "conv1", "conv2 drivers and inhibitors"))  # fmt: skip
+        yield (
+            ReportFigure(
+                "conv2",
+                "conv2_redundancy",
+                "conv2 drivers and inhibitors",
+                f"Left: each conv2 channel's signed contributions (mean over {len(images)} images of what each conv1 channel "
+                "adds to the channel's output that survives ReLU and max-pool, blank-image part subtracted), red: share of "
+                "the drive, blue: share of the inhibition; circle: the main driver. Right: the main driver's share of the "
+                "drive; green where the grid on it copies its pattern (copies_input in the table).",
+            ),
+            figures.redundancy(
+                contributions.drive - contributions.inhibition,
+                m.driver.tolist(),
+                contributions.drive.amax(dim=1).tolist(),
+                [u["copies_input"] for u in units["conv2"]],
+                "conv2",
+                "conv1",
+                "conv2 drivers and inhibitors",
+            ),
+        )
 
     # conv3
-    yield from _conv3_figures(net, net.conv3.weight.detach().cpu(), input_layer(net, "conv3"), images, units["conv3"], stimuli, settings,
-                              m.position_pattern["conv3"])  # fmt: skip
+    yield from _conv3_figures(
+        net,
+        net.conv3.weight.detach().cpu(),
+        input_layer(net, "conv3"),
+        images,
+        units["conv3"],
+        stimuli,
+        settings,
+        m.position_pattern["conv3"],
+    )
     first = settings.conv3.digits[0]
     unit = settings.conv3.unit or strongest_on(resp["conv3"], digits, "conv3", first)
     why = f"the conv3 channel most active on digit {first}" if settings.conv3.unit is None else "chosen in the config"
@@ -202,73 +276,165 @@ def report_figures(net, m: Measurements, images: torch.Tensor, digits: torch.Ten
         n = len(projections[0].pca)
         stages = [p.stage for p in projections]
         scores = [f"silhouette {p.silhouette:.2f}, kNN acc {p.knn_accuracy:.2f}" for p in projections]
-        for method, caption in (("pca", "PCA (the two axes' explained variance in each panel's title)"),
-                                ("tsne", "t-SNE (perplexity 30, PCA initialisation)")):  # fmt: skip
+        for method, caption in (
+            ("pca", "PCA (the two axes' explained variance in each panel's title)"),
+            ("tsne", "t-SNE (perplexity 30, PCA initialisation)"),
+        ):
             points = [getattr(p, method) for p in projections]
-            titles = [f"{s}" + (f"; var {p.explained[0]:.0%}+{p.explained[1]:.0%}" if method == "pca" else "") for s, p in zip(scores, projections)]
-            yield (ReportFigure("fc", f"projections_{method}", f"{method.upper().replace('TSNE', 't-SNE')} of input, conv3, fc4, fc5",
-                                f"{caption} of {n} images, coloured by digit. The scores are measured in the full activation space."),
-                   figures.projection(points, projected_digits, stages, titles, method.replace("tsne", "t-SNE").replace("pca", "PCA")))  # fmt: skip
-        yield (ReportFigure("fc", "separation", "class separation per stage",
-                            f"Silhouette of the digit classes and 5-fold kNN accuracy (k=10) on the same {n} images."),
-               figures.separation(stages, [p.silhouette for p in projections], [p.knn_accuracy for p in projections], "class separation"))  # fmt: skip
+            titles = [
+                f"{s}" + (f"; var {p.explained[0]:.0%}+{p.explained[1]:.0%}" if method == "pca" else "")
+                for s, p in zip(scores, projections)
+            ]
+            yield (
+                ReportFigure(
+                    "fc",
+                    f"projections_{method}",
+                    f"{method.upper().replace('TSNE', 't-SNE')} of input, conv3, fc4, fc5",
+                    f"{caption} of {n} images, coloured by digit. The scores are measured in the full activation space.",
+                ),
+                figures.projection(
+                    points, projected_digits, stages, titles, method.replace("tsne", "t-SNE").replace("pca", "PCA")
+                ),
+            )
+        yield (
+            ReportFigure(
+                "fc",
+                "separation",
+                "class separation per stage",
+                f"Silhouette of the digit classes and 5-fold kNN accuracy (k=10) on the same {n} images.",
+            ),
+            figures.separation(
+                stages, [p.silhouette for p in projections], [p.knn_accuracy for p in projections], "class separation"
+            ),
+        )
 
 
-
-def handnet_figures(net, images: torch.Tensor, digits: torch.Tensor, labels: dict, stimuli: dict, settings: DictConfig, seed: int = 0):
+def handnet_figures(
+    net, images: torch.Tensor, digits: torch.Tensor, labels: dict, stimuli: dict, settings: DictConfig, seed: int = 0
+):
     """Yields the figures that apply to a HandNet (conv1 -> conv3 -> readout): conv1's kernels and
     conv3's burst grids as computed from their parameters, activations, tuning, position maps,
     top inputs and superstimuli. No dissections or projections (they need conv2 or fc4)."""
     units = {layer: [u for u in labels["units"] if u["layer"] == layer] for layer in ("conv1", "conv3")}
     with torch.no_grad():
         kernels, grids = net.conv1.kernels().cpu(), net.conv3.grids().cpu()
-    yield from _conv1_figures(net, kernels, images, digits, units["conv1"], stimuli, settings, seed, orientation_tuning(net, ["conv1"]))
-    yield from _conv3_figures(net, grids, "conv1", images, units["conv3"], stimuli, settings, position_pattern(net, "conv3"))
+    yield from _conv1_figures(
+        net, kernels, images, digits, units["conv1"], stimuli, settings, seed, orientation_tuning(net, ["conv1"])
+    )
+    yield from _conv3_figures(
+        net, grids, "conv1", images, units["conv3"], stimuli, settings, position_pattern(net, "conv3")
+    )
     yield from _superstimulus_figure("readout", stimuli)
 
 
-def _conv1_figures(net, grids: torch.Tensor, images: torch.Tensor, digits: torch.Tensor, units: list[dict], stimuli: dict,
-                   settings: DictConfig, seed: int, tuning: OrientationTuning):  # fmt: skip
+def _conv1_figures(
+    net,
+    grids: torch.Tensor,
+    images: torch.Tensor,
+    digits: torch.Tensor,
+    units: list[dict],
+    stimuli: dict,
+    settings: DictConfig,
+    seed: int,
+    tuning: OrientationTuning,
+):
     """conv1's figures from its 5x5 grids [C, 5, 5] and its units (labels.json entries)."""
     label_texts = [u["label"] for u in units]
-    yield (ReportFigure("conv1", "conv1_weights", "conv1 weight grids",
-                        "Each 5x5 grid on its own symmetric scale (red +, blue -), with its label."),
-           figures.weight_grids(grids, [u["name"] for u in units], label_texts, "conv1 weights"))  # fmt: skip
+    yield (
+        ReportFigure(
+            "conv1",
+            "conv1_weights",
+            "conv1 weight grids",
+            "Each 5x5 grid on its own symmetric scale (red +, blue -), with its label.",
+        ),
+        figures.weight_grids(grids, [u["name"] for u in units], label_texts, "conv1 weights"),
+    )
     picked = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: settings.n_activation_images]
     maps = record(net, images[picked], ["conv1"])["conv1"]
-    yield (ReportFigure("conv1", "conv1_activations_mnist", f"conv1 on {len(picked)} random MNIST inputs",
-                        "ReLU'd conv1 maps (sequential colours); each channel's column normalised separately, from 0 to its maximum."),
-           figures.activation_maps(raw(images[picked]), maps, "conv1", [f"digit {int(d)}" for d in digits[picked]], "conv1 activations, MNIST"))  # fmt: skip
+    yield (
+        ReportFigure(
+            "conv1",
+            "conv1_activations_mnist",
+            f"conv1 on {len(picked)} random MNIST inputs",
+            "ReLU'd conv1 maps (sequential colours); each channel's column normalised separately, from 0 to its maximum.",
+        ),
+        figures.activation_maps(
+            raw(images[picked]), maps, "conv1", [f"digit {int(d)}" for d in digits[picked]], "conv1 activations, MNIST"
+        ),
+    )
     probes, probe_names = probe_images()
     maps = record(net, normalise(probes), ["conv1"])["conv1"]
-    yield (ReportFigure("conv1", "conv1_activations_probes", "conv1 on synthetic lines and edges",
-                        "Lines at 0/45/90/135° (-, /, |, \\) and one-sided edges (half-planes; the row names the side of a stroke "
-                        "that an edge detector firing there detects). Each channel's column normalised separately."),
-           figures.activation_maps(probes, maps, "conv1", probe_names, "conv1 activations, synthetic probes"))  # fmt: skip
-    yield (ReportFigure("conv1", "conv1_tuning", "conv1 orientation tuning",
-                        "Response (max of the map) to a line through the centre at every 5°, averaged over sub-pixel offsets; "
-                        "dashed red: the fitted orientation. A second peak is the filter's secondary feature."),
-           figures.tuning_curves(tuning.angles_deg, tuning.responses["conv1"], "conv1", [u["orientation_deg"] for u in units],
-                                 "conv1 orientation tuning"))  # fmt: skip
+    yield (
+        ReportFigure(
+            "conv1",
+            "conv1_activations_probes",
+            "conv1 on synthetic lines and edges",
+            "Lines at 0/45/90/135° (-, /, |, \\) and one-sided edges (half-planes; the row names the side of a stroke "
+            "that an edge detector firing there detects). Each channel's column normalised separately.",
+        ),
+        figures.activation_maps(probes, maps, "conv1", probe_names, "conv1 activations, synthetic probes"),
+    )
+    yield (
+        ReportFigure(
+            "conv1",
+            "conv1_tuning",
+            "conv1 orientation tuning",
+            "Response (max of the map) to a line through the centre at every 5°, averaged over sub-pixel offsets; "
+            "dashed red: the fitted orientation. A second peak is the filter's secondary feature.",
+        ),
+        figures.tuning_curves(
+            tuning.angles_deg,
+            tuning.responses["conv1"],
+            "conv1",
+            [u["orientation_deg"] for u in units],
+            "conv1 orientation tuning",
+        ),
+    )
     yield from _superstimulus_figure("conv1", stimuli)
 
 
-def _conv3_figures(net, weight: torch.Tensor, source: str, images: torch.Tensor, units: list[dict], stimuli: dict, settings: DictConfig,
-                   pp: PositionPattern):  # fmt: skip
+def _conv3_figures(
+    net,
+    weight: torch.Tensor,
+    source: str,
+    images: torch.Tensor,
+    units: list[dict],
+    stimuli: dict,
+    settings: DictConfig,
+    pp: PositionPattern,
+):
     """conv3's figures but the dissections, from its grids [C3, C_source, 5, 5]."""
     yield from _superstimulus_figure("conv3", stimuli)
-    yield (ReportFigure("conv3", "conv3_bursts", "conv3 grids with their bursts",
-                        f"Each conv3 channel's grid on the {source} channel of its strongest burst (own symmetric scale, red +, blue -); "
-                        "circles mark the bursts on that grid; below, all its bursts in clock notation with their inputs."),
-           figures.bursts(weight, units, "conv3", source, "conv3 bursts"))  # fmt: skip
-    yield (ReportFigure("conv3", "conv3_position_maps", "conv3 position selectivity",
-                        "A 7-pixel stroke of each orientation moved over the image in 2-pixel steps; each map is the channel's response "
-                        "to its preferred pattern at each position (x right, y up, pixels from the centre; own scale per map)."),
-           figures.position_maps(pp.responses.mean(dim=-1), pp.positions, pp.patterns, "conv3", "conv3 position maps"))  # fmt: skip
+    yield (
+        ReportFigure(
+            "conv3",
+            "conv3_bursts",
+            "conv3 grids with their bursts",
+            f"Each conv3 channel's grid on the {source} channel of its strongest burst (own symmetric scale, red +, blue -); "
+            "circles mark the bursts on that grid; below, all its bursts in clock notation with their inputs.",
+        ),
+        figures.bursts(weight, units, "conv3", source, "conv3 bursts"),
+    )
+    yield (
+        ReportFigure(
+            "conv3",
+            "conv3_position_maps",
+            "conv3 position selectivity",
+            "A 7-pixel stroke of each orientation moved over the image in 2-pixel steps; each map is the channel's response "
+            "to its preferred pattern at each position (x right, y up, pixels from the centre; own scale per map).",
+        ),
+        figures.position_maps(pp.responses.mean(dim=-1), pp.positions, pp.patterns, "conv3", "conv3 position maps"),
+    )
     indices, values = top_k(net, images, "conv3", k=settings.top_k)
-    yield (ReportFigure("conv3", f"conv3_top{settings.top_k}", f"top-{settings.top_k} MNIST inputs per conv3 channel",
-                        f"Of the {len(images)} dissection images, the {settings.top_k} with the strongest response (after ReLU and max-pool), strongest left."),
-           figures.top_inputs(raw(images), indices, values, "conv3", f"conv3: top-{settings.top_k} inputs"))  # fmt: skip
+    yield (
+        ReportFigure(
+            "conv3",
+            f"conv3_top{settings.top_k}",
+            f"top-{settings.top_k} MNIST inputs per conv3 channel",
+            f"Of the {len(images)} dissection images, the {settings.top_k} with the strongest response (after ReLU and max-pool), strongest left.",
+        ),
+        figures.top_inputs(raw(images), indices, values, "conv3", f"conv3: top-{settings.top_k} inputs"),
+    )
 
 
 def _superstimulus_figure(layer: str, stimuli: dict):
@@ -281,9 +447,15 @@ def _superstimulus_figure(layer: str, stimuli: dict):
     else:
         names = [unit_name(layer, c + 1) for c in range(len(images))]
         section, what = layer, f"every {layer} channel"
-    yield (ReportFigure(section, f"{layer}_superstimuli", f"{layer} superstimuli",
-                        f"The input that maximises {what}, by gradient ascent with jitter/scale/rotation and L2 + TV regularisation (raw, gray)."),
-           figures.superstimulus_grid(images, names, f"{layer} superstimuli"))  # fmt: skip
+    yield (
+        ReportFigure(
+            section,
+            f"{layer}_superstimuli",
+            f"{layer} superstimuli",
+            f"The input that maximises {what}, by gradient ascent with jitter/scale/rotation and L2 + TV regularisation (raw, gray).",
+        ),
+        figures.superstimulus_grid(images, names, f"{layer} superstimuli"),
+    )
 
 
 def _dissection_figure(net, unit: str, digit: int, images, digits, resp, labels: dict, rows: int, why: str):
@@ -293,12 +465,18 @@ def _dissection_figure(net, unit: str, digit: int, images, digits, resp, labels:
     input_labels = [u["label"] for u in labels["units"] if u["layer"] == source]
     dissected = inner_contributions(net, unit, images[index])
     shown = min(rows, len(input_labels))
-    return (ReportFigure(layer, f"{unit}_dissection_digit{digit}", f"{unit} dissected on a digit {digit}",
-                         f"{unit} ({why}) on the digit-{digit} image that drives it most. Rows: the {shown} strongest {source} inputs j, "
-                         f"strongest last{'; the first row sums the weaker ones' if shown < len(input_labels) else ''}. "
-                         "a_j = x_j ∗ w_j, c_j = running sum (bias added in the last row), so c_last equals the real output y. "
-                         "Each column is normalised separately: x_j sequential; w_j, a_j, c_j, y diverging with symmetric limits (y on c's scale)."),
-            figures.dissection(dissected, raw(images[index]), input_labels, source, rows, f"{unit} on digit {digit}"))  # fmt: skip
+    return (
+        ReportFigure(
+            layer,
+            f"{unit}_dissection_digit{digit}",
+            f"{unit} dissected on a digit {digit}",
+            f"{unit} ({why}) on the digit-{digit} image that drives it most. Rows: the {shown} strongest {source} inputs j, "
+            f"strongest last{'; the first row sums the weaker ones' if shown < len(input_labels) else ''}. "
+            "a_j = x_j ∗ w_j, c_j = running sum (bias added in the last row), so c_last equals the real output y. "
+            "Each column is normalised separately: x_j sequential; w_j, a_j, c_j, y diverging with symmetric limits (y on c's scale).",
+        ),
+        figures.dissection(dissected, raw(images[index]), input_labels, source, rows, f"{unit} on digit {digit}"),
+    )
 
 
 # ---------------------------------------------------------------------------- the page
@@ -315,7 +493,9 @@ def save_figure(fig, path: Path, dpi: int):
     return np.asarray(Image.open(buffer).convert("RGB"))
 
 
-def write_report(figure_stream, labels: dict, projections: list[Projection], out_dir: Path, writer, dpi: int, header: str) -> Path:
+def write_report(
+    figure_stream, labels: dict, projections: list[Projection], out_dir: Path, writer, dpi: int, header: str
+) -> Path:
     """Save each figure as <name>.png in out_dir and to TensorBoard (tag <section>/<name>), then
     write report.html; returns its path."""
     entries: list[ReportFigure] = []
@@ -334,7 +514,12 @@ def page(entries: list[ReportFigure], labels: dict, projections: list[Projection
     its explanation)."""
     e = html.escape
     if labels["net"] == "handnet":
-        sections, intros, columns, tables = EXPLANATION_TITLES, HANDNET_INTROS, HANDNET_COLUMNS, "explanation (labels.json, explanation.md)"
+        sections, intros, columns, tables = (
+            EXPLANATION_TITLES,
+            HANDNET_INTROS,
+            HANDNET_COLUMNS,
+            "explanation (labels.json, explanation.md)",
+        )
     else:
         sections, intros, columns, tables = SECTIONS, INTROS, TABLE_COLUMNS, "labels (labels.json)"
     parts = [
@@ -367,8 +552,15 @@ def _cell(key: str, value) -> str:
     if value is None:
         return "–"
     if key == "bursts":
-        return "<br>".join(html.escape(f"{b.get('notation') or b['sign'] + '[' + b['clock'] + ']'} on {b['input']} ({b['input_label']})")
-                           for b in value) or "–"  # fmt: skip
+        return (
+            "<br>".join(
+                html.escape(
+                    f"{b.get('notation') or b['sign'] + '[' + b['clock'] + ']'} on {b['input']} ({b['input_label']})"
+                )
+                for b in value
+            )
+            or "–"
+        )
     if key in ("drivers", "inhibitors"):
         return html.escape(", ".join(f"{e['input']} {e['share']:.0%}" for e in value)) or "–"
     if isinstance(value, bool):
@@ -381,15 +573,21 @@ def _cell(key: str, value) -> str:
 def _label_table(units: list[dict], columns: list[tuple[str, str]]) -> str:
     head = "<tr><th>unit</th>" + "".join(f"<th>{html.escape(title)}</th>" for _, title in columns) + "</tr>"
     body = "".join(
-        f"<tr><td>{html.escape(u['name'])}</td>" + "".join(f"<td>{_cell(key, u.get(key))}</td>" for key, _ in columns) + "</tr>"
+        f"<tr><td>{html.escape(u['name'])}</td>"
+        + "".join(f"<td>{_cell(key, u.get(key))}</td>" for key, _ in columns)
+        + "</tr>"
         for u in units
     )
     return f"<table>{head}{body}</table>"
 
 
 def _separation_table(projections: list[Projection]) -> str:
-    rows = "".join(f"<tr><td>{p.stage}</td><td>{p.silhouette:.3f}</td><td>{p.knn_accuracy:.3f}</td></tr>" for p in projections)
-    return f"<h3>class separation</h3><table><tr><th>stage</th><th>silhouette</th><th>kNN accuracy</th></tr>{rows}</table>"
+    rows = "".join(
+        f"<tr><td>{p.stage}</td><td>{p.silhouette:.3f}</td><td>{p.knn_accuracy:.3f}</td></tr>" for p in projections
+    )
+    return (
+        f"<h3>class separation</h3><table><tr><th>stage</th><th>silhouette</th><th>kNN accuracy</th></tr>{rows}</table>"
+    )
 
 
 CSS = """

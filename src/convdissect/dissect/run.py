@@ -22,10 +22,17 @@ from convdissect.claims import ablation, check_claim_settings, claim_statistics
 from convdissect.config import instantiate
 from convdissect.dissect.checkpoint import load_any_net
 from convdissect.dissect.describe import describe, write_labels
-from convdissect.dissect.measure import Measurements, measure
 from convdissect.dissect.handnet_explanation import explain, explanation_markdown
+from convdissect.dissect.measure import Measurements, measure
 from convdissect.dissect.projections import projections, stage_activations, subsample
-from convdissect.dissect.report import check_report_settings, handnet_figures, labels_markdown, raw, report_figures, write_report
+from convdissect.dissect.report import (
+    check_report_settings,
+    handnet_figures,
+    labels_markdown,
+    raw,
+    report_figures,
+    write_report,
+)
 from convdissect.dissect.superstimuli import standard_transforms, superstimuli
 from convdissect.errors import UserInputError
 from convdissect.models.handnet import HandNet
@@ -65,11 +72,21 @@ def compute_superstimuli(net, cfg: DictConfig) -> dict[str, torch.Tensor]:
     transforms = standard_transforms(s.jitter, s.scale, s.rotate_deg)
     layers = [layer if layer in modules else ALIASES.get(layer) for layer in s.layers]
     return {
-        layer: superstimuli(net, layer, steps=s.steps, lr=s.lr, param=s.param, transforms=transforms,
-                            l2=s.l2, tv=s.tv, seed=cfg.seed, progress=True).images.cpu()
+        layer: superstimuli(
+            net,
+            layer,
+            steps=s.steps,
+            lr=s.lr,
+            param=s.param,
+            transforms=transforms,
+            l2=s.l2,
+            tv=s.tv,
+            seed=cfg.seed,
+            progress=True,
+        ).images.cpu()
         for layer in layers
         if layer in modules
-    }  # fmt: skip
+    }
 
 
 class SimpleConvNetDissection:
@@ -94,8 +111,10 @@ class SimpleConvNetDissection:
             test_images, test_digits = instantiate(cfg.data).tensors("test", cfg.claims.ablation_images)
             draws, seed = cfg.claims.ablation_draws, cfg.seed
             ablated = ablation(net, self.measured.contributions["conv2"], test_images, test_digits, draws, seed)
-            ablated_untrained = [ablation(u, m.contributions["conv2"], test_images, test_digits, 0, seed)
-                                 for u, m in zip(untrained_nets[:ABLATION_UNTRAINED], untrained)]  # fmt: skip
+            ablated_untrained = [
+                ablation(u, m.contributions["conv2"], test_images, test_digits, 0, seed)
+                for u, m in zip(untrained_nets[:ABLATION_UNTRAINED], untrained)
+            ]
         claims = claim_statistics(self.measured, untrained, cfg.claims, cfg.seed, ablated, ablated_untrained)
         (out_dir / "claims.json").write_text(json.dumps(claims, indent=2, ensure_ascii=False) + "\n")
         return describe(net, self.measured)
@@ -109,7 +128,9 @@ class SimpleConvNetDissection:
         separation = {p.stage: {"silhouette": p.silhouette, "knn_acc": p.knn_accuracy} for p in projected}
         (out_dir / "separation.json").write_text(json.dumps(separation, indent=2) + "\n")
         log_embeddings(writer, activations, digits[chosen].cpu(), raw(images[chosen]).cpu())
-        figures = report_figures(net, self.measured, images, digits, labels, stimuli, projected, digits[chosen].cpu(), cfg.report, cfg.seed)
+        figures = report_figures(
+            net, self.measured, images, digits, labels, stimuli, projected, digits[chosen].cpu(), cfg.report, cfg.seed
+        )
         return figures, projected, ""
 
 
@@ -130,7 +151,11 @@ class HandNetDissection:
 
     def figures(self, labels: dict, stimuli: dict, writer: SummaryWriter, out_dir: Path):
         cfg = self.cfg
-        return handnet_figures(self.net, self.images, self.digits, labels, stimuli, cfg.report, cfg.seed), [], " Explained from its parameters."
+        return (
+            handnet_figures(self.net, self.images, self.digits, labels, stimuli, cfg.report, cfg.seed),
+            [],
+            " Explained from its parameters.",
+        )
 
 
 def strategy_for(net, cfg: DictConfig, images: torch.Tensor, digits: torch.Tensor):
@@ -159,7 +184,11 @@ def tensorboard_dir(cfg: DictConfig, out_dir: Path) -> Path:
     """Beside the training run's events when the checkpoint lies in a run dir, so one
     `tensorboard --logdir RUN` shows training and dissection; else <out_dir>/tensorboard."""
     run = training_run_dir(cfg.ckpt_path)
-    return run / "tensorboard" / f"dissect_{out_dir.name}" if run is not None and run not in out_dir.parents else out_dir / "tensorboard"
+    return (
+        run / "tensorboard" / f"dissect_{out_dir.name}"
+        if run is not None and run not in out_dir.parents
+        else out_dir / "tensorboard"
+    )
 
 
 def dissect(cfg: DictConfig) -> dict:
@@ -190,7 +219,9 @@ def dissect(cfg: DictConfig) -> dict:
 
     if cfg.report.enabled:
         start = time.perf_counter()
-        header = f"checkpoint {cfg.ckpt_path}; {len(images)} images of the {cfg.split} split; channel numbers are 1-based."
+        header = (
+            f"checkpoint {cfg.ckpt_path}; {len(images)} images of the {cfg.split} split; channel numbers are 1-based."
+        )
         with SummaryWriter(str(tensorboard_dir(cfg, out_dir))) as writer:
             writer.add_text("labels", labels_markdown(labels))
             figures, projected, note = strategy.figures(labels, stimuli, writer, out_dir)
@@ -200,7 +231,9 @@ def dissect(cfg: DictConfig) -> dict:
     return labels
 
 
-def log_embeddings(writer: SummaryWriter, activations: dict[str, torch.Tensor], digits: torch.Tensor, thumbnails: torch.Tensor) -> None:
+def log_embeddings(
+    writer: SummaryWriter, activations: dict[str, torch.Tensor], digits: torch.Tensor, thumbnails: torch.Tensor
+) -> None:
     """Each stage's activations as a TensorBoard projector embedding (interactive 3D PCA and
     t-SNE), with the digit as metadata and the 28x28 image as its sprite."""
     metadata = [str(int(d)) for d in digits]

@@ -62,7 +62,9 @@ def orientation_tuning(
     grid_a, grid_o = torch.meshgrid(angles, torch.tensor(offsets), indexing="ij")
     images = stroke_images(grid_a.flatten(), thickness=thickness, offset=grid_o.flatten(), kind=kind).to(device)
     resp = channel_responses(net, images, layers)
-    return OrientationTuning(angles, {k: v.reshape(len(angles), len(offsets), -1).mean(dim=1).cpu() for k, v in resp.items()})
+    return OrientationTuning(
+        angles, {k: v.reshape(len(angles), len(offsets), -1).mean(dim=1).cpu() for k, v in resp.items()}
+    )
 
 
 def orientation_selectivity(tuning: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
@@ -75,7 +77,9 @@ def orientation_selectivity(tuning: torch.Tensor, angles_deg: torch.Tensor) -> t
     return torch.where(total > 0, length / total.clamp_min(1e-12), torch.zeros_like(total))
 
 
-def tuning_peaks(curve: torch.Tensor, angles_deg: torch.Tensor, min_prominence: float = 0.25, min_gap_deg: float = 30.0) -> list[float]:
+def tuning_peaks(
+    curve: torch.Tensor, angles_deg: torch.Tensor, min_prominence: float = 0.25, min_gap_deg: float = 30.0
+) -> list[float]:
     """Peaks of one circular (period 180°) tuning curve [A], strongest first.
 
     A peak is a local maximum whose prominence (its rise above the deeper of the two valleys that
@@ -171,7 +175,9 @@ def omega_squared(r: torch.Tensor) -> VarianceShares:
     def share(ss, df):
         return torch.where(dead, torch.nan, (ss - df * ms_err) / (ss_total + ms_err)).float()
 
-    return VarianceShares(share(ss_pos, df_pos), share(ss_pat, df_pat), torch.where(dead, torch.nan, interaction).float())
+    return VarianceShares(
+        share(ss_pos, df_pos), share(ss_pat, df_pat), torch.where(dead, torch.nan, interaction).float()
+    )
 
 
 # Replicates of every probe: the stroke shifted by half a pixel either way along both axes.
@@ -194,7 +200,9 @@ def position_pattern(
     positions = sweep_positions(0.0, step=step, margin=margin)[1]
     shifts = torch.tensor(REPLICATE_SHIFTS)
     centres = (positions[:, None, :] + shifts[None]).reshape(-1, 2)  # [Q * R, 2]
-    images = torch.cat([stroke_images(angle, center=centres, length=length, kind=kind) for kind, angle in patterns]).to(device)
+    images = torch.cat([stroke_images(angle, center=centres, length=length, kind=kind) for kind, angle in patterns]).to(
+        device
+    )
     resp = channel_responses(net, images, [layer])[layer].cpu()  # [P * Q * R, C]
     r = resp.T.reshape(-1, len(patterns), len(positions), len(shifts))
     shares = omega_squared(r)

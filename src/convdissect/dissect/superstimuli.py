@@ -248,6 +248,8 @@ def _out_channels(module: nn.Module) -> int:
         return module.out_channels
     if isinstance(module, nn.Linear):
         return module.out_features
-    if isinstance(getattr(module, "bias", None), nn.Parameter):  # HandNet's LineConv2d, BurstConv2d: a bias per out channel
+    if isinstance(
+        getattr(module, "bias", None), nn.Parameter
+    ):  # HandNet's LineConv2d, BurstConv2d: a bias per out channel
         return module.bias.numel()
     raise UserInputError(f"superstimulus layer of type {type(module).__name__}: only conv and linear layers")

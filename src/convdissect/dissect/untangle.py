@@ -83,7 +83,9 @@ def varimax(loadings: np.ndarray, iterations: int = 500, tol: float = 1e-8) -> n
 def fit_basis(features: torch.Tensor, method: str, seed: int = 0) -> Basis:
     """A linear map [K, C] of conv3's outputs features [N, C] by `method` (one of METHODS)."""
     if method not in METHODS:
-        raise UserInputError(f"untangle method {method!r}: allowed {list(METHODS)} (and {PROBE_METHOD!r} by fit_probe_basis)")
+        raise UserInputError(
+            f"untangle method {method!r}: allowed {list(METHODS)} (and {PROBE_METHOD!r} by fit_probe_basis)"
+        )
     from sklearn.decomposition import PCA, FastICA  # imported here: only this analysis needs scikit-learn
 
     start = time.perf_counter()
@@ -100,7 +102,9 @@ def fit_basis(features: torch.Tensor, method: str, seed: int = 0) -> Basis:
         ica = FastICA(n_components=alive, whiten="unit-variance", random_state=seed, max_iter=2000, tol=1e-4)
         ica.fit(x)
         weight = ica.components_
-    return Basis(method, torch.from_numpy(weight).float(), torch.from_numpy(pca.mean_).float(), time.perf_counter() - start)
+    return Basis(
+        method, torch.from_numpy(weight).float(), torch.from_numpy(pca.mean_).float(), time.perf_counter() - start
+    )
 
 
 def fit_probe_basis(responses: torch.Tensor, features: torch.Tensor) -> Basis:
@@ -111,7 +115,9 @@ def fit_probe_basis(responses: torch.Tensor, features: torch.Tensor) -> Basis:
     gram_inv = torch.linalg.pinv(e.T @ e, rtol=1e-8)
     w = e @ gram_inv  # [cells, C]: the best unit for each cell
     achievable = (w * e).sum(dim=1)  # e_j (EᵀE)⁺ e_j, each cell's best share
-    rank = min(int(torch.linalg.matrix_rank(e)), int(torch.linalg.matrix_rank(features.double() - features.double().mean(0))))
+    rank = min(
+        int(torch.linalg.matrix_rank(e)), int(torch.linalg.matrix_rank(features.double() - features.double().mean(0)))
+    )
     kept: list[torch.Tensor] = []
     basis = torch.zeros(0, e.shape[1], dtype=e.dtype)  # orthonormal span of the kept units
     order = achievable.argsort(descending=True).tolist()
@@ -183,8 +189,14 @@ class Untangled:
 
 
 @torch.no_grad()
-def untangle(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-             methods=METHODS + (PROBE_METHOD,), seed: int = 0, sweep: PositionPattern | None = None) -> Untangled:
+def untangle(
+    net: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    methods=METHODS + (PROBE_METHOD,),
+    seed: int = 0,
+    sweep: PositionPattern | None = None,
+) -> Untangled:
     """Fit each method on conv3's pooled outputs of the train images and measure every set of
     units: top-cell share on the probe sweep (conv3's position_pattern, measured here unless
     given), readout accuracy from train to test images."""
@@ -220,8 +232,11 @@ def unit_label(sweep: PositionPattern, responses: torch.Tensor) -> str:
     p, q = divmod(int(e.argmax()), e.shape[1])
     kind, angle = sweep.patterns[p]
     clock, distance = clock_from_xy(*sweep.positions[q].tolist())
-    where = "at the centre" if clock == CENTRE else (
-        f"at {clock[:-3]} o'clock" if clock.endswith(":00") else f"at {clock}") + f", {distance:.0f} px"
+    where = (
+        "at the centre"
+        if clock == CENTRE
+        else (f"at {clock[:-3]} o'clock" if clock.endswith(":00") else f"at {clock}") + f", {distance:.0f} px"
+    )
     return f"{line_phrase(angle) if kind == 'line' else f'{kind} {angle:.0f}°'} {where}"
 
 
@@ -252,28 +267,38 @@ def position_maps_figure(untangled: Untangled, method: str, n_units: int = 8):
             p = int(interaction_cells(r[None])[0].amax(dim=1).argmax())
             grid = r[p].mean(dim=1).reshape(side, side)  # row-major from the top-left
             ax.imshow(grid, cmap="magma", extent=extent)
-            ax.set_title(f"{units.name} #{k + 1}: {unit_label(sweep, r)}\ntop-cell share {float(units.share[k]):.2f}",
-                         fontsize=7)
+            ax.set_title(
+                f"{units.name} #{k + 1}: {unit_label(sweep, r)}\ntop-cell share {float(units.share[k]):.2f}", fontsize=7
+            )
     fig.suptitle(f"position maps (response to the top pattern): conv3 raw vs {method}", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.985))  # room for the suptitle
     return fig
 
 
-def report_figure(net: nn.Module, images: torch.Tensor, digits: torch.Tensor, sweep: PositionPattern,
-                  method: str = "ica"):
+def report_figure(
+    net: nn.Module, images: torch.Tensor, digits: torch.Tensor, sweep: PositionPattern, method: str = "ica"
+):
     """The report's untangling figure (section conv3): bases fitted on the first half of the
     dissection images, readout scored on the second half; the table in the caption."""
     from convdissect.dissect.report import ReportFigure  # the report imports this module
 
     half = len(images) // 2
     result = untangle(net, (images[:half], digits[:half].cpu()), (images[half:], digits[half:].cpu()), sweep=sweep)
-    rows = "; ".join(f"{u.name}: share {u.median_share:.3f}, readout {100 * u.readout_accuracy:.1f}%" for u in result.units)
-    return (ReportFigure("conv3", f"conv3_untangled_{method}", f"conv3 untangled ({method}) vs raw",
-                         "Can a linear map of conv3's pooled output give units that each respond to one pattern at one "
-                         "position (docs/article_method.md)? Position maps of the most concentrated raw conv3 units (left) "
-                         f"and {method} units (right) on the stroke sweep. Median top-cell share of the pattern × position "
-                         f"interaction and linear readout accuracy ({half} images fitted, {len(images) - half} scored): {rows}."),
-            position_maps_figure(result, method))
+    rows = "; ".join(
+        f"{u.name}: share {u.median_share:.3f}, readout {100 * u.readout_accuracy:.1f}%" for u in result.units
+    )
+    return (
+        ReportFigure(
+            "conv3",
+            f"conv3_untangled_{method}",
+            f"conv3 untangled ({method}) vs raw",
+            "Can a linear map of conv3's pooled output give units that each respond to one pattern at one "
+            "position (docs/article_method.md)? Position maps of the most concentrated raw conv3 units (left) "
+            f"and {method} units (right) on the stroke sweep. Median top-cell share of the pattern × position "
+            f"interaction and linear readout accuracy ({half} images fitted, {len(images) - half} scored): {rows}.",
+        ),
+        position_maps_figure(result, method),
+    )
 
 
 def untangle_table(rows: dict[str, list[Units]]) -> str:
@@ -288,8 +313,10 @@ def untangle_table(rows: dict[str, list[Units]]) -> str:
             return f"{values[0]:.{digits}f}"
         return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
-    lines = ["| units | nets | median top-cell share | median interaction ω² | readout accuracy (%) | fit time (s) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| units | nets | median top-cell share | median interaction ω² | readout accuracy (%) | fit time (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, per_net in rows.items():
         lines.append(
             f"| {name} | {len(per_net)} | {mean_sd([u.median_share for u in per_net], 3)} | "

@@ -127,7 +127,9 @@ class HandNet(nn.Module):
     @staticmethod
     def _check_terms(terms, n_units: int) -> None:
         if terms is not None and (not isinstance(terms, int) or isinstance(terms, bool) or not 1 <= terms <= n_units):
-            raise UserInputError(f"model.terms={terms!r}: must be null (all) or an integer from 1 to the {n_units} conv3 units")
+            raise UserInputError(
+                f"model.terms={terms!r}: must be null (all) or an integer from 1 to the {n_units} conv3 units"
+            )
 
     def _make_layers(self, kinds: list[str], n_units: int, n_bursts: int, learn_channels: bool) -> None:
         self.conv1 = LineConv2d(len(kinds), kinds=kinds)
@@ -143,7 +145,9 @@ class HandNet(nn.Module):
         if bias is None or bursts is None or (len(bias), bursts.shape[1]) == (self.widths[1], self.conv3.n_bursts):
             return
         learn = self.conv3.channel_logits is not None
-        self.conv3 = BurstConv2d(self.widths[0], len(bias), bursts.shape[1], learn_channels=learn).to(self.readout.weight.device)
+        self.conv3 = BurstConv2d(self.widths[0], len(bias), bursts.shape[1], learn_channels=learn).to(
+            self.readout.weight.device
+        )
         self.readout = SparseLinear(len(bias), 10).to(self.readout.weight.device)
         self.widths = [self.widths[0], len(bias)]
 
@@ -155,7 +159,13 @@ class HandNet(nn.Module):
         with torch.no_grad():
             for key in ("theta", "sigma", "offset", "amplitude", "bias"):
                 getattr(self.conv1, key).copy_(torch.tensor([line[key] for line in r.lines]))
-            for name, key in (("mean_x", "x"), ("mean_y", "y"), ("sigma_x", "sigma_x"), ("sigma_y", "sigma_y"), ("amplitude", "amplitude")):
+            for name, key in (
+                ("mean_x", "x"),
+                ("mean_y", "y"),
+                ("sigma_x", "sigma_x"),
+                ("sigma_y", "sigma_y"),
+                ("amplitude", "amplitude"),
+            ):
                 getattr(self.conv3, name).copy_(torch.tensor([[b[key] for b in u["bursts"]] for u in r.units]))
             self.conv3.bias.copy_(torch.tensor([u["bias"] for u in r.units]))
             self.conv3.fix_channels(torch.tensor([[b["channel"] for b in u["bursts"]] for u in r.units]))
@@ -180,7 +190,9 @@ class HandNet(nn.Module):
         # A long stroke through the kernel's centre along its own orientation (both edge signs
         # see one of its boundaries at some offset, so the image's max response is used).
         strokes = stroke_images(self.conv1_angles, thickness=r.stroke["thickness"], raw=True) / MNIST_STD
-        full = F.conv2d(strokes.transpose(0, 1), self.conv1.kernels()[:, None], padding=self.conv1.size // 2, groups=len(strokes))
+        full = F.conv2d(
+            strokes.transpose(0, 1), self.conv1.kernels()[:, None], padding=self.conv1.size // 2, groups=len(strokes)
+        )
         self.conv1.bias.copy_(-r.conv1["threshold"] * full[0].amax(dim=(-2, -1)))
         n = len(detectors)
         # Recipe units read only their part's channel, with one burst; every other burst starts
@@ -219,7 +231,12 @@ class HandNet(nn.Module):
         """The synthetic stroke a part stands for: its pattern, at its place."""
         x, y = self.recipes.xy(part.position)
         s = self.recipes.stroke
-        return stroke_images(_pattern_angle(part.pattern), thickness=s["thickness"], center=(CELL_PIXELS * x, CELL_PIXELS * y), length=s["length"])
+        return stroke_images(
+            _pattern_angle(part.pattern),
+            thickness=s["thickness"],
+            center=(CELL_PIXELS * x, CELL_PIXELS * y),
+            length=s["length"],
+        )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The conv3 units' pooled outputs [N, C3]."""
@@ -236,8 +253,11 @@ class HandNet(nn.Module):
         """Sparsity: L1 for short digit recipes and few strong bursts per conv3 unit; group lasso
         (the L2 norm of each unit's readout column) for few units read at all."""
         weight = self.readout.sparse_weight()
-        return (self.l1_readout * weight.abs().sum() + self.group_readout * weight.norm(dim=0).sum()
-                + self.l1_bursts * self.conv3.amplitude.abs().sum())  # fmt: skip
+        return (
+            self.l1_readout * weight.abs().sum()
+            + self.group_readout * weight.norm(dim=0).sum()
+            + self.l1_bursts * self.conv3.amplitude.abs().sum()
+        )
 
     @torch.no_grad()
     def remove_unread_units(self) -> int:

@@ -71,7 +71,7 @@ class Recipes:
 
 def _position_xy(name: str, spec) -> tuple[float, float]:
     if not isinstance(spec, dict) or "clock" not in spec:
-        raise UserInputError(f"recipes position {name!r}: expected {{clock: \"12:00\", distance: 2}}, got {spec!r}")
+        raise UserInputError(f'recipes position {name!r}: expected {{clock: "12:00", distance: 2}}, got {spec!r}')
     try:
         return xy_from_clock(spec["clock"], float(spec.get("distance", 0.0)))
     except UserInputError as err:
@@ -85,14 +85,14 @@ def _parse_part(digit: int, item, recipes: Recipes) -> tuple[Part, float]:
         try:
             parse_clock(item)  # explains a clock YAML turned into a number (unquoted 10:30)
         except UserInputError as err:
-            raise UserInputError(f"{where}: {err}; write parts as \"position/pattern\"") from None
-        raise UserInputError(f"{where}: expected a string \"position/pattern\" such as \"top/horizontal\"")
+            raise UserInputError(f'{where}: {err}; write parts as "position/pattern"') from None
+        raise UserInputError(f'{where}: expected a string "position/pattern" such as "top/horizontal"')
     text = item.strip()
     sign = -1.0 if text.startswith("-") else 1.0
     position, slash, pattern = text.lstrip("-").strip().partition("/")
     position, pattern = position.strip(), pattern.strip()
     if not slash:
-        raise UserInputError(f"{where}: expected \"position/pattern\" such as \"top/horizontal\"")
+        raise UserInputError(f'{where}: expected "position/pattern" such as "top/horizontal"')
     if pattern not in ORIENTATION_NAMES.values():
         raise UserInputError(f"{where}: unknown pattern {pattern!r}; allowed {list(ORIENTATION_NAMES.values())}")
     if position == "center":
@@ -103,7 +103,7 @@ def _parse_part(digit: int, item, recipes: Recipes) -> tuple[Part, float]:
         except UserInputError:
             allowed = sorted(recipes.positions) + [CENTRE]
             raise UserInputError(
-                f"{where}: unknown position {position!r}; allowed {allowed} or a quoted clock position such as \"10:30\""
+                f'{where}: unknown position {position!r}; allowed {allowed} or a quoted clock position such as "10:30"'
             ) from None
     return Part(position, pattern), sign
 
@@ -120,7 +120,9 @@ def load_recipes(path: str | Path) -> Recipes:
     except yaml.YAMLError as err:
         raise UserInputError(f"recipes file {path}: not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(raw, dict):
-        raise UserInputError(f"recipes file {path}: expected a mapping of settings and digits, got {type(raw).__name__}")
+        raise UserInputError(
+            f"recipes file {path}: expected a mapping of settings and digits, got {type(raw).__name__}"
+        )
     learned = "lines" in raw
     try:
         recipes = Recipes(
@@ -134,7 +136,9 @@ def load_recipes(path: str | Path) -> Recipes:
         )
         digits = raw["digits"]
     except (KeyError, TypeError, ValueError) as err:
-        raise UserInputError(f"recipes file {path}: missing or malformed entry {err}; see conf/handnet/recipes.yaml") from None
+        raise UserInputError(
+            f"recipes file {path}: missing or malformed entry {err}; see conf/handnet/recipes.yaml"
+        ) from None
     if not isinstance(digits, dict) or sorted(digits) != list(range(10)):
         got = sorted(digits) if isinstance(digits, dict) else digits
         raise UserInputError(f"recipes file {path}: digits must have one recipe for each of 0..9, got {got}")
@@ -193,7 +197,12 @@ def _parse_learned(raw: dict, recipes: Recipes, path: Path) -> None:
             raise UserInputError(f"{where}: expected {{bias, bursts: [...]}} with at least one burst")
         parsed = []
         for b, burst in enumerate(bursts, 1):
-            channel = _index(burst.get("input") if isinstance(burst, dict) else None, "conv1", len(lines), f"{where}, burst {b} input")
+            channel = _index(
+                burst.get("input") if isinstance(burst, dict) else None,
+                "conv1",
+                len(lines),
+                f"{where}, burst {b} input",
+            )
             parsed.append({"channel": channel, **_numbers(burst, BURST_KEYS, f"{where}, burst {b}")})
         recipes.units.append({"bias": _numbers(unit, ("bias",), where)["bias"], "bursts": parsed})
     if len({len(u["bursts"]) for u in recipes.units}) != 1:
@@ -203,8 +212,13 @@ def _parse_learned(raw: dict, recipes: Recipes, path: Path) -> None:
         terms = entry.get("terms") if isinstance(entry, dict) else None
         if not isinstance(terms, list):
             raise UserInputError(f"{where}: expected {{bias, terms: [{{unit, weight}}, ...]}}, got {entry!r}")
-        read = [(_index(t.get("unit") if isinstance(t, dict) else None, "conv3", len(units), f"{where} term"),
-                 _numbers(t, ("weight",), f"{where} term")["weight"]) for t in terms]  # fmt: skip
+        read = [
+            (
+                _index(t.get("unit") if isinstance(t, dict) else None, "conv3", len(units), f"{where} term"),
+                _numbers(t, ("weight",), f"{where} term")["weight"],
+            )
+            for t in terms
+        ]
         if len({unit for unit, _ in read}) != len(read):
             raise UserInputError(f"{where}: a unit appears twice among its terms")
         recipes.readout[digit] = {"bias": _numbers(entry, ("bias",), where)["bias"], "terms": read}

@@ -21,13 +21,17 @@ class LitClassifier(L.LightningModule):
     def __init__(self, net: dict, optimizer: dict | None, scheduler: dict | None = None):
         super().__init__()
         # optimizer None: a module that is only tested (python eval.py)
-        self.save_hyperparameters({
-            "net": dict(net),
-            "optimizer": dict(optimizer) if optimizer else None,
-            "scheduler": dict(scheduler) if scheduler else None,
-        })
+        self.save_hyperparameters(
+            {
+                "net": dict(net),
+                "optimizer": dict(optimizer) if optimizer else None,
+                "scheduler": dict(scheduler) if scheduler else None,
+            }
+        )
         self.net = build_net(dict(net))
-        self.metrics = torch.nn.ModuleDict({s: MulticlassAccuracy(num_classes=10, average="micro") for s in ("val_", "test_")})
+        self.metrics = torch.nn.ModuleDict(
+            {s: MulticlassAccuracy(num_classes=10, average="micro") for s in ("val_", "test_")}
+        )
         # Training loss sum, correct and seen counts, on the device; see training_step.
         self.register_buffer("train_sums", torch.zeros(3), persistent=False)
         # Leading training steps of this epoch whose loss was finite (the first NaN's batch index).
@@ -47,7 +51,15 @@ class LitClassifier(L.LightningModule):
         logits = self(x)
         acc = self.metrics[stage + "_"]
         acc.update(logits, y)
-        self.log(f"{stage}/loss", F.nll_loss(logits, y), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
+        self.log(
+            f"{stage}/loss",
+            F.nll_loss(logits, y),
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(y),
+            sync_dist=True,
+        )
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
 
     def on_train_epoch_start(self) -> None:
@@ -62,7 +74,9 @@ class LitClassifier(L.LightningModule):
         # Plain sums on the device, logged once an epoch: for a small net, a metric update and a
         # self.log per step cost a fifth of the step itself.
         with torch.no_grad():
-            self.train_sums += torch.stack([loss * len(y), (logits.argmax(1) == y).sum().float(), torch.full_like(loss, len(y))])
+            self.train_sums += torch.stack(
+                [loss * len(y), (logits.argmax(1) == y).sum().float(), torch.full_like(loss, len(y))]
+            )
             self.finite_steps += torch.isfinite(loss) & (self.finite_steps == batch_idx)
         if hasattr(self.net, "penalty"):  # e.g. HandNet's sparsity terms
             loss = loss + self.net.penalty()
@@ -119,7 +133,9 @@ class LitClassifier(L.LightningModule):
         if sched_cfg.get("_target_", "").endswith("OneCycleLR"):
             pct_start = sched_cfg.get("pct_start", 0.3)
             if not 0 <= pct_start < 1:  # at 1 the annealing phase is zero long: a division by zero
-                raise UserInputError(f"scheduler.pct_start={pct_start}: allowed 0 <= pct_start < 1 (the warm-up's share)")
+                raise UserInputError(
+                    f"scheduler.pct_start={pct_start}: allowed 0 <= pct_start < 1 (the warm-up's share)"
+                )
             kwargs["total_steps"] = total_steps
             # OneCycleLR divides by its warm-up's length, pct_start * total_steps - 1: a one-step warm-up is
             # zero long (e.g. 5 steps left at pct_start 0.2), so then there is none.

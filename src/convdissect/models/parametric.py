@@ -12,8 +12,8 @@ Both are plain differentiable torch functions, batched over leading dimensions.
 from __future__ import annotations
 
 import math
-import torch
 
+import torch
 
 KINDS = ("line", "edge")
 _EPS = 1e-8

@@ -71,7 +71,9 @@ class BurstConv2d(nn.Module):
     training schedule (callbacks/handnet.py). No padding (7x7 -> 3x3).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, n_bursts: int = 1, size: int = 5, learn_channels: bool = True):
+    def __init__(
+        self, in_channels: int, out_channels: int, n_bursts: int = 1, size: int = 5, learn_channels: bool = True
+    ):
         super().__init__()
         self.size, self.in_channels = size, in_channels
         shape = (out_channels, n_bursts)
@@ -136,7 +138,9 @@ class BurstConv2d(nn.Module):
     def burst_grids(self) -> torch.Tensor:
         """Each burst's own Gaussian [out, n_bursts, size, size]."""
         sx, sy = (s.abs().clamp_min(MIN_SIGMA)[..., None] for s in (self.sigma_x, self.sigma_y))
-        return burst_grids(self.mean_x[..., None], self.mean_y[..., None], sx, sy, self.amplitude[..., None], size=self.size)
+        return burst_grids(
+            self.mean_x[..., None], self.mean_y[..., None], sx, sy, self.amplitude[..., None], size=self.size
+        )
 
     def grids(self) -> torch.Tensor:
         """The current weight grids [out, in, size, size]."""

@@ -69,7 +69,9 @@ def _set_parameter(layer: nn.Module, name: str, value: torch.Tensor) -> None:
     setattr(layer, name, nn.Parameter(value.detach().clone(), requires_grad=getattr(layer, name).requires_grad))
 
 
-def remove_channels(net: nn.Module, layer_name: str, keep: torch.Tensor | list[int], table: dict[str, str] | None = None) -> None:
+def remove_channels(
+    net: nn.Module, layer_name: str, keep: torch.Tensor | list[int], table: dict[str, str] | None = None
+) -> None:
     """Keep only the out channels `keep` (0-based, in this order) of layer_name and the matching
     in-channels of its consumer; updates net.widths when the net has it. The optimizer must be
     rebuilt afterwards: the layers get new parameters."""
@@ -80,7 +82,9 @@ def remove_channels(net: nn.Module, layer_name: str, keep: torch.Tensor | list[i
     width = layer_width(producer)
     keep = torch.as_tensor(keep, dtype=torch.long, device=producer.weight.device)
     if keep.numel() < 1 or keep.min() < 0 or keep.max() >= width or keep.unique().numel() != keep.numel():
-        raise UserInputError(f"channels to keep of {layer_name} {keep.tolist()}: need 1 to {width} distinct indices in 0..{width - 1}")
+        raise UserInputError(
+            f"channels to keep of {layer_name} {keep.tolist()}: need 1 to {width} distinct indices in 0..{width - 1}"
+        )
 
     _set_parameter(producer, "weight", producer.weight[keep])
     if producer.bias is not None:

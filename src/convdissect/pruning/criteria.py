@@ -93,8 +93,9 @@ def consumer_inputs(net: nn.Module, table: dict[str, str], images: torch.Tensor)
     return {name: _by_channel(x, layer_width(net.get_submodule(name))) for name, x in store.items()}
 
 
-def taylor_scores(net: nn.Module, table: dict[str, str], images: torch.Tensor, labels: torch.Tensor,
-                  batch_size: int = 250) -> dict[str, torch.Tensor]:
+def taylor_scores(
+    net: nn.Module, table: dict[str, str], images: torch.Tensor, labels: torch.Tensor, batch_size: int = 250
+) -> dict[str, torch.Tensor]:
     """Per prunable layer and channel: |Σ_positions a·∂L_i/∂a| averaged over the images i, where
     a is what the consumer reads of the channel and L_i the image's NLL loss. Removing the
     channel sets a to 0, so this is the first-order change of the loss. Gradients are taken
@@ -154,7 +155,9 @@ class _LayerReached(Exception):
     """Ends a forward pass at the layer being scored."""
 
 
-def superstimulus_contrast(cal: Calibration, layer: str, steps: int = SUPERSTIMULUS_STEPS, lr: float = 2.0) -> torch.Tensor:
+def superstimulus_contrast(
+    cal: Calibration, layer: str, steps: int = SUPERSTIMULUS_STEPS, lr: float = 2.0
+) -> torch.Tensor:
     module = cal.net.get_submodule(layer)
     width = layer_width(module)
     # from the mean calibration image: from a grey one, channels that grey leaves silent get no
@@ -273,8 +276,13 @@ def zscore(scores: torch.Tensor) -> torch.Tensor:
 NORMALISE = {"rank": rank01, "zscore": zscore}
 
 
-def score_layer(cal: Calibration, layer: str, weights: dict[str, float], options: dict[str, dict] | None = None,
-                normalise: dict[str, str] | None = None) -> tuple[torch.Tensor, dict[str, str]]:
+def score_layer(
+    cal: Calibration,
+    layer: str,
+    weights: dict[str, float],
+    options: dict[str, dict] | None = None,
+    normalise: dict[str, str] | None = None,
+) -> tuple[torch.Tensor, dict[str, str]]:
     """Scores of the layer's out channels (on the CPU), and the criteria that fell back
     ({criterion: used}). `options` holds keyword arguments per criterion, e.g. {"magnitude": {"p": 1}};
     `normalise` {criterion: 'rank' | 'zscore'} how each is normalised in a combination (default rank).

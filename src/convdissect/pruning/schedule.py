@@ -124,7 +124,7 @@ class Schedule:
 
         # global: each layer's floor is kept; the other channels compete on scale-free scores
         normalised = {name: s / s.abs().mean().clamp_min(1e-12) for name, s in scores.items()}
-        rest = {name: s.sort(descending=True, stable=True).values[floors[name]:] for name, s in normalised.items()}
+        rest = {name: s.sort(descending=True, stable=True).values[floors[name] :] for name, s in normalised.items()}
         owner = torch.cat([torch.full((len(r),), i) for i, r in enumerate(rest.values())])  # layer index
         values = torch.cat(list(rest.values()))
         if self.mode == "geometric":
