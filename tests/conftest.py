@@ -14,14 +14,7 @@ from convdissect.config import CONFIG_DIR
 CHECKOUT = Path(__file__).resolve().parents[1]  # where the tests run train.py, dissect.py and scripts/ from
 
 
-def _data_dir() -> str:
-    if os.environ.get("CONVDISSECT_DATA_DIR"):
-        return os.environ["CONVDISSECT_DATA_DIR"]
-    shared = CHECKOUT.parent / "shared" / "data"
-    return str(shared if shared.exists() else CHECKOUT / "data")
-
-
-DATA_DIR = _data_dir()
+DATA_DIR = os.environ.get("CONVDISSECT_DATA_DIR") or str(CHECKOUT / "data")
 os.environ["CONVDISSECT_DATA_DIR"] = DATA_DIR  # so ${paths.data_dir} resolves there everywhere
 
 
