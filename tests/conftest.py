@@ -1,6 +1,8 @@
 """Shared fixtures: the real MNIST files and configs composed with Hydra's compose API."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,11 @@ CHECKOUT = Path(__file__).resolve().parents[1]  # where the tests run train.py, 
 
 DATA_DIR = os.environ.get("CONVDISSECT_DATA_DIR") or str(CHECKOUT / "data")
 os.environ["CONVDISSECT_DATA_DIR"] = DATA_DIR  # so ${paths.data_dir} resolves there everywhere
+
+
+def run_python(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python ARGS...` from the checkout (train.py, dissect.py, scripts/...), its output captured."""
+    return subprocess.run([sys.executable, *args], cwd=CHECKOUT, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -4,20 +4,15 @@ that get as far as the Trainer may have Lightning's INFO lines before it), namin
 what is allowed."""
 
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from convdissect.config import REPO_ROOT
 from convdissect.models.simple_convnet import SimpleConvNet
-from tests.conftest import TINY
+from tests.conftest import TINY, run_python
 
 pytestmark = pytest.mark.slow  # one Python process per row
 
-XFAIL_PRUNING = pytest.mark.xfail(strict=True, reason="callbacks/pruning.py has no check of eval_size yet")
-XFAIL_DISSECT = pytest.mark.xfail(strict=True, reason="dissect has no check of report.projection_points yet")
 RUN = [*TINY, "threads=1"]
 
 # (entry point, arguments, words the error line must hold); {files} is the fixture's folder.
@@ -97,7 +92,7 @@ CASES = {
         [*RUN, "callbacks=pruning", "trainer.max_epochs=10"],
         ["callbacks.pruning.target_widths=[8, 16, 24, 16]", "above its current width"],
     ),
-    "pruning_eval_size_0": pytest.param(
+    "pruning_eval_size_0": (
         "train.py",
         [
             *RUN,
@@ -108,8 +103,7 @@ CASES = {
             "callbacks.pruning.pretrain_epochs=1",
             "callbacks.pruning.eval_size=0",
         ],
-        ["callbacks.pruning.eval_size=0"],
-        marks=XFAIL_PRUNING,
+        ["callbacks.pruning.eval_size=0", "must be >= 1"],
     ),
     # checkpoints and state_dicts
     "init_from_text": (
@@ -150,11 +144,10 @@ CASES = {
         ["ckpt_path={files}/text.pt", "not a readable PyTorch file"],
     ),
     "dissect_nan": ("dissect.py", ["ckpt_path={files}/nan.pt"], ["tensor conv1.weight holds NaN or inf"]),
-    "dissect_projection_points_0": pytest.param(
+    "dissect_projection_points_0": (
         "dissect.py",
         ["ckpt_path={files}/model_state.pt", "report.projection_points=0"],
-        ["report.projection_points=0"],
-        marks=XFAIL_DISSECT,
+        ["report.projection_points=0", "must be an integer >= 10"],
     ),
     # run dirs
     "run_dir_not_writable": (
@@ -224,7 +217,7 @@ def test_bad_input_is_one_line_and_exit_2(app, args, words, files, tmp_path):
     args = [a.format(files=files) for a in args]
     if not any(a.startswith("hydra.run.dir=") for a in args):
         args.append(f"hydra.run.dir={tmp_path / 'run'}")
-    proc = subprocess.run([sys.executable, app, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_python(app, *args, timeout=300)
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]

@@ -1,13 +1,10 @@
 """dissect.py end to end, checkpoint loading and its errors, and the measurement library."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from convdissect.config import REPO_ROOT
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.dissect.activations import channel_responses, record, top_k
 from convdissect.dissect.checkpoint import load_any_net, load_net
@@ -18,7 +15,7 @@ from convdissect.dissect.superstimuli import channel_objective, superstimuli
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import TINY, compose_cfg, run_python
 
 # Few null draws and ablation images: the nulls' machinery runs, in seconds.
 FAST_NULLS = [
@@ -45,9 +42,7 @@ def images(data_dir):
 
 
 def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "dissect.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
-    )
+    return run_python("dissect.py", *args, timeout=300)
 
 
 @pytest.mark.slow

@@ -1,19 +1,16 @@
 """Evaluating a checkpoint tests its own weights: Lightning .ckpt files (pruned or not) and model_state.pt."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from convdissect.config import REPO_ROOT
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.evaluate import evaluate
 from convdissect.models.lit_module import LitClassifier
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import TINY, compose_cfg, run_python
 
 TARGET = [2, 4, 4, 4]
 # A short pruning run: the full net until epoch 1, pruned nets after; every epoch's checkpoint kept.
@@ -95,18 +92,12 @@ def test_checkpoint_hparams_are_plain_values(pruned_run):
 
 def test_eval_entry_point(pruned_run, tmp_path):
     out, metrics = pruned_run
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "eval.py",
-            f"ckpt_path={out / 'model_state.pt'}",
-            *EVAL,
-            f"hydra.run.dir={tmp_path}",
-            "threads=1",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+    proc = run_python(
+        "eval.py",
+        f"ckpt_path={out / 'model_state.pt'}",
+        *EVAL,
+        f"hydra.run.dir={tmp_path}",
+        "threads=1",
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

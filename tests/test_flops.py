@@ -1,15 +1,12 @@
 """FLOPs per image: Lightning's measure_flops against a count by hand, and after surgery."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from convdissect.config import REPO_ROOT
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.models.surgery import remove_channels
 from convdissect.pruning.measure import flops_per_image
+from tests.conftest import run_python
 
 IMAGE = torch.zeros(1, 1, 28, 28)
 
@@ -42,13 +39,7 @@ def test_a_net_after_surgery_costs_what_a_fresh_net_of_its_widths_costs():
 
 @pytest.mark.slow
 def test_count_flops_script_agrees_with_the_count_by_hand():
-    proc = subprocess.run(
-        [sys.executable, "scripts/count_flops.py", "32,64,128,128", "8,16,24,16"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_python("scripts/count_flops.py", "32,64,128,128", "8,16,24,16", timeout=120)
     assert proc.returncode == 0, proc.stderr
     for widths in ([32, 64, 128, 128], [8, 16, 24, 16]):
         macs = macs_by_hand(*widths)

@@ -2,14 +2,11 @@
 app and the joblib launcher the full sweep uses."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from convdissect.config import REPO_ROOT
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import TINY, compose_cfg, run_python
 
 TINY_HANDNET = [
     "model.n_bursts=1,2",
@@ -32,33 +29,23 @@ TINY_HANDNET = [
 @pytest.mark.slow
 def test_frontier_table_and_plot_from_a_real_sweep(tmp_path):
     sweep = tmp_path / "sweep"
-    made = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "+experiment=handnet_explainable",
-            "+sweep=handnet_frontier",
-            *TINY_HANDNET,
-            "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=1",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+    made = run_python(
+        "train.py",
+        "-m",
+        "+experiment=handnet_explainable",
+        "+sweep=handnet_frontier",
+        *TINY_HANDNET,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=1",
+        f"hydra.sweep.dir={sweep}",
         timeout=600,
     )
     assert made.returncode == 0, made.stderr[-2000:]
     reference = tmp_path / "reference"
     simple = train(compose_cfg("train", TINY, reference))  # a net without an explanation: every parameter is read
     plot = tmp_path / "frontier.png"
-    table = subprocess.run(
-        [sys.executable, "scripts/handnet_frontier.py", str(sweep), "--reference", str(reference), "--plot", str(plot)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    table = run_python(
+        "scripts/handnet_frontier.py", str(sweep), "--reference", str(reference), "--plot", str(plot), timeout=120
     )
     assert table.returncode == 0, table.stderr[-2000:]
     rows = {

@@ -2,8 +2,6 @@
 layer (checked against ranks and z-scores computed by numpy), and a real run with it."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,14 +9,13 @@ import torch
 from hydra.utils import instantiate
 
 from convdissect.callbacks.pruning import PruningCallback
-from convdissect.config import REPO_ROOT
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.models.surgery import producer_consumer_table
 from convdissect.pruning.criteria import CRITERIA, Calibration, parse_normalise, score_layer
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import TINY, compose_cfg, run_python
 from tests.test_dissect import FAST_NULLS
 
 ARTICLE = ["activation_variance", "weight_noise", "superstimulus_contrast", "selectivity"]
@@ -128,41 +125,29 @@ def test_a_prune_article_run_reaches_its_widths_and_records_the_criterion(tmp_pa
 def test_the_criterion_sweep_runs_and_its_table_has_a_row_per_criterion_with_verdicts(tmp_path):
     """The chain of the README's criterion table on 2 tiny runs: the sweep, dissect.py on each, the table."""
     sweep = tmp_path / "sweep"
-    made = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "+experiment=prune_7iters",
-            "+sweep=article_criteria",
-            "callbacks.pruning.criterion={activation_variance:1,weight_noise:1,superstimulus_contrast:1,selectivity:1},random",
-            "seed=0",
-            *TINY,
-            "trainer.max_epochs=3",
-            "callbacks.pruning.target_widths=[2,4,4,4]",
-            "callbacks.pruning.iterations=2",
-            "callbacks.pruning.superstimulus_steps=4",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+    made = run_python(
+        "train.py",
+        "-m",
+        "+experiment=prune_7iters",
+        "+sweep=article_criteria",
+        "callbacks.pruning.criterion={activation_variance:1,weight_noise:1,superstimulus_contrast:1,selectivity:1},random",
+        "seed=0",
+        *TINY,
+        "trainer.max_epochs=3",
+        "callbacks.pruning.target_widths=[2,4,4,4]",
+        "callbacks.pruning.iterations=2",
+        "callbacks.pruning.superstimulus_steps=4",
+        f"hydra.sweep.dir={sweep}",
         timeout=600,
     )
     assert made.returncode == 0, made.stderr[-2000:]
-    table = subprocess.run(
-        [
-            sys.executable,
-            "scripts/article_method_table.py",
-            str(sweep),
-            "--dissect",
-            "--dissect-overrides",
-            "n_images=200",
-            *FAST_NULLS,
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+    table = run_python(
+        "scripts/article_method_table.py",
+        str(sweep),
+        "--dissect",
+        "--dissect-overrides",
+        "n_images=200",
+        *FAST_NULLS,
         timeout=600,
     )
     assert table.returncode == 0, table.stderr[-2000:]

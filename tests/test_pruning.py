@@ -2,8 +2,6 @@
 
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -15,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 from convdissect.callbacks.pruning import PruningCallback
-from convdissect.config import CONFIG_DIR, REPO_ROOT
+from convdissect.config import CONFIG_DIR
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.models.lit_module import LitClassifier
@@ -25,7 +23,7 @@ from convdissect.pruning.criteria import CRITERIA, Calibration, parse_criterion,
 from convdissect.pruning.measure import flops_per_image
 from convdissect.pruning.schedule import Schedule, geometric_width
 from convdissect.train import build_module, train
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import TINY, compose_cfg, run_python
 
 TARGET = [2, 4, 4, 4]
 # Two steps (start of epochs 1 and 2), one final epoch; both kinds of criterion mixed, so fc4's
@@ -349,31 +347,19 @@ def test_sweep_table_averages_the_seeds_of_each_criterion(tmp_path):
     sweep = tmp_path / "sweep"
     # the multirun a user starts, 2 criteria x 2 seeds, each run tiny
     overrides = [o for o in PRUNE if not o.startswith(("callbacks.pruning.criterion", "+callbacks.model_checkpoint"))]
-    made = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            *overrides,
-            "callbacks.pruning.criterion=magnitude,taylor",
-            "seed=0,1",
-            "trainer.limit_train_batches=2",
-            "threads=1",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+    made = run_python(
+        "train.py",
+        "-m",
+        *overrides,
+        "callbacks.pruning.criterion=magnitude,taylor",
+        "seed=0,1",
+        "trainer.limit_train_batches=2",
+        "threads=1",
+        f"hydra.sweep.dir={sweep}",
         timeout=600,
     )
     assert made.returncode == 0, made.stderr[-2000:]
-    proc = subprocess.run(
-        [sys.executable, "scripts/pruning_sweep_table.py", str(sweep)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_python("scripts/pruning_sweep_table.py", str(sweep), timeout=60)
     assert proc.returncode == 0, proc.stderr
     runs = [json.loads(path.read_text()) for path in sorted(sweep.glob("*/metrics.json"))]
     assert len(runs) == 4
@@ -390,18 +376,12 @@ def test_sweep_table_averages_the_seeds_of_each_criterion(tmp_path):
 
 @pytest.mark.slow
 def test_entry_point_refuses_a_schedule_too_long_in_one_line(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "+experiment=prune_7iters",
-            "trainer.max_epochs=5",
-            "trainer.limit_train_batches=1",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+    proc = run_python(
+        "train.py",
+        "+experiment=prune_7iters",
+        "trainer.max_epochs=5",
+        "trainer.limit_train_batches=1",
+        f"hydra.run.dir={tmp_path}",
         timeout=180,
     )
     assert proc.returncode == 2

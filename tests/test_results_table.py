@@ -1,54 +1,35 @@
 """scripts/results_table.py on real (tiny) runs made by the Hydra app, one of them dissected."""
 
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from convdissect.config import REPO_ROOT
-from tests.conftest import TINY
+from tests.conftest import TINY, run_python
 from tests.test_dissect import FAST_NULLS
 
 
 @pytest.mark.slow
 def test_table_has_a_row_per_experiment_and_per_net_claims_and_names_broken_runs(tmp_path):
     sweep = tmp_path / "sweep"
-    made = subprocess.run(
-        [sys.executable, "train.py", "-m", "+experiment=baseline,small_scratch", *TINY, f"hydra.sweep.dir={sweep}"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    made = run_python(
+        "train.py", "-m", "+experiment=baseline,small_scratch", *TINY, f"hydra.sweep.dir={sweep}", timeout=300
     )
     assert made.returncode == 0, made.stderr[-2000:]
     broken = sweep / "2"
     shutil.copytree(sweep / "0" / ".hydra", broken / ".hydra")  # a run that died before metrics.json
-    dissected = subprocess.run(
-        [
-            sys.executable,
-            "dissect.py",
-            f"ckpt_path={sweep / '0' / 'model_state.pt'}",
-            f"hydra.run.dir={sweep / '0' / 'dissect'}",
-            "n_images=200",
-            "superstimulus.enabled=false",
-            "report.enabled=false",
-            *FAST_NULLS,
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+    dissected = run_python(
+        "dissect.py",
+        f"ckpt_path={sweep / '0' / 'model_state.pt'}",
+        f"hydra.run.dir={sweep / '0' / 'dissect'}",
+        "n_images=200",
+        "superstimulus.enabled=false",
+        "report.enabled=false",
+        *FAST_NULLS,
         timeout=300,
     )
     assert dissected.returncode == 0, dissected.stderr[-2000:]
 
-    table = subprocess.run(
-        [sys.executable, "scripts/results_table.py", str(sweep)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    table = run_python("scripts/results_table.py", str(sweep), timeout=120)
     assert table.returncode == 0, table.stderr[-2000:]
     rows = [
         line

@@ -14,25 +14,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import metadata as hp_metadata
 
 from convdissect.config import REPO_ROOT
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.models.lit_module import LitClassifier
 from convdissect.models.simple_convnet import SimpleConvNet
+from convdissect.tensorboard_events import accumulators, hparams_of
 from convdissect.train import build_module, train
-from tests.conftest import TINY, compose_cfg
-
-
-def accumulators(log_dir: Path) -> list[EventAccumulator]:
-    out = []
-    for events in sorted(log_dir.rglob("events.out.tfevents*")):
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        out.append(acc)
-    return out
+from tests.conftest import TINY, compose_cfg, run_python
 
 
 def scalar_tags(log_dir: Path) -> set[str]:
@@ -171,13 +161,7 @@ def test_entry_point_prints_one_line_error(tmp_path):
 
 @pytest.mark.slow
 def test_multirun_jobs_write_their_own_dirs(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "train.py", "-m", *TINY, "seed=1,2", f"hydra.sweep.dir={tmp_path}"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_python("train.py", "-m", *TINY, "seed=1,2", f"hydra.sweep.dir={tmp_path}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = {job: json.loads((tmp_path / job / "metrics.json").read_text()) for job in ("0", "1")}
     assert [r["overrides"][-1] for r in runs.values()] == ["seed=1", "seed=2"]
@@ -349,23 +333,6 @@ def test_a_finished_run_dir_is_refused_unless_overwrite(tiny_run, tmp_path):
         "last.ckpt",
     ]  # no last-v1
     assert val_acc_steps(tmp_path / "run" / "tensorboard") == [7]  # the old run's events are gone
-
-
-def hparams_of(log_dir: Path) -> tuple[dict, list[str]]:
-    """The HParams tab's view of a run: its hyperparameters and the names of its metrics."""
-    values, metric_tags = {}, []
-    for acc in accumulators(log_dir):
-        try:
-            content = acc.PluginTagToContent(hp_metadata.PLUGIN_NAME)
-        except KeyError:  # an event file without hparams
-            continue
-        if hp_metadata.SESSION_START_INFO_TAG in content:
-            info = hp_metadata.parse_session_start_info_plugin_data(content[hp_metadata.SESSION_START_INFO_TAG])
-            values.update({k: v.string_value or v.number_value or v.bool_value for k, v in info.hparams.items()})
-        if hp_metadata.EXPERIMENT_TAG in content:
-            experiment = hp_metadata.parse_experiment_plugin_data(content[hp_metadata.EXPERIMENT_TAG])
-            metric_tags += [m.name.tag for m in experiment.metric_infos]
-    return values, metric_tags
 
 
 @pytest.mark.slow

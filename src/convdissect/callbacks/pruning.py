@@ -58,6 +58,10 @@ class PruningCallback(L.Callback):
             raise UserInputError(f"callbacks.pruning.superstimulus_steps={superstimulus_steps}: must be >= 1")
         if magnitude_p not in (1, 2):
             raise UserInputError(f"callbacks.pruning.magnitude_p={magnitude_p}: allowed 1 (L1 norm) or 2 (L2 norm)")
+        if eval_size is not None and (isinstance(eval_size, bool) or int(eval_size) < 1):
+            raise UserInputError(
+                f"callbacks.pruning.eval_size={eval_size}: must be >= 1 validation images, or null for all of them"
+            )
         if int(calibration_size) < 2:
             raise UserInputError(f"callbacks.pruning.calibration_size={calibration_size}: must be >= 2")
         self.schedule = Schedule(

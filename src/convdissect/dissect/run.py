@@ -50,6 +50,9 @@ UNTRAINED_SEED_BASE = 1000
 ABLATION_UNTRAINED = 2
 
 
+MIN_PROJECTION_POINTS = 10
+
+
 def check_settings(cfg: DictConfig) -> None:
     """Bad settings fail before any work is done."""
     if cfg.split not in SPLITS:
@@ -58,6 +61,12 @@ def check_settings(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserInputError(f"{key}={value!r}: must be a positive integer")
+    points = cfg.report.projection_points
+    if isinstance(points, bool) or not isinstance(points, int) or points < MIN_PROJECTION_POINTS:
+        raise UserInputError(
+            f"report.projection_points={points!r}: must be an integer >= {MIN_PROJECTION_POINTS} "
+            "(the PCA / t-SNE subsample needs images of several digits)"
+        )
     unknown = [layer for layer in cfg.superstimulus.layers if layer not in LAYERS]
     if unknown:
         raise UserInputError(f"superstimulus.layers: {unknown} unknown; allowed {list(LAYERS)}")
