@@ -2,7 +2,7 @@
 
     python scripts/hparams_table.py MULTIRUN_DIR [--keys callbacks.pruning.criterion ...]
 
-One row per run: the chosen hyperparameters (by default those that differ between the runs) and
+One row per run: the chosen hyperparameters (by default those that differ between the runs, but their own paths) and
 the HParams metrics' last values.
 """
 
@@ -20,14 +20,19 @@ def main(argv=None) -> int:
     parser.add_argument("--keys", nargs="*", help="hyperparameters to show (default: those that differ)")
     args = parser.parse_args(argv)
     runs = []
-    for log_dir in sorted(args.multirun_dir.rglob("tensorboard"), key=lambda p: str(p)):
+    # job dirs 0, 1, ..., 10 in numeric order
+    for log_dir in sorted(
+        args.multirun_dir.rglob("tensorboard"), key=lambda p: [int(t) if t.isdigit() else 0 for t in p.parts]
+    ):
         values, metric_tags = hparams_of(log_dir)
         if values:
             scalars = last_scalars(log_dir)
             runs.append((log_dir.parent, values, {t: scalars[t] for t in metric_tags if t in scalars}))
     if not runs:
         raise SystemExit(f"error: no run with HParams under {args.multirun_dir}")
-    keys = args.keys or sorted({k for _, v, _ in runs for k in v if len({str(r[1].get(k)) for r in runs}) > 1})
+    differ = {k for _, v, _ in runs for k in v if len({str(r[1].get(k)) for r in runs}) > 1}
+    own_dir = {k for k in differ if all(str(v.get(k, "")).startswith(str(run)) for run, v, _ in runs)}
+    keys = args.keys or sorted(differ - own_dir)  # a run's own paths differ too, and say nothing
     metrics = sorted({m for _, _, ms in runs for m in ms})
     print("| run | " + " | ".join(keys + metrics) + " |")
     print("|---" * (1 + len(keys) + len(metrics)) + "|")
