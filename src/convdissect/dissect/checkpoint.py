@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-import convdissect.config  # noqa: F401  (registers ${repo_root:}, which a run's saved config uses)
+import convdissect.config  # noqa: F401  (registers ${cwd:}, ${conf_dir:} and ${pid:}, which a run's saved config uses)
 from convdissect.errors import UserInputError
 from convdissect.models import build_net, net_class
 from convdissect.models.simple_convnet import SimpleConvNet
