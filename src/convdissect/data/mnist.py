@@ -99,7 +99,7 @@ class TensorBatches:
     and each rank takes its own strided share of it (so ranks see distinct data). With
     current_epoch (the trainer's counter), each epoch asks it when it starts: a resumed run's
     loader is built before the counter is restored, so a count fixed then would replay the
-    shuffle from epoch 0. Without it, epochs count up from first_epoch.
+    shuffle from epoch 0. Without it, epochs count up from 0.
     """
 
     def __init__(
@@ -112,13 +112,12 @@ class TensorBatches:
         rank=0,
         world_size=1,
         drop_last=False,
-        first_epoch=0,
         current_epoch: Callable[[], int] | None = None,
     ):
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.epoch, self.current_epoch = first_epoch, current_epoch
+        self.epoch, self.current_epoch = 0, current_epoch
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)

@@ -139,7 +139,7 @@ class LitClassifier(L.LightningModule):
             kwargs["total_steps"] = total_steps
             # OneCycleLR divides by its warm-up's length, pct_start * total_steps - 1: a one-step warm-up is
             # zero long (e.g. 5 steps left at pct_start 0.2), so then there is none.
-            if float(sched_cfg.get("pct_start", 0.3) * total_steps) - 1 == 0:
+            if float(pct_start * total_steps) - 1 == 0:
                 sched_cfg["pct_start"] = 0.0
         try:
             return opt, instantiate(sched_cfg)(opt, **kwargs)
