@@ -8,6 +8,7 @@ import torch
 
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.dissect.untangle import (
+    METHODS,
     PROBE_METHODS,
     conv3_cell_px,
     fit_basis,
@@ -54,7 +55,7 @@ def test_a_one_cell_unit_has_the_largest_share_and_a_spread_one_a_small_share():
     torch.testing.assert_close(e.sum(dim=1), torch.zeros(3, Q, dtype=e.dtype), atol=1e-9, rtol=0)
 
 
-@pytest.mark.parametrize("method", ["ica", "probe_optimal"])
+@pytest.mark.parametrize("method", ["ica", "dictionary", "probe_optimal"])
 def test_planted_units_are_recovered_from_their_mixture(method):
     units, channel_probes, features = planted()
     truth = top_cell_share(units).median()
@@ -199,10 +200,10 @@ def test_on_a_real_net_invertible_maps_keep_the_readout(data_dir, one_thread):
     rank = by_name["probe_optimal"].responses.shape[0] // 2
     assert 0 < rank <= 8 and by_name["probe_optimal"].responses.shape[-1] == 1
     assert by_name["conv3 (raw), one replicate"].responses.shape[0] == 2 * 8
-    assert list(by_name) == ["conv3 (raw)", "fc4", "conv3 (raw), one replicate", "pca", "ica", "varimax", *PROBE_METHODS]
+    assert list(by_name) == ["conv3 (raw)", "fc4", "conv3 (raw), one replicate", *METHODS, *PROBE_METHODS]
     raw = by_name["conv3 (raw)"].readout_accuracy
     assert raw > 0.2  # far above chance (0.1) even untrained
-    for name in ("pca", "ica", "varimax"):
+    for name in METHODS:
         assert abs(by_name[name].readout_accuracy - raw) <= 0.005, (name, by_name[name].readout_accuracy, raw)
     label = unit_label(result.sweep, by_name["ica"].responses[0])
     assert " line " in f" {label} " or "line at" in label, label

@@ -7,7 +7,10 @@ labels and no probes:
 - pca: the principal axes (the baseline: it decorrelates, nothing asks for one cell per unit);
 - ica: FastICA (scikit-learn), maximally non-Gaussian, i.e. sparse, independent units;
 - varimax: the whitened principal components rotated by varimax, which makes each unit's
-  loadings sparse (an orthogonal rotation, so still invertible).
+  loadings sparse (an orthogonal rotation, so still invertible);
+- dictionary: a sparse dictionary (scikit-learn's MiniBatchDictionaryLearning) of the whitened
+  features, as many atoms as dimensions; the units are the least-squares codes (the lasso codes
+  are not linear), invertible when the atoms are.
 Dimensions along which the images do not vary (dead channels) are dropped first: a map keeps
 everything the readout can use.
 
@@ -51,7 +54,7 @@ from convdissect.conventions import CENTRE, clock_from_xy, line_phrase
 from convdissect.dissect.selectivity import PositionPattern, omega_squared, position_pattern
 from convdissect.errors import UserInputError
 
-METHODS = ("pca", "ica", "varimax")  # fitted on training images
+METHODS = ("pca", "ica", "varimax", "dictionary")  # fitted on training images
 RAW = "conv3 (raw)"
 PROBE_METHODS = ("probe_optimal", "probe_ridge")  # fitted on the probe sweep (one replicate, cross-fitted)
 # probe_ridge's λ, in units of the mean eigenvalue of EᵀE
@@ -61,6 +64,8 @@ RIDGE_LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 NEW_SHARES = (0.3, 0.1, 0.01)
 # Directions whose variance is below this share of the largest are dead: dropped before fitting.
 DEAD_SHARE = 1e-6
+# the dictionary's lasso penalty on the codes of whitened (unit-variance) features
+DICTIONARY_ALPHA = 1.0
 
 
 @dataclass
@@ -98,18 +103,25 @@ def fit_basis(features: torch.Tensor, method: str, seed: int = 0) -> Basis:
         raise UserInputError(
             f"untangle method {method!r}: allowed {list(METHODS)} (and {list(PROBE_METHODS)} by fit_probe_basis)"
         )
-    from sklearn.decomposition import PCA, FastICA  # imported here: only this analysis needs scikit-learn
+    from sklearn.decomposition import PCA, FastICA, MiniBatchDictionaryLearning  # only this analysis needs them
 
     start = time.perf_counter()
     x = features.double().cpu().numpy()
     pca = PCA().fit(x)
     alive = int((pca.explained_variance_ > DEAD_SHARE * pca.explained_variance_[0]).sum())
     axes, variances = pca.components_[:alive], pca.explained_variance_[:alive]  # [K, C], [K]
+    whiten = axes / np.sqrt(variances)[:, None]  # [K, C]
     if method == "pca":
         weight = axes
     elif method == "varimax":
         rotation = varimax(axes.T * np.sqrt(variances))  # loadings [C, K]
-        weight = rotation.T @ (axes / np.sqrt(variances)[:, None])  # whitened scores, rotated
+        weight = rotation.T @ whiten  # whitened scores, rotated
+    elif method == "dictionary":
+        dictionary = MiniBatchDictionaryLearning(
+            n_components=alive, alpha=DICTIONARY_ALPHA, max_iter=20, batch_size=256, random_state=seed
+        )
+        atoms = dictionary.fit((x - pca.mean_) @ whiten.T).components_  # [K, K]: whitened z ≈ codes @ atoms
+        weight = np.linalg.pinv(atoms).T @ whiten
     else:
         ica = FastICA(n_components=alive, whiten="unit-variance", random_state=seed, max_iter=2000, tol=1e-4)
         ica.fit(x)
@@ -368,7 +380,7 @@ def unit_label(sweep: PositionPattern, responses: torch.Tensor) -> str:
 def position_maps_figure(untangled: Untangled, method: str, n_units: int = 8):
     """Raw conv3 units' position maps (left block) next to the `method` units' (right block): each
     unit's response to its top pattern over the probe positions, the n_units most concentrated of
-    each, titled with the unit's one-line label and top-cell share."""
+    each, titled with the unit's one-line label, top-cell share and share in a conv3 cell."""
     import matplotlib.pyplot as plt
 
     sweep = untangled.sweep
@@ -393,7 +405,9 @@ def position_maps_figure(untangled: Untangled, method: str, n_units: int = 8):
             grid = r[p].mean(dim=1).reshape(side, side)  # row-major from the top-left
             ax.imshow(grid, cmap="magma", extent=extent)
             ax.set_title(
-                f"{units.name} #{k + 1}: {unit_label(sweep, r)}\ntop-cell share {float(units.share[k]):.2f}", fontsize=7
+                f"{units.name} #{k + 1}: {unit_label(sweep, r)}\ntop-cell share {float(units.share[k]):.2f}, "
+                f"in a conv3 cell {float(units.cell_share[k]):.2f}",
+                fontsize=7,
             )
     fig.suptitle(f"position maps (response to the top pattern): conv3 raw vs {method}", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.985))  # room for the suptitle
