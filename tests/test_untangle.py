@@ -150,7 +150,7 @@ def test_share_in_a_conv3_cell_is_largest_for_one_pattern_at_a_patch_and_small_w
             window_share_by_hand(unit[0].double().numpy(), side, 1), rel=1e-5
         )
     assert neighbourhood_share(two_patterns, 1).item() < 0.6 * neighbourhood_share(patch, 1).item()
-    assert neighbourhood_share(spread, 1).item() < 0.15  # about 9 cells' worth of 400
+    assert neighbourhood_share(spread, 1).item() < 0.1  # about 9 cells of 400 per window, 0.05 at the best
 
 
 def test_a_conv3_cell_is_4_pixels_and_a_3_by_3_window_of_the_2_pixel_sweep():
