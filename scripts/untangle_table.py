@@ -68,7 +68,8 @@ def main(argv=None) -> None:
             position_maps_figure(result, args.method).savefig(args.figure, dpi=110)
             print(f"figure: {args.figure}", file=sys.stderr)
     print(
-        f"{len(nets)} nets, bases fitted on {args.n_train} training images, readout scored on {args.n_test} test images\n"
+        f"{len(nets)} nets, bases fitted on {args.n_train} training images (the probe methods on one probe replicate, "
+        f"measured on the other, both ways), readout scored on {args.n_test} test images\n"
     )
     print(untangle_table(rows))
     print()
@@ -81,7 +82,8 @@ def main(argv=None) -> None:
         print(
             f"{name}: top-cell share / {raw[0].name}'s = {', '.join(f'{q:.2f}' for q in ratios)}; readout - raw = "
             f"{', '.join(f'{p:+.2f}' for p in points)} points; goal (>= {GOAL_RATIO:g}x at +-{GOAL_POINTS:g} points) "
-            f"{'met' if met else 'not met'}; share in a conv3 cell / raw's = {', '.join(f'{q:.2f}' for q in cell_ratios)}"
+            f"{'met' if met else 'not met'}; share in a conv3 cell / raw's = "
+            f"{', '.join(f'{q:.2f}' for q in cell_ratios)} (not judged)"
         )
 
 

@@ -424,7 +424,9 @@ def report_figure(
     half = len(images) // 2
     result = untangle(net, (images[:half], digits[:half].cpu()), (images[half:], digits[half:].cpu()), sweep=sweep)
     rows = "; ".join(
-        f"{u.name}: share {u.median_share:.3f}, readout {100 * u.readout_accuracy:.1f}%" for u in result.units
+        f"{u.name}: share {u.median_share:.3f} (in a conv3 cell {u.median_cell_share:.3f}), "
+        f"readout {100 * u.readout_accuracy:.1f}%"
+        for u in result.units
     )
     return (
         ReportFigure(
@@ -434,7 +436,8 @@ def report_figure(
             "Can a linear map of conv3's pooled output give units that each respond to one pattern at one "
             "position (docs/article_method.md)? Position maps of the most concentrated raw conv3 units (left) "
             f"and {method} units (right) on the stroke sweep. Median top-cell share of the pattern × position "
-            f"interaction and linear readout accuracy ({half} images fitted, {len(images) - half} scored): {rows}.",
+            "interaction (and its share in a window of one conv3 cell) and linear readout accuracy "
+            f"({half} images fitted, {len(images) - half} scored): {rows}.",
         ),
         position_maps_figure(result, method),
     )
