@@ -2,6 +2,8 @@
 matrix) the methods recover concentrated units; the concentration measures match hand-computed
 values on planted units; on a real net the invertible maps keep the readout."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -24,6 +26,7 @@ from convdissect.dissect.untangle import (
 )
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
+from tests.conftest import run_python
 
 P, Q, R, K = 4, 25, 2, 8
 
@@ -210,3 +213,29 @@ def test_on_a_real_net_invertible_maps_keep_the_readout(data_dir, one_thread):
     fig = position_maps_figure(result, "ica", n_units=3)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert len(titles) == 6 and all("top-cell share" in t for t in titles)
+
+
+@pytest.mark.slow
+def test_the_script_prints_every_row_and_judges_the_goal_by_its_rule(tmp_path, data_dir):
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        (run := tmp_path / f"net{seed}").mkdir()
+        torch.save(SimpleConvNet([4, 8, 8, 8]).state_dict(), run / "model_state.pt")
+        runs.append(str(run))
+    figure = tmp_path / "maps.png"
+    proc = run_python(
+        "scripts/untangle_table.py", *runs, "--n-train", "400", "--n-test", "200", "--figure", str(figure),
+        "--method", "probe_ridge", "--data-dir", data_dir, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
+    assert rows == ["conv3 (raw)", "fc4", "conv3 (raw), one replicate", *METHODS, *PROBE_METHODS,
+                    "conv3 (raw), untrained net"]
+    verdicts = re.findall(r"^(\S+): top-cell share / .*?= (.*?); readout - raw = (.*?) points; .*?points\) (met|not met);",
+                          proc.stdout, flags=re.M)
+    assert [v[0] for v in verdicts] == [*METHODS, *PROBE_METHODS]
+    for _, ratios, points, verdict in verdicts:
+        met = all(float(q) >= 2 for q in ratios.split(", ")) and all(abs(float(p)) <= 0.1 for p in points.split(", "))
+        assert verdict == ("met" if met else "not met")
+    assert figure.stat().st_size > 10_000
