@@ -232,8 +232,8 @@ def test_the_script_prints_every_row_and_judges_the_goal_by_its_rule(tmp_path, d
     rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
     assert rows == ["conv3 (raw)", "fc4", "conv3 (raw), one replicate", *METHODS, *PROBE_METHODS,
                     "conv3 (raw), untrained net"]
-    verdicts = re.findall(r"^(\S+): top-cell share / .*?= (.*?); readout - raw = (.*?) points; .*?points\) (met|not met);",
-                          proc.stdout, flags=re.M)
+    verdict_line = r"^(\S+): top-cell share / .*?= (.*?); readout - raw = (.*?) points; .*?points\) (met|not met);"
+    verdicts = re.findall(verdict_line, proc.stdout, flags=re.M)
     assert [v[0] for v in verdicts] == [*METHODS, *PROBE_METHODS]
     for _, ratios, points, verdict in verdicts:
         met = all(float(q) >= 2 for q in ratios.split(", ")) and all(abs(float(p)) <= 0.1 for p in points.split(", "))
