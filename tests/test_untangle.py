@@ -23,6 +23,7 @@ from convdissect.dissect.untangle import (
     untangle,
     varimax,
     window_radius,
+    window_units,
 )
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
@@ -107,6 +108,9 @@ def test_probe_methods_fitted_on_one_replicate_concentrate_on_the_other(method):
     assert basis.weight.shape == (K, K)
     recovered = basis(channel_probes[..., 1].permute(1, 2, 0)).permute(2, 0, 1)
     assert top_cell_share(recovered).median() > 0.8 * truth, (top_cell_share(recovered), truth)
+    window_truth = neighbourhood_share(units[..., 1], 1).median()
+    assert neighbourhood_share(channel_probes[..., 1], 1).median() < 0.6 * window_truth
+    assert neighbourhood_share(recovered, 1).median() > 0.8 * window_truth
 
 
 def anova_by_hand(r: np.ndarray) -> np.ndarray:
@@ -154,6 +158,22 @@ def test_share_in_a_conv3_cell_is_largest_for_one_pattern_at_a_patch_and_small_w
         )
     assert neighbourhood_share(two_patterns, 1).item() < 0.6 * neighbourhood_share(patch, 1).item()
     assert neighbourhood_share(spread, 1).item() < 0.1  # about 9 cells of 400 per window, 0.05 at the best
+
+
+def test_a_window_unit_reaches_the_largest_share_any_unit_has_in_its_window():
+    g = torch.Generator().manual_seed(1)
+    responses = torch.rand(6, P, 100, generator=g, dtype=torch.float64)  # 6 channels on a 10 x 10 grid
+    w, shares = window_units(responses, 1)
+    j = 137  # pattern 1, centre (row 3, column 7): the window is rows 2-4, columns 6-8
+    inside = torch.zeros(P, 10, 10, dtype=torch.bool)
+    inside[1, 2:5, 6:9] = True
+
+    def window_share(units):  # [U, C] -> [U]: the share of each unit's e² in window j
+        e2 = interaction_cells(torch.einsum("uc,cpq->upq", units, responses)).square()
+        return e2[:, inside.flatten(1)].sum(dim=1) / e2.sum(dim=(1, 2))
+
+    assert window_share(w[j : j + 1]).item() == pytest.approx(shares[j].item(), rel=1e-6)
+    assert window_share(torch.randn(500, 6, generator=g, dtype=torch.float64)).max() <= shares[j] + 1e-9
 
 
 def test_a_conv3_cell_is_4_pixels_and_a_3_by_3_window_of_the_2_pixel_sweep():

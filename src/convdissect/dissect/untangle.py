@@ -23,7 +23,10 @@ And two that are told what to look for, the best linear maps on this measure:
   made from the fit replicate alone (the means of 2 x 2 blocks of neighbouring positions: strokes
   1 px away diagonally, as the other replicate's), so that neither is chosen for the fit
   replicate's own quirks.
-Both are cross-fitted: fitted on one replicate of the probe sweep and measured on the other (the
+- probe_window: for each pattern and window of positions within one conv3 cell (see below), the
+  unit maximising the window's share of its interaction, w Eₛᵀ Eₛ w / w EᵀE w (the top generalised
+  eigenvector), cells taken as probe_optimal's: the best map at conv3's resolution.
+All three are cross-fitted: fitted on one replicate of the probe sweep and measured on the other (the
 strokes a pixel apart diagonally), both ways; their units are the two fits' units together, each
 measured out of sample, and their reference is raw conv3 measured on one replicate at a time.
 
@@ -56,7 +59,7 @@ from convdissect.errors import UserInputError
 
 METHODS = ("pca", "ica", "varimax", "dictionary")  # fitted on training images
 RAW = "conv3 (raw)"
-PROBE_METHODS = ("probe_optimal", "probe_ridge")  # fitted on the probe sweep (one replicate, cross-fitted)
+PROBE_METHODS = ("probe_optimal", "probe_ridge", "probe_window")  # fitted on the probe sweep (one replicate, cross-fitted)
 # probe_ridge's λ, in units of the mean eigenvalue of EᵀE
 RIDGE_LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 # the probe methods keep a cell's unit when at least this share of its norm is new (outside the span
@@ -187,9 +190,29 @@ def independent_cells(w: torch.Tensor, scores: torch.Tensor, rank: int) -> list[
     return kept
 
 
-def fit_probe_basis(responses: torch.Tensor, features: torch.Tensor, method: str = "probe_optimal") -> Basis:
+def window_units(responses: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each pattern and window centre (windows as neighbourhood_share's), the unit [C] maximising
+    the window's share of its interaction and that share: ([P * Q, C], [P * Q])."""
+    c, p, q = responses.shape
+    side, width = math.isqrt(q), 2 * radius + 1
+    e = channel_cells(responses)
+    values, vectors = torch.linalg.eigh(e.T @ e)
+    alive = values > 1e-10 * values.max()
+    whiten = vectors[:, alive] / values[alive].sqrt()  # [C, k]: z = e @ whiten has zᵀz = I
+    z = e @ whiten
+    k = z.shape[1]
+    outer = (z[:, :, None] * z[:, None, :]).reshape(p, side, side, k * k).permute(0, 3, 1, 2)
+    windows = F.avg_pool2d(outer, width, stride=1, padding=radius) * width**2  # Σ over each window of z zᵀ
+    shares, best = torch.linalg.eigh(windows.permute(0, 2, 3, 1).reshape(p * q, k, k))
+    return best[:, :, -1] @ whiten.T, shares[:, -1]
+
+
+def fit_probe_basis(
+    responses: torch.Tensor, features: torch.Tensor, method: str = "probe_optimal", radius: int = 1
+) -> Basis:
     """A probe method's map [K, C] from the channels' probe responses [C, P, Q] (one replicate);
-    features [N, C] (training images) give its centre and its number of units: the rank of both."""
+    features [N, C] (training images) give its centre and its number of units: the rank of both;
+    radius: probe_window's window (window_radius of a conv3 cell)."""
     if method not in PROBE_METHODS:
         raise UserInputError(f"probe untangle method {method!r}: allowed {list(PROBE_METHODS)}")
     start = time.perf_counter()
@@ -200,6 +223,9 @@ def fit_probe_basis(responses: torch.Tensor, features: torch.Tensor, method: str
     if method == "probe_optimal":
         w = cell_units(e, 0.0)
         kept = independent_cells(w, (w * e).sum(dim=1), rank)  # e_j (EᵀE)⁺ e_j: each cell's best share
+    elif method == "probe_window":
+        w, shares = window_units(responses, radius)
+        kept = independent_cells(w, shares, rank)
     else:
         best = -1.0
         for lam in RIDGE_LAMBDAS:  # λ and cells by the pseudo-replicate: the fit replicate only
@@ -344,7 +370,7 @@ def untangle(
         units.append(units_on_probes(f"{RAW}, one replicate", one, radius, readout_accuracy=raw_accuracy))
     for method in methods:
         if method in PROBE_METHODS:
-            fits = [fit_probe_basis(pooled[..., r], train_x, method) for r in replicates]
+            fits = [fit_probe_basis(pooled[..., r], train_x, method, radius) for r in replicates]
             responses = torch.cat([basis(cells[:, :, o]).permute(3, 0, 1, 2) for basis, o in zip(fits, others)])
         else:
             fits = [fit_basis(train_x, method, seed)]
