@@ -14,7 +14,8 @@ labels and no probes:
 Dimensions along which the images do not vary (dead channels) are dropped first: a map keeps
 everything the readout can use.
 
-And two that are told what to look for, the best linear maps on this measure:
+And three that are told what to look for (fitted on the probes), the best linear maps on the
+measures below:
 - probe_optimal: for each (pattern, position) cell, the unit w maximising its top-cell share
   (e_j . w)² / |E w|² (E: the channels' interaction residuals on the probes) is w = (EᵀE)⁺ e_j, a
   generalised Rayleigh quotient (the least-squares fit of cell j's indicator); the cells whose units
@@ -22,12 +23,12 @@ And two that are told what to look for, the best linear maps on this measure:
 - probe_ridge: the same with w = (EᵀE + λI)⁻¹ e_j, and λ and the cells chosen on a pseudo-replicate
   made from the fit replicate alone (the means of 2 x 2 blocks of neighbouring positions: strokes
   1 px away diagonally, as the other replicate's), so that neither is chosen for the fit
-  replicate's own quirks.
+  replicate's own quirks;
 - probe_window: for each pattern and window of positions within one conv3 cell (see below), the
   unit maximising the window's share of its interaction, w Eₛᵀ Eₛ w / w EᵀE w (the top generalised
   eigenvector), cells taken as probe_optimal's: the best map at conv3's resolution.
-All three are cross-fitted: fitted on one replicate of the probe sweep and measured on the other (the
-strokes a pixel apart diagonally), both ways; their units are the two fits' units together, each
+All three are cross-fitted: fitted on one replicate of the probe sweep and measured on the other
+(the strokes a pixel apart diagonally), both ways; their units are the two fits' units together, each
 measured out of sample, and their reference is raw conv3 measured on one replicate at a time.
 
 A unit's selectivity is read on the stroke probes of the position x pattern sweep
@@ -59,7 +60,7 @@ from convdissect.errors import UserInputError
 
 METHODS = ("pca", "ica", "varimax", "dictionary")  # fitted on training images
 RAW = "conv3 (raw)"
-PROBE_METHODS = ("probe_optimal", "probe_ridge", "probe_window")  # fitted on the probe sweep (one replicate, cross-fitted)
+PROBE_METHODS = ("probe_optimal", "probe_ridge", "probe_window")  # fitted on one probe replicate, cross-fitted
 # probe_ridge's λ, in units of the mean eigenvalue of EᵀE
 RIDGE_LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 # the probe methods keep a cell's unit when at least this share of its norm is new (outside the span
