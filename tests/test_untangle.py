@@ -244,14 +244,12 @@ def test_the_script_prints_every_row_and_judges_the_goal_by_its_rule(tmp_path, d
         torch.save(SimpleConvNet([4, 8, 8, 8]).state_dict(), run / "model_state.pt")
         runs.append(str(run))
     figure = tmp_path / "maps.png"
-    proc = run_python(
-        "scripts/untangle_table.py", *runs, "--n-train", "400", "--n-test", "200", "--figure", str(figure),
-        "--method", "probe_ridge", "--data-dir", data_dir, timeout=300,
-    )
+    args = ["--n-train", "400", "--n-test", "200", "--figure", str(figure), "--method", "probe_ridge"]
+    proc = run_python("scripts/untangle_table.py", *runs, *args, "--data-dir", data_dir, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
-    assert rows == ["conv3 (raw)", "fc4", "conv3 (raw), one replicate", *METHODS, *PROBE_METHODS,
-                    "conv3 (raw), untrained net"]
+    measured = ["conv3 (raw)", "fc4", "conv3 (raw), one replicate", *METHODS, *PROBE_METHODS]
+    assert rows == [*measured, "conv3 (raw), untrained net"]
     verdict_line = r"^(\S+): top-cell share / .*?= (.*?); readout - raw = (.*?) points; .*?points\) (met|not met);"
     verdicts = re.findall(verdict_line, proc.stdout, flags=re.M)
     assert [v[0] for v in verdicts] == [*METHODS, *PROBE_METHODS]
