@@ -144,7 +144,8 @@ class HandNet(nn.Module):
         if terms is not None and (not isinstance(terms, int) or isinstance(terms, bool) or not 1 <= terms <= n):
             per_region = f" x {regions} regions" if regions > 1 else ""
             raise UserInputError(
-                f"model.terms={terms!r}: must be null (all) or an integer from 1 to the {n_units} conv3 units{per_region}"
+                f"model.terms={terms!r}: must be null (all) or an integer from 1 to the "
+                f"{n_units} conv3 units{per_region}"
             )
 
     @property
