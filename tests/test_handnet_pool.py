@@ -2,6 +2,9 @@
 final_pool=2 or 3 (a readout term reads one unit in one region). Real short runs rebuild exactly
 from their learned recipes; hand-built nets answer strokes placed in pixels (the planted truth)."""
 
+import html
+import re
+
 import pytest
 import torch
 import yaml
@@ -9,6 +12,7 @@ import yaml
 from convdissect.conventions import REGION_NAMES
 from convdissect.data.probes import stroke_images
 from convdissect.dissect.handnet_explanation import explain, learned_recipes
+from convdissect.dissect.report import page
 from convdissect.errors import UserInputError
 from convdissect.models.handnet import HandNet
 from convdissect.models.handnet_recipes import Part
@@ -108,3 +112,21 @@ def test_bad_pooling_in_a_learned_file_is_a_one_line_error(change, message, tmp_
     with pytest.raises(UserInputError, match=message) as err:
         HandNet(recipes=str(tmp_path / "bad.yaml"))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "cell_pixels, final_pool, conv3_says, fc_says",
+    [
+        (4, 1, "5x5 cells of 4x4 pixels", "each unit's maximum over the image"),
+        (2, 2, "10x10 cells of 2x2 pixels", "maxima in 2x2 image regions (upper-left, upper-right, lower-left"),
+    ],
+)
+def test_the_report_page_introductions_describe_the_nets_pooling(cell_pixels, final_pool, conv3_says, fc_says):
+    """The HandNet report page's section introductions name its grid, its cell and what a readout
+    term reads, for the net it shows: not the default net's 7x7 map and one maximum per unit."""
+    net = HandNet(cell_pixels=cell_pixels, final_pool=final_pool)
+    text = html.unescape(page([], explain(net), [], "header"))
+    intro = dict(re.findall(r"<section id='(\w+)'><h2>.*?</h2><p>(.*?)</p>", text))
+    assert conv3_says in intro["conv3"] and f"max-pooled in {cell_pixels}x{cell_pixels} blocks" in intro["conv3"]
+    assert fc_says in intro["fc"]
+    assert "7x7" not in text and ("region" in intro["fc"]) == (final_pool > 1)

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from convdissect.conventions import ANGLE_SYMBOLS, edge_side, orientation_bin, parse_unit_name, unit_name
+from convdissect.conventions import ANGLE_SYMBOLS, REGION_NAMES, edge_side, orientation_bin, parse_unit_name, unit_name
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
 from convdissect.data.probes import normalise, stroke_images
 from convdissect.dissect import figures, untangle
@@ -76,14 +76,31 @@ TABLE_COLUMNS = {
     ],
     "fc": [("label", "recipe")],
 }
-# A HandNet's page: its explanation from its parameters (HandNet.explain) instead of fitted labels.
-HANDNET_INTROS = {
-    "conv1": "Each conv1 kernel is a parametric line or edge (angle θ counter-clockwise from the horizontal, width σ, "
-    "offset, amplitude); each sentence is read off these parameters, nothing is fitted to data.",
-    "conv3": "Each conv3 grid is a sum of Gaussian bursts on the pooled 7x7 conv1 maps: a burst at a clock position "
-    "(12 o'clock up, distance in grid cells) picks where that conv1 pattern must lie. Every burst is listed.",
-    "fc": "Each digit's score is one weighted sum of conv3 units: its recipe, every nonzero term.",
-}
+
+
+def handnet_intros(labels: dict) -> dict[str, str]:
+    """A HandNet page's section introductions (its explanation from its parameters, HandNet.explain,
+    instead of fitted labels), worded from the net's pooling so that they hold for any cell_pixels
+    and final_pool."""
+    size, cell, final_pool = labels["grid_size"], labels["cell_pixels"], labels["final_pool"]
+    if final_pool == 1:
+        read = "conv3 units (each unit's maximum over the image): its recipe, every nonzero term."
+    else:
+        regions = ", ".join(REGION_NAMES[final_pool])
+        read = (
+            f"conv3 units' maxima in {final_pool}x{final_pool} image regions ({regions}): its recipe, every nonzero "
+            "term, each reading one unit in one region."
+        )
+    return {
+        "conv1": "Each conv1 kernel is a parametric line or edge (angle θ counter-clockwise from the horizontal, "
+        "width σ, offset, amplitude); each sentence is read off these parameters, nothing is fitted to data.",
+        "conv3": f"Each conv3 grid ({size}x{size} cells of {cell}x{cell} pixels) is a sum of Gaussian bursts on the "
+        f"conv1 maps max-pooled in {cell}x{cell} blocks: a burst at a clock position (12 o'clock up, distance in "
+        "grid cells) picks where that conv1 pattern must lie. Every burst is listed.",
+        "fc": f"Each digit's score is one weighted sum of {read}",
+    }
+
+
 HANDNET_COLUMNS = {
     "conv1": [
         ("sentence", "explanation"),
@@ -516,7 +533,7 @@ def page(entries: list[ReportFigure], labels: dict, projections: list[Projection
     if labels["net"] == "handnet":
         sections, intros, columns, tables = (
             EXPLANATION_TITLES,
-            HANDNET_INTROS,
+            handnet_intros(labels),
             HANDNET_COLUMNS,
             "explanation (labels.json, explanation.md)",
         )
