@@ -103,6 +103,8 @@ def test_a_learned_file_without_the_pooling_keys_loads_as_before(tmp_path):
     [
         ({"final_pool": 5}, r"final_pool=5: allowed 1, 2, 3$"),
         ({"cell_pixels": 8}, r"cell_pixels=8: allowed 2, 4$"),
+        ({"cell_pixels": 4.0}, r"cell_pixels=4\.0: allowed 2, 4$"),  # equal to 4, yet no pooling size
+        ({"final_pool": 2.0}, r"final_pool=2\.0: allowed 1, 2, 3$"),
         ({"final_pool": 2}, r"digit 0 term: region=None; allowed \['upper-left', "),
     ],
 )

@@ -39,12 +39,13 @@ RECIPE_CELL_PIXELS = 4
 
 
 def check_pooling(cell_pixels, final_pool, prefix: str = "model.") -> None:
-    """cell_pixels and final_pool are among the allowed values (one-line UserInputError otherwise)."""
+    """cell_pixels and final_pool are among the allowed integers (one-line UserInputError otherwise;
+    a float such as 4.0 equals an allowed value but is no pooling size)."""
     for key, value, allowed in (
         ("cell_pixels", cell_pixels, CELL_PIXELS_ALLOWED),
         ("final_pool", final_pool, FINAL_POOL_ALLOWED),
     ):
-        if isinstance(value, bool) or value not in allowed:
+        if not isinstance(value, int) or isinstance(value, bool) or value not in allowed:
             raise UserInputError(f"{prefix}{key}={value!r}: allowed {', '.join(map(str, allowed))}")
 
 
