@@ -20,7 +20,7 @@ from torch import nn
 
 from convdissect.conventions import ORIENTATION_NAMES
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
-from convdissect.data.probes import stroke_images
+from convdissect.data.probes import IMAGE_SIZE, stroke_images
 from convdissect.errors import UserInputError
 from convdissect.models.handnet_recipes import RECIPE_CELL_PIXELS, Part, Recipes, check_pooling, load_recipes
 from convdissect.models.parametric_layers import BurstConv2d, LineConv2d
@@ -253,14 +253,26 @@ class HandNet(nn.Module):
         c3.bias[:n] = -t / (1.0 - t)
         # A digit's score: the share of its recipe that holds, each part counting alike: a
         # positive part holds as far as its unit reads, a negative one as far as its unit is
-        # silent (1 - reading; the 1s make the bias). Recipes of any length compare fairly. With
-        # several regions a part reads its unit's mean over them.
+        # silent (1 - reading; the 1s make the bias). Recipes of any length compare fairly. The
+        # recipes describe a centred digit, so a part reads its unit in the regions that hold the
+        # grid centred on the image (their mean): in a region it never reaches its unit stays near
+        # 0, and a negative part would then always hold.
+        centred = self._centred_regions()
         self.readout.weight.zero_()
         for digit, parts in r.digits.items():
             for part, sign in parts:
                 unit = detectors.index(part) * self.regions
-                self.readout.weight[digit, unit : unit + self.regions] = sign * r.gain / len(parts) / self.regions
+                share = sign * r.gain / len(parts) / len(centred)
+                self.readout.weight[digit, unit + centred] = share
             self.readout.bias[digit] = r.gain * sum(sign < 0 for _, sign in parts) / len(parts)
+
+    def _centred_regions(self) -> torch.Tensor:
+        """The final-pool regions that hold the middle of conv3's map (3x3, or 5x5 with cell_pixels=2),
+        where the grid sits on the image centre: all of them with final_pool 1 or 2, the centre with 3."""
+        side = IMAGE_SIZE // self.cell_pixels - self.conv3.size + 1
+        middle = torch.zeros(1, 1, side, side)
+        middle[..., side // 2, side // 2] = 1.0
+        return F.adaptive_max_pool2d(middle, self.final_pool).flatten().nonzero().flatten()
 
     def _part_stroke(self, part: Part) -> torch.Tensor:
         """The synthetic stroke a part stands for: its pattern, at its place."""
