@@ -430,7 +430,7 @@ def position_maps_figure(untangled: Untangled, method: str, n_units: int = 8):
             r = units.responses[k]  # [P, Q, R]
             p = int(interaction_cells(r[None])[0].amax(dim=1).argmax())
             grid = r[p].mean(dim=1).reshape(side, side)  # row-major from the top-left
-            ax.imshow(grid, cmap="magma", extent=extent)
+            ax.imshow(grid.numpy(), cmap="magma", extent=extent)
             ax.set_title(
                 f"{units.name} #{k + 1}: {unit_label(sweep, r)}\ntop-cell share {float(units.share[k]):.2f}, "
                 f"in a conv3 cell {float(units.cell_share[k]):.2f}",
