@@ -216,7 +216,7 @@ def explanation_metrics(labels: dict) -> dict:
     by_layer = {layer: [u for u in labels["units"] if u["layer"] == layer] for layer in ("conv1", "conv3", "fc")}
     bursts = [len(u["bursts"]) for u in by_layer["conv3"]]
     terms = [len(u["terms"]) for u in by_layer["fc"]]
-    per_term = 2 if labels.get("final_pool", 1) > 1 else 1
+    per_term = 2 if labels["final_pool"] > 1 else 1
     numbers = (
         len(by_layer["conv1"]) * len(LINE_KEYS)
         + sum(bursts) * (len(BURST_KEYS) + 1)

@@ -232,7 +232,9 @@ def _parse_learned(raw: dict, recipes: Recipes, path: Path) -> None:
         recipes.units.append({"bias": _numbers(unit, ("bias",), where)["bias"], "bursts": parsed})
     if len({len(u["bursts"]) for u in recipes.units}) != 1:
         raise UserInputError(f"learned recipes {path}: every conv3 unit needs the same number of bursts")
-    recipes.cell_pixels, recipes.final_pool = raw.get("cell_pixels", 4), raw.get("final_pool", 1)
+    # files written before the pooling keys existed: the dataclass's defaults, the net they were
+    recipes.cell_pixels = raw.get("cell_pixels", recipes.cell_pixels)
+    recipes.final_pool = raw.get("final_pool", recipes.final_pool)
     check_pooling(recipes.cell_pixels, recipes.final_pool, f"learned recipes {path}: ")
     regions = REGION_NAMES[recipes.final_pool]
     for digit, entry in raw["digits"].items():
