@@ -22,7 +22,7 @@ from convdissect.conventions import (
     unit_name,
 )
 from convdissect.dissect.selectivity import position_pattern
-from convdissect.models.handnet_recipes import BURST_KEYS, LINE_KEYS, RECIPE_CELL_PIXELS
+from convdissect.models.handnet_recipes import BURST_KEYS, LINE_KEYS
 from convdissect.models.parametric import canonical_line
 from convdissect.models.parametric_layers import MIN_SIGMA
 
@@ -112,7 +112,6 @@ def _explain_conv3(net, conv1: list[dict]) -> list[dict]:
     channel = c.channel_weights().argmax(-1)  # [units, bursts]: the channel each burst reads (one-hot once frozen)
     sx, sy = (s.abs().clamp_min(MIN_SIGMA) for s in (c.sigma_x, c.sigma_y))
     read = net.read_units()
-    to_recipe = net.cell_pixels / RECIPE_CELL_PIXELS  # the recipe file's positions are in 4-pixel cells
     units = []
     for k in range(c.amplitude.shape[0]):
         bursts = []
@@ -132,7 +131,7 @@ def _explain_conv3(net, conv1: list[dict]) -> list[dict]:
                     "sigma_x": float(sx[k, b]),
                     "sigma_y": float(sy[k, b]),
                     "amplitude": a,
-                    "position": position_word(net.recipes.positions, x * to_recipe, y * to_recipe),
+                    "position": position_word(net.recipes.positions, x / net.recipe_cell, y / net.recipe_cell),
                     "pattern": conv1[j]["pattern"],
                 }
             )

@@ -187,7 +187,7 @@ class HandNet(nn.Module):
         """Every number from a learned recipe file: the net that file explains, exactly."""
         n_units, n_bursts = len(r.units), len(r.units[0]["bursts"])
         kinds = [line["kind"] for line in r.lines]
-        self._make_layers(kinds, n_units, n_bursts, False, r.cell_pixels, r.final_pool)
+        self._make_layers(kinds, n_units, n_bursts, False, r.cell_pixels, r.final_pool)  # learned: channels fixed
         self.terms = max(len(entry["terms"]) for entry in r.readout.values())
         with torch.no_grad():
             for key in ("theta", "sigma", "offset", "amplitude", "bias"):
