@@ -255,8 +255,8 @@ class HandNet(nn.Module):
         # positive part holds as far as its unit reads, a negative one as far as its unit is
         # silent (1 - reading; the 1s make the bias). Recipes of any length compare fairly. The
         # recipes describe a centred digit, so a part reads its unit in the regions that hold the
-        # grid centred on the image (their mean): in a region it never reaches its unit stays near
-        # 0, and a negative part would then always hold.
+        # grid centred on the image (their mean): read in the other regions too, where a centred
+        # digit's part never falls, the unit would read near 0 and every negative part would hold.
         centred = self._centred_regions()
         self.readout.weight.zero_()
         for digit, parts in r.digits.items():
