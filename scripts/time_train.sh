@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Wall time of whole training runs, everything included, one after the other, pinned to CORES
+# (default 0,1: the 2-core budget); the ratio of each to the first.
+#   bash scripts/time_train.sh prune_7iters prune_article          (env: CORES, PYTHON, SEED)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+first=""
+for experiment in "$@"; do
+    out=$(mktemp -d)
+    start=$(date +%s.%N)
+    if ! taskset -c "${CORES:-0,1}" "${PYTHON:-python}" train.py "+experiment=$experiment" "seed=${SEED:-0}" \
+        trainer.enable_progress_bar=false '~callbacks.progress_bar' "hydra.run.dir=$out" > "$out.log" 2>&1; then
+        tail -20 "$out.log"
+        exit 1
+    fi
+    end=$(date +%s.%N)
+    seconds=$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", e - s }')
+    first=${first:-$seconds}
+    awk -v t="$seconds" -v f="$first" -v x="$experiment" \
+        'BEGIN { printf "%s: %.1f s on cores '"${CORES:-0,1}"' (%.2fx the first)\n", x, t, t / f }'
+    grep -E "test/acc .* s; outputs" "$out.log" | sed 's/^.*\] - /    /'
+done
