@@ -117,6 +117,24 @@ def test_a_learned_file_without_the_pooling_keys_loads_as_before(tmp_path):
         assert torch.equal(old(x), net(x))
 
 
+
+def test_a_net_with_both_poolings_rebuilds_exactly_from_its_learned_file(tmp_path):
+    """cell_pixels=2 and final_pool=3 together, a sparse readout whose terms sit in scattered
+    regions: the learned file names each term's unit and region, and the net it builds answers
+    random images exactly as the original."""
+    torch.manual_seed(0)
+    net = HandNet(cell_pixels=2, final_pool=3, n_bursts=2, extra_detectors=2)
+    with torch.no_grad():
+        net.readout.weight.normal_()
+        net.readout.mask.bernoulli_(0.3)
+    (tmp_path / "learned.yaml").write_text(yaml.safe_dump(learned_recipes(net), sort_keys=False, allow_unicode=True))
+    rebuilt = HandNet(recipes=str(tmp_path / "learned.yaml"))
+    assert (rebuilt.cell_pixels, rebuilt.final_pool, rebuilt.conv3.size) == (2, 3, 10)
+    torch.testing.assert_close(rebuilt.readout.sparse_weight(), net.readout.sparse_weight(), rtol=0, atol=0)
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), net(x))
+
 @pytest.mark.parametrize(
     "change, message",
     [
