@@ -26,6 +26,10 @@ from convdissect.models.handnet import HandNet
 
 log = logging.getLogger(__name__)
 
+# How the number of kept readout terms falls from all units to T over the shrink phase: linear, or
+# cubic (fast at first, while the net still adapts; slow near T, where each term matters most).
+SHRINK_CURVES = ("linear", "cubic")
+
 
 class HandNetSchedule(L.Callback):
     def __init__(
@@ -38,6 +42,7 @@ class HandNetSchedule(L.Callback):
         shrink_end: float = 0.8,
         shrink_every: int = 20,
         spread_images: int = 2048,
+        shrink_curve: str = "linear",
     ):
         where = "callbacks.handnet_schedule"
         if not 0 < temperature_end < temperature_start:
@@ -57,12 +62,15 @@ class HandNetSchedule(L.Callback):
             raise UserInputError(
                 f"{where}: shrink_start={shrink_start}, shrink_end={shrink_end}: need 0 <= shrink_start < shrink_end <= 1"
             )
+        if shrink_curve not in SHRINK_CURVES:
+            raise UserInputError(f"{where}.shrink_curve={shrink_curve!r}: allowed {list(SHRINK_CURVES)}")
         if shrink_every < 1 or spread_images < 1:
             raise UserInputError(f"{where}: shrink_every={shrink_every}, spread_images={spread_images}: must be >= 1")
         self.temperature_start, self.temperature_end = temperature_start, temperature_end
         self.choice_end, self.hard_share = choice_end, hard_share
         self.shrink_start, self.shrink_end, self.shrink_every = shrink_start, shrink_end, shrink_every
         self.spread_images = spread_images
+        self.shrink_curve = shrink_curve
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not isinstance(pl_module.net, HandNet):
@@ -81,6 +89,8 @@ class HandNetSchedule(L.Callback):
 
     def kept_terms(self, p: float, n_units: int, terms: int) -> int:
         share = min(max((p - self.shrink_start) / (self.shrink_end - self.shrink_start), 0.0), 1.0)
+        if self.shrink_curve == "cubic":
+            return math.ceil(terms + (n_units - terms) * (1.0 - share) ** 3)
         return math.ceil(n_units - (n_units - terms) * share)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
