@@ -44,15 +44,19 @@ RUN = [
 ]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A real short K=1, T=3 run: its output dir, metrics and the saved state_dict."""
-    out = tmp_path_factory.mktemp("explainable")
-    cfg = compose_cfg("train", RUN, out)
+def short_run(out, overrides: list[str]):
+    """A real short run into out: its output dir, metrics and the saved state_dict."""
+    cfg = compose_cfg("train", overrides, out)
     metrics = train(cfg)
     (out / ".hydra").mkdir()
     OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
     return out, metrics, torch.load(out / "model_state.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A real short K=1, T=3 run: its output dir, metrics and the saved state_dict."""
+    return short_run(tmp_path_factory.mktemp("explainable"), RUN)
 
 
 def gaussian(mx: float, my: float, sx: float, sy: float, a: float) -> torch.Tensor:
@@ -110,6 +114,12 @@ def test_readout_keeps_at_most_t_terms_and_every_unit_is_read(run):
 
 @pytest.mark.slow
 def test_round_trip_rebuilds_the_same_predictions(run, data_dir, tmp_path):
+    check_round_trip(run, data_dir, tmp_path)
+
+
+def check_round_trip(run, data_dir, tmp_path) -> None:
+    """The learned recipe file rebuilds the trained net (its spec loaded with its state_dict) exactly,
+    and train.py on that file tests to the same accuracy without a step."""
     out, metrics, state = run
     assert metrics["explanation/roundtrip_agreement"] == 1.0 and metrics["explanation/checked_images"] == 300
     spec = OmegaConf.to_container(OmegaConf.load(out / ".hydra" / "config.yaml").model, resolve=True)
@@ -183,6 +193,10 @@ def test_explanation_metrics_reach_tensorboard_and_hparams(run):
         ("model.n_bursts=0", r"model\.n_bursts=0: must be an integer >= 1"),
         ("model.terms=0", r"model\.terms=0: must be null \(all\) or an integer from 1 to the"),
         ("model.terms=1000", r"model\.terms=1000: .* from 1 to the 100 conv3 units"),
+        ("model.cell_pixels=3", r"model\.cell_pixels=3: allowed 2, 4$"),
+        ("model.final_pool=4", r"model\.final_pool=4: allowed 1, 2, 3$"),
+        ("model.final_pool=true", r"model\.final_pool=True: allowed 1, 2, 3$"),
+        ("model.final_pool=2 model.terms=401", r"model\.terms=401: .* from 1 to the 100 conv3 units x 4 regions$"),
         ("callbacks.handnet_schedule.hard_share=0", r"hard_share=0.*never hardens"),
         ("callbacks.handnet_schedule.choice_end=1.0", r"choice_end=1\.0.*never freezes"),
         ("callbacks.handnet_schedule.temperature_end=2.0", r"temperature must fall"),
@@ -190,7 +204,7 @@ def test_explanation_metrics_reach_tensorboard_and_hparams(run):
 )
 def test_bad_settings_are_one_line_errors(override, message, tmp_path):
     with pytest.raises(UserInputError, match=message) as err:
-        train(compose_cfg("train", ["+experiment=handnet_explainable", override], tmp_path))
+        train(compose_cfg("train", ["+experiment=handnet_explainable", *override.split()], tmp_path))
     assert "\n" not in str(err.value)
 
 

@@ -171,3 +171,12 @@ def format_burst(sign: float, clock: str, distance: float) -> str:
     if clock == CENTRE:
         return f"{mark}[{CENTRE}]"
     return f"{mark}[{clock}, {format_distance(distance)}]"
+
+
+# The regions of a map max-pooled to n x n (HandNet's final_pool), row by row from the top left:
+# "upper-left" is the image's upper-left part, where the unit's grid sits up and left of the centre.
+REGION_NAMES = {
+    1: ("whole image",),
+    2: ("upper-left", "upper-right", "lower-left", "lower-right"),
+    3: ("upper-left", "top", "upper-right", "left", CENTRE, "right", "lower-left", "bottom", "lower-right"),
+}

@@ -13,6 +13,7 @@ import torch
 from convdissect.conventions import (
     CENTRE,
     ORIENTATION_NAMES,
+    REGION_NAMES,
     clock_from_xy,
     edge_side,
     format_distance,
@@ -21,13 +22,13 @@ from convdissect.conventions import (
     unit_name,
 )
 from convdissect.dissect.selectivity import position_pattern
-from convdissect.models.handnet_recipes import BURST_KEYS, LINE_KEYS
+from convdissect.models.handnet_recipes import BURST_KEYS, LINE_KEYS, RECIPE_CELL_PIXELS
 from convdissect.models.parametric import canonical_line
 from convdissect.models.parametric_layers import MIN_SIGMA
 
 # Numbers in explanation.md have this many significant digits; the rounded net uses the same.
 SIGNIFICANT = 3
-# Named positions (and angles) within this distance (degrees) are called by their name.
+# Named positions (and angles) within this distance (recipe cells, 4 pixels; degrees) are called by their name.
 NAME_TOLERANCE_CELLS = 0.5
 NAME_TOLERANCE_DEG = 5.0
 
@@ -51,7 +52,14 @@ def explain(net) -> dict:
     conv1 = _explain_conv1(net)
     conv3 = _explain_conv3(net, conv1)
     readout = _explain_readout(net, conv3)
-    return {"net": "handnet", "widths": list(net.widths), "units": conv1 + conv3 + readout}
+    return {
+        "net": "handnet",
+        "widths": list(net.widths),
+        "cell_pixels": net.cell_pixels,
+        "grid_size": net.conv3.size,
+        "final_pool": net.final_pool,
+        "units": conv1 + conv3 + readout,
+    }
 
 
 def _conv1_numbers(net) -> list[dict]:
@@ -103,7 +111,8 @@ def _explain_conv3(net, conv1: list[dict]) -> list[dict]:
     position_index, pattern_index = position_pattern_indices(net)
     channel = c.channel_weights().argmax(-1)  # [units, bursts]: the channel each burst reads (one-hot once frozen)
     sx, sy = (s.abs().clamp_min(MIN_SIGMA) for s in (c.sigma_x, c.sigma_y))
-    read = net.readout.sparse_weight().ne(0).any(0)
+    read = net.read_units()
+    to_recipe = net.cell_pixels / RECIPE_CELL_PIXELS  # the recipe file's positions are in 4-pixel cells
     units = []
     for k in range(c.amplitude.shape[0]):
         bursts = []
@@ -123,7 +132,7 @@ def _explain_conv3(net, conv1: list[dict]) -> list[dict]:
                     "sigma_x": float(sx[k, b]),
                     "sigma_y": float(sy[k, b]),
                     "amplitude": a,
-                    "position": position_word(net.recipes.positions, x, y),
+                    "position": position_word(net.recipes.positions, x * to_recipe, y * to_recipe),
                     "pattern": conv1[j]["pattern"],
                 }
             )
@@ -149,13 +158,22 @@ def _explain_conv3(net, conv1: list[dict]) -> list[dict]:
 
 
 def _explain_readout(net, conv3: list[dict]) -> list[dict]:
-    """Every nonzero readout weight of each digit, largest first."""
+    """Every nonzero readout weight of each digit, largest first; with final_pool > 1 each names
+    its region ("conv3_12 top(horizontal) in the upper-left region")."""
     weight = net.readout.sparse_weight()
+    regions = REGION_NAMES[net.final_pool]
     units = []
     for digit in range(10):
         w = weight[digit]
         keep = sorted(w.nonzero().flatten().tolist(), key=lambda k: -float(w[k]))
-        terms = [{"weight": float(w[k]), "unit": conv3[k]["name"], "label": conv3[k]["label"]} for k in keep]
+        terms = []
+        for k in keep:
+            unit, region = divmod(k, len(regions))
+            term = {"weight": float(w[k]), "unit": conv3[unit]["name"], "label": conv3[unit]["label"]}
+            if len(regions) > 1:
+                term["region"] = regions[region]
+                term["label"] += f" in the {regions[region]} region"
+            terms.append(term)
         units.append(
             {
                 "layer": "fc",
@@ -170,7 +188,8 @@ def _explain_readout(net, conv3: list[dict]) -> list[dict]:
 
 
 def position_word(positions: dict[str, tuple[float, float]], x: float, y: float) -> str:
-    """A recipe position's name (top, middle, ...) where a burst sits on one, else its clock."""
+    """A recipe position's name (top, middle, ...) where a burst sits on one, else its clock
+    (x, y in the recipe file's 4-pixel cells)."""
     for name, (px, py) in positions.items():
         if math.hypot(x - px, y - py) <= NAME_TOLERANCE_CELLS:
             return name
@@ -193,12 +212,17 @@ def explanation_metrics(labels: dict) -> dict:
     """How long the explanation is: bursts per unit, terms per digit, units read by a digit, and
     the numbers a reader must read to know the whole net (each line's θ, σ, offset, amplitude and
     bias; each burst's x, y, two widths, amplitude and channel; each unit's bias; each readout
-    weight and each digit's bias)."""
+    weight, with final_pool > 1 its region too (a choice, like a burst's channel); each digit's bias)."""
     by_layer = {layer: [u for u in labels["units"] if u["layer"] == layer] for layer in ("conv1", "conv3", "fc")}
     bursts = [len(u["bursts"]) for u in by_layer["conv3"]]
     terms = [len(u["terms"]) for u in by_layer["fc"]]
+    per_term = 2 if labels.get("final_pool", 1) > 1 else 1
     numbers = (
-        len(by_layer["conv1"]) * len(LINE_KEYS) + sum(bursts) * (len(BURST_KEYS) + 1) + len(bursts) + sum(terms) + 10
+        len(by_layer["conv1"]) * len(LINE_KEYS)
+        + sum(bursts) * (len(BURST_KEYS) + 1)
+        + len(bursts)
+        + sum(terms) * per_term
+        + 10
     )
     return {
         "explanation/bursts_per_unit_max": max(bursts),
@@ -223,6 +247,8 @@ def learned_recipes(net, exact: bool = True) -> dict:
             for name, (clock, distance) in ((name, clock_from_xy(x, y)) for name, (x, y) in r.positions.items())
         },
         "clock_distance": r.clock_distance,
+        "cell_pixels": net.cell_pixels,
+        "final_pool": net.final_pool,
     }
     c1 = net.conv1
     labels = [stroke_label(line["kind"], line["theta_deg"], line["amplitude"]) for line in _conv1_numbers(net)]
@@ -258,13 +284,17 @@ def learned_recipes(net, exact: bool = True) -> dict:
         for k in range(len(channel))
     ]
     weight = net.readout.sparse_weight()
+    regions = REGION_NAMES[net.final_pool]
+
+    def term(k: int, w: float) -> dict:
+        unit, region = divmod(k, len(regions))
+        where = {"region": regions[region]} if len(regions) > 1 else {}
+        return {"unit": unit_name("conv3", unit + 1), **where, "weight": number(w)}
+
     out["digits"] = {
         digit: {
             "bias": number(float(net.readout.bias[digit])),
-            "terms": [
-                {"unit": unit_name("conv3", k + 1), "weight": number(float(weight[digit, k]))}
-                for k in weight[digit].nonzero().flatten().tolist()
-            ],
+            "terms": [term(k, float(weight[digit, k])) for k in weight[digit].nonzero().flatten().tolist()],
         }
         for digit in range(10)
     }
@@ -358,13 +388,22 @@ def _recipe_line(unit: dict) -> str:
 def explanation_markdown(labels: dict) -> str:
     """explanation.md: the whole net, every line, burst and readout term, numbers to SIGNIFICANT digits."""
     metrics = explanation_metrics(labels)
+    size, final_pool = labels["grid_size"], labels["final_pool"]
+    if final_pool == 1:
+        pooled = "max-pooled over the image"
+    else:
+        pooled = (
+            f"max-pooled over each of {final_pool}x{final_pool} regions of the image "
+            f"({', '.join(REGION_NAMES[final_pool])}; neighbours overlap where the map does not divide evenly); "
+            "a readout term reads one unit in one region"
+        )
     lines = [
         f"# HandNet explained from its parameters (widths {labels['widths']})",
         "",
         f"Complete: every conv1 line, every burst of every conv3 unit and every readout term; "
         f"{metrics['explanation/numbers']} numbers, printed to {SIGNIFICANT} significant digits. "
-        "Positions are in grid cells of conv3's 5x5 grid (x right, y up; one cell = 4 pixels); "
-        "a unit reads relu(its bursts summed + bias), max-pooled over the image.",
+        f"Positions are in grid cells of conv3's {size}x{size} grid (x right, y up; one cell = "
+        f"{labels['cell_pixels']} pixels); a unit reads relu(its bursts summed + bias), {pooled}.",
     ]
     for layer, title in EXPLANATION_TITLES.items():
         lines += ["", f"## {title}", ""]

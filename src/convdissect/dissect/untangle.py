@@ -7,17 +7,29 @@ labels and no probes:
 - pca: the principal axes (the baseline: it decorrelates, nothing asks for one cell per unit);
 - ica: FastICA (scikit-learn), maximally non-Gaussian, i.e. sparse, independent units;
 - varimax: the whitened principal components rotated by varimax, which makes each unit's
-  loadings sparse (an orthogonal rotation, so still invertible).
+  loadings sparse (an orthogonal rotation, so still invertible);
+- dictionary: a sparse dictionary (scikit-learn's MiniBatchDictionaryLearning) of the whitened
+  features, as many atoms as dimensions; the units are the least-squares codes (the lasso codes
+  are not linear), invertible when the atoms are.
 Dimensions along which the images do not vary (dead channels) are dropped first: a map keeps
 everything the readout can use.
 
-And one that is told what to look for, the best any linear map can do:
+And three that are told what to look for (fitted on the probes), the best linear maps on the
+measures below:
 - probe_optimal: for each (pattern, position) cell, the unit w maximising its top-cell share
   (e_j . w)² / |E w|² (E: the channels' interaction residuals on the probes) is w = (EᵀE)⁺ e_j, a
-  generalised Rayleigh quotient; the cells whose units reach the largest shares are taken while
-  their units stay linearly independent. It is fitted on one replicate of the probe sweep and
-  measured on the other (the strokes half a pixel away), so its share is not read off its own
-  training data.
+  generalised Rayleigh quotient (the least-squares fit of cell j's indicator); the cells whose units
+  reach the largest shares are taken while their units stay linearly independent;
+- probe_ridge: the same with w = (EᵀE + λI)⁻¹ e_j, and λ and the cells chosen on a pseudo-replicate
+  made from the fit replicate alone (the means of 2 x 2 blocks of neighbouring positions: strokes
+  1 px away diagonally, as the other replicate's), so that neither is chosen for the fit
+  replicate's own quirks;
+- probe_window: for each pattern and window of positions within one conv3 cell (see below), the
+  unit maximising the window's share of its interaction, w Eₛᵀ Eₛ w / w EᵀE w (the top generalised
+  eigenvector), cells taken as probe_optimal's: the best map at conv3's resolution.
+All three are cross-fitted: fitted on one replicate of the probe sweep and measured on the other
+(the strokes a pixel apart diagonally), both ways; their units are the two fits' units together, each
+measured out of sample, and their reference is raw conv3 measured on one replicate at a time.
 
 A unit's selectivity is read on the stroke probes of the position x pattern sweep
 (dissect/selectivity.position_pattern): its responses r[p, q, replicate] give the ANOVA's
@@ -25,7 +37,10 @@ interaction residuals e[p, q] = cell - pattern mean - position mean + grand mean
 "this pattern at this position" that neither alone explains; omega_squared's interaction share is
 their sum of squares, bias-corrected). Its concentration is the top cell's share of that sum,
 max e² / Σ e²: (1 - 1/P)(1 - 1/Q) for a unit that fires on one cell only, about 1/(PQ)'s order
-for one spread over many.
+for one spread over many. At conv3's own resolution: the largest share in one pattern's window of
+the positions closer to a centre than one conv3 cell (4 px: two 2 x 2 pools before conv3), a 3 x 3
+window on the 2-px grid: (1 - 1/P)(1 - m/Q) for a unit firing on one pattern at a patch of m <= 9
+positions that one window covers.
 """
 
 from __future__ import annotations
@@ -36,19 +51,25 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from convdissect.conventions import CENTRE, clock_from_xy, line_phrase
 from convdissect.dissect.selectivity import PositionPattern, omega_squared, position_pattern
 from convdissect.errors import UserInputError
 
-METHODS = ("pca", "ica", "varimax")  # fitted on training images
-PROBE_METHOD = "probe_optimal"  # fitted on the probe sweep (one replicate)
-# probe_optimal keeps a cell's unit when at least this share of its norm is new (outside the span
+METHODS = ("pca", "ica", "varimax", "dictionary")  # fitted on training images
+RAW = "conv3 (raw)"
+PROBE_METHODS = ("probe_optimal", "probe_ridge", "probe_window")  # fitted on one probe replicate, cross-fitted
+# probe_ridge's λ, in units of the mean eigenvalue of EᵀE
+RIDGE_LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+# the probe methods keep a cell's unit when at least this share of its norm is new (outside the span
 # of the units already kept), so the map stays well conditioned; then looser, until it is invertible.
 NEW_SHARES = (0.3, 0.1, 0.01)
 # Directions whose variance is below this share of the largest are dead: dropped before fitting.
 DEAD_SHARE = 1e-6
+# the dictionary's lasso penalty on the codes of whitened (unit-variance) features
+DICTIONARY_ALPHA = 1.0
 
 
 @dataclass
@@ -84,20 +105,27 @@ def fit_basis(features: torch.Tensor, method: str, seed: int = 0) -> Basis:
     """A linear map [K, C] of conv3's outputs features [N, C] by `method` (one of METHODS)."""
     if method not in METHODS:
         raise UserInputError(
-            f"untangle method {method!r}: allowed {list(METHODS)} (and {PROBE_METHOD!r} by fit_probe_basis)"
+            f"untangle method {method!r}: allowed {list(METHODS)} (and {list(PROBE_METHODS)} by fit_probe_basis)"
         )
-    from sklearn.decomposition import PCA, FastICA  # imported here: only this analysis needs scikit-learn
+    from sklearn.decomposition import PCA, FastICA, MiniBatchDictionaryLearning  # only this analysis needs them
 
     start = time.perf_counter()
     x = features.double().cpu().numpy()
     pca = PCA().fit(x)
     alive = int((pca.explained_variance_ > DEAD_SHARE * pca.explained_variance_[0]).sum())
     axes, variances = pca.components_[:alive], pca.explained_variance_[:alive]  # [K, C], [K]
+    whiten = axes / np.sqrt(variances)[:, None]  # [K, C]
     if method == "pca":
         weight = axes
     elif method == "varimax":
         rotation = varimax(axes.T * np.sqrt(variances))  # loadings [C, K]
-        weight = rotation.T @ (axes / np.sqrt(variances)[:, None])  # whitened scores, rotated
+        weight = rotation.T @ whiten  # whitened scores, rotated
+    elif method == "dictionary":
+        dictionary = MiniBatchDictionaryLearning(
+            n_components=alive, alpha=DICTIONARY_ALPHA, max_iter=20, batch_size=256, random_state=seed
+        )
+        atoms = dictionary.fit((x - pca.mean_) @ whiten.T).components_  # [K, K]: whitened z ≈ codes @ atoms
+        weight = np.linalg.pinv(atoms).T @ whiten
     else:
         ica = FastICA(n_components=alive, whiten="unit-variance", random_state=seed, max_iter=2000, tol=1e-4)
         ica.fit(x)
@@ -107,20 +135,50 @@ def fit_basis(features: torch.Tensor, method: str, seed: int = 0) -> Basis:
     )
 
 
-def fit_probe_basis(responses: torch.Tensor, features: torch.Tensor) -> Basis:
-    """probe_optimal's map [K, C] from the channels' probe responses [C, P, Q] (one replicate);
-    features [N, C] (training images) give its centre and its number of units: the rank of both."""
-    start = time.perf_counter()
-    e = interaction_cells(responses).flatten(1).T  # [cells, C]
-    gram_inv = torch.linalg.pinv(e.T @ e, rtol=1e-8)
-    w = e @ gram_inv  # [cells, C]: the best unit for each cell
-    achievable = (w * e).sum(dim=1)  # e_j (EᵀE)⁺ e_j, each cell's best share
-    rank = min(
-        int(torch.linalg.matrix_rank(e)), int(torch.linalg.matrix_rank(features.double() - features.double().mean(0)))
-    )
-    kept: list[torch.Tensor] = []
-    basis = torch.zeros(0, e.shape[1], dtype=e.dtype)  # orthonormal span of the kept units
-    order = achievable.argsort(descending=True).tolist()
+def channel_cells(responses: torch.Tensor) -> torch.Tensor:
+    """The channels' interaction residuals E [cells, C] of their probe responses [C, P, Q]."""
+    return interaction_cells(responses).flatten(1).T
+
+
+def cell_units(e: torch.Tensor, lam: float) -> torch.Tensor:
+    """Each cell's best unit w_j = (EᵀE + λ·mean eigenvalue·I)⁻¹ e_j (pseudo-inverse at λ = 0): [cells, C]."""
+    gram = e.T @ e
+    if lam == 0:
+        return e @ torch.linalg.pinv(gram, rtol=1e-8)
+    return e @ torch.linalg.inv(gram + lam * gram.trace() / len(gram) * torch.eye(len(gram), dtype=e.dtype))
+
+
+def units_share(w: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """Top-cell share [K] of units w [K, C] on channel residuals e [cells, C] (residuals are linear)."""
+    a2 = (e @ w.T).square()
+    return a2.amax(dim=0) / a2.sum(dim=0)
+
+
+def shifted_shares(responses: torch.Tensor, lam: float) -> torch.Tensor:
+    """A pseudo-replicate made from one replicate's responses [C, P, Q] (Q on a square grid) alone:
+    the mean of each 2 x 2 block of neighbouring positions, a stroke half a grid step away diagonally
+    as the other replicate's is (if smoother). Each cell's unit is fitted on the positions whose
+    block lies up and right of them (and on those whose block lies down and left) and scored by its
+    top-cell share on the blocks; both ways averaged. [P * Q], NaN for the two corner cells
+    that neither way covers."""
+    c, p, q = responses.shape
+    side = math.isqrt(q)
+    grid = responses.double().reshape(c, p, side, side)
+    blocks = (grid[:, :, 1:, :-1] + grid[:, :, :-1, :-1] + grid[:, :, 1:, 1:] + grid[:, :, :-1, 1:]) / 4
+    e_blocks = channel_cells(blocks.flatten(2))
+    total, count = torch.zeros(p, side, side, dtype=grid.dtype), torch.zeros(p, side, side, dtype=grid.dtype)
+    for rows, cols in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
+        e_fit = channel_cells(grid[:, :, rows, cols].flatten(2))
+        total[:, rows, cols] += units_share(cell_units(e_fit, lam), e_blocks).reshape(p, side - 1, side - 1)
+        count[:, rows, cols] += 1
+    return torch.where(count > 0, total / count.clamp(min=1), torch.nan).flatten()
+
+
+def independent_cells(w: torch.Tensor, scores: torch.Tensor, rank: int) -> list[int]:
+    """The cells, best score first (NaN last), whose units w [cells, C] stay linearly independent, up to rank."""
+    kept: list[int] = []
+    basis = torch.zeros(0, w.shape[1], dtype=w.dtype)  # orthonormal span of the kept units
+    order = scores.nan_to_num(-1.0).argsort(descending=True).tolist()
     for new_share in NEW_SHARES:  # the best cells first; a looser test fills the rank if need be
         for j in order:
             if len(kept) == rank:
@@ -128,9 +186,58 @@ def fit_probe_basis(responses: torch.Tensor, features: torch.Tensor) -> Basis:
             unit = w[j] / w[j].norm()
             new = unit - basis.T @ (basis @ unit)
             if new.norm() >= new_share:
-                kept.append(unit)
+                kept.append(j)
                 basis = torch.cat([basis, (new / new.norm())[None]])
-    return Basis(PROBE_METHOD, torch.stack(kept).float(), features.mean(dim=0).float(), time.perf_counter() - start)
+    return kept
+
+
+def window_units(responses: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each pattern and window centre (windows as neighbourhood_share's), the unit [C] maximising
+    the window's share of its interaction and that share: ([P * Q, C], [P * Q])."""
+    c, p, q = responses.shape
+    side, width = math.isqrt(q), 2 * radius + 1
+    e = channel_cells(responses)
+    values, vectors = torch.linalg.eigh(e.T @ e)
+    alive = values > 1e-10 * values.max()
+    whiten = vectors[:, alive] / values[alive].sqrt()  # [C, k]: z = e @ whiten has zᵀz = I
+    z = e @ whiten
+    k = z.shape[1]
+    outer = (z[:, :, None] * z[:, None, :]).reshape(p, side, side, k * k).permute(0, 3, 1, 2)
+    windows = F.avg_pool2d(outer, width, stride=1, padding=radius) * width**2  # Σ over each window of z zᵀ
+    shares, best = torch.linalg.eigh(windows.permute(0, 2, 3, 1).reshape(p * q, k, k))
+    return best[:, :, -1] @ whiten.T, shares[:, -1]
+
+
+def fit_probe_basis(
+    responses: torch.Tensor, features: torch.Tensor, method: str = "probe_optimal", radius: int = 1
+) -> Basis:
+    """A probe method's map [K, C] from the channels' probe responses [C, P, Q] (one replicate);
+    features [N, C] (training images) give its centre and its number of units: the rank of both;
+    radius: probe_window's window (window_radius of a conv3 cell)."""
+    if method not in PROBE_METHODS:
+        raise UserInputError(f"probe untangle method {method!r}: allowed {list(PROBE_METHODS)}")
+    start = time.perf_counter()
+    e = channel_cells(responses)  # [cells, C]
+    rank = min(
+        int(torch.linalg.matrix_rank(e)), int(torch.linalg.matrix_rank(features.double() - features.double().mean(0)))
+    )
+    if method == "probe_optimal":
+        w = cell_units(e, 0.0)
+        kept = independent_cells(w, (w * e).sum(dim=1), rank)  # e_j (EᵀE)⁺ e_j: each cell's best share
+    elif method == "probe_window":
+        w, shares = window_units(responses, radius)
+        kept = independent_cells(w, shares, rank)
+    else:
+        best = -1.0
+        for lam in RIDGE_LAMBDAS:  # λ and cells by the pseudo-replicate: the fit replicate only
+            scores = shifted_shares(responses, lam)
+            units = cell_units(e, lam)
+            cells = independent_cells(units, scores, rank)
+            objective = float(scores[cells].nanmedian())
+            if objective > best:
+                best, w, kept = objective, units, cells
+    weight = w[kept] / w[kept].norm(dim=1, keepdim=True)
+    return Basis(method, weight.float(), features.mean(dim=0).float(), time.perf_counter() - start)
 
 
 def interaction_cells(r: torch.Tensor) -> torch.Tensor:
@@ -140,12 +247,41 @@ def interaction_cells(r: torch.Tensor) -> torch.Tensor:
     return cell - cell.mean(dim=2, keepdim=True) - cell.mean(dim=1, keepdim=True) + grand
 
 
+def neighbourhood_share(r: torch.Tensor, radius: int) -> torch.Tensor:
+    """[U] each unit's largest sum of squared interaction residuals over one pattern's square window of
+    positions (2 radius + 1 on a side, clipped at the grid's edge; Q on a square grid) over their sum
+    (NaN: no interaction). radius 0: the top-cell share."""
+    e2 = interaction_cells(r).square()  # [U, P, Q]
+    u, p, q = e2.shape
+    side = math.isqrt(q)
+    width = 2 * radius + 1
+    windows = F.avg_pool2d(e2.reshape(u * p, 1, side, side), width, stride=1, padding=radius) * width**2
+    total = e2.sum(dim=(1, 2))
+    scale = r.double().flatten(1).square().sum(dim=1)
+    best = windows.reshape(u, -1).amax(dim=1)
+    return torch.where(total > 1e-12 * scale + 1e-30, best / total, torch.nan).float()
+
+
 def top_cell_share(r: torch.Tensor) -> torch.Tensor:
     """[U] each unit's largest squared interaction residual over their sum (NaN: no interaction)."""
-    e2 = interaction_cells(r).square().flatten(1)
-    total = e2.sum(dim=1)
-    scale = r.double().flatten(1).square().sum(dim=1)
-    return torch.where(total > 1e-12 * scale + 1e-30, e2.amax(dim=1) / total, torch.nan).float()
+    return neighbourhood_share(r, 0)
+
+
+def conv3_cell_px(net: nn.Module, side: int = 28) -> float:
+    """The step of conv3's map in input pixels: 4 in SimpleConvNet (two 2 x 2 pools before it, or one 4 x 4)."""
+    seen = []
+    hook = net.conv3.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[-1]))
+    try:
+        net.features(torch.zeros(1, 1, side, side, device=next(net.parameters()).device))
+    finally:
+        hook.remove()
+    return side / seen[0]
+
+
+def window_radius(positions: torch.Tensor, cell_px: float) -> int:
+    """Grid steps from a centre whose positions [Q, 2] are closer to it than one cell of cell_px pixels."""
+    xs = positions[:, 0].unique()
+    return math.ceil(cell_px / float(xs[1] - xs[0])) - 1
 
 
 @dataclass
@@ -155,7 +291,8 @@ class Units:
     name: str
     responses: torch.Tensor  # [U, P, Q, R], each unit signed so that its top interaction cell is positive
     share: torch.Tensor  # [U] top-cell share
-    interaction: torch.Tensor  # [U] omega² of the interaction
+    cell_share: torch.Tensor  # [U] share in a window of one conv3 cell
+    interaction: torch.Tensor  # [U] omega² of the interaction (NaN: one replicate)
     readout_accuracy: float | None = None
     seconds: float | None = None
 
@@ -163,13 +300,25 @@ class Units:
     def median_share(self) -> float:
         return float(self.share.nanmedian())
 
+    @property
+    def median_cell_share(self) -> float:
+        return float(self.cell_share.nanmedian())
 
-def units_on_probes(name: str, responses: torch.Tensor, **extra) -> Units:
-    """Units from their probe responses [U, P, Q, R]: flipped so that the top cell is positive."""
+
+def units_on_probes(name: str, responses: torch.Tensor, radius: int, **extra) -> Units:
+    """Units from their probe responses [U, P, Q, R], flipped so that the top cell is positive;
+    radius: window_radius of a conv3 cell."""
     e = interaction_cells(responses).flatten(1)
     top = e.gather(1, e.abs().argmax(dim=1, keepdim=True)).squeeze(1)
     signed = responses * torch.where(top < 0, -1.0, 1.0).to(responses.dtype)[:, None, None, None]
-    return Units(name, signed, top_cell_share(signed), omega_squared(signed).interaction, **extra)
+    return Units(
+        name,
+        signed,
+        top_cell_share(signed),
+        neighbourhood_share(signed, radius),
+        omega_squared(signed).interaction,
+        **extra,
+    )
 
 
 def readout_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> float:
@@ -185,7 +334,7 @@ def readout_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
 @dataclass
 class Untangled:
     sweep: PositionPattern  # the probes (patterns, positions)
-    units: list[Units]  # conv3 raw, fc4, then one per method
+    units: list[Units]  # conv3 raw, fc4, (raw on one replicate, with a probe method), then one per method
 
 
 @torch.no_grad()
@@ -193,36 +342,51 @@ def untangle(
     net: nn.Module,
     train: tuple[torch.Tensor, torch.Tensor],
     test: tuple[torch.Tensor, torch.Tensor],
-    methods=METHODS + (PROBE_METHOD,),
+    methods=METHODS + PROBE_METHODS,
     seed: int = 0,
     sweep: PositionPattern | None = None,
 ) -> Untangled:
-    """Fit each method on conv3's pooled outputs of the train images and measure every set of
-    units: top-cell share on the probe sweep (conv3's position_pattern, measured here unless
-    given), readout accuracy from train to test images."""
+    """Fit each method on conv3's pooled outputs of the train images (a probe method on each
+    replicate of the probe sweep in turn, measured on the others) and measure every set of units:
+    top-cell share and share in a conv3 cell on the probe sweep (conv3's position_pattern, measured
+    here unless given), readout accuracy from train to test images."""
     net.eval()
     sweep = sweep or position_pattern(net, "conv3")
+    radius = window_radius(sweep.positions, conv3_cell_px(net))
     # conv3's pooled output is max-pool(ReLU(conv3)) over its whole map: the ReLU'd sweep response
     pooled = sweep.responses.relu()  # [C, P, Q, R]
     cells = pooled.permute(1, 2, 3, 0)  # [P, Q, R, C]
+    replicates = range(pooled.shape[-1])
+    others = [[o for o in replicates if o != r] for r in replicates]  # where a fit on replicate r is measured
     train_x, test_x = net.features(train[0]).cpu(), net.features(test[0]).cpu()
     fc4 = net.fc4_act(net.fc4(cells)).permute(3, 0, 1, 2)
     fc4_train, fc4_test = (net.fc4_act(net.fc4(x)) for x in (train_x, test_x))
+    raw_accuracy = readout_accuracy(train_x, train[1], test_x, test[1])
     units = [
-        units_on_probes("conv3 (raw)", pooled, readout_accuracy=readout_accuracy(train_x, train[1], test_x, test[1])),
-        units_on_probes("fc4", fc4, readout_accuracy=readout_accuracy(fc4_train, train[1], fc4_test, test[1])),
+        units_on_probes(RAW, pooled, radius, readout_accuracy=raw_accuracy),
+        units_on_probes("fc4", fc4, radius, readout_accuracy=readout_accuracy(fc4_train, train[1], fc4_test, test[1])),
     ]
-    bases = [fit_basis(train_x, method, seed) for method in methods if method != PROBE_METHOD]
-    held_out = slice(None)
-    if PROBE_METHOD in methods:
-        bases.append(fit_probe_basis(pooled[..., 0], train_x))
-        held_out = slice(1, None)  # fitted on replicate 0: measured on the others
-    for basis in bases:
-        acc = readout_accuracy(basis(train_x), train[1], basis(test_x), test[1])
-        probe_units = basis(cells).permute(3, 0, 1, 2)
-        if basis.method == PROBE_METHOD:
-            probe_units = probe_units[..., held_out]
-        units.append(units_on_probes(basis.method, probe_units, readout_accuracy=acc, seconds=basis.seconds))
+    if any(method in PROBE_METHODS for method in methods):  # the probe methods' reference: measured alike
+        one = torch.cat([pooled[..., o] for o in others])
+        units.append(units_on_probes(f"{RAW}, one replicate", one, radius, readout_accuracy=raw_accuracy))
+    for method in methods:
+        if method in PROBE_METHODS:
+            fits = [fit_probe_basis(pooled[..., r], train_x, method, radius) for r in replicates]
+            responses = torch.cat([basis(cells[:, :, o]).permute(3, 0, 1, 2) for basis, o in zip(fits, others)])
+        else:
+            fits = [fit_basis(train_x, method, seed)]
+            responses = fits[0](cells).permute(3, 0, 1, 2)
+        # every fit's readout; the worst one's gap to raw conv3 is the one reported
+        accuracies = [readout_accuracy(basis(train_x), train[1], basis(test_x), test[1]) for basis in fits]
+        units.append(
+            units_on_probes(
+                method,
+                responses,
+                radius,
+                readout_accuracy=max(accuracies, key=lambda a: abs(a - raw_accuracy)),
+                seconds=sum(basis.seconds for basis in fits),
+            )
+        )
     return Untangled(sweep, units)
 
 
@@ -243,14 +407,14 @@ def unit_label(sweep: PositionPattern, responses: torch.Tensor) -> str:
 def position_maps_figure(untangled: Untangled, method: str, n_units: int = 8):
     """Raw conv3 units' position maps (left block) next to the `method` units' (right block): each
     unit's response to its top pattern over the probe positions, the n_units most concentrated of
-    each, titled with the unit's one-line label and top-cell share."""
+    each, titled with the unit's one-line label, top-cell share and share in a conv3 cell."""
     import matplotlib.pyplot as plt
 
     sweep = untangled.sweep
     side = int(math.isqrt(len(sweep.positions)))
     xs = sweep.positions[:, 0].unique()
     extent = (float(xs.min()), float(xs.max()), float(xs.min()), float(xs.max()))
-    chosen = [u for u in untangled.units if u.name in ("conv3 (raw)", method)]
+    chosen = [u for u in untangled.units if u.name in (RAW, method)]
     if len(chosen) != 2:
         raise UserInputError(f"untangle method {method!r}: not among {[u.name for u in untangled.units]}")
     fig, axes = plt.subplots(n_units, 2, figsize=(9.5, 2.1 * n_units), squeeze=False)
@@ -268,7 +432,9 @@ def position_maps_figure(untangled: Untangled, method: str, n_units: int = 8):
             grid = r[p].mean(dim=1).reshape(side, side)  # row-major from the top-left
             ax.imshow(grid, cmap="magma", extent=extent)
             ax.set_title(
-                f"{units.name} #{k + 1}: {unit_label(sweep, r)}\ntop-cell share {float(units.share[k]):.2f}", fontsize=7
+                f"{units.name} #{k + 1}: {unit_label(sweep, r)}\ntop-cell share {float(units.share[k]):.2f}, "
+                f"in a conv3 cell {float(units.cell_share[k]):.2f}",
+                fontsize=7,
             )
     fig.suptitle(f"position maps (response to the top pattern): conv3 raw vs {method}", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.985))  # room for the suptitle
@@ -285,7 +451,9 @@ def report_figure(
     half = len(images) // 2
     result = untangle(net, (images[:half], digits[:half].cpu()), (images[half:], digits[half:].cpu()), sweep=sweep)
     rows = "; ".join(
-        f"{u.name}: share {u.median_share:.3f}, readout {100 * u.readout_accuracy:.1f}%" for u in result.units
+        f"{u.name}: share {u.median_share:.3f} (in a conv3 cell {u.median_cell_share:.3f}), "
+        f"readout {100 * u.readout_accuracy:.1f}%"
+        for u in result.units
     )
     return (
         ReportFigure(
@@ -295,15 +463,16 @@ def report_figure(
             "Can a linear map of conv3's pooled output give units that each respond to one pattern at one "
             "position (docs/article_method.md)? Position maps of the most concentrated raw conv3 units (left) "
             f"and {method} units (right) on the stroke sweep. Median top-cell share of the pattern × position "
-            f"interaction and linear readout accuracy ({half} images fitted, {len(images) - half} scored): {rows}.",
+            "interaction (and its share in a window of one conv3 cell) and linear readout accuracy "
+            f"({half} images fitted, {len(images) - half} scored): {rows}.",
         ),
         position_maps_figure(result, method),
     )
 
 
 def untangle_table(rows: dict[str, list[Units]]) -> str:
-    """Markdown: per set of units, median top-cell share, median interaction omega², readout
-    accuracy and fit time, mean ± sd over the nets in rows {name: [Units per net]}."""
+    """Markdown: per set of units, median top-cell share, median share in a conv3 cell, median
+    interaction omega², readout accuracy and fit time, mean ± sd over the nets in rows {name: [Units per net]}."""
 
     def mean_sd(values: list[float], digits: int) -> str:
         values = [v for v in values if v is not None and not math.isnan(v)]
@@ -314,12 +483,14 @@ def untangle_table(rows: dict[str, list[Units]]) -> str:
         return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
     lines = [
-        "| units | nets | median top-cell share | median interaction ω² | readout accuracy (%) | fit time (s) |",
-        "|---|---|---|---|---|---|",
+        "| units | nets | median top-cell share | median share in a conv3 cell | median interaction ω² "
+        "| readout accuracy (%) | fit time (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, per_net in rows.items():
         lines.append(
             f"| {name} | {len(per_net)} | {mean_sd([u.median_share for u in per_net], 3)} | "
+            f"{mean_sd([u.median_cell_share for u in per_net], 3)} | "
             f"{mean_sd([float(u.interaction.nanmedian()) for u in per_net], 3)} | "
             f"{mean_sd([100 * u.readout_accuracy for u in per_net], 2)} | "
             f"{mean_sd([u.seconds for u in per_net], 2)} |"

@@ -18,12 +18,34 @@ from pathlib import Path
 import yaml
 
 from convdissect.config import REPO_ROOT
-from convdissect.conventions import CENTRE, ORIENTATION_NAMES, parse_clock, parse_unit_name, xy_from_clock
+from convdissect.conventions import (
+    CENTRE,
+    ORIENTATION_NAMES,
+    REGION_NAMES,
+    parse_clock,
+    parse_unit_name,
+    xy_from_clock,
+)
 from convdissect.errors import UserInputError
 from convdissect.models.parametric import KINDS
 
 LINE_KEYS = ("theta", "sigma", "offset", "amplitude", "bias")  # theta in radians
 BURST_KEYS = ("x", "y", "sigma_x", "sigma_y", "amplitude")
+# The HandNet's pooling: conv1's max-pool (pixels per conv3 grid cell) and the final pool's regions per side.
+CELL_PIXELS_ALLOWED = (2, 4)
+FINAL_POOL_ALLOWED = tuple(REGION_NAMES)
+# Hand recipe positions and widths are in cells of this many pixels, whatever the net's cell_pixels.
+RECIPE_CELL_PIXELS = 4
+
+
+def check_pooling(cell_pixels, final_pool, prefix: str = "model.") -> None:
+    """cell_pixels and final_pool are among the allowed values (one-line UserInputError otherwise)."""
+    for key, value, allowed in (
+        ("cell_pixels", cell_pixels, CELL_PIXELS_ALLOWED),
+        ("final_pool", final_pool, FINAL_POOL_ALLOWED),
+    ):
+        if isinstance(value, bool) or value not in allowed:
+            raise UserInputError(f"{prefix}{key}={value!r}: allowed {', '.join(map(str, allowed))}")
 
 
 @dataclass(frozen=True)
@@ -40,7 +62,7 @@ class Part:
 
 @dataclass
 class Recipes:
-    positions: dict[str, tuple[float, float]]  # name -> (x, y) in grid cells, y up
+    positions: dict[str, tuple[float, float]]  # name -> (x, y) in cells of RECIPE_CELL_PIXELS pixels, y up
     clock_distance: float
     conv1: dict
     conv3: dict
@@ -49,10 +71,12 @@ class Recipes:
     digits: dict[int, list[tuple[Part, float]]]  # digit -> [(part, +1 or -1)]; hand recipes only
     # Learned recipes only: conv1 lines [{kind, theta, sigma, offset, amplitude, bias}], conv3 units
     # [{bias, bursts: [{channel (0-based), x, y, sigma_x, sigma_y, amplitude}]}] and the readout
-    # {digit: {bias, terms: [(unit index, weight)]}}.
+    # {digit: {bias, terms: [(unit index, region index, weight)]}}, and the net's pooling.
     lines: list[dict] = field(default_factory=list)
     units: list[dict] = field(default_factory=list)
     readout: dict[int, dict] = field(default_factory=dict)
+    cell_pixels: int = 4
+    final_pool: int = 1
 
     @property
     def learned(self) -> bool:
@@ -207,6 +231,9 @@ def _parse_learned(raw: dict, recipes: Recipes, path: Path) -> None:
         recipes.units.append({"bias": _numbers(unit, ("bias",), where)["bias"], "bursts": parsed})
     if len({len(u["bursts"]) for u in recipes.units}) != 1:
         raise UserInputError(f"learned recipes {path}: every conv3 unit needs the same number of bursts")
+    recipes.cell_pixels, recipes.final_pool = raw.get("cell_pixels", 4), raw.get("final_pool", 1)
+    check_pooling(recipes.cell_pixels, recipes.final_pool, f"learned recipes {path}: ")
+    regions = REGION_NAMES[recipes.final_pool]
     for digit, entry in raw["digits"].items():
         where = f"learned recipes {path}, digit {digit}"
         terms = entry.get("terms") if isinstance(entry, dict) else None
@@ -215,10 +242,19 @@ def _parse_learned(raw: dict, recipes: Recipes, path: Path) -> None:
         read = [
             (
                 _index(t.get("unit") if isinstance(t, dict) else None, "conv3", len(units), f"{where} term"),
+                _region(t, regions, f"{where} term"),
                 _numbers(t, ("weight",), f"{where} term")["weight"],
             )
             for t in terms
         ]
-        if len({unit for unit, _ in read}) != len(read):
-            raise UserInputError(f"{where}: a unit appears twice among its terms")
+        if len({(unit, region) for unit, region, _ in read}) != len(read):
+            raise UserInputError(f"{where}: a unit appears twice in one region among its terms")
         recipes.readout[digit] = {"bias": _numbers(entry, ("bias",), where)["bias"], "terms": read}
+
+
+def _region(term, regions: tuple[str, ...], where: str) -> int:
+    """A term's region name -> its index in REGION_NAMES[final_pool] (one region: none needed)."""
+    name = term.get("region", regions[0] if len(regions) == 1 else None) if isinstance(term, dict) else None
+    if name not in regions:
+        raise UserInputError(f"{where}: region={name!r}; allowed {list(regions)}")
+    return regions.index(name)

@@ -1,0 +1,110 @@
+"""The HandNet's pooling options: cell_pixels=2 (finer burst positions before conv3) and
+final_pool=2 or 3 (a readout term reads one unit in one region). Real short runs rebuild exactly
+from their learned recipes; hand-built nets answer strokes placed in pixels (the planted truth)."""
+
+import pytest
+import torch
+import yaml
+
+from convdissect.conventions import REGION_NAMES
+from convdissect.data.probes import stroke_images
+from convdissect.dissect.handnet_explanation import explain, learned_recipes
+from convdissect.errors import UserInputError
+from convdissect.models.handnet import HandNet
+from convdissect.models.handnet_recipes import Part
+from tests.test_handnet_explainable import RUN, check_round_trip, short_run
+
+SHORTER = [*RUN, "trainer.limit_train_batches=30"]
+
+
+@pytest.fixture(scope="module", params=["model.cell_pixels=2", "model.final_pool=2"])
+def pooled_run(request, tmp_path_factory):
+    return short_run(tmp_path_factory.mktemp("pool"), [*SHORTER, request.param])
+
+
+@pytest.mark.slow
+def test_round_trip_is_exact_with_either_pooling(pooled_run, data_dir, tmp_path):
+    check_round_trip(pooled_run, data_dir, tmp_path)
+    out, metrics, state = pooled_run
+    learned = yaml.safe_load((out / "learned_recipes.yaml").read_text())
+    final_pool = learned["final_pool"]
+    regions = final_pool**2
+    assert (learned["cell_pixels"], regions) == (2, 1) or (learned["cell_pixels"], regions) == (4, 4)
+    assert state["readout.weight"].shape[1] == metrics["widths"][1] * regions
+    terms = [t for entry in learned["digits"].values() for t in entry["terms"]]
+    assert len(terms) == int(state["readout.mask"].sum())
+    # each term names its region (and a reader must read it: one more number per term)
+    assert all(("region" in t) == (regions > 1) for t in terms)
+    assert {t["region"] for t in terms if regions > 1} <= set(REGION_NAMES[final_pool])
+    bursts = state["conv3.amplitude"].numel()
+    numbers = 5 * len(state["conv1.theta"]) + 6 * bursts + metrics["widths"][1] + len(terms) * (2 if regions > 1 else 1)
+    assert metrics["explanation/numbers"] == numbers + 10
+    text = (out / "explanation.md").read_text()
+    assert f"one cell = {learned['cell_pixels']} pixels" in text
+    assert (" region" in text.split("## readout")[1]) == (regions > 1)
+
+
+def test_a_stroke_in_one_region_drives_only_that_region():
+    """A short stroke (3 pixels: inside one 4-pixel cell) centred on each of the 3x3 conv3 map's
+    positions, in pixels from the image centre: the hand-built middle detector of its orientation
+    reads it in that region (row by row from the top left) and nowhere else."""
+    net = HandNet(final_pool=3)
+    centres = torch.tensor([[4.0 * (col - 1), 4.0 * (1 - row)] for row in range(3) for col in range(3)])  # y up
+    for angle, pattern in ((0.0, "horizontal"), (90.0, "vertical")):
+        unit = net.recipes.detectors.index(Part("middle", pattern))
+        with torch.no_grad():
+            features = net.features(stroke_images(angle, thickness=2.5, center=centres, length=3.0))
+        read = features[:, unit * 9 : unit * 9 + 9]
+        assert torch.equal(read > 0, torch.eye(9, dtype=torch.bool)), (pattern, read)
+
+
+@pytest.mark.parametrize("cell_pixels", [4, 2])
+def test_hand_built_parts_sit_at_their_recipe_place_in_pixels(cell_pixels):
+    """The recipe's top part is 2 cells of 4 pixels up, whatever the net's cell: a long horizontal
+    stroke swept from 12 pixels down to 12 up drives the top detector around y = +8 pixels (the
+    centroid of its response; the final max-pool spreads it over +-4 pixels), and the explanation
+    calls every hand-built unit by its recipe part."""
+    net = HandNet(cell_pixels=cell_pixels)
+    assert net.conv3.size == 20 // cell_pixels
+    ys = torch.arange(-12.0, 12.5, 0.5)
+    for part, angle, axis in ((Part("top", "horizontal"), 0.0, 1), (Part("left", "vertical"), 90.0, 0)):
+        centres = torch.zeros(len(ys), 2)
+        centres[:, axis] = ys
+        with torch.no_grad():
+            response = net.features(stroke_images(angle, thickness=2.5, center=centres))[
+                :, net.recipes.detectors.index(part)
+            ]
+        place = 8.0 if part.position == "top" else -8.0
+        assert float((response * ys).sum() / response.sum()) == pytest.approx(place, abs=1.5)
+    labels = [u["label"] for u in explain(net)["units"] if u["layer"] == "conv3"]
+    assert labels == [part.label for part in net.recipes.detectors]
+
+
+def test_a_learned_file_without_the_pooling_keys_loads_as_before(tmp_path):
+    """Learned recipe files written before cell_pixels and final_pool existed: 4 and 1."""
+    torch.manual_seed(0)
+    net = HandNet(n_bursts=2, extra_detectors=2)
+    recipes = learned_recipes(net)
+    del recipes["cell_pixels"], recipes["final_pool"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(recipes, sort_keys=False, allow_unicode=True))
+    old = HandNet(recipes=str(tmp_path / "old.yaml"))
+    assert (old.cell_pixels, old.final_pool) == (4, 1)
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(old(x), net(x))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"final_pool": 5}, r"final_pool=5: allowed 1, 2, 3$"),
+        ({"cell_pixels": 8}, r"cell_pixels=8: allowed 2, 4$"),
+        ({"final_pool": 2}, r"digit 0 term: region=None; allowed \['upper-left', "),
+    ],
+)
+def test_bad_pooling_in_a_learned_file_is_a_one_line_error(change, message, tmp_path):
+    recipes = {**learned_recipes(HandNet()), **change}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(recipes, sort_keys=False, allow_unicode=True))
+    with pytest.raises(UserInputError, match=message) as err:
+        HandNet(recipes=str(tmp_path / "bad.yaml"))
+    assert "\n" not in str(err.value)
