@@ -7,8 +7,9 @@ By training progress p (share of the run's optimizer steps):
   forward pass uses the argmax channel while gradients flow through the softmax (straight-through);
 - p >= choice_end: each burst's channel is frozen;
 - shrink_start <= p < shrink_end: every `shrink_every` steps the readout keeps, per digit, its
-  largest |weight| x spread (std of the unit's output over `spread_images` training images),
-  their number falling linearly from all units to `terms`; then the survivors fine-tune.
+  largest |weight| x spread (std of the feature over `spread_images` training images), their
+  number falling from all features (units x regions) to `terms`, linearly or cubically
+  (`shrink_curve`); then the survivors fine-tune.
 At fit end, whatever the step count reached, the choice is frozen, the readout at `terms` and the
 unread units removed. The state lives in the net's buffers, so a resumed run continues it.
 """
@@ -38,11 +39,11 @@ class HandNetSchedule(L.Callback):
         temperature_end: float = 0.03,
         choice_end: float = 0.5,
         hard_share: float = 0.4,
-        shrink_start: float = 0.5,
-        shrink_end: float = 0.8,
+        shrink_start: float = 0.25,
+        shrink_end: float = 0.5,
         shrink_every: int = 20,
         spread_images: int = 2048,
-        shrink_curve: str = "linear",
+        shrink_curve: str = "cubic",
     ):
         where = "callbacks.handnet_schedule"
         if not 0 < temperature_end < temperature_start:
@@ -99,7 +100,7 @@ class HandNetSchedule(L.Callback):
         if net.learn_channels:  # a hand-built net comes frozen: the schedule frees its choice first
             net.conv3.set_channel_mode(self.channel_mode(p), self.temperature(p))
         if net.terms is not None and p >= self.shrink_start and (step % self.shrink_every == 0 or p >= self.shrink_end):
-            self.shrink(trainer, net, self.kept_terms(p, net.widths[1], net.terms))
+            self.shrink(trainer, net, self.kept_terms(p, net.readout.in_features, net.terms))
 
     def shrink(self, trainer: L.Trainer, net, keep: int) -> None:
         if int(net.readout.mask.sum(1).max()) > keep:
