@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from convdissect.callbacks.handnet import shrink_readout
+from convdissect.callbacks.handnet import HandNetSchedule, shrink_readout
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.models.handnet import HandNet
@@ -200,12 +200,25 @@ def test_explanation_metrics_reach_tensorboard_and_hparams(run):
         ("callbacks.handnet_schedule.hard_share=0", r"hard_share=0.*never hardens"),
         ("callbacks.handnet_schedule.choice_end=1.0", r"choice_end=1\.0.*never freezes"),
         ("callbacks.handnet_schedule.temperature_end=2.0", r"temperature must fall"),
+        ("callbacks.handnet_schedule.shrink_curve=square", r"shrink_curve='square': allowed \['linear', 'cubic'\]$"),
     ],
 )
 def test_bad_settings_are_one_line_errors(override, message, tmp_path):
     with pytest.raises(UserInputError, match=message) as err:
         train(compose_cfg("train", ["+experiment=handnet_explainable", *override.split()], tmp_path))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("curve", ["linear", "cubic"])
+def test_kept_terms_fall_from_all_features_to_t(curve):
+    """All features kept up to shrink_start, exactly T from shrink_end on, never rising between; the
+    cubic curve cuts most of them early (half way it keeps T + (n - T) / 8, the linear T + (n - T) / 2)."""
+    schedule = HandNetSchedule(shrink_start=0.2, shrink_end=0.6, shrink_curve=curve)
+    n, t = 400, 12
+    kept = [schedule.kept_terms(p / 100, n, t) for p in range(101)]
+    assert kept[:21] == [n] * 21 and kept[60:] == [t] * 41
+    assert all(a >= b for a, b in zip(kept, kept[1:]))
+    assert kept[40] == (t + (n - t) // 8 + 1 if curve == "cubic" else t + (n - t) // 2)
 
 
 def test_shrinking_ranks_weight_times_spread():

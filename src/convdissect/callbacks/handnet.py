@@ -7,8 +7,9 @@ By training progress p (share of the run's optimizer steps):
   forward pass uses the argmax channel while gradients flow through the softmax (straight-through);
 - p >= choice_end: each burst's channel is frozen;
 - shrink_start <= p < shrink_end: every `shrink_every` steps the readout keeps, per digit, its
-  largest |weight| x spread (std of the unit's output over `spread_images` training images),
-  their number falling linearly from all units to `terms`; then the survivors fine-tune.
+  largest |weight| x spread (std of the feature over `spread_images` training images), their
+  number falling from all features (units x regions) to `terms`, linearly or cubically
+  (`shrink_curve`); then the survivors fine-tune.
 At fit end, whatever the step count reached, the choice is frozen, the readout at `terms` and the
 unread units removed. The state lives in the net's buffers, so a resumed run continues it.
 """
@@ -26,6 +27,10 @@ from convdissect.models.handnet import HandNet
 
 log = logging.getLogger(__name__)
 
+# How the number of kept readout terms falls from all units to T over the shrink phase: linear, or
+# cubic (fast at first, while the net still adapts; slow near T, where each term matters most).
+SHRINK_CURVES = ("linear", "cubic")
+
 
 class HandNetSchedule(L.Callback):
     def __init__(
@@ -34,10 +39,11 @@ class HandNetSchedule(L.Callback):
         temperature_end: float = 0.03,
         choice_end: float = 0.5,
         hard_share: float = 0.4,
-        shrink_start: float = 0.5,
-        shrink_end: float = 0.8,
+        shrink_start: float = 0.25,
+        shrink_end: float = 0.5,
         shrink_every: int = 20,
         spread_images: int = 2048,
+        shrink_curve: str = "cubic",
     ):
         where = "callbacks.handnet_schedule"
         if not 0 < temperature_end < temperature_start:
@@ -57,12 +63,15 @@ class HandNetSchedule(L.Callback):
             raise UserInputError(
                 f"{where}: shrink_start={shrink_start}, shrink_end={shrink_end}: need 0 <= shrink_start < shrink_end <= 1"
             )
+        if shrink_curve not in SHRINK_CURVES:
+            raise UserInputError(f"{where}.shrink_curve={shrink_curve!r}: allowed {list(SHRINK_CURVES)}")
         if shrink_every < 1 or spread_images < 1:
             raise UserInputError(f"{where}: shrink_every={shrink_every}, spread_images={spread_images}: must be >= 1")
         self.temperature_start, self.temperature_end = temperature_start, temperature_end
         self.choice_end, self.hard_share = choice_end, hard_share
         self.shrink_start, self.shrink_end, self.shrink_every = shrink_start, shrink_end, shrink_every
         self.spread_images = spread_images
+        self.shrink_curve = shrink_curve
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not isinstance(pl_module.net, HandNet):
@@ -81,6 +90,8 @@ class HandNetSchedule(L.Callback):
 
     def kept_terms(self, p: float, n_units: int, terms: int) -> int:
         share = min(max((p - self.shrink_start) / (self.shrink_end - self.shrink_start), 0.0), 1.0)
+        if self.shrink_curve == "cubic":
+            return math.ceil(terms + (n_units - terms) * (1.0 - share) ** 3)
         return math.ceil(n_units - (n_units - terms) * share)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
@@ -89,7 +100,7 @@ class HandNetSchedule(L.Callback):
         if net.learn_channels:  # a hand-built net comes frozen: the schedule frees its choice first
             net.conv3.set_channel_mode(self.channel_mode(p), self.temperature(p))
         if net.terms is not None and p >= self.shrink_start and (step % self.shrink_every == 0 or p >= self.shrink_end):
-            self.shrink(trainer, net, self.kept_terms(p, net.widths[1], net.terms))
+            self.shrink(trainer, net, self.kept_terms(p, net.readout.in_features, net.terms))
 
     def shrink(self, trainer: L.Trainer, net, keep: int) -> None:
         if int(net.readout.mask.sum(1).max()) > keep:
