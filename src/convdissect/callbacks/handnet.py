@@ -122,8 +122,8 @@ class HandNetSchedule(L.Callback):
 @torch.no_grad()
 def shrink_readout(net, images: torch.Tensor, keep: int) -> None:
     """Per digit, keep the `keep` live readout weights with the largest |weight| x spread, the
-    spread being the std of the unit's output over these images: a unit that never varies tells
-    no digits apart, whatever its weight."""
+    spread being the std of the feature it weighs (a unit, or a unit in one region) over these
+    images: a feature that never varies tells no digits apart, whatever its weight."""
     mask = net.readout.mask
     spread = net.features(images.to(mask.device)).std(0)
     score = (net.readout.weight.abs() * spread).masked_fill(mask == 0, -1.0)

@@ -193,8 +193,8 @@ def position_pattern(
     margin: float = 4.0,
     length: float = 7.0,
 ) -> PositionPattern:
-    """7-pixel strokes of each kind and angle moved over a grid of positions, each twice (half a
-    pixel apart), and the omega² of position, pattern and their interaction (docs/measures.md)."""
+    """7-pixel strokes of each kind and angle moved over a grid of positions, each twice (shifted
+    half a pixel either way along both axes), and the omega² of position, pattern and their interaction (docs/measures.md)."""
     device = next(net.parameters()).device
     patterns = [(kind, float(angle)) for kind in kinds for angle in angles_deg]
     positions = sweep_positions(0.0, step=step, margin=margin)[1]
