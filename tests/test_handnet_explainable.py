@@ -192,11 +192,11 @@ def test_explanation_metrics_reach_tensorboard_and_hparams(run):
     [
         ("model.n_bursts=0", r"model\.n_bursts=0: must be an integer >= 1"),
         ("model.terms=0", r"model\.terms=0: must be null \(all\) or an integer from 1 to the"),
-        ("model.terms=1000", r"model\.terms=1000: .* from 1 to the 100 conv3 units"),
+        ("model.terms=1000", r"model\.terms=1000: .* from 1 to the 200 conv3 units"),
         ("model.cell_pixels=3", r"model\.cell_pixels=3: allowed 2, 4$"),
         ("model.final_pool=4", r"model\.final_pool=4: allowed 1, 2, 3$"),
         ("model.final_pool=true", r"model\.final_pool=True: allowed 1, 2, 3$"),
-        ("model.final_pool=2 model.terms=401", r"model\.terms=401: .* from 1 to the 100 conv3 units x 4 regions$"),
+        ("model.final_pool=2 model.terms=801", r"model\.terms=801: .* from 1 to the 200 conv3 units x 4 regions$"),
         ("callbacks.handnet_schedule.hard_share=0", r"hard_share=0.*never hardens"),
         ("callbacks.handnet_schedule.choice_end=1.0", r"choice_end=1\.0.*never freezes"),
         ("callbacks.handnet_schedule.temperature_end=2.0", r"temperature must fall"),
