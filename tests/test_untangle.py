@@ -258,3 +258,10 @@ def test_the_script_prints_every_row_and_judges_the_goal_by_its_rule(tmp_path, d
         met = all(float(q) >= 2 for q in ratios.split(", ")) and all(abs(float(p)) <= 0.1 for p in points.split(", "))
         assert verdict == ("met" if met else "not met")
     assert figure.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("method", PROBE_METHODS)
+def test_a_conv3_that_never_varies_is_a_one_line_error(method):
+    with pytest.raises(UserInputError, match=f"^{method}: conv3's outputs do not vary") as err:
+        fit_probe_basis(torch.zeros(6, 4, 100), torch.zeros(50, 6), method)
+    assert "\n" not in str(err.value)

@@ -221,6 +221,8 @@ def fit_probe_basis(
     rank = min(
         int(torch.linalg.matrix_rank(e)), int(torch.linalg.matrix_rank(features.double() - features.double().mean(0)))
     )
+    if rank == 0:
+        raise UserInputError(f"{method}: conv3's outputs do not vary on the probes or the images: nothing to untangle")
     if method == "probe_optimal":
         w = cell_units(e, 0.0)
         kept = independent_cells(w, (w * e).sum(dim=1), rank)  # e_j (EᵀE)⁺ e_j: each cell's best share
