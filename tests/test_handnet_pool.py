@@ -63,7 +63,6 @@ def test_a_stroke_in_one_region_drives_only_that_region():
         assert torch.equal(read > 0, torch.eye(9, dtype=torch.bool)), (pattern, read)
 
 
-
 def test_a_hand_built_net_reads_its_parts_in_the_regions_of_a_centred_digit(data_dir):
     """The recipes describe a centred digit: with final_pool=3 a part reads its unit in the centre
     region, where the grid sits on the image centre. Read in all 9 regions (their mean), a unit that
@@ -80,6 +79,7 @@ def test_a_hand_built_net_reads_its_parts_in_the_regions_of_a_centred_digit(data
                 predicted = HandNet(cell_pixels=cell_pixels, final_pool=final_pool)(images).argmax(1)
             accuracy[final_pool] = float((predicted == digits).float().mean())
         assert accuracy[3] > max(0.2, 0.5 * accuracy[1]), (cell_pixels, accuracy)
+
 
 @pytest.mark.parametrize("cell_pixels", [4, 2])
 def test_hand_built_parts_sit_at_their_recipe_place_in_pixels(cell_pixels):
@@ -117,7 +117,6 @@ def test_a_learned_file_without_the_pooling_keys_loads_as_before(tmp_path):
         assert torch.equal(old(x), net(x))
 
 
-
 def test_a_net_with_both_poolings_rebuilds_exactly_from_its_learned_file(tmp_path):
     """cell_pixels=2 and final_pool=3 together, a sparse readout whose terms sit in scattered
     regions: the learned file names each term's unit and region, and the net it builds answers
@@ -134,6 +133,7 @@ def test_a_net_with_both_poolings_rebuilds_exactly_from_its_learned_file(tmp_pat
     x = torch.randn(8, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), net(x))
+
 
 @pytest.mark.parametrize(
     "change, message",
