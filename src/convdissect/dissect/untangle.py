@@ -70,6 +70,9 @@ NEW_SHARES = (0.3, 0.1, 0.01)
 DEAD_SHARE = 1e-6
 # the dictionary's lasso penalty on the codes of whitened (unit-variance) features
 DICTIONARY_ALPHA = 1.0
+# Mini-batch dictionary learning stops in a seed-dependent local optimum (on planted units, 2 of 18
+# seeds recovered 0.59 and 0.67 of the truth's share): keep the best of this many fits by its objective.
+DICTIONARY_RESTARTS = 3
 
 
 @dataclass
@@ -107,7 +110,7 @@ def fit_basis(features: torch.Tensor, method: str, seed: int = 0) -> Basis:
         raise UserInputError(
             f"untangle method {method!r}: allowed {list(METHODS)} (and {list(PROBE_METHODS)} by fit_probe_basis)"
         )
-    from sklearn.decomposition import PCA, FastICA, MiniBatchDictionaryLearning  # only this analysis needs them
+    from sklearn.decomposition import PCA, FastICA  # only this analysis needs them
 
     start = time.perf_counter()
     x = features.double().cpu().numpy()
@@ -121,10 +124,7 @@ def fit_basis(features: torch.Tensor, method: str, seed: int = 0) -> Basis:
         rotation = varimax(axes.T * np.sqrt(variances))  # loadings [C, K]
         weight = rotation.T @ whiten  # whitened scores, rotated
     elif method == "dictionary":
-        dictionary = MiniBatchDictionaryLearning(
-            n_components=alive, alpha=DICTIONARY_ALPHA, max_iter=20, batch_size=256, random_state=seed
-        )
-        atoms = dictionary.fit((x - pca.mean_) @ whiten.T).components_  # [K, K]: whitened z ≈ codes @ atoms
+        atoms = best_dictionary((x - pca.mean_) @ whiten.T, seed)  # [K, K]: whitened z ≈ codes @ atoms
         weight = np.linalg.pinv(atoms).T @ whiten
     else:
         ica = FastICA(n_components=alive, whiten="unit-variance", random_state=seed, max_iter=2000, tol=1e-4)
@@ -133,6 +133,22 @@ def fit_basis(features: torch.Tensor, method: str, seed: int = 0) -> Basis:
     return Basis(
         method, torch.from_numpy(weight).float(), torch.from_numpy(pca.mean_).float(), time.perf_counter() - start
     )
+
+
+def best_dictionary(z: np.ndarray, seed: int) -> np.ndarray:
+    """The atoms [K, K] of the sparse dictionary of whitened features z [N, K] with the lowest objective
+    (mean 0.5 |z - codes @ atoms|² + alpha |codes|₁) over DICTIONARY_RESTARTS seeded fits."""
+    from sklearn.decomposition import MiniBatchDictionaryLearning, sparse_encode
+
+    def fitted(restart: int) -> tuple[float, np.ndarray]:
+        atoms = MiniBatchDictionaryLearning(
+            n_components=z.shape[1], alpha=DICTIONARY_ALPHA, max_iter=20, batch_size=256, random_state=seed + restart
+        ).fit(z).components_
+        codes = sparse_encode(z, atoms, algorithm="lasso_cd", alpha=DICTIONARY_ALPHA)
+        objective = 0.5 * ((z - codes @ atoms) ** 2).sum(1).mean() + DICTIONARY_ALPHA * np.abs(codes).sum(1).mean()
+        return objective, atoms
+
+    return min((fitted(restart) for restart in range(DICTIONARY_RESTARTS)), key=lambda fit: fit[0])[1]
 
 
 def channel_cells(responses: torch.Tensor) -> torch.Tensor:
