@@ -141,9 +141,17 @@ def best_dictionary(z: np.ndarray, seed: int) -> np.ndarray:
     from sklearn.decomposition import MiniBatchDictionaryLearning, sparse_encode
 
     def fitted(restart: int) -> tuple[float, np.ndarray]:
-        atoms = MiniBatchDictionaryLearning(
-            n_components=z.shape[1], alpha=DICTIONARY_ALPHA, max_iter=20, batch_size=256, random_state=seed + restart
-        ).fit(z).components_
+        atoms = (
+            MiniBatchDictionaryLearning(
+                n_components=z.shape[1],
+                alpha=DICTIONARY_ALPHA,
+                max_iter=20,
+                batch_size=256,
+                random_state=seed + restart,
+            )
+            .fit(z)
+            .components_
+        )
         codes = sparse_encode(z, atoms, algorithm="lasso_cd", alpha=DICTIONARY_ALPHA)
         objective = 0.5 * ((z - codes @ atoms) ** 2).sum(1).mean() + DICTIONARY_ALPHA * np.abs(codes).sum(1).mean()
         return objective, atoms
