@@ -5,7 +5,7 @@
 MULTIRUN_DIR holds the runs of `+sweep=article_criteria` (one per criterion and seed). Each run's
 claims are read from its dissection's claims.json (RUN/dissect/claims.json); --dissect first runs
 dissect.py on every run that has none. Rows are criteria, columns the claim-2 statistics of
-convdissect.claims (COLUMNS; docs/measures.md says what each is), each as mean ± sd
+convdissect.dissect.claims (COLUMNS; docs/measures.md says what each is), each as mean ± sd
 over seeds, the untrained net's value (the null of "learned") and both verdicts (holds/learned), then
 test accuracy and the no_conv2 gap: the criterion's test accuracy minus that of the no_conv2 runs
 given (paired by seed where the seeds match).
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from convdissect.claims import seed_verdicts
 from convdissect.config import REPO_ROOT
+from convdissect.dissect.claims import seed_verdicts
 
 ARTICLE = {"activation_variance", "weight_noise", "superstimulus_contrast", "selectivity"}
 ORDER = ["prune_article", "activation_variance", "magnitude", "taylor", "random"]

@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from convdissect.dissect.checkpoint import load_net
-from convdissect.dissect.superstimuli import superstimuli
+from convdissect.analysis.superstimuli import superstimuli
+from convdissect.models.checkpoint import load_net
 from convdissect.models.simple_convnet import SimpleConvNet
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from convdissect.models.simple_convnet import SimpleConvNet
-from convdissect.pruning.measure import flops_per_image
+from convdissect.pruning.cost import flops_per_image
 
 
 def macs_by_layer(net: nn.Module, image: torch.Tensor) -> dict[str, int]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from convdissect.claims import LINE_R2
-from convdissect.dissect.fits import BURST_CUTOFF, fit_lines, grid_statistics, reference_grids
+from convdissect.analysis.fits import BURST_CUTOFF, fit_lines, grid_statistics, reference_grids
+from convdissect.dissect.claims import LINE_R2
 
 
 def main(argv=None) -> None:

@@ -1,5 +1,5 @@
 """Markdown tables from a folder of runs: the results per experiment and the article's claims per
-net (the claims and their verdict rule live in convdissect.claims; this script only finds and prints).
+net (the claims and their verdict rule live in convdissect.dissect.claims; this script only finds and prints).
 
     python scripts/results_table.py OUTPUT_DIR
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from convdissect.claims import accuracy_table, claims_table
+from convdissect.dissect.claims import accuracy_table, claims_table
 
 # Experiments in the order the article tells them.
 ORDER = [

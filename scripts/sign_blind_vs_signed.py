@@ -10,11 +10,11 @@ import sys
 
 import torch
 
+from convdissect.analysis.activations import record
+from convdissect.analysis.contributions import contributions, signed_contributions
 from convdissect.config import REPO_ROOT
 from convdissect.data.mnist import MNISTDataModule
-from convdissect.dissect.activations import record
-from convdissect.dissect.checkpoint import load_any_net
-from convdissect.dissect.contributions import contributions, signed_contributions
+from convdissect.models.checkpoint import load_any_net
 
 
 def main(paths: list[str]) -> None:

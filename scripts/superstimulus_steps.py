@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from convdissect.data.mnist import MNISTDataModule
-from convdissect.dissect.checkpoint import load_net
 from convdissect.errors import UserInputError
+from convdissect.models.checkpoint import load_net
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.models.surgery import producer_consumer_table
 from convdissect.pruning.criteria import Calibration, superstimulus_contrast

@@ -1,4 +1,4 @@
-"""The untangling table: for conv3's raw units, fc4's units and each basis (convdissect.dissect.untangle),
+"""The untangling table: for conv3's raw units, fc4's units and each basis (convdissect.analysis.untangle),
 the median top-cell share of the pattern x position interaction, the median share in a conv3 cell, the
 median interaction omega², the accuracy of a linear readout and the fit time, mean ± sd over the nets;
 an untrained net of the same widths per net as the null (its raw conv3 and the probe methods on it);
@@ -22,17 +22,16 @@ from pathlib import Path
 
 import torch
 
-from convdissect.data.mnist import MNISTDataModule
-from convdissect.dissect.checkpoint import load_net
-from convdissect.dissect.untangle import (
+from convdissect.analysis.untangle import (
     METHODS,
     PROBE_METHODS,
     RAW,
-    position_maps_figure,
     untangle,
-    untangle_table,
 )
+from convdissect.data.mnist import MNISTDataModule
+from convdissect.dissect.report.untangle import position_maps_figure, untangle_table
 from convdissect.errors import UserInputError
+from convdissect.models.checkpoint import load_net
 from convdissect.models.simple_convnet import SimpleConvNet
 
 GOAL_RATIO, GOAL_POINTS = 2.0, 0.1

@@ -11,15 +11,15 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from convdissect.claims import STATISTICS, claim_statistics, verdict
+from convdissect.analysis.activations import record
+from convdissect.analysis.contributions import blank_image, contributions, signed_contributions
+from convdissect.analysis.families import line_kernels
+from convdissect.analysis.fits import grid_statistics, reference_grids
 from convdissect.data.mnist import MNISTDataModule
-from convdissect.dissect.activations import record
-from convdissect.dissect.contributions import blank_image, contributions, signed_contributions
-from convdissect.dissect.describe import describe
-from convdissect.dissect.fits import grid_statistics, reference_grids
+from convdissect.dissect.claims import STATISTICS, claim_statistics, verdict
+from convdissect.dissect.labels import describe
 from convdissect.dissect.measure import measure
 from convdissect.dissect.run import dissect, untrained_like
-from convdissect.models.parametric import line_kernels
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.train import train
 from tests.conftest import TINY, compose_cfg

@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convdissect.callbacks.pruning import PruningCallback
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.models.surgery import producer_consumer_table
+from convdissect.pruning.callback import PruningCallback
 from convdissect.pruning.criteria import Calibration, score_layer
 from convdissect.pruning.schedule import Schedule
 

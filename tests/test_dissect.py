@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 
+from convdissect.analysis.activations import channel_responses, record, top_k
+from convdissect.analysis.contributions import inner_contributions, signed_contributions
+from convdissect.analysis.selectivity import class_means, omega_squared, selectivity_index, tuning_peaks
+from convdissect.analysis.superstimuli import channel_objective, superstimuli
 from convdissect.data.mnist import MNISTDataModule
-from convdissect.dissect.activations import channel_responses, record, top_k
-from convdissect.dissect.checkpoint import load_any_net, load_net
-from convdissect.dissect.contributions import inner_contributions, signed_contributions
 from convdissect.dissect.run import dissect
-from convdissect.dissect.selectivity import class_means, omega_squared, selectivity_index, tuning_peaks
-from convdissect.dissect.superstimuli import channel_objective, superstimuli
 from convdissect.errors import UserInputError
+from convdissect.models.checkpoint import load_any_net, load_net
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.train import train
 from tests.conftest import TINY, compose_cfg, run_python

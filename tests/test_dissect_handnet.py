@@ -9,11 +9,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from convdissect.dissect.checkpoint import load_any_net
-from convdissect.dissect.handnet_explanation import explain, explanation_markdown
 from convdissect.dissect.run import dissect
 from convdissect.errors import UserInputError
-from convdissect.models.handnet import HandNet
+from convdissect.handnet.explanation import explain, explanation_markdown
+from convdissect.handnet.net import HandNet
+from convdissect.models.checkpoint import load_any_net
 from convdissect.train import train
 from tests.conftest import compose_cfg
 from tests.test_report import FAST, Page

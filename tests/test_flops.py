@@ -5,7 +5,7 @@ import torch
 
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.models.surgery import remove_channels
-from convdissect.pruning.measure import flops_per_image
+from convdissect.pruning.cost import flops_per_image
 from tests.conftest import run_python
 
 IMAGE = torch.zeros(1, 1, 28, 28)

@@ -9,14 +9,14 @@ import torch.nn.functional as F
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from convdissect.analysis.families import burst_grids, line_kernels
 from convdissect.config import CONFIG_DIR
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.data.probes import stroke_images
-from convdissect.dissect.handnet_explanation import explain
 from convdissect.errors import UserInputError
-from convdissect.models.handnet import HandNet
-from convdissect.models.handnet_recipes import Part, load_recipes
-from convdissect.models.parametric import burst_grids, line_kernels
+from convdissect.handnet.explanation import explain
+from convdissect.handnet.net import HandNet
+from convdissect.handnet.recipes import Part, load_recipes
 from convdissect.train import train
 from tests.conftest import compose_cfg
 

@@ -12,11 +12,11 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from convdissect.callbacks.handnet import HandNetSchedule, shrink_readout
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
-from convdissect.models.handnet import HandNet
-from convdissect.models.parametric_layers import BurstConv2d
+from convdissect.handnet.layers import BurstConv2d
+from convdissect.handnet.net import HandNet
+from convdissect.handnet.schedule import HandNetSchedule, shrink_readout
 from convdissect.train import train
 from tests.conftest import compose_cfg
 

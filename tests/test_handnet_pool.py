@@ -12,11 +12,11 @@ import yaml
 from convdissect.conventions import REGION_NAMES
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.data.probes import stroke_images
-from convdissect.dissect.handnet_explanation import explain, learned_recipes
-from convdissect.dissect.report import page
+from convdissect.dissect.report.page import page
 from convdissect.errors import UserInputError
-from convdissect.models.handnet import HandNet
-from convdissect.models.handnet_recipes import Part
+from convdissect.handnet.explanation import explain, learned_recipes
+from convdissect.handnet.net import HandNet
+from convdissect.handnet.recipes import Part
 from tests.test_handnet_explainable import RUN, check_round_trip, short_run
 
 SHORTER = [*RUN, "trainer.limit_train_batches=30"]

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from convdissect.analysis.contributions import inner_contributions
+from convdissect.analysis.families import burst_grids, line_kernels
+from convdissect.analysis.superstimuli import superstimuli
 from convdissect.conventions import edge_side, xy_from_clock
-from convdissect.dissect.contributions import inner_contributions
 from convdissect.dissect.run import dissect
-from convdissect.dissect.superstimuli import superstimuli
-from convdissect.models.parametric import burst_grids, line_kernels
 from convdissect.models.simple_convnet import SimpleConvNet
 from tests.conftest import compose_cfg
 from tests.test_dissect import FAST_NULLS

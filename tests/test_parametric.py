@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from convdissect.analysis.families import burst_grids, line_kernels
+from convdissect.analysis.fits import find_bursts, fit_lines, peak_energy_share
 from convdissect.conventions import (
     clock_from_xy,
     edge_side,
@@ -16,8 +18,6 @@ from convdissect.conventions import (
     unit_name,
     xy_from_clock,
 )
-from convdissect.dissect.fits import find_bursts, fit_lines, peak_energy_share
-from convdissect.models.parametric import burst_grids, line_kernels
 
 PLANTED_ANGLES = [0, 20, 45, 90, 110, 135, 179]
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from convdissect.analysis.families import line_kernels
+from convdissect.analysis.fits import fit_lines
 from convdissect.conventions import edge_side
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
 from convdissect.data.probes import pixel_xy, stroke_images, sweep_positions
-from convdissect.dissect.fits import fit_lines
-from convdissect.models.parametric import line_kernels
 
 
 def kernel(theta_deg, amplitude=1.0, kind="line", sigma=0.45):

@@ -8,11 +8,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from convdissect.callbacks.pruning import PruningCallback
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.models.surgery import producer_consumer_table
+from convdissect.pruning.callback import PruningCallback
 from convdissect.pruning.criteria import CRITERIA, Calibration, parse_normalise, score_layer
 from convdissect.train import train
 from tests.conftest import TINY, compose_cfg, run_python

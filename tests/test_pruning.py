@@ -12,15 +12,15 @@ from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 
-from convdissect.callbacks.pruning import PruningCallback
 from convdissect.config import CONFIG_DIR
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.models.lit_module import LitClassifier
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.models.surgery import producer_consumer_table
+from convdissect.pruning.callback import PruningCallback
+from convdissect.pruning.cost import flops_per_image
 from convdissect.pruning.criteria import CRITERIA, Calibration, parse_criterion, score_layer
-from convdissect.pruning.measure import flops_per_image
 from convdissect.pruning.schedule import Schedule, geometric_width
 from convdissect.train import build_module, train
 from tests.conftest import TINY, compose_cfg, run_python

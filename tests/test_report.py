@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from convdissect.dissect.projections import separation
+from convdissect.analysis.families import line_kernels
+from convdissect.analysis.projections import separation
 from convdissect.dissect.run import dissect
 from convdissect.errors import UserInputError
-from convdissect.models.parametric import line_kernels
 from convdissect.models.simple_convnet import SimpleConvNet
 from tests.conftest import compose_cfg
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from convdissect.data.mnist import MNISTDataModule
-from convdissect.dissect.untangle import (
+from convdissect.analysis.untangle import (
     METHODS,
     PROBE_METHODS,
     conv3_cell_px,
@@ -17,7 +16,6 @@ from convdissect.dissect.untangle import (
     fit_probe_basis,
     interaction_cells,
     neighbourhood_share,
-    position_maps_figure,
     top_cell_share,
     unit_label,
     untangle,
@@ -25,6 +23,8 @@ from convdissect.dissect.untangle import (
     window_radius,
     window_units,
 )
+from convdissect.data.mnist import MNISTDataModule
+from convdissect.dissect.report.untangle import position_maps_figure
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
 from tests.conftest import run_python

@@ -6,6 +6,7 @@ from importlib import resources
 from pathlib import Path
 
 import hydra.utils
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
@@ -59,3 +60,12 @@ def instantiate(node, **kwargs):
         if isinstance(err.__cause__, UserInputError):
             raise err.__cause__ from None
         raise
+
+
+def set_threads(threads) -> None:
+    """Torch's intra-op threads; null leaves torch's default."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UserInputError(f"threads={threads}: must be a positive integer, or null for torch's default")
+    torch.set_num_threads(threads)

@@ -180,3 +180,9 @@ REGION_NAMES = {
     2: ("upper-left", "upper-right", "lower-left", "lower-right"),
     3: ("upper-left", "top", "upper-right", "left", CENTRE, "right", "lower-left", "bottom", "lower-right"),
 }
+
+
+def angle_gap(a: float, b: float) -> float:
+    """Distance between two stroke orientations in degrees (period 180)."""
+    gap = abs(a - b) % 180.0
+    return min(gap, 180.0 - gap)

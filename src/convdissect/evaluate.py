@@ -15,12 +15,11 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from convdissect.config import instantiate
-from convdissect.dissect.checkpoint import load_net_and_spec
+from convdissect.config import instantiate, set_threads
 from convdissect.errors import UserInputError
+from convdissect.models.checkpoint import load_net_and_spec
 from convdissect.models.lit_module import LitClassifier
-from convdissect.run_dir import check_run_dir
-from convdissect.train import set_threads
+from convdissect.runs import check_run_dir
 
 log = logging.getLogger(__name__)
 

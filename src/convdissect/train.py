@@ -13,12 +13,13 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from convdissect.config import instantiate
-from convdissect.dissect.checkpoint import check_resumable, load_net
+from convdissect.config import instantiate, set_threads
 from convdissect.errors import UserInputError
+from convdissect.evaluate import evaluate
 from convdissect.models import net_class
+from convdissect.models.checkpoint import check_resumable, load_net
 from convdissect.models.lit_module import LitClassifier
-from convdissect.run_dir import check_run_dir, clear_outputs
+from convdissect.runs import check_run_dir, clear_outputs
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,6 @@ def build_module(cfg: DictConfig) -> LitClassifier:
     if source is not None:
         module.net.load_state_dict(source.state_dict())
     return module
-
-
-def set_threads(threads) -> None:
-    """Torch's intra-op threads; null leaves torch's default."""
-    if threads is None:
-        return
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UserInputError(f"threads={threads}: must be a positive integer, or null for torch's default")
-    torch.set_num_threads(threads)
 
 
 def check_before_fit(cfg: DictConfig) -> None:
@@ -161,8 +153,6 @@ def train(cfg: DictConfig) -> dict:
     fit = cfg.get("fit", True)
     check_run_dir(out_dir, overwrite=cfg.get("overwrite", False), resuming=bool(fit and cfg.get("ckpt_path")))
     if not fit and cfg.get("ckpt_path"):  # test a checkpoint's own weights
-        from convdissect.evaluate import evaluate
-
         return evaluate(cfg)
     if fit:
         check_before_fit(cfg)

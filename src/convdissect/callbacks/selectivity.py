@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
-from convdissect.dissect.selectivity import class_means, orientation_selectivity, orientation_tuning, selectivity_index
+from convdissect.analysis.selectivity import class_means, orientation_selectivity, orientation_tuning, selectivity_index
 
 
 class ChannelSelectivityCallback(L.Callback):

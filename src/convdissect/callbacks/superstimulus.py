@@ -9,7 +9,7 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
-from convdissect.dissect.superstimuli import standard_transforms, superstimuli
+from convdissect.analysis.superstimuli import standard_transforms, superstimuli
 
 
 class SuperstimulusCallback(L.Callback):

@@ -1,5 +1,5 @@
 """Measure a SimpleConvNet once, into one `Measurements` object: the first step of dissect
-(measure -> label -> report). Labels (describe.py), the report and the claims (convdissect.claims)
+(measure -> label -> report). Labels (describe.py), the report and the claims (convdissect.dissect.claims)
 all read their numbers from it; docs/measures.md defines each one.
 """
 
@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from convdissect.dissect.activations import channel_responses, conv_layers
-from convdissect.dissect.contributions import SignedContributions, signed_contributions
-from convdissect.dissect.fits import GridStatistics, LineFit, fit_lines, grid_statistics
-from convdissect.dissect.selectivity import OrientationTuning, PositionPattern, orientation_tuning, position_pattern
+from convdissect.analysis.activations import channel_responses, conv_layers
+from convdissect.analysis.contributions import SignedContributions, signed_contributions
+from convdissect.analysis.fits import GridStatistics, LineFit, fit_lines, grid_statistics
+from convdissect.analysis.selectivity import OrientationTuning, PositionPattern, orientation_tuning, position_pattern
 
 # The grids of claim 3: those on each out channel's inputs with the largest |signed contribution|.
 GRIDS_PER_CHANNEL = 3

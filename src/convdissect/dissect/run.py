@@ -2,7 +2,7 @@
 label (labels.json, claims.json); superstimuli; report (PNGs, report.html, TensorBoard).
 
 A net is handled by its strategy: a SimpleConvNet is measured (convdissect.dissect.measure) and
-its claims judged against untrained nets of the same widths (convdissect.claims); a HandNet is
+its claims judged against untrained nets of the same widths (convdissect.dissect.claims); a HandNet is
 explained from its parameters instead (also written as explanation.md).
 """
 
@@ -18,24 +18,24 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from convdissect.claims import ablation, check_claim_settings, claim_statistics
+from convdissect.analysis.projections import projections, stage_activations, subsample
+from convdissect.analysis.superstimuli import standard_transforms, superstimuli
 from convdissect.config import instantiate
-from convdissect.dissect.checkpoint import load_any_net
-from convdissect.dissect.describe import describe, write_labels
-from convdissect.dissect.handnet_explanation import explain, explanation_markdown
+from convdissect.dissect.claims import ablation, check_claim_settings, claim_statistics
+from convdissect.dissect.labels import describe, write_labels
 from convdissect.dissect.measure import Measurements, measure
-from convdissect.dissect.projections import projections, stage_activations, subsample
-from convdissect.dissect.report import (
+from convdissect.dissect.report.assemble import (
     check_report_settings,
     handnet_figures,
     labels_markdown,
     raw,
     report_figures,
-    write_report,
 )
-from convdissect.dissect.superstimuli import standard_transforms, superstimuli
+from convdissect.dissect.report.page import write_report
 from convdissect.errors import UserInputError
-from convdissect.models.handnet import HandNet
+from convdissect.handnet.explanation import explain, explanation_markdown
+from convdissect.handnet.net import HandNet
+from convdissect.models.checkpoint import load_any_net
 from convdissect.models.simple_convnet import SimpleConvNet
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class SimpleConvNetDissection:
 
 
 class HandNetDissection:
-    """Explained from its parameters (dissect/handnet_explanation.py); its report has the figures that apply to
+    """Explained from its parameters (handnet/explanation.py); its report has the figures that apply to
     conv1 -> conv3 -> readout."""
 
     def __init__(self, net: HandNet, cfg: DictConfig, images: torch.Tensor, digits: torch.Tensor):

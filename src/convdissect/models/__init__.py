@@ -5,19 +5,22 @@ from __future__ import annotations
 
 from hydra.errors import InstantiationException
 
+from convdissect.config import instantiate  # Hydra's, with our UserInputError unwrapped
 from convdissect.errors import UserInputError
+
+# Class paths that checkpoints written before the package's layering still name.
+MOVED_TARGETS = {"convdissect.models.handnet.HandNet": "convdissect.handnet.net.HandNet"}
 
 
 def build_net(spec: dict):
     """spec = {"_target_": "package.module.Class", **kwargs} -> an nn.Module."""
-    from convdissect.config import instantiate  # Hydra's, with our UserInputError unwrapped
-
     if not isinstance(spec, dict) or not spec.get("_target_"):
         raise UserInputError(
             f"model={spec!r}: a net spec needs a _target_, e.g. convdissect.models.simple_convnet.SimpleConvNet"
         )
+    spec = {**spec, "_target_": MOVED_TARGETS.get(spec["_target_"], spec["_target_"])}
     try:
-        return instantiate(dict(spec), _convert_="all")
+        return instantiate(spec, _convert_="all")
     except InstantiationException as err:  # an unknown class, or a key the class does not take
         reason = " ".join(str(err).split())
         raise UserInputError(f"model._target_={spec['_target_']}: cannot build the net ({reason})") from None

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convdissect.analysis.fits import fit_lines, peak_energy_share
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
-from convdissect.dissect.fits import fit_lines, peak_energy_share
 from convdissect.errors import UserInputError
 from convdissect.models.surgery import layer_width
 

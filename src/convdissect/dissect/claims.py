@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from convdissect.dissect.contributions import SignedContributions
-from convdissect.dissect.fits import fit_lines, grid_statistics, reference_grids
+from convdissect.analysis.contributions import SignedContributions
+from convdissect.analysis.fits import fit_lines, grid_statistics, reference_grids
+from convdissect.conventions import angle_gap
+from convdissect.dissect.labels import COPY_MAX_GAP_DEG
 from convdissect.dissect.measure import Measurements
 from convdissect.errors import UserInputError
 
@@ -28,8 +30,6 @@ CLAIMS = {
 }
 # A conv1 kernel is a line detector when a line or edge fits it with at least this R².
 LINE_R2 = 0.5
-# A conv2 grid copies its driver when its fitted orientation is within this of the driver's.
-COPY_MAX_GAP_DEG = 22.5
 ABLATION_KS = (1, 2, 3)
 # The article's claims are about the pruned 8/16/24/16 net: its row comes first.
 PRIMARY_NET = "prune_7iters"
@@ -124,12 +124,6 @@ def check_claim_settings(settings) -> None:
 
 
 # ---------------------------------------------------------------------------- per-unit samples
-
-
-def angle_gap(a: float, b: float) -> float:
-    """Distance between two stroke orientations in degrees (period 180)."""
-    gap = abs(a - b) % 180.0
-    return min(gap, 180.0 - gap)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:

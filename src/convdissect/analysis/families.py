@@ -1,4 +1,4 @@
-"""The two parametric families of the project (their fits to free kernels are in convdissect.dissect.fits).
+"""The two parametric families of the project (their fits to free kernels are in convdissect.analysis.fits).
 
 - Line family (conv1 of the HandNet; describes trained conv1 kernels): a stroke detector on a
   k x k grid with coordinates u (right) and v (UP) in [-1, 1]; see convdissect.conventions for

@@ -18,17 +18,17 @@ from pathlib import Path
 
 from torch import nn
 
-from convdissect.claims import COPY_MAX_GAP_DEG, angle_gap
-from convdissect.conventions import CENTRE, orientation_name, unit_name
-from convdissect.dissect.fits import find_bursts
+from convdissect.analysis.fits import find_bursts
+from convdissect.analysis.selectivity import tuning_peaks
+from convdissect.conventions import CENTRE, angle_gap, orientation_name, unit_name
 from convdissect.dissect.measure import Measurements, source_layer
-from convdissect.dissect.selectivity import tuning_peaks
 
 # A conv1 kernel whose line fit explains less than this share of its energy is called noisy.
 NOISY_R2 = 0.5
 # A conv2 grid copies its main driver when it is a bright line (fit R² at least COPY_MIN_R2)
 # within COPY_MAX_GAP_DEG of the driver's orientation.
 COPY_MIN_R2 = 0.4
+COPY_MAX_GAP_DEG = 22.5
 # A secondary orientation is a tuning peak at least this far from the fitted orientation.
 SECONDARY_MIN_GAP_DEG = 30.0
 # Labels name the drivers down to this share of the drive (at most MAX_NAMED), and the inhibitors

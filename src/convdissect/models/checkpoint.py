@@ -24,7 +24,7 @@ from convdissect.models import build_net, net_class
 from convdissect.models.simple_convnet import SimpleConvNet
 
 SIMPLE_CONVNET = "convdissect.models.simple_convnet.SimpleConvNet"
-HANDNET = "convdissect.models.handnet.HandNet"
+HANDNET = "convdissect.handnet.net.HandNet"
 LIGHTNING_PREFIX = "net."
 LAYERS = ("conv1", "conv2", "conv3", "fc4", "fc5")
 HANDNET_KEY = "conv1.theta"  # a parametric conv1: a HandNet state_dict

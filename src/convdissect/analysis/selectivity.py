@@ -2,7 +2,7 @@
 (docs/measures.md).
 
 Every measurement is a function of (net, inputs) and returns plain tensors; a channel's
-response is the max of its output map (convdissect.dissect.activations.responses).
+response is the max of its output map (convdissect.analysis.activations.responses).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from convdissect.analysis.activations import channel_responses
 from convdissect.data.probes import stroke_images, sweep_positions
-from convdissect.dissect.activations import channel_responses
 
 N_CLASSES = 10
 

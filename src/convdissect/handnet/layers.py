@@ -1,4 +1,4 @@
-"""Convolutions whose kernels are members of the parametric families (models/parametric.py).
+"""Convolutions whose kernels are members of the parametric families (analysis/families.py).
 
 The only parameters are the family's own (plus a bias per out channel); the kernels are
 computed from them in every forward pass, so they can never leave the family.
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convdissect.models.parametric import KINDS, burst_grids, line_kernels
+from convdissect.analysis.families import KINDS, burst_grids, line_kernels
 
 # Widths never shrink below this (grid units / grid cells): a vanishing width makes a kernel
 # a single noisy pixel and its gradient explode.
@@ -68,7 +68,7 @@ class BurstConv2d(nn.Module):
     [out, n_bursts, in] (the learnable channel choice; None with learn_channels=False, where the
     channels are given by fix_channels); and bias [out]. Buffers: `channel` [out, n_bursts] (the
     chosen channel once frozen), `temperature` and `mode` (an index of CHANNEL_MODES), set by the
-    training schedule (callbacks/handnet.py). No padding (7x7 -> 3x3).
+    training schedule (handnet/schedule.py). No padding (7x7 -> 3x3).
     """
 
     def __init__(

@@ -21,9 +21,9 @@ from torch import nn
 from convdissect.conventions import unit_name
 from convdissect.errors import UserInputError
 from convdissect.models.surgery import layer_width, producer_consumer_table, remove_channels
+from convdissect.pruning.cost import accuracy, flops_per_image
 from convdissect.pruning.criteria import SUPERSTIMULUS_STEPS, Calibration, parse_criterion, parse_normalise, score_layer
 from convdissect.pruning.figures import accuracy_per_step
-from convdissect.pruning.measure import accuracy, flops_per_image
 from convdissect.pruning.schedule import Schedule
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from convdissect.analysis.families import KINDS, burst_grids, canonical_line, grid_xy, line_kernels, line_profile
 from convdissect.conventions import clock_from_xy, edge_side, format_burst, stroke_label
-from convdissect.models.parametric import KINDS, burst_grids, canonical_line, grid_xy, line_kernels, line_profile
 
 _EPS = 1e-8
 

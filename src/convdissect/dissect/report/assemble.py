@@ -1,131 +1,26 @@
-"""The dissection report: every figure of the article for one net, as PNGs in the run dir, in
-TensorBoard and on one HTML page (report.html) with sections conv1, conv2, conv3 and fc.
-
-`report_figures` yields (ReportFigure, matplotlib Figure) pairs one at a time, so a figure is
-drawn, saved and closed before the next one is built; `write_report` does the saving, logs every
-figure to TensorBoard and writes the page with the label tables of labels.json.
-"""
+"""Every figure of the report for one net, drawn from its measurements and labels, one at a time."""
 
 from __future__ import annotations
 
-import html
-import io
 import logging
 import math
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
-from convdissect.conventions import ANGLE_SYMBOLS, REGION_NAMES, edge_side, orientation_bin, parse_unit_name, unit_name
+from convdissect.analysis.activations import conv_layers, input_layer, record, top_k
+from convdissect.analysis.contributions import inner_contributions
+from convdissect.analysis.projections import Projection
+from convdissect.analysis.selectivity import OrientationTuning, PositionPattern, orientation_tuning, position_pattern
+from convdissect.conventions import ANGLE_SYMBOLS, edge_side, orientation_bin, parse_unit_name, unit_name
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
 from convdissect.data.probes import normalise, stroke_images
-from convdissect.dissect import figures, untangle
-from convdissect.dissect.activations import conv_layers, input_layer, record, top_k
-from convdissect.dissect.contributions import inner_contributions
-from convdissect.dissect.handnet_explanation import EXPLANATION_TITLES
 from convdissect.dissect.measure import Measurements
-from convdissect.dissect.projections import Projection
-from convdissect.dissect.selectivity import OrientationTuning, PositionPattern, orientation_tuning, position_pattern
+from convdissect.dissect.report import figures, untangle
+from convdissect.dissect.report.figure import ReportFigure
 from convdissect.errors import UserInputError
 
 log = logging.getLogger(__name__)
-
-SECTIONS = {
-    "conv1": "conv1: what each filter detects",
-    "conv2": "conv2: amplifying conv1",
-    "conv3": "conv3: patterns at positions",
-    "fc": "fc: separating the classes",
-}
-INTROS = {
-    "conv1": "Each conv1 filter is a 5x5 grid convolved with the image. The label table gives the best-fitting "
-    "parametric line or edge (angle counter-clockwise from the horizontal, x right and y up: 45° is /, 135° is \\).",
-    "conv2": "Each conv2 out channel sums the convolutions of all conv1 channels with its grids. Its drivers are the conv1 "
-    "channels that add to what survives ReLU and max-pool (blank-image part subtracted), with their share of the drive; "
-    "its inhibitors subtract from it (docs/measures.md). The article's finding: one conv1 channel drives each conv2 "
-    "channel, and the grid on it copies that channel's pattern.",
-    "conv3": "conv3 grids are pixel bursts: a burst at a clock position (12 o'clock up, distance in grid cells) "
-    "picks where in the image the input's pattern must lie, written +[7:30, 2√2].",
-    "fc": "How well the classes separate at each stage: the raw input, conv3's pooled output, fc4 and fc5, "
-    "projected to 2D, scored in the full space.",
-}
-TABLE_COLUMNS = {
-    "conv1": [
-        ("label", "label"),
-        ("orientation_deg", "θ (°)"),
-        ("kind", "kind"),
-        ("side", "side"),
-        ("fit_r2", "fit R²"),
-        ("secondary_orientation_deg", "secondary θ (°)"),
-    ],
-    "conv2": [
-        ("label", "label"),
-        ("drivers", "drivers (share of the drive)"),
-        ("inhibitors", "inhibitors (share of the inhibition)"),
-        ("copies_input", "copies its main driver"),
-    ],
-    "conv3": [
-        ("label", "label"),
-        ("bursts", "bursts"),
-        ("drivers", "drivers"),
-        ("position_index", "position ω²"),
-        ("pattern_index", "pattern ω²"),
-        ("interaction_index", "pattern × position ω²"),
-    ],
-    "fc": [("label", "recipe")],
-}
-
-
-def handnet_intros(labels: dict) -> dict[str, str]:
-    """A HandNet page's section introductions (its explanation from its parameters, HandNet.explain,
-    instead of fitted labels), worded from the net's pooling so that they hold for any cell_pixels
-    and final_pool."""
-    size, cell, final_pool = labels["grid_size"], labels["cell_pixels"], labels["final_pool"]
-    if final_pool == 1:
-        read = "conv3 units (each unit's maximum over the image): its recipe, every nonzero term."
-    else:
-        regions = ", ".join(REGION_NAMES[final_pool])
-        read = (
-            f"conv3 units' maxima in {final_pool}x{final_pool} image regions ({regions}): its recipe, every nonzero "
-            "term, each reading one unit in one region."
-        )
-    return {
-        "conv1": "Each conv1 kernel is a parametric line or edge (angle θ counter-clockwise from the horizontal, "
-        "width σ, offset, amplitude); each sentence is read off these parameters, nothing is fitted to data.",
-        "conv3": f"Each conv3 grid ({size}x{size} cells of {cell}x{cell} pixels) is a sum of Gaussian bursts on the "
-        f"conv1 maps max-pooled in {cell}x{cell} blocks: a burst at a clock position (12 o'clock up, distance in "
-        "grid cells) picks where that conv1 pattern must lie. Every burst is listed.",
-        "fc": f"Each digit's score is one weighted sum of {read}",
-    }
-
-
-HANDNET_COLUMNS = {
-    "conv1": [
-        ("sentence", "explanation"),
-        ("pattern", "pattern"),
-        ("sigma", "σ"),
-        ("offset", "offset"),
-        ("amplitude", "amplitude"),
-        ("bias", "bias"),
-    ],
-    "conv3": [
-        ("label", "label"),
-        ("sentence", "bursts"),
-        ("position_index", "position index"),
-        ("pattern_index", "pattern index"),
-    ],
-    "fc": [("label", "recipe"), ("bias", "bias")],
-}
-
-
-@dataclass
-class ReportFigure:
-    section: str  # a key of SECTIONS
-    name: str  # file stem, e.g. conv2_3_dissection_digit5
-    title: str
-    caption: str
 
 
 def raw(images: torch.Tensor) -> torch.Tensor:
@@ -497,125 +392,3 @@ def _dissection_figure(net, unit: str, digit: int, images, digits, resp, labels:
 
 
 # ---------------------------------------------------------------------------- the page
-
-
-def save_figure(fig, path: Path, dpi: int):
-    """Render once: the PNG for the page and an HWC uint8 array for TensorBoard."""
-    import numpy as np
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    path.write_bytes(buffer.getvalue())
-    return np.asarray(Image.open(buffer).convert("RGB"))
-
-
-def write_report(
-    figure_stream, labels: dict, projections: list[Projection], out_dir: Path, writer, dpi: int, header: str
-) -> Path:
-    """Save each figure as <name>.png in out_dir and to TensorBoard (tag <section>/<name>), then
-    write report.html; returns its path."""
-    entries: list[ReportFigure] = []
-    for entry, fig in tqdm(figure_stream, desc="figures", leave=False):
-        image = save_figure(fig, out_dir / f"{entry.name}.png", dpi)
-        writer.add_image(f"{entry.section}/{entry.name}", image, dataformats="HWC")
-        entries.append(entry)
-    path = out_dir / "report.html"
-    path.write_text(page(entries, labels, projections, header))
-    log.info("report with %d figures: %s", len(entries), path)
-    return path
-
-
-def page(entries: list[ReportFigure], labels: dict, projections: list[Projection], header: str) -> str:
-    """The HTML page: a section per layer with its figures and its label table (a HandNet's:
-    its explanation)."""
-    e = html.escape
-    if labels["net"] == "handnet":
-        sections, intros, columns, tables = (
-            EXPLANATION_TITLES,
-            handnet_intros(labels),
-            HANDNET_COLUMNS,
-            "explanation (labels.json, explanation.md)",
-        )
-    else:
-        sections, intros, columns, tables = SECTIONS, INTROS, TABLE_COLUMNS, "labels (labels.json)"
-    parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>Dissection of {e(labels['net'])} {e(str(labels['widths']))}</title><style>{CSS}</style></head><body>",
-        f"<h1>Dissection of {e(labels['net'])}, widths {e(str(labels['widths']))}</h1><p>{e(header)} Click a figure to open it at full size.</p>",
-        "<nav>" + " · ".join(f"<a href='#{key}'>{key}</a>" for key in sections) + "</nav>",
-    ]
-    for key, heading in sections.items():
-        parts.append(f"<section id='{key}'><h2>{e(heading)}</h2><p>{e(intros[key])}</p>")
-        section_figures = [entry for entry in entries if entry.section == key]
-        if not section_figures and key == "conv2":
-            parts.append("<p><em>This net has no conv2 (the no_conv2 variant).</em></p>")
-        for entry in section_figures:
-            parts.append(
-                f"<figure><h3>{e(entry.title)}</h3><a href='{e(entry.name)}.png'><img src='{e(entry.name)}.png' alt='{e(entry.title)}'></a>"
-                f"<figcaption><b>{e(entry.title)}.</b> {e(entry.caption)}</figcaption></figure>"
-            )
-        if key == "fc" and projections:
-            parts.append(_separation_table(projections))
-        rows = [u for u in labels["units"] if u["layer"] == key]
-        if rows:
-            parts.append(f"<h3>{key} {tables}</h3>" + _label_table(rows, columns[key]))
-        parts.append("</section>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
-
-
-def _cell(key: str, value) -> str:
-    if value is None:
-        return "–"
-    if key == "bursts":
-        return (
-            "<br>".join(
-                html.escape(
-                    f"{b.get('notation') or b['sign'] + '[' + b['clock'] + ']'} on {b['input']} ({b['input_label']})"
-                )
-                for b in value
-            )
-            or "–"
-        )
-    if key in ("drivers", "inhibitors"):
-        return html.escape(", ".join(f"{e['input']} {e['share']:.0%}" for e in value)) or "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return html.escape(str(value))
-
-
-def _label_table(units: list[dict], columns: list[tuple[str, str]]) -> str:
-    head = "<tr><th>unit</th>" + "".join(f"<th>{html.escape(title)}</th>" for _, title in columns) + "</tr>"
-    body = "".join(
-        f"<tr><td>{html.escape(u['name'])}</td>"
-        + "".join(f"<td>{_cell(key, u.get(key))}</td>" for key, _ in columns)
-        + "</tr>"
-        for u in units
-    )
-    return f"<table>{head}{body}</table>"
-
-
-def _separation_table(projections: list[Projection]) -> str:
-    rows = "".join(
-        f"<tr><td>{p.stage}</td><td>{p.silhouette:.3f}</td><td>{p.knn_accuracy:.3f}</td></tr>" for p in projections
-    )
-    return (
-        f"<h3>class separation</h3><table><tr><th>stage</th><th>silhouette</th><th>kNN accuracy</th></tr>{rows}</table>"
-    )
-
-
-CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1500px; margin: 1em auto; padding: 0 1em; color: #222; line-height: 1.45; }
-nav a { margin: 0 0.3em; }
-section { border-top: 2px solid #ccc; margin-top: 2em; }
-figure { margin: 1.5em 0; }
-figure h3 { margin-bottom: 0.3em; }
-figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { font-size: 0.95em; color: #444; max-width: 60em; }
-table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; }
-"""

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from convdissect.dissect.activations import record
+from convdissect.analysis.activations import record
 
 # The representations the article projects, in the order of the net.
 STAGES = ("input", "conv3", "fc4", "fc5")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from convdissect.analysis.families import KINDS
 from convdissect.config import REPO_ROOT
 from convdissect.conventions import (
     CENTRE,
@@ -27,7 +28,6 @@ from convdissect.conventions import (
     xy_from_clock,
 )
 from convdissect.errors import UserInputError
-from convdissect.models.parametric import KINDS
 
 LINE_KEYS = ("theta", "sigma", "offset", "amplitude", "bias")  # theta in radians
 BURST_KEYS = ("x", "y", "sigma_x", "sigma_y", "amplitude")

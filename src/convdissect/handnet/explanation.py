@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from convdissect.analysis.families import canonical_line
+from convdissect.analysis.selectivity import position_pattern
 from convdissect.conventions import (
     CENTRE,
     ORIENTATION_NAMES,
@@ -21,10 +23,8 @@ from convdissect.conventions import (
     stroke_label,
     unit_name,
 )
-from convdissect.dissect.selectivity import position_pattern
-from convdissect.models.handnet_recipes import BURST_KEYS, LINE_KEYS
-from convdissect.models.parametric import canonical_line
-from convdissect.models.parametric_layers import MIN_SIGMA
+from convdissect.handnet.layers import MIN_SIGMA
+from convdissect.handnet.recipes import BURST_KEYS, LINE_KEYS
 
 # Numbers in explanation.md have this many significant digits; the rounded net uses the same.
 SIGNIFICANT = 3

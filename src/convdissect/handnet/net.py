@@ -22,11 +22,11 @@ from convdissect.conventions import ORIENTATION_NAMES
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
 from convdissect.data.probes import IMAGE_SIZE, stroke_images
 from convdissect.errors import UserInputError
-from convdissect.models.handnet_recipes import RECIPE_CELL_PIXELS, Part, Recipes, check_pooling, load_recipes
-from convdissect.models.parametric_layers import BurstConv2d, LineConv2d
+from convdissect.handnet.layers import BurstConv2d, LineConv2d
+from convdissect.handnet.recipes import RECIPE_CELL_PIXELS, Part, Recipes, check_pooling, load_recipes
 
 INIT_MODES = ("hand", "random")
-# learned: each burst learns which conv1 channel it reads (see callbacks/handnet.py); all: each
+# learned: each burst learns which conv1 channel it reads (see handnet/schedule.py); all: each
 # unit has n_bursts bursts on every conv1 channel, fixed (the dense HandNet).
 BURST_CHANNELS = ("learned", "all")
 # Random initialisation: burst amplitudes ~ N(0, this) (hand-built units use the recipe's amplitude).
@@ -244,7 +244,7 @@ class HandNet(nn.Module):
             x, y = (self.recipe_cell * v for v in r.xy(part.position))
             c3.mean_x[unit, burst], c3.mean_y[unit, burst], c3.amplitude[unit, burst] = x, y, 1.0
         if c3.channel_logits is not None:
-            c3.set_channel_mode("frozen")  # as built; training's schedule (callbacks/handnet.py) frees it
+            c3.set_channel_mode("frozen")  # as built; training's schedule (handnet/schedule.py) frees it
         # Scale each unit so that its full stroke gives 1 above the threshold, 0 at it.
         probes = torch.cat([self._part_stroke(part) for part in detectors])
         full = self.pooled(probes).amax(-1).diagonal()[:, None]

@@ -23,7 +23,7 @@ import lightning as L
 import torch
 
 from convdissect.errors import UserInputError
-from convdissect.models.handnet import HandNet
+from convdissect.handnet.net import HandNet
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Measurements of any trained net: activations, contributions, fits, selectivity, projections, superstimuli, untangling."""

@@ -1,0 +1,1 @@
+"""The dissection report: sections, figures, the HTML page and the untangling table."""

@@ -1,0 +1,132 @@
+"""The dissection report: every figure of the article for one net, as PNGs in the run dir, in
+TensorBoard and on one HTML page (report.html) with sections conv1, conv2, conv3 and fc.
+
+`report_figures` yields (ReportFigure, matplotlib Figure) pairs one at a time, so a figure is
+drawn, saved and closed before the next one is built; `write_report` does the saving, logs every
+figure to TensorBoard and writes the page with the label tables of labels.json."""
+
+from __future__ import annotations
+
+import html
+import logging
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from convdissect.analysis.projections import Projection
+from convdissect.dissect.report.figure import ReportFigure, save_figure
+from convdissect.dissect.report.sections import HANDNET_COLUMNS, INTROS, SECTIONS, TABLE_COLUMNS, handnet_intros
+from convdissect.handnet.explanation import EXPLANATION_TITLES
+
+log = logging.getLogger(__name__)
+
+
+def write_report(
+    figure_stream, labels: dict, projections: list[Projection], out_dir: Path, writer, dpi: int, header: str
+) -> Path:
+    """Save each figure as <name>.png in out_dir and to TensorBoard (tag <section>/<name>), then
+    write report.html; returns its path."""
+    entries: list[ReportFigure] = []
+    for entry, fig in tqdm(figure_stream, desc="figures", leave=False):
+        image = save_figure(fig, out_dir / f"{entry.name}.png", dpi)
+        writer.add_image(f"{entry.section}/{entry.name}", image, dataformats="HWC")
+        entries.append(entry)
+    path = out_dir / "report.html"
+    path.write_text(page(entries, labels, projections, header))
+    log.info("report with %d figures: %s", len(entries), path)
+    return path
+
+
+def page(entries: list[ReportFigure], labels: dict, projections: list[Projection], header: str) -> str:
+    """The HTML page: a section per layer with its figures and its label table (a HandNet's:
+    its explanation)."""
+    e = html.escape
+    if labels["net"] == "handnet":
+        sections, intros, columns, tables = (
+            EXPLANATION_TITLES,
+            handnet_intros(labels),
+            HANDNET_COLUMNS,
+            "explanation (labels.json, explanation.md)",
+        )
+    else:
+        sections, intros, columns, tables = SECTIONS, INTROS, TABLE_COLUMNS, "labels (labels.json)"
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Dissection of {e(labels['net'])} {e(str(labels['widths']))}</title><style>{CSS}</style></head><body>",
+        f"<h1>Dissection of {e(labels['net'])}, widths {e(str(labels['widths']))}</h1><p>{e(header)} Click a figure to open it at full size.</p>",
+        "<nav>" + " · ".join(f"<a href='#{key}'>{key}</a>" for key in sections) + "</nav>",
+    ]
+    for key, heading in sections.items():
+        parts.append(f"<section id='{key}'><h2>{e(heading)}</h2><p>{e(intros[key])}</p>")
+        section_figures = [entry for entry in entries if entry.section == key]
+        if not section_figures and key == "conv2":
+            parts.append("<p><em>This net has no conv2 (the no_conv2 variant).</em></p>")
+        for entry in section_figures:
+            parts.append(
+                f"<figure><h3>{e(entry.title)}</h3><a href='{e(entry.name)}.png'><img src='{e(entry.name)}.png' alt='{e(entry.title)}'></a>"
+                f"<figcaption><b>{e(entry.title)}.</b> {e(entry.caption)}</figcaption></figure>"
+            )
+        if key == "fc" and projections:
+            parts.append(_separation_table(projections))
+        rows = [u for u in labels["units"] if u["layer"] == key]
+        if rows:
+            parts.append(f"<h3>{key} {tables}</h3>" + _label_table(rows, columns[key]))
+        parts.append("</section>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _cell(key: str, value) -> str:
+    if value is None:
+        return "–"
+    if key == "bursts":
+        return (
+            "<br>".join(
+                html.escape(
+                    f"{b.get('notation') or b['sign'] + '[' + b['clock'] + ']'} on {b['input']} ({b['input_label']})"
+                )
+                for b in value
+            )
+            or "–"
+        )
+    if key in ("drivers", "inhibitors"):
+        return html.escape(", ".join(f"{e['input']} {e['share']:.0%}" for e in value)) or "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return html.escape(str(value))
+
+
+def _label_table(units: list[dict], columns: list[tuple[str, str]]) -> str:
+    head = "<tr><th>unit</th>" + "".join(f"<th>{html.escape(title)}</th>" for _, title in columns) + "</tr>"
+    body = "".join(
+        f"<tr><td>{html.escape(u['name'])}</td>"
+        + "".join(f"<td>{_cell(key, u.get(key))}</td>" for key, _ in columns)
+        + "</tr>"
+        for u in units
+    )
+    return f"<table>{head}{body}</table>"
+
+
+def _separation_table(projections: list[Projection]) -> str:
+    rows = "".join(
+        f"<tr><td>{p.stage}</td><td>{p.silhouette:.3f}</td><td>{p.knn_accuracy:.3f}</td></tr>" for p in projections
+    )
+    return (
+        f"<h3>class separation</h3><table><tr><th>stage</th><th>silhouette</th><th>kNN accuracy</th></tr>{rows}</table>"
+    )
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1500px; margin: 1em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+nav a { margin: 0 0.3em; }
+section { border-top: 2px solid #ccc; margin-top: 2em; }
+figure { margin: 1.5em 0; }
+figure h3 { margin-bottom: 0.3em; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.95em; color: #444; max-width: 60em; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+"""
