@@ -61,7 +61,12 @@ def test_cli_on_a_lightning_checkpoint(trained, tmp_path):
     assert {"bursts", "drivers", "inhibitors", "position_index", "pattern_index", "interaction_index"} <= set(conv3)
     claims = json.loads((tmp_path / "claims.json").read_text())
     assert {"conv2_top_share", "ablation_top1", "conv3_interaction_omega2"} <= set(claims)
-    assert all(c["holds"] in ("supported", "not supported", "reversed") for c in claims.values())
+    statistics = {name: c for name, c in claims.items() if name not in ("fidelity", "label_net")}
+    assert all(c["holds"] in ("supported", "not supported", "reversed") for c in statistics.values())
+    assert set(claims["fidelity"]) == {"conv1", "conv2", "conv3"}
+    assert {"median", "shuffled", "untrained", "median_terms_for_r90", "curve"} <= set(claims["fidelity"]["conv2"])
+    assert 0 <= claims["label_net"]["printed"]["agreement"] <= 1
+    assert all(u["label"].endswith(")") and "fidelity" in u for u in labels["units"] if u["activity"] == "varies")
     assert all(b["input"].startswith("conv2_") for u in labels["units"][12:] for b in u["bursts"])
     stimuli = torch.load(tmp_path / "superstimuli.pt", weights_only=True)
     assert {k: tuple(v.shape) for k, v in stimuli.items()} == {

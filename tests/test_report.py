@@ -88,7 +88,10 @@ def test_every_image_of_the_page_is_a_png_in_the_run_dir(run):
 def test_the_page_has_every_section_and_the_label_tables(run):
     out, labels = run
     text = (out / "report.html").read_text()
-    assert Page(text).sections == list(SECTIONS)
+    assert Page(text).sections == ["claims", *SECTIONS]
+    claims = json.loads((out / "claims.json").read_text())
+    assert f"<td>{claims['fidelity']['conv2']['median']}</td>" in text  # the labels' fidelity, next to its nulls
+    assert "label net" in text and "terms to read" in text
     for unit in labels["units"]:
         assert f"<td>{unit['name']}</td>" in text
     assert "conv1_2" in text and "kNN accuracy" in text
@@ -155,7 +158,7 @@ def test_chosen_channels_and_the_no_conv2_variant(tmp_path):
     ]
     dissect(compose_cfg("dissect", overrides, tmp_path))
     text = (tmp_path / "report.html").read_text()
-    assert Page(text).sections == list(SECTIONS) and "has no conv2" in text
+    assert Page(text).sections == ["claims", *SECTIONS] and "has no conv2" in text
     assert (tmp_path / "conv3_2_dissection_digit3.png").is_file()
     assert not list(tmp_path.glob("conv2_*")) and not list(tmp_path.glob("*superstimuli*"))
 

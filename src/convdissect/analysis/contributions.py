@@ -84,9 +84,14 @@ class SignedContributions:
     """
 
     layer: str
-    mean: torch.Tensor  # [Cout, Cin] mean over the images of c_kj
+    cells: torch.Tensor  # [Cout, Cin, kh, kw] mean over the images of what each cell q of w_kj adds
     baseline: torch.Tensor  # [Cout] mean of baseline_k
     output: torch.Tensor  # [Cout] mean of output_k
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """[Cout, Cin] mean over the images of c_kj (the sum over the grid's cells)."""
+        return self.cells.sum(dim=(-2, -1))
 
     @property
     def drive(self) -> torch.Tensor:
@@ -139,7 +144,7 @@ def signed_contributions(net: nn.Module, layer: str, images: torch.Tensor) -> Si
         seen - seen_blank, conv.weight.shape, mask, stride=conv.stride, padding=conv.padding
     )
     n = len(images)
-    mean = (grad * conv.weight.detach()).sum(dim=(-2, -1)) / n
+    cells = grad * conv.weight.detach() / n
     baseline = (mask * y_blank).sum(dim=(0, 2, 3)) / n
     output = (mask * y).sum(dim=(0, 2, 3)) / n
-    return SignedContributions(layer, mean.cpu(), baseline.cpu(), output.cpu())
+    return SignedContributions(layer, cells.cpu(), baseline.cpu(), output.cpu())

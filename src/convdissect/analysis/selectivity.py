@@ -77,6 +77,11 @@ def orientation_selectivity(tuning: torch.Tensor, angles_deg: torch.Tensor) -> t
     return torch.where(total > 0, length / total.clamp_min(1e-12), torch.zeros_like(total))
 
 
+def tuning_depth(tuning: torch.Tensor) -> torch.Tensor:
+    """Modulation depth [C] of tuning curves [A, C]: (max - min) / max |response|; 0 = flat (a blob)."""
+    return (tuning.amax(dim=0) - tuning.amin(dim=0)) / tuning.abs().amax(dim=0).clamp_min(1e-12)
+
+
 def tuning_peaks(
     curve: torch.Tensor, angles_deg: torch.Tensor, min_prominence: float = 0.25, min_gap_deg: float = 30.0
 ) -> list[float]:

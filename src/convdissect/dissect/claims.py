@@ -17,8 +17,8 @@ from torch import nn
 
 from convdissect.analysis.contributions import SignedContributions
 from convdissect.analysis.fits import fit_lines, grid_statistics, reference_grids
-from convdissect.conventions import angle_gap
-from convdissect.dissect.labels import COPY_MAX_GAP_DEG
+from convdissect.analysis.selectivity import tuning_depth
+from convdissect.dissect.labels import COPY_MAX_GAP_DEG, UNORIENTED_DEPTH, copies_driver
 from convdissect.dissect.measure import Measurements
 from convdissect.errors import UserInputError
 
@@ -59,7 +59,7 @@ STATISTICS = {
         Statistic(
             2,
             "conv2_copy_fraction",
-            f"share of conv2 channels whose grid on the main driver has its orientation (±{COPY_MAX_GAP_DEG}°)",
+            f"share of conv2 channels whose grid on the main driver is a bright line of its orientation (±{COPY_MAX_GAP_DEG}°)",
             "shuffled",
             average="mean",
         ),
@@ -133,14 +133,10 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def copies(m: Measurements, drivers: torch.Tensor) -> list[float]:
-    """1.0 per live conv2 channel whose grid on its main driver has the orientation of `drivers`."""
+    """1.0 per live conv2 channel whose grid on its main driver is a bright line with the orientation
+    of `drivers` (the labels' copies_input when `drivers` are the main drivers)."""
     live = m.driver >= 0
-    theta = m.conv1_fit.theta_deg
-    return [
-        float(angle_gap(float(m.driver_fit.theta_deg[k]), float(theta[j])) <= COPY_MAX_GAP_DEG)
-        for k, j in enumerate(drivers.tolist())
-        if live[k]
-    ]
+    return [float(copies_driver(m, k, j)) for k, j in enumerate(drivers.tolist()) if live[k]]
 
 
 def tuning_corrs(m: Measurements, drivers: torch.Tensor) -> list[float]:
@@ -155,7 +151,8 @@ def unit_samples(m: Measurements, name: str) -> list[float] | None:
     if name.startswith("conv2") and "conv2" not in m.layers:
         return None
     if name == "conv1_line_fraction":
-        return (m.conv1_fit.r2 >= LINE_R2).float().tolist()
+        oriented = tuning_depth(m.tuning.responses["conv1"]) >= UNORIENTED_DEPTH
+        return ((m.conv1_fit.r2 >= LINE_R2) & oriented).float().tolist()
     if name == "conv2_top_share":
         drive = m.contributions["conv2"].drive
         return drive.amax(dim=1)[drive.amax(dim=1) > 0].tolist()

@@ -3,11 +3,12 @@ from one Measurements object (docs/measures.md says what each number is).
 
 - conv1: the best-fitting line-family member (orientation, kind, edge side, R²) and a
   secondary orientation where the tuning curve on line probes has a second peak;
-- conv2: its main driver(s) with their share of the drive and its strongest inhibitor(s)
-  (signed, background-corrected contributions), and whether the grid on the main driver is
-  a bright line along that input's orientation (a copy: the article's "conv2 only amplifies conv1");
-- conv3: the same drivers and inhibitors, the pixel bursts of its grids on its main drivers, read
-  as "pattern at clock position", and its omega² of position, pattern and their interaction.
+- conv2: the inputs its program keeps (dissect/programs.py), drivers and inhibitors with their
+  share, and whether the grid on the main driver is a bright line along that input's orientation
+  (a copy: the article's "conv2 only amplifies conv1");
+- conv3: the bursts its program keeps, read as "+input's pattern at clock position", and its
+  omega² of position, pattern and their interaction.
+Every label ends with its fidelity "(r 0.91)": the label run as a unit, against the real unit.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import json
 import math
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from convdissect.analysis.fits import find_bursts
-from convdissect.analysis.selectivity import tuning_peaks
-from convdissect.conventions import CENTRE, angle_gap, orientation_name, unit_name
+from convdissect.analysis.families import grid_xy
+from convdissect.analysis.selectivity import tuning_depth, tuning_peaks
+from convdissect.conventions import CENTRE, angle_gap, clock_from_xy, format_burst, orientation_name, unit_name
 from convdissect.dissect.measure import Measurements, source_layer
+from convdissect.dissect.programs import Term, UnitProgram
 
 # A conv1 kernel whose line fit explains less than this share of its energy is called noisy.
 NOISY_R2 = 0.5
@@ -29,23 +32,49 @@ NOISY_R2 = 0.5
 # within COPY_MAX_GAP_DEG of the driver's orientation.
 COPY_MIN_R2 = 0.4
 COPY_MAX_GAP_DEG = 22.5
+# labels.json's long label: the terms a unit's label needs for this fidelity on the fit images
+# (claims.json's label net with these labels reaches ~99% agreement on a pruned net).
+LONG_LABEL_R = 0.98
+# A conv1 kernel whose tuning over stroke orientations is flatter than this is unoriented (a blob):
+# the 5th percentile of the modulation depth of 200 Gaussian-noise kernels (analysis.fits.reference_grids;
+# their median 0.52). A centre-surround blob scores 0.06, a trained pruned net's kernels 0.59-0.74.
+UNORIENTED_DEPTH = 0.296
 # A secondary orientation is a tuning peak at least this far from the fitted orientation.
 SECONDARY_MIN_GAP_DEG = 30.0
-# Labels name the drivers down to this share of the drive (at most MAX_NAMED), and the inhibitors
-# down to this share of the inhibition; labels.json lists them all.
-NAMED_SHARE = 0.25
-MAX_NAMED = 2
-# conv3: bursts are read on the grids of its named drivers; a burst is kept when its score
-# (|amplitude| x its input's drive share per unit of grid norm) is at least BURST_SHARE of the
-# strongest burst's, at most MAX_BURSTS per unit.
-BURST_SHARE = 0.5
-MAX_BURSTS = 3
 
 
 def _number(value, digits: int = 4):
     """A JSON-safe rounded float; NaN becomes null."""
     value = float(value)
     return None if math.isnan(value) else round(value, digits)
+
+
+def inactive(program: UnitProgram | None) -> str | None:
+    """'silent on the images' or 'constant on the images' for a unit with nothing to label, else None."""
+    if program is None or program.activity == "varies":
+        return None
+    return f"{program.activity} on the images"
+
+
+def with_fidelity(text: str, program: UnitProgram | None) -> str:
+    if program is None or program.activity != "varies":
+        return text
+    return f"{text} (r {program.fidelity:.2f})"
+
+
+def program_fields(program: UnitProgram | None) -> dict:
+    """labels.json's fidelity, its shuffled null, the description length and the curve r(terms)."""
+    if program is None:
+        return {}
+    return {
+        "activity": program.activity,
+        "fidelity": _number(program.fidelity, 3),
+        "fidelity_shuffled": _number(program.shuffled, 3),
+        "terms": program.printed,
+        "terms_for_r90": program.terms_for_r90,
+        "fidelity_curve": [_number(r, 3) for r in program.curve.tolist()],
+        "long_terms": program.length_for(LONG_LABEL_R) if program.terms else None,
+    }
 
 
 def _at(clock: str) -> str:
@@ -57,27 +86,37 @@ def _at(clock: str) -> str:
 
 def describe_conv1(m: Measurements) -> list[dict]:
     fit, tuning = m.conv1_fit, m.tuning
+    programs = m.programs.get("conv1")
+    depth = tuning_depth(tuning.responses["conv1"])
     units = []
     for i, label in enumerate(fit.labels()):
+        program = programs.units[i] if programs else None
         theta = float(fit.theta_deg[i])
         peaks = tuning_peaks(tuning.responses["conv1"][:, i], tuning.angles_deg, min_gap_deg=SECONDARY_MIN_GAP_DEG)
         others = [p for p in peaks if angle_gap(p, theta) >= SECONDARY_MIN_GAP_DEG]
         secondary = others[0] if len(peaks) > 1 and others else None
+        oriented = float(depth[i]) >= UNORIENTED_DEPTH
         text = label if fit.r2[i] >= NOISY_R2 else f"noisy; closest: {label}"
-        if secondary is not None:
+        if not oriented:
+            text = f"unoriented (blob); closest: {label}"
+        if secondary is not None and oriented:
             text += f", secondary {orientation_name(secondary)}"
+        text = inactive(program) or text
         units.append(
             {
                 "layer": "conv1",
                 "index": i + 1,
                 "name": unit_name("conv1", i + 1),
-                "label": text,
+                "label": with_fidelity(text, program),
                 "pattern": label,
                 "orientation_deg": round(theta, 2),
                 "kind": fit.kind[i],
                 "side": fit.side[i],
                 "fit_r2": _number(fit.r2[i]),
                 "secondary_orientation_deg": secondary,
+                "tuning_depth": _number(depth[i], 3),
+                "oriented": oriented,
+                **program_fields(program),
             }
         )
     return units
@@ -93,107 +132,150 @@ def drivers_and_inhibitors(m: Measurements, layer: str, k: int) -> tuple[list[di
     )
 
 
-def named(entries: list[dict]) -> list[dict]:
-    """The entries a label names: the strongest, then the others down to NAMED_SHARE, at most MAX_NAMED."""
-    return [e for i, e in enumerate(entries[:MAX_NAMED]) if i == 0 or e["share"] >= NAMED_SHARE]
+def kept_inputs(program: UnitProgram | None, source: str) -> list[str]:
+    """The inputs a unit's printed label keeps, strongest term first."""
+    if program is None:
+        return []
+    return list(dict.fromkeys(unit_name(source, t.input + 1) for t in program.terms[: program.printed]))
 
 
-def signed_phrase(drivers: list[dict], inhibitors: list[dict], patterns: dict[str, str], through: str = "") -> str:
-    """'conv1_4 (vertical line, 62% of its drive) + conv1_2 (30%), inhibited by conv1_7'; `through`
-    follows the main driver (e.g. 'through a dark line grid')."""
+def long_inputs(program: UnitProgram | None, source: str) -> list[str]:
+    """The long label of a conv2 unit: '+conv1_4', '-conv1_2', ... up to fidelity LONG_LABEL_R."""
+    if program is None:
+        return []
+    terms = program.terms[: program.length_for(LONG_LABEL_R)]
+    return [f"{'+' if t.contribution >= 0 else '-'}{unit_name(source, t.input + 1)}" for t in terms]
+
+
+def signed_phrase(
+    drivers: list[dict], inhibitors: list[dict], kept: list[str], patterns: dict[str, str], through: str = ""
+) -> str:
+    """'conv1_4 (vertical line, 62% of its drive) + conv1_2 (30%), inhibited by conv1_7': the drivers and
+    inhibitors the label keeps; `through` follows the main driver (e.g. 'through a dark line grid')."""
     if not drivers:
         return "silent on the images"
+    named_drivers = [d for d in drivers if d["input"] in kept] or drivers[:1]
     parts = []
-    for i, d in enumerate(named(drivers)):
+    for i, d in enumerate(named_drivers):
         what = f"{patterns[d['input']]}, " if patterns.get(d["input"]) else ""
         parts.append(
             f"{d['input']} ({what}{d['share']:.0%}{' of its drive' if i == 0 else ''})"
             + (f" {through}" if i == 0 and through else "")
         )
     text = " + ".join(parts)
-    if inhibitors:
-        text += ", inhibited by " + " and ".join(i["input"] for i in named(inhibitors))
+    named_inhibitors = [e["input"] for e in inhibitors if e["input"] in kept]
+    if named_inhibitors:
+        text += ", inhibited by " + " and ".join(named_inhibitors)
     return text
+
+
+def copies_driver(m: Measurements, k: int, j: int) -> bool:
+    """conv2 channel k's grid on its main driver is a bright line along conv1 channel j's orientation
+    (labels.json's copies_input; claims.json's copy fraction and its shuffled null ask the same)."""
+    fit = m.driver_fit
+    return (
+        fit.kind[k] == "line"
+        and float(fit.amplitude[k]) > 0
+        and float(fit.r2[k]) >= COPY_MIN_R2
+        and angle_gap(float(fit.theta_deg[k]), float(m.conv1_fit.theta_deg[j])) <= COPY_MAX_GAP_DEG
+    )
 
 
 def describe_conv2(m: Measurements, conv1_units: list[dict]) -> list[dict]:
     patterns = {u["name"]: u["pattern"] for u in conv1_units}
     fit = m.driver_fit
     grid_labels = fit.labels()
+    programs = m.programs.get("conv2")
     units = []
     for k, j in enumerate(m.driver.tolist()):
         drivers, inhibitors = drivers_and_inhibitors(m, "conv2", k)
-        copies = (
-            j >= 0
-            and fit.kind[k] == "line"
-            and float(fit.amplitude[k]) > 0
-            and float(fit.r2[k]) >= COPY_MIN_R2
-            and angle_gap(float(fit.theta_deg[k]), conv1_units[j]["orientation_deg"]) <= COPY_MAX_GAP_DEG
-        )
+        program = programs.units[k] if programs else None
+        kept = kept_inputs(program, "conv1")
+        copies = j >= 0 and copies_driver(m, k, j)
         name = unit_name("conv2", k + 1)
-        if j < 0:
-            label = signed_phrase(drivers, inhibitors, patterns)
+        if inactive(program):
+            label = inactive(program)
+        elif j < 0:
+            label = signed_phrase(drivers, inhibitors, kept, patterns)
         elif copies:
-            label = f"≈ {signed_phrase(drivers, inhibitors, patterns)}"
+            label = f"≈ {signed_phrase(drivers, inhibitors, kept, patterns)}"
         else:
-            label = f"reads {signed_phrase(drivers, inhibitors, patterns, f'through a {grid_labels[k]} grid')}"
+            label = f"reads {signed_phrase(drivers, inhibitors, kept, patterns, f'through a {grid_labels[k]} grid')}"
         units.append(
             {
                 "layer": "conv2",
                 "index": k + 1,
                 "name": name,
-                "label": label,
+                "label": with_fidelity(label, program),
                 "pattern": conv1_units[j]["pattern"] if copies else name,
                 "drivers": drivers,
                 "inhibitors": inhibitors,
+                "kept_inputs": kept,
+                "long_label": long_inputs(program, "conv1"),
                 "copies_input": bool(copies),
                 "grid_orientation_deg": _number(fit.theta_deg[k], 2) if j >= 0 else None,
                 "grid_kind": fit.kind[k] if j >= 0 else None,
                 "grid_fit_r2": _number(fit.r2[k]) if j >= 0 else None,
+                **program_fields(program),
             }
         )
     return units
 
 
+def burst_entry(term: Term, grid: torch.Tensor, source: dict) -> dict:
+    """labels.json's record of one burst term: its input, sign, clock position (its strongest cell),
+    extent in cells and signed contribution."""
+    x, y = grid_xy(grid.shape[-1])
+    strongest = int((grid.abs() * term.cells).flatten().argmax())
+    clock, distance = clock_from_xy(float(x.flatten()[strongest]), float(y.flatten()[strongest]))
+    sign = 1 if float(grid.flatten()[strongest]) >= 0 else -1
+    return {
+        "sign": "+" if sign > 0 else "-",
+        "clock": clock,
+        "distance": _number(distance, 3),
+        "cells": int(term.cells.sum()),
+        "input": source["name"],
+        "input_label": source["pattern"],
+        "notation": format_burst(sign, clock, distance),
+        "contribution": _number(term.contribution),
+    }
+
+
+def burst_phrase(burst: dict, first: bool) -> str:
+    """'+conv2_3 (vertical line) at 12 o'clock' (the input's short pattern, when it has one)."""
+    pattern = f" ({burst['input_label']})" if burst["input_label"] != burst["input"] else ""
+    sign = "" if first and burst["sign"] == "+" else burst["sign"]
+    return f"{sign}{burst['input']}{pattern} {_at(burst['clock'])}"
+
+
 def describe_conv3(net: nn.Module, m: Measurements, input_units: list[dict]) -> list[dict]:
     weight = net.conv3.weight.detach().cpu()
-    drive = m.contributions["conv3"].drive
+    programs = m.programs.get("conv3")
     units = []
     for k in range(weight.shape[0]):
         drivers, inhibitors = drivers_and_inhibitors(m, "conv3", k)
-        found = []  # (score, input j, burst)
-        for entry in named(drivers):
-            j = next(u["index"] - 1 for u in input_units if u["name"] == entry["input"])
-            per_unit_norm = float(drive[k, j]) / max(float(weight[k, j].norm()), 1e-12)
-            found += [(abs(b.amplitude) * per_unit_norm, j, b) for b in find_bursts(weight[k, j])]
-        found.sort(key=lambda item: -item[0])
-        kept = [item for item in found if item[0] >= BURST_SHARE * found[0][0]][:MAX_BURSTS] if found else []
-        bursts, phrases = [], []
-        for _, j, burst in kept:
-            source = input_units[j]
-            sign = "+" if burst.sign > 0 else "-"
-            bursts.append(
-                {
-                    "sign": sign,
-                    "clock": burst.clock,
-                    "distance": _number(burst.distance, 3),
-                    "input": source["name"],
-                    "input_label": source["label"],
-                    "notation": str(burst),
-                    "amplitude": _number(burst.amplitude),
-                }
-            )
-            phrases.append(f"{'' if not phrases and sign == '+' else sign + ' '}{source['pattern']} {_at(burst.clock)}")
-        label = signed_phrase(drivers, inhibitors, {}) + (": " + " ".join(phrases) if phrases else "")
+        program = programs.units[k] if programs else None
+        printed = program.terms[: program.printed] if program else []
+        bursts = [burst_entry(t, weight[k, t.input], input_units[t.input]) for t in printed]
+        label = inactive(program) or (
+            ", ".join(burst_phrase(b, i == 0) for i, b in enumerate(bursts)) if drivers else "silent on the images"
+        )
         units.append(
             {
                 "layer": "conv3",
                 "index": k + 1,
                 "name": unit_name("conv3", k + 1),
-                "label": label,
+                "label": with_fidelity(label, program),
                 "bursts": bursts,
+                "long_label": [
+                    burst_phrase(burst_entry(t, weight[k, t.input], input_units[t.input]), False)
+                    for t in program.terms[: program.length_for(LONG_LABEL_R)]
+                ]
+                if program
+                else [],
                 "drivers": drivers,
                 "inhibitors": inhibitors,
+                **program_fields(program),
             }
         )
     return units
@@ -225,6 +307,15 @@ def describe(net: nn.Module, m: Measurements) -> dict:
         "grid_statistics": grids,  # claim 3's numbers per layer
         "units": [u for entries in units.values() for u in entries],
     }
+
+
+def add_original_names(labels: dict, kept: dict[str, list[int]]) -> None:
+    """Each unit's name in the net it was pruned from (`was`: conv1_2 was conv1_6), from the pruning
+    history's kept channels {layer: 1-based original numbers}, where the widths match."""
+    for unit in labels["units"]:
+        original = kept.get(unit["layer"], [])
+        if len(original) == sum(u["layer"] == unit["layer"] for u in labels["units"]):
+            unit["was"] = unit_name(unit["layer"], original[unit["index"] - 1])
 
 
 def write_labels(labels: dict, path: str | Path) -> Path:

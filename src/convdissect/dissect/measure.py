@@ -14,6 +14,7 @@ from convdissect.analysis.activations import channel_responses, conv_layers
 from convdissect.analysis.contributions import SignedContributions, signed_contributions
 from convdissect.analysis.fits import GridStatistics, LineFit, fit_lines, grid_statistics
 from convdissect.analysis.selectivity import OrientationTuning, PositionPattern, orientation_tuning, position_pattern
+from convdissect.dissect.programs import LayerPrograms, conv1_programs, layer_programs
 
 # The grids of claim 3: those on each out channel's inputs with the largest |signed contribution|.
 GRIDS_PER_CHANNEL = 3
@@ -33,6 +34,7 @@ class Measurements:
     grids: dict[str, GridStatistics]  # conv2 and conv3: grids on the strongest inputs (claim 3)
     position_pattern: dict[str, PositionPattern]  # every conv layer
     responses: dict[str, torch.Tensor]  # {layer: [N, C]} responses to the dissection images
+    programs: dict[str, LayerPrograms]  # every conv unit's label as a program, with its fidelity
 
 
 def main_drivers(contributions: SignedContributions) -> torch.Tensor:
@@ -50,12 +52,20 @@ def strongest_grids(
     return weight.detach().cpu()[torch.arange(len(order))[:, None], order].flatten(0, 1)
 
 
-def measure(net: nn.Module, images: torch.Tensor, for_labels: bool = True) -> Measurements:
-    """All measurements of a SimpleConvNet on normalised images [N, 1, 28, 28] and on probes.
-    for_labels=False (a null net) skips what only the labels and the report read: conv1's and
-    conv2's position/pattern sweeps and the responses to the images."""
+def measure(
+    net: nn.Module, images: torch.Tensor, for_labels: bool = True, scored_images: torch.Tensor | None = None
+) -> Measurements:
+    """All measurements of a SimpleConvNet on normalised images [N, 1, 28, 28] and on probes; the
+    labels' programs are fitted on `images` and scored on `scored_images` (default: the second half
+    of `images`, the first half fitting). for_labels=False (a null net) skips what only the labels
+    and the report read: conv1's and conv2's position/pattern sweeps and the responses to the images."""
     net.eval()
     images = images.to(next(net.parameters()).device)
+    if scored_images is None:
+        half = len(images) // 2
+        fit_images, scored_images = images[:half], images[half:]
+    else:
+        fit_images, scored_images = images, scored_images.to(images.device)
     layers = conv_layers(net)
     inner = [layer for layer in layers if layer != "conv1"]
     contributions = {layer: signed_contributions(net, layer, images) for layer in inner}
@@ -68,6 +78,8 @@ def measure(net: nn.Module, images: torch.Tensor, for_labels: bool = True) -> Me
         weight = net.conv2.weight.detach().cpu()
         driver_fit = fit_lines(weight[torch.arange(len(driver)), driver.clamp_min(0)])
     conv1_fit = fit_lines(net.conv1.weight.detach()[:, 0])
+    programs = {"conv1": conv1_programs(net, conv1_fit, fit_images, scored_images)}
+    programs |= {layer: layer_programs(net, layer, fit_images, scored_images, shuffled=for_labels) for layer in inner}
     return Measurements(
         widths=list(net.widths),
         layers=layers,
@@ -79,6 +91,7 @@ def measure(net: nn.Module, images: torch.Tensor, for_labels: bool = True) -> Me
         grids=grids,
         position_pattern={layer: position_pattern(net, layer) for layer in layers if for_labels or layer == "conv3"},
         responses=channel_responses(net, images, layers) if for_labels else {},
+        programs=programs,
     )
 
 

@@ -22,7 +22,8 @@ from convdissect.analysis.projections import projections, stage_activations, sub
 from convdissect.analysis.superstimuli import standard_transforms, superstimuli
 from convdissect.config import instantiate
 from convdissect.dissect.claims import ablation, check_claim_settings, claim_statistics
-from convdissect.dissect.labels import describe, write_labels
+from convdissect.dissect.label_scores import fidelity_record, label_net_record
+from convdissect.dissect.labels import add_original_names, describe, write_labels
 from convdissect.dissect.measure import Measurements, measure
 from convdissect.dissect.report.assemble import (
     check_report_settings,
@@ -57,7 +58,7 @@ def check_settings(cfg: DictConfig) -> None:
     """Bad settings fail before any work is done."""
     if cfg.split not in SPLITS:
         raise UserInputError(f"split={cfg.split!r}: allowed {list(SPLITS)}")
-    for key in ("n_images", "claims.ablation_images"):
+    for key in ("n_images", "claims.ablation_images", "fidelity.images"):
         value = OmegaConf.select(cfg, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserInputError(f"{key}={value!r}: must be a positive integer")
@@ -104,6 +105,7 @@ class SimpleConvNetDissection:
     def __init__(self, net: SimpleConvNet, cfg: DictConfig, images: torch.Tensor, digits: torch.Tensor):
         self.net, self.cfg, self.images, self.digits = net, cfg, images, digits
         self.measured: Measurements | None = None
+        self.claims: dict | None = None  # claims.json, once labelled
 
     def check(self) -> None:
         if self.cfg.report.enabled:
@@ -112,9 +114,10 @@ class SimpleConvNetDissection:
     def label(self, out_dir: Path) -> dict:
         """Measure the net and its nulls; write labels.json and claims.json; return the labels."""
         cfg, net = self.cfg, self.net
-        self.measured = measure(net, self.images)
+        scored, scored_digits = instantiate(cfg.data).tensors("test", cfg.fidelity.images)
+        self.measured = measure(net, self.images, scored_images=scored)
         untrained_nets = [untrained_like(net, UNTRAINED_SEED_BASE + i) for i in range(cfg.claims.untrained_seeds)]
-        untrained = [measure(u, self.images, for_labels=False) for u in untrained_nets]
+        untrained = [measure(u, self.images, for_labels=False, scored_images=scored) for u in untrained_nets]
         ablated, ablated_untrained = None, None
         if cfg.claims.ablation and "conv2" in self.measured.layers:
             test_images, test_digits = instantiate(cfg.data).tensors("test", cfg.claims.ablation_images)
@@ -125,8 +128,13 @@ class SimpleConvNetDissection:
                 for u, m in zip(untrained_nets[:ABLATION_UNTRAINED], untrained)
             ]
         claims = claim_statistics(self.measured, untrained, cfg.claims, cfg.seed, ablated, ablated_untrained)
+        claims["fidelity"] = fidelity_record(self.measured, untrained)
+        claims["label_net"] = label_net_record(net, self.measured, scored, scored_digits)
+        self.claims = claims
         (out_dir / "claims.json").write_text(json.dumps(claims, indent=2, ensure_ascii=False) + "\n")
-        return describe(net, self.measured)
+        labels = describe(net, self.measured)
+        add_original_names(labels, pruned_channels(cfg.ckpt_path))
+        return labels
 
     def figures(self, labels: dict, stimuli: dict, writer: SummaryWriter, out_dir: Path):
         """Projections (their scores also to separation.json), the projector embeddings, then every figure."""
@@ -149,6 +157,7 @@ class HandNetDissection:
 
     def __init__(self, net: HandNet, cfg: DictConfig, images: torch.Tensor, digits: torch.Tensor):
         self.net, self.cfg, self.images, self.digits = net, cfg, images, digits
+        self.claims = None  # explained from its parameters: no claims to judge
 
     def check(self) -> None:
         pass  # the report's channel choices pick dissections, which a HandNet does not get
@@ -187,6 +196,17 @@ def training_run_dir(ckpt_path: str | Path) -> Path | None:
         if config.is_file() and "trainer" in OmegaConf.load(config):
             return parent
     return None
+
+
+def pruned_channels(ckpt_path: str | Path) -> dict[str, list[int]]:
+    """{layer: the 1-based channel numbers the net kept from the net it was pruned from}, read from its
+    training run's metrics.json (the last pruning step); {} for a net that was not pruned."""
+    run = training_run_dir(ckpt_path)
+    metrics = run / "metrics.json" if run is not None else None
+    if metrics is None or not metrics.is_file():
+        return {}
+    history = json.loads(metrics.read_text()).get("pruning_history") or [{}]
+    return history[-1].get("kept_channels", {})
 
 
 def tensorboard_dir(cfg: DictConfig, out_dir: Path) -> Path:
@@ -234,7 +254,7 @@ def dissect(cfg: DictConfig) -> dict:
         with SummaryWriter(str(tensorboard_dir(cfg, out_dir))) as writer:
             writer.add_text("labels", labels_markdown(labels))
             figures, projected, note = strategy.figures(labels, stimuli, writer, out_dir)
-            write_report(figures, labels, projected, out_dir, writer, cfg.report.dpi, header + note)
+            write_report(figures, labels, projected, out_dir, writer, cfg.report.dpi, header + note, strategy.claims)
         log.info("report in %.1f s", time.perf_counter() - start)
     log.info("outputs in %s", out_dir)
     return labels

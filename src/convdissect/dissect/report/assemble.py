@@ -78,10 +78,15 @@ def most_copying_conv2(labels: dict) -> str:
     return max(copying, key=lambda u: u["drivers"][0]["share"] if u["drivers"] else 0.0)["name"]
 
 
+def display_name(unit: dict) -> str:
+    """'conv1_2 (was conv1_6)' for a pruned net's unit, else its name."""
+    return f"{unit['name']} (was {unit['was']})" if unit.get("was") else unit["name"]
+
+
 def labels_markdown(labels: dict) -> str:
     """labels.json as one markdown table (unit, label), for TensorBoard's text tab."""
     rows = ["| unit | label |", "|---|---|"] + [
-        f"| {u['name']} | {u['label'].replace('|', '∣')} |" for u in labels["units"]
+        f"| {display_name(u)} | {u['label'].replace('|', '∣')} |" for u in labels["units"]
     ]
     return "\n".join(rows)
 

@@ -22,7 +22,14 @@ log = logging.getLogger(__name__)
 
 
 def write_report(
-    figure_stream, labels: dict, projections: list[Projection], out_dir: Path, writer, dpi: int, header: str
+    figure_stream,
+    labels: dict,
+    projections: list[Projection],
+    out_dir: Path,
+    writer,
+    dpi: int,
+    header: str,
+    claims: dict | None = None,
 ) -> Path:
     """Save each figure as <name>.png in out_dir and to TensorBoard (tag <section>/<name>), then
     write report.html; returns its path."""
@@ -32,14 +39,16 @@ def write_report(
         writer.add_image(f"{entry.section}/{entry.name}", image, dataformats="HWC")
         entries.append(entry)
     path = out_dir / "report.html"
-    path.write_text(page(entries, labels, projections, header))
+    path.write_text(page(entries, labels, projections, header, claims))
     log.info("report with %d figures: %s", len(entries), path)
     return path
 
 
-def page(entries: list[ReportFigure], labels: dict, projections: list[Projection], header: str) -> str:
-    """The HTML page: a section per layer with its figures and its label table (a HandNet's:
-    its explanation)."""
+def page(
+    entries: list[ReportFigure], labels: dict, projections: list[Projection], header: str, claims: dict | None = None
+) -> str:
+    """The HTML page: the claims and the labels' fidelity (when given), then a section per layer with
+    its figures and its label table (a HandNet's: its explanation)."""
     e = html.escape
     if labels["net"] == "handnet":
         sections, intros, columns, tables = (
@@ -54,8 +63,12 @@ def page(entries: list[ReportFigure], labels: dict, projections: list[Projection
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>Dissection of {e(labels['net'])} {e(str(labels['widths']))}</title><style>{CSS}</style></head><body>",
         f"<h1>Dissection of {e(labels['net'])}, widths {e(str(labels['widths']))}</h1><p>{e(header)} Click a figure to open it at full size.</p>",
-        "<nav>" + " · ".join(f"<a href='#{key}'>{key}</a>" for key in sections) + "</nav>",
+        "<nav>"
+        + " · ".join(f"<a href='#{key}'>{key}</a>" for key in ["claims"] * bool(claims) + list(sections))
+        + "</nav>",
     ]
+    if claims:
+        parts.append(_claims_section(claims))
     for key, heading in sections.items():
         parts.append(f"<section id='{key}'><h2>{e(heading)}</h2><p>{e(intros[key])}</p>")
         section_figures = [entry for entry in entries if entry.section == key]
@@ -74,6 +87,53 @@ def page(entries: list[ReportFigure], labels: dict, projections: list[Projection
         parts.append("</section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _html_table(header: list[str], rows: list[list]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _claims_section(claims: dict) -> str:
+    """claims.json on the page: how much of the net the labels reproduce, then every claim statistic
+    next to its nulls with its two verdicts (docs/measures.md)."""
+    fidelity = claims.get("fidelity", {})
+    rows = [
+        [layer, f["median"], f["shuffled"], f["untrained"], f["median_terms"], f.get("median_terms_for_r90", "-")]
+        for layer, f in fidelity.items()
+    ]
+    parts = [
+        "<section id='claims'><h2>Claims and labels that execute</h2>",
+        "<p>Every label is run as a unit and scored against the real unit on held-out test images "
+        "(fidelity: Pearson r, each cell's mean removed). Nulls: the same labels run on the other units of "
+        "the layer (shuffled), and untrained nets' labels on those nets.</p>",
+        _html_table(
+            ["layer", "median fidelity", "shuffled labels", "untrained nets", "printed terms", "terms for r 0.9"], rows
+        ),
+    ]
+    net = claims.get("label_net")
+    if net:
+        lengths = [k for k, v in net.items() if isinstance(v, dict)]
+        parts.append(
+            f"<p>The label net: every conv unit run from its label at once, on {net['images']} test images "
+            f"(the real net: {100 * net['real_accuracy']:.1f}% accuracy).</p>"
+        )
+        parts.append(
+            _html_table(
+                ["terms per unit", *lengths],
+                [[what + " (%)", *(f"{100 * net[k][what]:.1f}" for k in lengths)] for what in ("agreement", "accuracy")]
+                + [["terms to read", *(net[k]["terms"] for k in lengths)]],
+            )
+        )
+    statistics = [
+        [name, c["value"], "; ".join(f"{n} {v['value']}" for n, v in c["nulls"].items()), c["holds"], c["learned"]]
+        for name, c in claims.items()
+        if isinstance(c, dict) and "nulls" in c
+    ]
+    parts.append(_html_table(["statistic", "value", "nulls", "holds", "learned"], statistics))
+    return "\n".join(parts) + "</section>"
 
 
 def _cell(key: str, value) -> str:

@@ -29,6 +29,7 @@ INTROS = {
 }
 TABLE_COLUMNS = {
     "conv1": [
+        ("was", "before pruning"),
         ("label", "label"),
         ("orientation_deg", "θ (°)"),
         ("kind", "kind"),
@@ -37,18 +38,22 @@ TABLE_COLUMNS = {
         ("secondary_orientation_deg", "secondary θ (°)"),
     ],
     "conv2": [
+        ("was", "before pruning"),
         ("label", "label"),
         ("drivers", "drivers (share of the drive)"),
         ("inhibitors", "inhibitors (share of the inhibition)"),
         ("copies_input", "copies its main driver"),
+        ("terms_for_r90", "terms for r 0.9"),
     ],
     "conv3": [
+        ("was", "before pruning"),
         ("label", "label"),
         ("bursts", "bursts"),
         ("drivers", "drivers"),
         ("position_index", "position ω²"),
         ("pattern_index", "pattern ω²"),
         ("interaction_index", "pattern × position ω²"),
+        ("terms_for_r90", "terms for r 0.9"),
     ],
     "fc": [("label", "recipe")],
 }

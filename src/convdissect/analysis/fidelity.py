@@ -1,0 +1,147 @@
+"""Labels that execute: a label's content built into a simulated unit, scored against the real unit.
+
+A label of a conv2/conv3 unit names some of the weights of its grids (whole inputs, or bursts: sets
+of cells of one input's grid); the simulated unit keeps those weights and reads every other weight
+against the mean input map over the fit images (mean ablation). A conv1 label names a fitted
+line/edge kernel; its gain and bias are fitted by least squares. Fidelity is the Pearson r of the
+simulated unit's pooled, post-ReLU output with the real unit's over images and cells, after
+subtracting each cell's mean over the images from both (docs/measures.md, "Fidelity").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convdissect.analysis.activations import conv_layers, record_in_out
+
+
+def pool_after(net: nn.Module, layer: str) -> int:
+    """The max-pool that follows a conv layer of a SimpleConvNet (conv1 of no_conv2 is pooled by 4)."""
+    if layer == "conv1":
+        return 2 if "conv2" in conv_layers(net) else 4
+    return {"conv2": 2, "conv3": 3}[layer]
+
+
+@dataclass
+class LayerRecord:
+    """What one conv layer reads and makes: its inputs on the scored images, its mean input map over
+    the fit images (what a weight that a label leaves out reads), and the real pooled outputs."""
+
+    layer: str
+    conv: nn.Conv2d
+    pool: int
+    inputs: torch.Tensor  # [N, Cin, H, W] scored images
+    mean: torch.Tensor  # [Cin, H, W] over the fit images
+    real: torch.Tensor  # [N, Cout, h, w] relu + max-pool of the real output on the scored images
+
+
+@torch.no_grad()
+def record_layer(
+    net: nn.Module, layer: str, fit_images: torch.Tensor, scored_images: torch.Tensor
+) -> tuple[LayerRecord, LayerRecord]:
+    """The layer's records on the fit images and on the scored images, both against the fit images' mean map."""
+    conv = getattr(net, layer)
+    pool = pool_after(net, layer)
+    records = []
+    for images in (fit_images, scored_images):
+        inputs, outputs = record_in_out(net, images, layer)
+        records.append((inputs, F.max_pool2d(outputs.relu(), pool)))
+    mean = records[0][0].mean(dim=0)
+    return tuple(LayerRecord(layer, conv, pool, inputs, mean, real) for inputs, real in records)
+
+
+def centred_r(simulated: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Pearson r over images and cells after removing each cell's mean over the images (dim 0):
+    simulated [N, M, h, w] against real [N, h, w] -> [M]. A simulated unit that never varies scores 0;
+    a real unit that never varies gives NaN (nothing to reproduce)."""
+    s = (simulated - simulated.mean(dim=0)).flatten(2)  # [N, M, cells]
+    r = (real - real.mean(dim=0)).flatten(1)[:, None]  # [N, 1, cells]
+    cov = (s * r).sum(dim=(0, 2))
+    s_norm, r_norm = s.square().sum(dim=(0, 2)).sqrt(), r.square().sum()
+    if r_norm <= 0:
+        return torch.full_like(cov, float("nan"))
+    return torch.where(s_norm > 0, cov / (s_norm * r_norm.sqrt()).clamp_min(1e-30), torch.zeros_like(cov))
+
+
+def term_outputs(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tensor:
+    """The pre-activations [N, T, H', W'] that each term t of unit k adds on the scored images:
+    the weights masks[t] [Cin, kh, kw] (0/1) of its grid applied to the inputs minus their mean map."""
+    w = rec.conv.weight.detach()[k]  # [Cin, kh, kw]
+    centred = rec.inputs - rec.mean
+    conv = rec.conv
+    per_input = masks.sum(dim=(-2, -1))  # [T, Cin] cells each term keeps on each input
+    whole_inputs = ((per_input == 0) | (per_input == w[0].numel())).all() and bool((per_input > 0).sum(1).eq(1).all())
+    if whole_inputs:  # each term one whole input: one depthwise conv, Cin times cheaper
+        a = F.conv2d(centred, w[:, None], padding=conv.padding, stride=conv.stride, groups=len(w))
+        return a[:, per_input.argmax(dim=1)]
+    return F.conv2d(centred, masks * w, padding=conv.padding, stride=conv.stride)
+
+
+def mean_output(rec: LayerRecord, k: int) -> torch.Tensor:
+    """Unit k's pre-activation [H', W'] when every input is at its mean map (the empty label)."""
+    conv = rec.conv
+    bias = conv.bias.detach()[k : k + 1] if conv.bias is not None else None
+    return F.conv2d(rec.mean[None], conv.weight.detach()[k : k + 1], bias, padding=conv.padding, stride=conv.stride)[
+        0, 0
+    ]
+
+
+def prefix_fidelity(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tensor:
+    """r of unit k's label grown term by term: masks [T, Cin, kh, kw] in the label's order -> [T],
+    entry t the fidelity of the label made of terms 0..t."""
+    pre = mean_output(rec, k) + term_outputs(rec, k, masks).cumsum(dim=1)
+    return centred_r(F.max_pool2d(pre.relu(), rec.pool), rec.real[:, k])
+
+
+def label_fidelity(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tensor:
+    """r of unit k simulated from each label masks [M, Cin, kh, kw] (1 where the label keeps a weight) -> [M]."""
+    pre = mean_output(rec, k) + term_outputs(rec, k, masks)
+    return centred_r(F.max_pool2d(pre.relu(), rec.pool), rec.real[:, k])
+
+
+def input_masks(cin: int, size: int, inputs: list[int]) -> torch.Tensor:
+    """One mask [len(inputs), Cin, size, size] per input: all cells of that input's grid."""
+    masks = torch.zeros(len(inputs), cin, size, size)
+    masks[torch.arange(len(inputs)), torch.tensor(inputs, dtype=torch.long)] = 1.0
+    return masks
+
+
+@torch.no_grad()
+def conv1_fidelity(
+    net: nn.Module, kernels: torch.Tensor, fit_images: torch.Tensor, scored_images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """conv1's units simulated by kernels [C, k, k]: entry [c, j] is unit c run with kernel j, its gain
+    and bias fitted by least squares to unit c's pre-activations on the fit images. Returns (fidelity
+    [C, C] on the scored images, gain [C, C], bias [C, C], the real pooled outputs [N, C, h, w]); the
+    diagonal is each unit's own label."""
+    conv = net.conv1
+    pool = pool_after(net, "conv1")
+    kernels = kernels.to(conv.weight.dtype)[:, None]
+
+    def templates_and_real(images):
+        return F.conv2d(images, kernels, padding=conv.padding), conv(images)
+
+    template, real = templates_and_real(fit_images)  # [N, C, H, W] each
+    t = template.transpose(0, 1).flatten(1)  # [C(j), N*H*W]
+    y = real.transpose(0, 1).flatten(1)  # [C(c), N*H*W]
+    t, t_mean = t - t.mean(dim=1, keepdim=True), t.mean(dim=1)
+    y_mean = y.mean(dim=1)
+    var = t.square().sum(dim=1)  # [C(j)]
+    gain = (y - y_mean[:, None]) @ t.T / var.clamp_min(1e-30)  # [C(c), C(j)]
+    gain = torch.where(var > 0, gain, torch.zeros_like(gain))
+    bias = y_mean[:, None] - gain * t_mean[None]
+    template, real = templates_and_real(scored_images)
+    real = F.max_pool2d(real.relu(), pool)
+    r = torch.stack(
+        [
+            centred_r(
+                F.max_pool2d((template * gain[c, :, None, None] + bias[c, :, None, None]).relu(), pool), real[:, c]
+            )
+            for c in range(real.shape[1])
+        ]
+    )
+    return r, gain, bias, real

@@ -1,0 +1,120 @@
+"""How much of the net its labels reproduce (claims.json's `fidelity` and `label_net`):
+
+- per layer, the median fidelity of the printed labels next to two nulls: the same labels run on
+  the other units of the layer (shuffled) and the untrained nets' labels run on those nets;
+- the description length (terms a label needs for r 0.9) and the curve of fidelity against terms;
+- the label net: every conv unit replaced by its label at once, its accuracy and its agreement with
+  the real net's predictions, for labels of k terms (docs/measures.md, "Fidelity").
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+from torch import nn
+
+from convdissect.dissect.measure import Measurements
+from convdissect.dissect.programs import CURVE_TERMS, LayerPrograms, label_net
+
+# Label-net lengths: k terms per conv2/conv3 unit; the labels reaching these fidelities on the fit images.
+LABEL_NET_TERMS = (1, 2, 3, 5, 10, 20)
+LABEL_NET_FIDELITIES = (0.95, 0.98)
+
+
+def _median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and v == v]  # drop NaN (units that never vary)
+    return round(statistics.median(values), 4) if values else None
+
+
+def _sd(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and v == v]
+    return round(statistics.stdev(values), 4) if len(values) > 1 else None
+
+
+def curve_at(programs: LayerPrograms, terms: int) -> float | None:
+    """Median over units of the fidelity of their first `terms` terms (all of them where a unit has fewer)."""
+    return _median([float(u.curve[min(terms, len(u.curve)) - 1]) for u in programs.units if len(u.curve)])
+
+
+def layer_fidelity(programs: LayerPrograms, untrained: list[LayerPrograms]) -> dict:
+    """One layer's fidelity record: medians of the printed labels, their nulls, the description length."""
+    fidelity = [u.fidelity for u in programs.units]
+    shuffled = [u.shuffled for u in programs.units]
+    untrained_medians = [_median([u.fidelity for u in p.units]) for p in untrained]
+    r90 = [u.terms_for_r90 for u in programs.units if len(u.curve)]
+    record = {
+        "median": _median(fidelity),
+        "shuffled": _median(shuffled),
+        "shuffled_sd": _sd(shuffled),
+        "untrained": _median(untrained_medians),
+        "untrained_sd": _sd(untrained_medians),
+        "median_terms": _median([float(u.printed) for u in programs.units]),
+    }
+    if programs.layer != "conv1":
+        record["median_terms_for_r90"] = _median([float(n) for n in r90 if n is not None])
+        record["units_never_r90"] = sum(n is None for n in r90)
+        record["curve"] = {str(t): curve_at(programs, t) for t in CURVE_TERMS} | {
+            "all": _median([float(u.curve[-1]) for u in programs.units if len(u.curve)])
+        }
+    gap = (record["median"] or 0.0) - (record["shuffled"] or 0.0)
+    record["above_shuffled"] = bool(record["median"] is not None and gap > (record["shuffled_sd"] or 0.0))
+    return record
+
+
+def fidelity_record(m: Measurements, untrained: list[Measurements]) -> dict:
+    """claims.json's `fidelity`: {layer: layer_fidelity} for every conv layer."""
+    return {layer: layer_fidelity(p, [u.programs[layer] for u in untrained]) for layer, p in m.programs.items()}
+
+
+@torch.no_grad()
+def label_net_record(net: nn.Module, m: Measurements, images: torch.Tensor, digits: torch.Tensor) -> dict:
+    """claims.json's `label_net`: accuracy and agreement with the real net of the net run from its
+    labels (conv1 as fitted kernels; conv2, conv3 with k terms per unit, the printed labels, the labels
+    reaching a fidelity on the fit images, or every term), and `terms`: how many terms a reader reads."""
+    images, digits = images.to(next(net.parameters()).device), digits.to(next(net.parameters()).device)
+    real = net(images).argmax(dim=1)
+    lengths = {str(k): {"terms": k} for k in LABEL_NET_TERMS} | {"printed": {}}
+    lengths |= {f"r{r}": {"fidelity": r} for r in LABEL_NET_FIDELITIES} | {"all": {"terms": 10**9}}
+    record = {"images": len(images), "real_accuracy": round(float((real == digits).float().mean()), 4)}
+    inner = [p for layer, p in m.programs.items() if layer != "conv1"]
+    for name, length in lengths.items():
+        predicted = label_net(net, m.programs, **length)(images).argmax(dim=1)
+        record[name] = {
+            "accuracy": round(float((predicted == digits).float().mean()), 4),
+            "agreement": round(float((predicted == real).float().mean()), 4),
+            "terms": len(m.programs["conv1"].units) + sum(sum(p.lengths(**length)) for p in inner),
+        }
+    return record
+
+
+def _mean_sd(values: list[float | None], digits: int = 2) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def fidelity_table(claims: list[dict]) -> str:
+    """Markdown: per layer, the printed labels' median fidelity and terms, the description length and
+    both nulls, mean ± sd over the nets' claims.json; then the label net's agreement per length."""
+    layers = list(claims[0]["fidelity"])
+    rows = [
+        "| layer | median fidelity | shuffled labels | untrained nets | printed terms | terms for r 0.9 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for layer in layers:
+        records = [c["fidelity"][layer] for c in claims]
+        rows.append(
+            f"| {layer} | {_mean_sd([r['median'] for r in records])} | {_mean_sd([r['shuffled'] for r in records])} "
+            f"| {_mean_sd([r['untrained'] for r in records])} | {_mean_sd([r['median_terms'] for r in records], 1)} "
+            f"| {_mean_sd([r.get('median_terms_for_r90') for r in records], 1)} |"
+        )
+    lengths = [key for key in claims[0]["label_net"] if isinstance(claims[0]["label_net"][key], dict)]
+    rows += ["", "| label net | " + " | ".join(lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
+    for what, scale in (("agreement", 100), ("accuracy", 100), ("terms", 1)):
+        values = [_mean_sd([scale * c["label_net"][k][what] for c in claims], 1 if scale > 1 else 0) for k in lengths]
+        rows.append(f"| {what}{' (%)' if scale > 1 else ''} | " + " | ".join(values) + " |")
+    return "\n".join(rows)

@@ -1,0 +1,230 @@
+"""Every conv unit's label as a program: its terms ranked by signed contribution, grown until the
+simulated unit reproduces the real one, scored on held-out images (docs/measures.md, "Fidelity").
+
+- conv1: one term, the fitted line/edge kernel (gain and bias by least squares);
+- conv2: a term is one input (its whole grid);
+- conv3: a term is one burst: a connected set of same-sign cells of one input's grid.
+The printed label is the shortest prefix whose fidelity on the fit images reaches PRINTED_R (at most
+MAX_PRINTED terms); `terms_for_r90` is the shortest prefix reaching 0.9 on the scored images.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+from convdissect.analysis.contributions import SignedContributions, signed_contributions
+from convdissect.analysis.fidelity import LayerRecord, conv1_fidelity, label_fidelity, prefix_fidelity, record_layer
+from convdissect.analysis.fits import LineFit
+
+# The printed label grows until its fidelity on the fit images reaches this, at most MAX_PRINTED terms.
+PRINTED_R = 0.9
+MAX_PRINTED = {"conv2": 6, "conv3": 8}
+# The description length: the terms a label needs to reach this fidelity.
+DESCRIPTION_R = 0.9
+# The curve of fidelity against the number of terms is reported at these lengths (and all).
+CURVE_TERMS = (1, 2, 3, 5, 10)
+
+
+@dataclass
+class Term:
+    """One term of a label: the cells of input `input`'s grid it keeps, and their signed contribution."""
+
+    input: int  # 0-based input channel
+    cells: torch.Tensor  # [kh, kw] bool
+    contribution: float
+
+
+@dataclass
+class UnitProgram:
+    """One unit's terms, strongest first, and how well each prefix reproduces it."""
+
+    terms: list[Term]
+    curve: torch.Tensor  # [len(terms)] fidelity on the scored images of the first t+1 terms
+    fit_curve: torch.Tensor  # [len(terms)] the same on the fit images (where label lengths are chosen)
+    printed: int  # terms in the printed label
+    shuffled: float  # mean fidelity of the other units' printed labels run on this unit
+    activity: str = "varies"  # or "silent" (never fires on the scored images) or "constant" (fires, never varies)
+
+    @property
+    def fidelity(self) -> float:
+        return float(self.curve[self.printed - 1]) if self.printed else 0.0
+
+    def length_for(self, fidelity: float) -> int:
+        """The shortest prefix reaching `fidelity` on the fit images (every term where none does)."""
+        reached = (self.fit_curve >= fidelity).nonzero()
+        return int(reached[0]) + 1 if len(reached) else len(self.terms)
+
+    @property
+    def terms_for_r90(self) -> int | None:
+        """The shortest prefix reaching DESCRIPTION_R on the scored images (None: not even with every term)."""
+        reached = (self.curve >= DESCRIPTION_R).nonzero()
+        return int(reached[0]) + 1 if len(reached) else None
+
+
+@dataclass
+class LayerPrograms:
+    layer: str
+    units: list[UnitProgram]
+    means: torch.Tensor | None = None  # [Cin, H, W] the mean input map a left-out weight reads
+    conv1: tuple[torch.Tensor, torch.Tensor] | None = None  # conv1: its labels' (weight, bias), gain included
+
+    def lengths(self, terms: int | None = None, fidelity: float | None = None) -> list[int]:
+        """Per unit, the terms of its label: its first `terms`, the shortest reaching `fidelity` on the
+        fit images, or (neither given) its printed label."""
+        if fidelity is not None:
+            return [unit.length_for(fidelity) for unit in self.units]
+        return [unit.printed if terms is None else min(terms, len(unit.terms)) for unit in self.units]
+
+    def masks(self, weight_shape: torch.Size, lengths: list[int]) -> torch.Tensor:
+        """[Cout, Cin, kh, kw] 1 where unit k's label of lengths[k] terms keeps a weight."""
+        masks = torch.zeros(weight_shape)
+        for k, (unit, n) in enumerate(zip(self.units, lengths)):
+            for term in unit.terms[:n]:
+                masks[k, term.input] += term.cells
+        return masks.clamp_max(1.0)
+
+
+def connected_bursts(grid: torch.Tensor) -> list[torch.Tensor]:
+    """The connected (8-neighbour) sets of same-sign nonzero cells of a grid [kh, kw], as bool masks."""
+    bursts = []
+    for sign in (1, -1):
+        components, n = ndimage.label((torch.sign(grid) == sign).numpy(), structure=np.ones((3, 3)))
+        bursts += [torch.from_numpy(components == i) for i in range(1, n + 1)]
+    return bursts
+
+
+def unit_terms(layer: str, weight: torch.Tensor, contributions: SignedContributions, k: int) -> list[Term]:
+    """Unit k's terms (inputs for conv2, bursts for conv3), largest |signed contribution| first."""
+    cells = contributions.cells[k]  # [Cin, kh, kw]
+    full = torch.ones(cells.shape[-2:], dtype=torch.bool)
+    if layer == "conv2":
+        terms = [Term(j, full, float(cells[j].sum())) for j in range(len(cells))]
+    else:
+        terms = [
+            Term(j, burst, float(cells[j][burst].sum()))
+            for j in range(len(cells))
+            for burst in connected_bursts(weight[j])
+        ]
+    return sorted(terms, key=lambda t: -abs(t.contribution))
+
+
+def term_masks(terms: list[Term], cin: int) -> torch.Tensor:
+    masks = torch.zeros(len(terms), cin, *terms[0].cells.shape) if terms else torch.zeros(0)
+    for t, term in enumerate(terms):
+        masks[t, term.input] = term.cells.float()
+    return masks
+
+
+def activity(real: torch.Tensor) -> str:
+    """'silent' where a unit's pooled output [N, ...] is 0 on every image, 'constant' where it never varies."""
+    if float(real.abs().amax()) == 0.0:
+        return "silent"
+    return "constant" if float((real - real[:1]).abs().amax()) == 0.0 else "varies"
+
+
+def printed_length(curve_fit: torch.Tensor, layer: str) -> int:
+    """The shortest prefix reaching PRINTED_R on the fit images, at most MAX_PRINTED[layer] terms."""
+    cap = min(MAX_PRINTED[layer], len(curve_fit))
+    reached = (curve_fit[:cap] >= PRINTED_R).nonzero()
+    return int(reached[0]) + 1 if len(reached) else cap
+
+
+def layer_programs(
+    net: nn.Module, layer: str, fit_images: torch.Tensor, scored_images: torch.Tensor, shuffled: bool = True
+) -> LayerPrograms:
+    """The programs of every unit of conv2 or conv3, with their shuffled null (unless shuffled=False)."""
+    weight = getattr(net, layer).weight.detach().cpu()
+    contributions = signed_contributions(net, layer, fit_images)
+    fit, scored = record_layer(net, layer, fit_images, scored_images)
+    cin = weight.shape[1]
+    terms = [unit_terms(layer, weight[k], contributions, k) for k in range(len(weight))]
+    masks = [term_masks(t, cin).to(scored.inputs.dtype) for t in terms]
+    curves = [prefix_fidelity(scored, k, m) if len(m) else torch.zeros(0) for k, m in enumerate(masks)]
+    fit_curves = [prefix_fidelity(fit, k, m) if len(m) else torch.zeros(0) for k, m in enumerate(masks)]
+    printed = [printed_length(c, layer) if len(c) else 0 for c in fit_curves]
+    labels = torch.stack(
+        [m[:p].sum(dim=0).clamp_max(1.0) if p else torch.zeros(weight.shape[1:]) for m, p in zip(masks, printed)]
+    )
+    units = [
+        UnitProgram(
+            t, c, f, p, shuffled_fidelity(scored, k, labels) if shuffled else float("nan"), activity(scored.real[:, k])
+        )
+        for k, (t, c, f, p) in enumerate(zip(terms, curves, fit_curves, printed))
+    ]
+    return LayerPrograms(layer, units, means=scored.mean)
+
+
+def shuffled_fidelity(rec: LayerRecord, k: int, labels: torch.Tensor) -> float:
+    """The mean fidelity on unit k of the other units' printed labels (their kept weights on k's grids)."""
+    others = [j for j in range(len(labels)) if j != k]
+    if not others:
+        return float("nan")
+    return float(label_fidelity(rec, k, labels[others].to(rec.inputs.dtype)).nanmean())
+
+
+def conv1_programs(
+    net: nn.Module, fit: LineFit, fit_images: torch.Tensor, scored_images: torch.Tensor
+) -> LayerPrograms:
+    """conv1's labels run as their fitted kernels; the shuffled null runs each unit with the others' kernels."""
+    kernels = fit.kernels()
+    r, gain, bias, real = conv1_fidelity(net, kernels, fit_images, scored_images)
+    off_diagonal = ~torch.eye(len(r), dtype=torch.bool)
+    units = [
+        UnitProgram(
+            [],
+            r[c, c : c + 1],
+            r[c, c : c + 1],
+            1,
+            float(r[c][off_diagonal[c]].nanmean()) if len(r) > 1 else float("nan"),
+            activity(real[:, c]),
+        )
+        for c in range(len(r))
+    ]
+    weight = (gain.diagonal()[:, None, None] * kernels)[:, None]
+    return LayerPrograms("conv1", units, conv1=(weight, bias.diagonal()))
+
+
+class ProgramConv(nn.Module):
+    """A conv layer whose units run their labels: the weights a label keeps read the input, every
+    other weight reads the mean input map (a constant map, folded into the bias)."""
+
+    def __init__(self, conv: nn.Conv2d, masks: torch.Tensor, means: torch.Tensor):
+        super().__init__()
+        weight = conv.weight.detach()
+        masks = masks.to(weight)
+        self.padding, self.stride = conv.padding, conv.stride
+        self.weight = nn.Parameter(weight * masks, requires_grad=False)
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(len(weight)).to(weight)
+        folded = F.conv2d(means[None].to(weight), weight * (1 - masks), bias, padding=self.padding, stride=self.stride)
+        self.register_buffer("bias_map", folded[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, padding=self.padding, stride=self.stride) + self.bias_map
+
+
+def label_net(
+    net: nn.Module, programs: dict[str, LayerPrograms], terms: int | None = None, fidelity: float | None = None
+) -> nn.Module:
+    """A copy of the net whose conv units run their labels: conv1 its fitted kernels (when `programs`
+    has conv1), conv2 and conv3 labels of the length LayerPrograms.lengths(terms, fidelity) gives."""
+    copy = deepcopy(net).eval()
+    for layer, layer_programs_ in programs.items():
+        conv = getattr(net, layer)
+        if layer_programs_.conv1 is not None:
+            weight, bias = layer_programs_.conv1
+            replaced = deepcopy(conv)
+            with torch.no_grad():
+                replaced.weight.copy_(weight)
+                replaced.bias.copy_(bias)
+            setattr(copy, layer, replaced)
+        else:
+            masks = layer_programs_.masks(conv.weight.shape, layer_programs_.lengths(terms, fidelity))
+            setattr(copy, layer, ProgramConv(conv, masks, layer_programs_.means))
+    return copy
