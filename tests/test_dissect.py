@@ -52,7 +52,7 @@ def test_cli_on_a_lightning_checkpoint(trained, tmp_path):
     labels = json.loads((tmp_path / "labels.json").read_text())
     assert labels["net"] == "simple_convnet" and labels["widths"] == [4, 8, 8, 8]
     assert [u["name"] for u in labels["units"]] == [
-        f"conv{layer}_{i}" for layer, n in ((1, 4), (2, 8), (3, 8)) for i in range(1, n + 1)
+        f"{layer}_{i}" for layer, n in (("conv1", 4), ("conv2", 8), ("conv3", 8), ("fc4", 8)) for i in range(1, n + 1)
     ]
     conv1, conv2, conv3 = labels["units"][0], labels["units"][4], labels["units"][12]
     assert {"orientation_deg", "kind", "side", "fit_r2", "secondary_orientation_deg"} <= set(conv1)
@@ -63,11 +63,11 @@ def test_cli_on_a_lightning_checkpoint(trained, tmp_path):
     assert {"conv2_top_share", "ablation_top1", "conv3_interaction_omega2"} <= set(claims)
     statistics = {name: c for name, c in claims.items() if name not in ("fidelity", "label_net")}
     assert all(c["holds"] in ("supported", "not supported", "reversed") for c in statistics.values())
-    assert set(claims["fidelity"]) == {"conv1", "conv2", "conv3"}
+    assert set(claims["fidelity"]) == {"conv1", "conv2", "conv3", "fc4"}
     assert {"median", "shuffled", "untrained", "median_terms_for_r90", "curve"} <= set(claims["fidelity"]["conv2"])
     assert 0 <= claims["label_net"]["printed"]["agreement"] <= 1
     assert all(u["label"].endswith(")") and "fidelity" in u for u in labels["units"] if u["activity"] == "varies")
-    assert all(b["input"].startswith("conv2_") for u in labels["units"][12:] for b in u["bursts"])
+    assert all(b["input"].startswith("conv2_") for u in labels["units"][12:20] for b in u["bursts"])
     stimuli = torch.load(tmp_path / "superstimuli.pt", weights_only=True)
     assert {k: tuple(v.shape) for k, v in stimuli.items()} == {
         "conv1": (4, 1, 28, 28),
@@ -90,9 +90,10 @@ def test_plain_state_dict_without_conv2_is_the_no_conv2_variant(tmp_path):
     labels = dissect(cfg)
     assert labels == json.loads((tmp_path / "labels.json").read_text())
     assert labels["widths"] == [4, 6, 8]
-    assert [u["layer"] for u in labels["units"]] == ["conv1"] * 4 + ["conv3"] * 6
-    assert all(b["input"].startswith("conv1_") for u in labels["units"][4:] for b in u["bursts"])
-    assert any(u["bursts"] for u in labels["units"][4:])
+    assert [u["layer"] for u in labels["units"]] == ["conv1"] * 4 + ["conv3"] * 6 + ["fc4"] * 8
+    assert all(b["input"].startswith("conv1_") for u in labels["units"][4:10] for b in u["bursts"])
+    assert any(u["bursts"] for u in labels["units"][4:10])
+    assert all(d["input"].startswith("conv3_") for u in labels["units"][10:] for d in u["drivers"])
 
 
 @pytest.mark.slow

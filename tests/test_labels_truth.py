@@ -90,7 +90,10 @@ def labels(tmp_path_factory):
 @pytest.mark.slow
 def test_every_unit_has_an_entry(labels):
     expected = (
-        [f"conv1_{i}" for i in range(1, 10)] + [f"conv2_{i}" for i in range(1, 9)] + [f"conv3_{i}" for i in range(1, 7)]
+        [f"conv1_{i}" for i in range(1, 10)]
+        + [f"conv2_{i}" for i in range(1, 9)]
+        + [f"conv3_{i}" for i in range(1, 7)]
+        + [f"fc4_{i}" for i in range(1, 9)]
     )
     assert list(labels) == expected
     for name, unit in labels.items():
@@ -161,7 +164,7 @@ def test_position_and_pattern_indices(labels):
     assert burst["position_index"] > 0.3 > max(labels[f"conv1_{i}"]["position_index"] for i in range(1, 5))
     # omega² is unbiased, so it goes below 0 where an effect is smaller than the half-pixel replicates' noise
     keys = ("position_index", "pattern_index", "interaction_index")
-    assert all(-1 <= u[k] <= 1 for u in labels.values() for k in keys if u[k] is not None)
+    assert all(-1 <= u[k] <= 1 for u in labels.values() for k in keys if u.get(k) is not None)
     assert all(abs(labels[f"conv1_{i}"]["interaction_index"]) < 0.01 for i in range(1, 5))  # a line is a line anywhere
 
 

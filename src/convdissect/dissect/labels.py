@@ -281,6 +281,38 @@ def describe_conv3(net: nn.Module, m: Measurements, input_units: list[dict]) -> 
     return units
 
 
+def describe_fc4(m: Measurements) -> list[dict]:
+    """fc4's units: the conv3 units their labels keep, drivers and inhibitors by signed contribution."""
+    programs = m.programs["fc4"]
+    units = []
+    for k, program in enumerate(programs.units):
+        row = programs.contributions[k]
+        positive, negative = row.clamp_min(0), (-row).clamp_min(0)
+        drivers, inhibitors = (
+            [
+                {"input": unit_name("conv3", j + 1), "share": _number(float(part[j] / part.sum()), 3)}
+                for j in part.argsort(descending=True).tolist()
+                if part[j] > 0
+            ]
+            for part in (positive, negative)
+        )
+        label = inactive(program) or signed_phrase(drivers, inhibitors, kept_inputs(program, "conv3"), {})
+        units.append(
+            {
+                "layer": "fc4",
+                "index": k + 1,
+                "name": unit_name("fc4", k + 1),
+                "label": with_fidelity(label, program),
+                "drivers": drivers,
+                "inhibitors": inhibitors,
+                "kept_inputs": kept_inputs(program, "conv3"),
+                "long_label": long_inputs(program, "conv3"),
+                **program_fields(program),
+            }
+        )
+    return units
+
+
 def add_position_pattern(m: Measurements, layer: str, units: list[dict]) -> None:
     """Add position_index, pattern_index and interaction_index (omega² on the stroke sweep)."""
     pp = m.position_pattern[layer]
@@ -300,6 +332,7 @@ def describe(net: nn.Module, m: Measurements) -> dict:
     units["conv3"] = describe_conv3(net, m, units[source_layer(m, "conv3")])
     for layer, entries in units.items():
         add_position_pattern(m, layer, entries)
+    units["fc4"] = describe_fc4(m)
     grids = {layer: {k: _number(v) for k, v in stats.summary().items()} for layer, stats in m.grids.items()}
     return {
         "net": "simple_convnet",

@@ -14,7 +14,7 @@ from convdissect.analysis.activations import channel_responses, conv_layers
 from convdissect.analysis.contributions import SignedContributions, signed_contributions
 from convdissect.analysis.fits import GridStatistics, LineFit, fit_lines, grid_statistics
 from convdissect.analysis.selectivity import OrientationTuning, PositionPattern, orientation_tuning, position_pattern
-from convdissect.dissect.programs import LayerPrograms, conv1_programs, layer_programs
+from convdissect.dissect.programs import LayerPrograms, conv1_programs, fc4_programs, layer_programs
 
 # The grids of claim 3: those on each out channel's inputs with the largest |signed contribution|.
 GRIDS_PER_CHANNEL = 3
@@ -80,6 +80,7 @@ def measure(
     conv1_fit = fit_lines(net.conv1.weight.detach()[:, 0])
     programs = {"conv1": conv1_programs(net, conv1_fit, fit_images, scored_images)}
     programs |= {layer: layer_programs(net, layer, fit_images, scored_images, shuffled=for_labels) for layer in inner}
+    programs["fc4"] = fc4_programs(net, fit_images, scored_images, shuffled=for_labels)
     return Measurements(
         widths=list(net.widths),
         layers=layers,

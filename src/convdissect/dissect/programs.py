@@ -3,7 +3,8 @@ simulated unit reproduces the real one, scored on held-out images (docs/measures
 
 - conv1: one term, the fitted line/edge kernel (gain and bias by least squares);
 - conv2: a term is one input (its whole grid);
-- conv3: a term is one burst: a connected set of same-sign cells of one input's grid.
+- conv3: a term is one burst: a connected set of same-sign cells of one input's grid;
+- fc4: a term is one conv3 unit (its pooled output).
 The printed label is the shortest prefix whose fidelity on the fit images reaches PRINTED_R (at most
 MAX_PRINTED terms); `terms_for_r90` is the shortest prefix reaching 0.9 on the scored images.
 """
@@ -19,13 +20,20 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from convdissect.analysis.contributions import SignedContributions, signed_contributions
-from convdissect.analysis.fidelity import LayerRecord, conv1_fidelity, label_fidelity, prefix_fidelity, record_layer
+from convdissect.analysis.contributions import SignedContributions, blank_image, signed_contributions
+from convdissect.analysis.fidelity import (
+    LayerRecord,
+    centred_r,
+    conv1_fidelity,
+    label_fidelity,
+    prefix_fidelity,
+    record_layer,
+)
 from convdissect.analysis.fits import LineFit
 
 # The printed label grows until its fidelity on the fit images reaches this, at most MAX_PRINTED terms.
 PRINTED_R = 0.9
-MAX_PRINTED = {"conv2": 6, "conv3": 8}
+MAX_PRINTED = {"conv2": 6, "conv3": 8, "fc4": 6}
 # The description length: the terms a label needs to reach this fidelity.
 DESCRIPTION_R = 0.9
 # The curve of fidelity against the number of terms is reported at these lengths (and all).
@@ -74,6 +82,7 @@ class LayerPrograms:
     units: list[UnitProgram]
     means: torch.Tensor | None = None  # [Cin, H, W] the mean input map a left-out weight reads
     conv1: tuple[torch.Tensor, torch.Tensor] | None = None  # conv1: its labels' (weight, bias), gain included
+    contributions: torch.Tensor | None = None  # fc4: [Cout, Cin] the signed contributions of its inputs
 
     def lengths(self, terms: int | None = None, fidelity: float | None = None) -> list[int]:
         """Per unit, the terms of its label: its first `terms`, the shortest reaching `fidelity` on the
@@ -83,11 +92,11 @@ class LayerPrograms:
         return [unit.printed if terms is None else min(terms, len(unit.terms)) for unit in self.units]
 
     def masks(self, weight_shape: torch.Size, lengths: list[int]) -> torch.Tensor:
-        """[Cout, Cin, kh, kw] 1 where unit k's label of lengths[k] terms keeps a weight."""
+        """[Cout, Cin, kh, kw] ([Cout, Cin] for fc4) 1 where unit k's label of lengths[k] terms keeps a weight."""
         masks = torch.zeros(weight_shape)
         for k, (unit, n) in enumerate(zip(self.units, lengths)):
             for term in unit.terms[:n]:
-                masks[k, term.input] += term.cells
+                masks[k, term.input] += term.cells if masks.dim() == 4 else 1.0
         return masks.clamp_max(1.0)
 
 
@@ -213,7 +222,7 @@ def label_net(
     net: nn.Module, programs: dict[str, LayerPrograms], terms: int | None = None, fidelity: float | None = None
 ) -> nn.Module:
     """A copy of the net whose conv units run their labels: conv1 its fitted kernels (when `programs`
-    has conv1), conv2 and conv3 labels of the length LayerPrograms.lengths(terms, fidelity) gives."""
+    has conv1), conv2, conv3 and fc4 labels of the length LayerPrograms.lengths(terms, fidelity) gives."""
     copy = deepcopy(net).eval()
     for layer, layer_programs_ in programs.items():
         conv = getattr(net, layer)
@@ -226,5 +235,57 @@ def label_net(
             setattr(copy, layer, replaced)
         else:
             masks = layer_programs_.masks(conv.weight.shape, layer_programs_.lengths(terms, fidelity))
-            setattr(copy, layer, ProgramConv(conv, masks, layer_programs_.means))
+            program = ProgramLinear if isinstance(conv, nn.Linear) else ProgramConv
+            setattr(copy, layer, program(conv, masks, layer_programs_.means))
     return copy
+
+
+class ProgramLinear(nn.Module):
+    """fc4 whose units run their labels: the kept inputs read the features, the others their means."""
+
+    def __init__(self, linear: nn.Linear, masks: torch.Tensor, means: torch.Tensor):
+        super().__init__()
+        weight = linear.weight.detach()
+        masks = masks.to(weight)
+        self.weight = nn.Parameter(weight * masks, requires_grad=False)
+        self.register_buffer("folded_bias", linear.bias.detach() + (weight * (1 - masks)) @ means.to(weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.folded_bias)
+
+
+@torch.no_grad()
+def fc4_programs(
+    net: nn.Module, fit_images: torch.Tensor, scored_images: torch.Tensor, shuffled: bool = True
+) -> LayerPrograms:
+    """fc4's units as programs over conv3's pooled features: a term is one conv3 unit, ranked by its
+    signed contribution (w_kj (x_j - x_j on the blank image), where the unit survives its ReLU)."""
+    fc4, act = net.fc4, net.fc4_act
+    x_fit, x_scored = net.features(fit_images), net.features(scored_images)
+    x_blank = net.features(blank_image(fit_images))
+    survives = (fc4(x_fit) > 0).to(x_fit) if isinstance(act, nn.ReLU) else torch.ones(len(x_fit), fc4.out_features)
+    weight = fc4.weight.detach()
+    contributions = torch.einsum("nk,kj,nj->kj", survives, weight, x_fit - x_blank) / len(x_fit)  # [Cout, Cin]
+    mean = x_fit.mean(dim=0)
+    real_fit, real_scored = act(fc4(x_fit)), act(fc4(x_scored))
+
+    def prefix(x, k, order):
+        pre = (weight[k] @ mean + fc4.bias[k]) + ((x - mean)[:, order] * weight[k, order]).cumsum(dim=1)
+        return pre
+
+    units, labels = [], []
+    for k in range(len(weight)):
+        order = contributions[k].abs().argsort(descending=True)
+        fit_curve = centred_r(act(prefix(x_fit, k, order))[:, :, None, None], real_fit[:, k, None, None])
+        curve = centred_r(act(prefix(x_scored, k, order))[:, :, None, None], real_scored[:, k, None, None])
+        terms = [Term(int(j), torch.ones(1, 1, dtype=torch.bool), float(contributions[k, j])) for j in order]
+        printed = printed_length(fit_curve, "fc4")
+        labels.append(torch.zeros(len(mean)).index_fill_(0, order[:printed], 1.0))
+        units.append(UnitProgram(terms, curve, fit_curve, printed, float("nan"), activity(real_scored[:, k])))
+    if shuffled:
+        for k, unit in enumerate(units):
+            others = [j for j in range(len(units)) if j != k]
+            pre = torch.stack([(weight[k] * m) @ (x_scored - mean).T for m in (labels[j] for j in others)], dim=1)
+            pre = pre + weight[k] @ mean + fc4.bias[k]
+            unit.shuffled = float(centred_r(act(pre)[:, :, None, None], real_scored[:, k, None, None]).nanmean())
+    return LayerPrograms("fc4", units, means=mean, contributions=contributions)

@@ -81,7 +81,7 @@ def page(
             )
         if key == "fc" and projections:
             parts.append(_separation_table(projections))
-        rows = [u for u in labels["units"] if u["layer"] == key]
+        rows = [u for u in labels["units"] if u["layer"] == key or (key, u["layer"]) == ("fc", "fc4")]
         if rows:
             parts.append(f"<h3>{key} {tables}</h3>" + _label_table(rows, columns[key]))
         parts.append("</section>")

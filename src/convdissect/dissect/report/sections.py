@@ -55,7 +55,13 @@ TABLE_COLUMNS = {
         ("interaction_index", "pattern × position ω²"),
         ("terms_for_r90", "terms for r 0.9"),
     ],
-    "fc": [("label", "recipe")],
+    "fc": [
+        ("was", "before pruning"),
+        ("label", "label"),
+        ("drivers", "drivers"),
+        ("inhibitors", "inhibitors"),
+        ("terms_for_r90", "terms for r 0.9"),
+    ],
 }
 
 
