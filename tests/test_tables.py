@@ -2,6 +2,7 @@
 on real (tiny) runs. The other tables are tested beside what they read (test_results_table,
 test_handnet_frontier, test_pruning, test_prune_article, test_untangle)."""
 
+import json
 import shutil
 
 import pytest
@@ -11,7 +12,7 @@ from convdissect.errors import UserInputError
 from convdissect.tables import render
 from convdissect.tables.common import mean_sd, training_runs
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import CHECKOUT, TINY, compose_cfg
 
 
 def test_mean_sd_leaves_out_missing_values_and_gives_one_value_no_sd():
@@ -59,3 +60,28 @@ def test_a_missing_dir_is_one_error_line_and_exit_status_2(table, tmp_path, caps
         tables_main([table, str(tmp_path / "nowhere")])
     assert exit_.value.code == 2
     assert capsys.readouterr().err == f"error: RUN_DIRS: {tmp_path / 'nowhere'} is not a directory\n"
+
+
+RESULT_FILES = sorted((CHECKOUT / "docs" / "results").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", RESULT_FILES, ids=lambda p: p.stem)
+def test_each_docs_table_is_its_result_file_as_the_command_prints_it(path):
+    stored = json.loads(path.read_text())
+    printed = render(["stored", str(path)])
+    assert printed.count("\n") == len(stored["rows"]) + 1  # header, rule, one line per row
+    assert f"\n{printed}\n" in (CHECKOUT / stored["page"]).read_text()
+
+
+def test_the_result_files_cover_every_table_the_command_made():
+    pages = {json.loads(path.read_text())["page"] for path in RESULT_FILES}
+    assert pages == {"docs/results.md", "docs/pruning.md", "docs/handnet.md", "docs/article_method.md"}
+    assert len(RESULT_FILES) == 7
+
+
+def test_a_result_file_whose_row_is_short_is_one_error_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    columns = ["a", "b"]
+    bad.write_text(json.dumps({"page": "x.md", "made_by": "-", "measured": "-", "columns": columns, "rows": [["1"]]}))
+    with pytest.raises(UserInputError, match=r"has 1 cells, the header 2$"):
+        render(["stored", str(bad)])
