@@ -120,7 +120,7 @@ def eval_main(config_dir: str | None = None) -> None:
 
 
 def tables_main(argv: list[str] | None = None) -> None:
-    """convdissect tables results|criteria|pruning|frontier|hparams|untangle RUN_DIRS... (markdown on stdout)"""
+    """convdissect tables NAME ... (`convdissect tables --help` lists the names); markdown on stdout"""
     from convdissect.tables import render
 
     try:
@@ -135,8 +135,12 @@ COMMANDS = {"train": train_main, "dissect": dissect_main, "eval": eval_main, "ta
 
 def main() -> None:
     """convdissect COMMAND ...: one command for all; a Hydra command reads its overrides from sys.argv."""
+    usage = f"usage: convdissect {{{','.join(COMMANDS)}}} ... (each with --help)"
+    if len(sys.argv) >= 2 and sys.argv[1] in ("-h", "--help"):
+        print(usage)
+        return
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
-        print(f"usage: convdissect {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
+        print(usage, file=sys.stderr)
         sys.exit(2)
     command = sys.argv.pop(1)
     COMMANDS[command]()
