@@ -19,4 +19,4 @@ for run in "$out"/train/*/; do
     fi
 done
 
-python scripts/results_table.py "$out" | tee "$out/results.md"
+python -m convdissect tables results "$out" | tee "$out/results.md"

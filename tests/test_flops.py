@@ -39,7 +39,7 @@ def test_a_net_after_surgery_costs_what_a_fresh_net_of_its_widths_costs():
 
 @pytest.mark.slow
 def test_count_flops_script_agrees_with_the_count_by_hand():
-    proc = run_python("scripts/count_flops.py", "32,64,128,128", "8,16,24,16", timeout=120)
+    proc = run_python("benchmarks/count_flops.py", "32,64,128,128", "8,16,24,16", timeout=120)
     assert proc.returncode == 0, proc.stderr
     for widths in ([32, 64, 128, 128], [8, 16, 24, 16]):
         macs = macs_by_hand(*widths)

@@ -1,10 +1,11 @@
-"""scripts/handnet_frontier.py on a real (tiny) multirun of the frontier sweep, through the Hydra
+"""`convdissect tables frontier` on a real (tiny) multirun of the frontier sweep, through the Hydra
 app and the joblib launcher the full sweep uses."""
 
 import json
 
 import pytest
 
+from convdissect.tables import render
 from convdissect.train import train
 from tests.conftest import TINY, compose_cfg, run_python
 
@@ -44,13 +45,10 @@ def test_frontier_table_and_plot_from_a_real_sweep(tmp_path):
     reference = tmp_path / "reference"
     simple = train(compose_cfg("train", TINY, reference))  # a net without an explanation: every parameter is read
     plot = tmp_path / "frontier.png"
-    table = run_python(
-        "scripts/handnet_frontier.py", str(sweep), "--reference", str(reference), "--plot", str(plot), timeout=120
-    )
-    assert table.returncode == 0, table.stderr[-2000:]
+    table = render(["frontier", str(sweep), "--reference", str(reference), "--plot", str(plot)])
     rows = {
         tuple(cell.strip() for cell in line.split("|")[1:4]): line.split("|")
-        for line in table.stdout.splitlines()
+        for line in table.splitlines()
         if line.startswith("| handnet_explainable")
     }
     assert set(rows) == {("handnet_explainable", k, t) for k in ("1", "2") for t in ("2", "all")}
@@ -67,6 +65,6 @@ def test_frontier_table_and_plot_from_a_real_sweep(tmp_path):
         assert cells[12].strip() == str(metrics["explanation/numbers"])
         assert cells[8].strip() == "100.00%"  # the round trip
         assert int(cells[10]) <= (2 if t == "2" else 22)  # terms per digit
-    reference_row = next(line for line in table.stdout.splitlines() if line.startswith("| train |"))
+    reference_row = next(line for line in table.splitlines() if line.startswith("| train |"))
     assert f"| {simple['n_params']} |" in reference_row
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"

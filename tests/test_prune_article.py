@@ -14,6 +14,7 @@ from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.models.surgery import producer_consumer_table
 from convdissect.pruning.callback import PruningCallback
 from convdissect.pruning.criteria import CRITERIA, Calibration, parse_normalise, score_layer
+from convdissect.tables import render
 from convdissect.train import train
 from tests.conftest import TINY, compose_cfg, run_python
 from tests.test_dissect import FAST_NULLS
@@ -141,19 +142,10 @@ def test_the_criterion_sweep_runs_and_its_table_has_a_row_per_criterion_with_ver
         timeout=600,
     )
     assert made.returncode == 0, made.stderr[-2000:]
-    table = run_python(
-        "scripts/article_method_table.py",
-        str(sweep),
-        "--dissect",
-        "--dissect-overrides",
-        "n_images=200",
-        *FAST_NULLS,
-        timeout=600,
-    )
-    assert table.returncode == 0, table.stderr[-2000:]
+    table = render(["criteria", str(sweep), "--dissect", "--dissect-overrides", "n_images=200", *FAST_NULLS])
     rows = {
         line.split(" | ")[0].lstrip("| "): line.split(" | ")
-        for line in table.stdout.splitlines()
+        for line in table.splitlines()
         if line.startswith("| prune_article |") or line.startswith("| random |")
     }
     assert set(rows) == {"prune_article", "random"}

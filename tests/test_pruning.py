@@ -22,6 +22,7 @@ from convdissect.pruning.callback import PruningCallback
 from convdissect.pruning.cost import flops_per_image
 from convdissect.pruning.criteria import CRITERIA, Calibration, parse_criterion, score_layer
 from convdissect.pruning.schedule import Schedule, geometric_width
+from convdissect.tables import render
 from convdissect.train import build_module, train
 from tests.conftest import TINY, compose_cfg, run_python
 
@@ -359,12 +360,11 @@ def test_sweep_table_averages_the_seeds_of_each_criterion(tmp_path):
         timeout=600,
     )
     assert made.returncode == 0, made.stderr[-2000:]
-    proc = run_python("scripts/pruning_sweep_table.py", str(sweep), timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    table = render(["pruning", str(sweep)])
     runs = [json.loads(path.read_text()) for path in sorted(sweep.glob("*/metrics.json"))]
     assert len(runs) == 4
     for criterion, label in (("magnitude", "magnitude (L2)"), ("taylor", "taylor")):
-        (row,) = [line for line in proc.stdout.splitlines() if line.startswith(f"| {label} | geometric | ")]
+        (row,) = [line for line in table.splitlines() if line.startswith(f"| {label} | geometric | ")]
         group = [m for m in runs if criterion in m["pruning"]["criterion"]]
         assert sorted(m["pruning"]["seed"] for m in group) == [0, 1] and "| 0, 1 |" in row
         for k in range(2):  # mean ± sd over the two seeds, in %

@@ -1,9 +1,10 @@
-"""scripts/results_table.py on real (tiny) runs made by the Hydra app, one of them dissected."""
+"""`convdissect tables results` on real (tiny) runs made by the Hydra app, one of them dissected."""
 
 import shutil
 
 import pytest
 
+from convdissect.tables import render
 from tests.conftest import TINY, run_python
 from tests.test_dissect import FAST_NULLS
 
@@ -29,16 +30,13 @@ def test_table_has_a_row_per_experiment_and_per_net_claims_and_names_broken_runs
     )
     assert dissected.returncode == 0, dissected.stderr[-2000:]
 
-    table = run_python("scripts/results_table.py", str(sweep), timeout=120)
-    assert table.returncode == 0, table.stderr[-2000:]
+    table = render(["results", str(sweep)])
     rows = [
-        line
-        for line in table.stdout.splitlines()
-        if line.startswith("| baseline |") or line.startswith("| small_scratch |")
+        line for line in table.splitlines() if line.startswith("| baseline |") or line.startswith("| small_scratch |")
     ]
     assert len(rows) == 2
     assert all("[4, 8, 8, 8]" in row for row in rows)
-    claims = [line.split(" | ") for line in table.stdout.splitlines() if line.startswith("| 2: conv2 copies")]
+    claims = [line.split(" | ") for line in table.splitlines() if line.startswith("| 2: conv2 copies")]
     # one row per statistic of claim 2, all for the dissected net only (never pooled), each with both verdicts
     assert len(claims) == 6 and {row[2] for row in claims} == {"baseline"}
     assert all(
@@ -46,4 +44,4 @@ def test_table_has_a_row_per_experiment_and_per_net_claims_and_names_broken_runs
         and row[8].rstrip(" |") in ("supported", "not supported", "reversed")
         for row in claims
     )
-    assert f"no metrics.json in {broken}" in table.stdout
+    assert f"no metrics.json in {broken}" in table

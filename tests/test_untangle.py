@@ -27,7 +27,7 @@ from convdissect.data.mnist import MNISTDataModule
 from convdissect.dissect.report.untangle import position_maps_figure
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
-from tests.conftest import run_python
+from convdissect.tables import render
 
 P, Q, R, K = 4, 25, 2, 8
 
@@ -237,7 +237,7 @@ def test_on_a_real_net_invertible_maps_keep_the_readout(data_dir, one_thread):
 
 
 @pytest.mark.slow
-def test_the_script_prints_every_row_and_judges_the_goal_by_its_rule(tmp_path, data_dir):
+def test_the_table_prints_every_row_and_judges_the_goal_by_its_rule(tmp_path, data_dir):
     runs = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -246,14 +246,13 @@ def test_the_script_prints_every_row_and_judges_the_goal_by_its_rule(tmp_path, d
         runs.append(str(run))
     figure = tmp_path / "maps.png"
     args = ["--n-train", "400", "--n-test", "200", "--figure", str(figure), "--method", "probe_ridge"]
-    proc = run_python("scripts/untangle_table.py", *runs, *args, "--data-dir", data_dir, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
+    table = render(["untangle", *runs, *args, "--data-dir", data_dir])
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:]
     measured = ["conv3 (raw)", "fc4", "conv3 (raw), one replicate", *METHODS, *PROBE_METHODS]
     null = ["conv3 (raw)", "conv3 (raw), one replicate", *PROBE_METHODS]
     assert rows == [*measured, *(f"{name}, untrained net" for name in null)]
     verdict_line = r"^(\S+): top-cell share / .*?= (.*?); readout - raw = (.*?) points; .*?points\) (met|not met);"
-    verdicts = re.findall(verdict_line, proc.stdout, flags=re.M)
+    verdicts = re.findall(verdict_line, table, flags=re.M)
     assert [v[0] for v in verdicts] == [*METHODS, *PROBE_METHODS]
     for _, ratios, points, verdict in verdicts:
         met = all(float(q) >= 2 for q in ratios.split(", ")) and all(abs(float(p)) <= 0.1 for p in points.split(", "))

@@ -1,5 +1,6 @@
-"""The command-line entry points: the console scripts convdissect-train, convdissect-dissect and
-convdissect-eval read the package's configs; a checkout's train.py and dissect.py pass its conf/."""
+"""The command-line entry points: `convdissect train|dissect|eval|tables ...` (also `python -m convdissect`)
+and the console scripts convdissect-train, convdissect-dissect and convdissect-eval read the package's
+configs; a checkout's train.py and dissect.py pass its conf/."""
 
 from __future__ import annotations
 
@@ -116,3 +117,30 @@ def dissect_main(config_dir: str | None = None) -> None:
 def eval_main(config_dir: str | None = None) -> None:
     """convdissect-eval ckpt_path=PATH [key=value ...]"""
     _hydra_app(run_eval, "eval", config_dir)
+
+
+def tables_main(argv: list[str] | None = None) -> None:
+    """convdissect tables NAME ... (`convdissect tables --help` lists the names); markdown on stdout"""
+    from convdissect.tables import render
+
+    try:
+        print(render(sys.argv[1:] if argv is None else argv))
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+COMMANDS = {"train": train_main, "dissect": dissect_main, "eval": eval_main, "tables": tables_main}
+
+
+def main() -> None:
+    """convdissect COMMAND ...: one command for all; a Hydra command reads its overrides from sys.argv."""
+    usage = f"usage: convdissect {{{','.join(COMMANDS)}}} ... (each with --help)"
+    if len(sys.argv) >= 2 and sys.argv[1] in ("-h", "--help"):
+        print(usage)
+        return
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(usage, file=sys.stderr)
+        sys.exit(2)
+    command = sys.argv.pop(1)
+    COMMANDS[command]()

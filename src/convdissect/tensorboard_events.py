@@ -28,7 +28,10 @@ def hparams_of(log_dir: Path) -> tuple[dict, list[str]]:
             continue
         if hp_metadata.SESSION_START_INFO_TAG in content:
             info = hp_metadata.parse_session_start_info_plugin_data(content[hp_metadata.SESSION_START_INFO_TAG])
-            values.update({k: v.string_value or v.number_value or v.bool_value for k, v in info.hparams.items()})
+            # the value's own kind: `or` across the kinds read a 0 as False and an empty string as 0.0
+            values.update(
+                {k: getattr(v, v.WhichOneof("kind")) for k, v in info.hparams.items() if v.WhichOneof("kind")}
+            )
         if hp_metadata.EXPERIMENT_TAG in content:
             experiment = hp_metadata.parse_experiment_plugin_data(content[hp_metadata.EXPERIMENT_TAG])
             metric_tags += [m.name.tag for m in experiment.metric_infos]

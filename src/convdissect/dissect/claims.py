@@ -3,7 +3,7 @@ rule (docs/measures.md, "Claims and verdicts").
 
 `claim_statistics` turns a net's Measurements (plus those of untrained nets of the same widths,
 the reference grids and the top-k ablation) into {statistic: record}; dissect writes them to
-claims.json. `verdict` judges a statistic over one or more seeds; `claims_table` prints them per net.
+claims.json. `verdict` judges a statistic over one or more seeds; convdissect.tables.results prints them per net.
 """
 
 from __future__ import annotations
@@ -408,102 +408,3 @@ def seed_verdicts(records: list[dict], name: str) -> dict[str, str]:
             values, [n["value"] for n in nulls], spec.direction, intervals, [n["spread"] for n in nulls]
         )
     return out
-
-
-def _mean_sd(values: list[float], digits: int = 3) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{stats.fmean(values):.{digits}f} ± {stats.stdev(values):.{digits}f}"
-
-
-def claims_table(per_net: dict[str, list[dict]]) -> str:
-    """A markdown table: one row per net and statistic, with its nulls and both verdicts.
-    per_net: {net name: [claims.json of each seed]}."""
-    rows = [
-        '| claim | statistic | net | seeds | value | null for "holds" | holds | untrained net | learned |',
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, spec in STATISTICS.items():
-        for net in sorted(per_net, key=lambda n: n != PRIMARY_NET):  # the article's net first, the others as given
-            records = [s[name] for s in per_net[net] if name in s]
-            if not records:
-                continue
-            v = seed_verdicts(records, name)
-            holds = [r["nulls"][spec.holds_null]["value"] for r in records]
-            untrained = [r["nulls"]["untrained"]["value"] for r in records]
-            value = _mean_sd([r["value"] for r in records])
-            if "full_net" in records[0]:
-                value += f" (full net {_mean_sd([r['full_net'] for r in records])})"
-            rows.append(
-                f"| {spec.claim}: {CLAIMS[spec.claim]} | {spec.what} | {net} | {len(records)} | {value} "
-                f"| {spec.holds_null} {_mean_sd(holds)} | {v['holds']} | {_mean_sd(untrained)} | {v['learned']} |"
-            )
-    return "\n".join(rows)
-
-
-# ---------------------------------------------------------------------------- accuracy claims
-
-
-def _points(values: list[float]) -> str:
-    return _mean_sd([v * 100 for v in values], 2)
-
-
-def accuracy_table(acc: dict[str, dict[int, float]], separations: dict[str, list[dict]] | None = None) -> str:
-    """The article's claims about accuracy and class separation, per net.
-    acc: {experiment: {seed: test accuracy}}; separations: {experiment: [separation.json per seed]}."""
-    rows = ["| claim of the article | our measurement | verdict |", "|---|---|---|"]
-    mean = {name: stats.fmean(seeds.values()) for name, seeds in acc.items() if seeds}
-
-    def values(name):
-        return list(acc[name].values())
-
-    def paired(a, b):
-        """a - b seed by seed, in points."""
-        return [(acc[a][s] - acc[b][s]) * 100 for s in acc[a].keys() & acc[b].keys()]
-
-    if {"baseline", "prune_7iters"} <= mean.keys():
-        gap = (mean["baseline"] - mean["prune_7iters"]) * 100
-        text = f"prune_7iters {_points(values('prune_7iters'))}% vs baseline {_points(values('baseline'))}%"
-        verdict_text = "supported" if gap <= 0.3 else f"not supported: {gap:.2f} points lost"
-        for control in ("small_scratch", "prune_random"):
-            if control in mean:
-                text += f", {control} {_points(values(control))}%"
-        if "small_scratch" in mean:
-            edge = (mean["prune_7iters"] - mean["small_scratch"]) * 100
-            spread = 2 * max(_sd(values("prune_7iters")), _sd(values("small_scratch"))) * 100
-            verdict_text += (
-                f"; pruning beats training 8/16/24/16 from scratch by {edge:.2f} points"
-                if edge > spread
-                else f"; but training 8/16/24/16 from scratch does as well ({edge:+.2f} points, 2 sd {spread:.2f})"
-            )
-        rows.append(f"| Pruning to 8/16/24/16 in 7 steps keeps accuracy after retraining | {text} | {verdict_text} |")
-    if {"baseline", "no_conv2"} <= mean.keys() and paired("baseline", "no_conv2"):
-        gaps = paired("baseline", "no_conv2")
-        rows.append(
-            f"| conv2 can be left out | no_conv2 {_points(values('no_conv2'))}% vs baseline {_points(values('baseline'))}% "
-            f"(baseline minus no_conv2: {_mean_sd(gaps, 2)} points, paired by seed) "
-            f"| {'supported' if stats.fmean(gaps) <= 0.3 else 'not supported: leaving conv2 out costs accuracy'} |"
-        )
-    for hand in ("handnet_handcrafted", "handnet_finetune"):
-        if hand not in mean:
-            continue
-        against = [
-            f"{gap:.2f} points below {net} ({_points(values(net))}%)"
-            for net in ("prune_7iters", "baseline")
-            if net in mean
-            for gap in [(mean[net] - mean[hand]) * 100]
-        ]
-        rows.append(
-            f"| The HandNet ({hand}) compared with the nets it mirrors | {hand} {_points(values(hand))}%: {'; '.join(against)} | measured |"
-        )
-    for net, seeds in (separations or {}).items():
-        if not seeds:
-            continue
-        sil = {stage: stats.median(s[stage]["silhouette"] for s in seeds) for stage in seeds[0]}
-        knn = {stage: stats.median(s[stage]["knn_acc"] for s in seeds) for stage in seeds[0]}
-        text = "; ".join(f"{stage}: kNN {knn[stage]:.3f}, silhouette {sil[stage]:.2f}" for stage in sil)
-        better = min(sil.get("fc4", 0), sil.get("fc5", 0)) > sil.get("conv3", 1)
-        rows.append(
-            f"| The fc layers separate the classes better than conv3 ({net}) | {text} | {'supported' if better else 'not supported by the silhouette'} |"
-        )
-    return "\n".join(rows)

@@ -147,7 +147,7 @@ def weight_noise(cal: Calibration, layer: str) -> torch.Tensor:
 
 
 # Ascent steps of superstimulus_contrast: the channels' ranks at 64 steps agree with those at 128
-# (scripts/superstimulus_steps.py measures it on a trained net; docs/article_method.md).
+# (studies/superstimulus_steps.py measures it on a trained net; docs/article_method.md).
 SUPERSTIMULUS_STEPS = 64
 
 

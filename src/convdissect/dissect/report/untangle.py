@@ -1,15 +1,15 @@
-"""The report's untangling figure and the untangling table (the fits are in convdissect.analysis.untangle)."""
+"""The report's untangling figure (the fits are in convdissect.analysis.untangle, the table in
+convdissect.tables.untangle)."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
 from convdissect.analysis.selectivity import PositionPattern
-from convdissect.analysis.untangle import PROBE_METHODS, RAW, Units, Untangled, interaction_cells, unit_label, untangle
+from convdissect.analysis.untangle import PROBE_METHODS, RAW, Untangled, interaction_cells, unit_label, untangle
 from convdissect.dissect.report.figure import ReportFigure
 from convdissect.errors import UserInputError
 
@@ -52,7 +52,7 @@ def position_maps_figure(untangled: Untangled, method: str, n_units: int = 8):
 
 
 # The report's methods: all but the dictionary, whose seconds per net the report does not need
-# (scripts/untangle_table.py has it).
+# (`convdissect tables untangle` has it).
 REPORT_METHODS = ("pca", "ica", "varimax") + PROBE_METHODS
 
 
@@ -83,31 +83,3 @@ def report_figure(
         ),
         position_maps_figure(result, method),
     )
-
-
-def untangle_table(rows: dict[str, list[Units]]) -> str:
-    """Markdown: per set of units, median top-cell share, median share in a conv3 cell, median
-    interaction omega², readout accuracy and fit time, mean ± sd over the nets in rows {name: [Units per net]}."""
-
-    def mean_sd(values: list[float], digits: int) -> str:
-        values = [v for v in values if v is not None and not math.isnan(v)]
-        if not values:
-            return "-"
-        if len(values) == 1:
-            return f"{values[0]:.{digits}f}"
-        return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
-
-    lines = [
-        "| units | nets | median top-cell share | median share in a conv3 cell | median interaction ω² "
-        "| readout accuracy (%) | fit time (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, per_net in rows.items():
-        lines.append(
-            f"| {name} | {len(per_net)} | {mean_sd([u.median_share for u in per_net], 3)} | "
-            f"{mean_sd([u.median_cell_share for u in per_net], 3)} | "
-            f"{mean_sd([float(u.interaction.nanmedian()) for u in per_net], 3)} | "
-            f"{mean_sd([100 * u.readout_accuracy for u in per_net], 2)} | "
-            f"{mean_sd([u.seconds for u in per_net], 2)} |"
-        )
-    return "\n".join(lines)

@@ -1,3 +1,4 @@
+# Produced: docs/outputs.md: resuming a killed run gives the same kept channels and bit-identical weights (PASS/FAIL, no number).
 """Fault checks a user can rerun in a few minutes on 2 cores; prints PASS or FAIL per check.
 
 1. kill -9 a short prune_7iters run at a random epoch boundary, resume it with ckpt_path= into its
@@ -6,7 +7,7 @@
 2. start two runs in the same second with the default run dirs: each must get its own dir, with
    its own metrics.json and checkpoints.
 
-python scripts/fault_check.py [--epoch K] [--out DIR]
+python benchmarks/fault_check.py [--epoch K] [--out DIR]
 """
 
 from __future__ import annotations

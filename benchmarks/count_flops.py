@@ -1,9 +1,10 @@
+# Produced: docs/pruning.md: FLOPs per image, 25,046,528 for 32/64/128/128 and 1,741,888 for 8/16/24/16.
 """FLOPs per 28x28 image of the SimpleConvNet at given widths, two ways: multiply-adds counted
 layer by layer from the shapes (out positions x out channels x in channels x k x k for a conv,
 in x out for a linear layer), and Lightning's measure_flops (torch's FlopCounterMode), which
 counts 2 FLOPs per multiply-add. Biases, activations and pooling are in neither count.
 
-    python scripts/count_flops.py 32,64,128,128 8,16,24,16
+    python benchmarks/count_flops.py 32,64,128,128 8,16,24,16
 """
 
 from __future__ import annotations

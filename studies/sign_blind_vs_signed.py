@@ -1,8 +1,9 @@
+# Produced: docs/results.md: the sign-blind dominant input was the main excitatory driver in only 3 of 16 conv2 channels.
 """The old sign-blind "dominant input" of each conv2 channel (the largest mean ||a_kj|| over the
 whole map, padding and background included) against the main driver of the signed,
 background-corrected contributions (docs/measures.md), on the first 1000 validation images.
 
-    python scripts/sign_blind_vs_signed.py RUN/model_state.pt [...]
+    python studies/sign_blind_vs_signed.py RUN/model_state.pt [...]
 """
 
 import os

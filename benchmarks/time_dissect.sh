@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
+# Produced: no number in README.md or docs/ today: the wall time of dissect.py on 2 cores.
 # Wall time of dissect.py on each checkpoint, everything included (the untrained nulls, the
 # ablation, superstimuli, the report), pinned to CORES (default 0,1: the 2-core budget).
-#   bash scripts/time_dissect.sh CKPT [CKPT ...]        (env: CORES, PYTHON)
+#   bash benchmarks/time_dissect.sh CKPT [CKPT ...]        (env: CORES, PYTHON)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for ckpt in "$@"; do

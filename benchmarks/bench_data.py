@@ -1,6 +1,7 @@
+# Produced: no number in README.md or docs/ today: the data path and end-to-end speed against the tutorial path (goals below).
 """Time one training epoch three ways, in this process, and the whole command end to end.
 
-    python scripts/bench_data.py [--widths 8 16 24 16] [--end-to-end]
+    python benchmarks/bench_data.py [--widths 8 16 24 16] [--end-to-end]
 
 In-process (same net, Adam 1e-3, batch 64, one epoch over the 55k training split):
   tutorial   torchvision MNIST + DataLoader(ToTensor, Normalize), a bare loop
@@ -8,7 +9,7 @@ In-process (same net, Adam 1e-3, batch 64, one epoch over the 55k training split
   ours       MNISTDataModule + LitClassifier + Lightning Trainer (no logger, no checkpoints)
 Goals: ours <= 0.5x tutorial and <= 1.10x in-memory.
 --end-to-end also times `python train.py 'model.widths=[...]' trainer.max_epochs=1` (imports,
-data, an epoch, validation, test, outputs) against `python scripts/tutorial_mnist.py`
+data, an epoch, validation, test, outputs) against `python benchmarks/tutorial_mnist.py`
 (goal <= 0.6x).
 """
 

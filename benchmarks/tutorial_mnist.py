@@ -1,7 +1,8 @@
+# Produced: no number in README.md or docs/ today: the tutorial path benchmarks/bench_data.py --end-to-end times against.
 """The usual tutorial path, as the speed reference: torchvision MNIST + DataLoader(ToTensor,
 Normalize), batch 64, Adam 1e-3, a bare loop over one epoch, then the test set.
 
-    python scripts/tutorial_mnist.py [DATA_DIR] [--widths 8 16 24 16]
+    python benchmarks/tutorial_mnist.py [DATA_DIR] [--widths 8 16 24 16]
 """
 
 import argparse

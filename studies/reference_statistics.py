@@ -1,7 +1,8 @@
+# Produced: docs/measures.md, "Grid statistics": the reference grids' table.
 """The burst-vs-stroke statistics and the line fit on the planted reference grids (the table in
 docs/measures.md, "Grid statistics"): medians per family and the share called burst-like.
 
-    python scripts/reference_statistics.py [--n 200] [--seed 0]
+    python studies/reference_statistics.py [--n 200] [--seed 0]
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
+# Produced: docs/article_method.md: rho(10, 128 steps) = 0.24-0.48 and rho(64, 128) >= 0.90 per layer on the trained baseline.
 """How many ascent steps superstimulus_contrast needs to rank a layer's channels stably: the
 Spearman rank correlation of its per-channel scores between 10, 32 and 64 steps, per prunable layer.
 
-    python scripts/superstimulus_steps.py RUN_DIR [--steps 10 32 64]
+    python studies/superstimulus_steps.py RUN_DIR [--steps 10 32 64]
 
 RUN_DIR holds a trained net's model_state.pt (the net the first pruning step scores: a trained
 baseline). Next to it, the same correlations on an untrained net of the same widths.

@@ -1,7 +1,5 @@
-"""The HandNet's accuracy-versus-explanation frontier: a table and a plot from run dirs.
-
-    python scripts/handnet_frontier.py MULTIRUN_DIR [MORE_DIRS ...] \
-        [--reference DIR ...] [--plot handnet_frontier.png]
+"""`convdissect tables frontier RUN_DIRS... [--reference DIR ...] [--plot handnet_frontier.png]`: the
+HandNet's accuracy-versus-explanation frontier, a table and a plot.
 
 Every metrics.json below the given dirs is one run; runs of the same K (bursts per unit), T (terms
 per digit) and experiment are averaged over their seeds (mean ± sd). `--reference` dirs (e.g. the
@@ -13,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+from omegaconf import OmegaConf
+
+from convdissect.errors import UserInputError
+from convdissect.tables.common import existing_dirs, metrics_of, seed_of, training_runs
 
 # Overrides that do not change the net: runs differing only in these are seeds of one point.
 NOT_A_VARIANT = (
@@ -35,40 +35,34 @@ NOT_A_VARIANT = (
     "model.terms=",
 )
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
 
-
-def load_runs(dirs: list[str]) -> list[dict]:
-    """One row per metrics.json: its experiment, K, T, seed and numbers."""
+def load_runs(dirs: list[Path]) -> list[dict]:
+    """One row per finished run: its experiment, K, T, seed and numbers."""
     runs = []
-    for root in dirs:
-        for path in sorted(Path(root).rglob("metrics.json")):
-            m = json.loads(path.read_text())
-            config = path.parent / ".hydra" / "config.yaml"
-            cfg = yaml.safe_load(config.read_text()) if config.is_file() else {}
-            terms = cfg.get("model", {}).get("terms", "?") if cfg else "?"  # ? : a run without its .hydra config
-            explained = "explanation/numbers" in m
-            runs.append(
-                {
-                    "experiment": m.get("experiment", "?"),
-                    "K": m["explanation/bursts_per_unit_max"] if explained else None,
-                    "T": ("all" if terms is None else terms) if explained else None,
-                    "seed": cfg.get("seed"),
-                    "variant": " ".join(sorted(o for o in m.get("overrides", []) if not o.startswith(NOT_A_VARIANT))),
-                    "acc": 100 * m["test/acc"],
-                    # the rounded net (every number as explanation.md prints it) against the trained one, same images
-                    "rounding": 100 * m["explanation/rounded_acc_change"] if explained else None,
-                    "roundtrip": m.get("explanation/roundtrip_agreement"),
-                    "bursts": m.get("explanation/bursts_per_unit_max"),
-                    "terms": m.get("explanation/terms_per_digit_max"),
-                    "units": m.get("explanation/units_used"),
-                    "numbers": m["explanation/numbers"] if explained else m["n_params"],
-                    "wall_s": m["wall_s"],
-                    "dir": str(path.parent),
-                }
-            )
+    for run_dir in training_runs(dirs)[0]:
+        m = metrics_of(run_dir)
+        config = run_dir / ".hydra" / "config.yaml"
+        terms = OmegaConf.load(config).model.get("terms", "?") if config.is_file() else "?"  # ?: no .hydra config
+        explained = "explanation/numbers" in m
+        runs.append(
+            {
+                "experiment": m.get("experiment", "?"),
+                "K": m["explanation/bursts_per_unit_max"] if explained else None,
+                "T": ("all" if terms is None else terms) if explained else None,
+                "seed": seed_of(run_dir),
+                "variant": " ".join(sorted(o for o in m.get("overrides", []) if not o.startswith(NOT_A_VARIANT))),
+                "acc": 100 * m["test/acc"],
+                # the rounded net (every number as explanation.md prints it) against the trained one, same images
+                "rounding": 100 * m["explanation/rounded_acc_change"] if explained else None,
+                "roundtrip": m.get("explanation/roundtrip_agreement"),
+                "bursts": m.get("explanation/bursts_per_unit_max"),
+                "terms": m.get("explanation/terms_per_digit_max"),
+                "units": m.get("explanation/units_used"),
+                "numbers": m["explanation/numbers"] if explained else m["n_params"],
+                "wall_s": m["wall_s"],
+                "dir": str(run_dir),
+            }
+        )
     return runs
 
 
@@ -138,6 +132,11 @@ def table(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], references: list[dict], path: Path) -> None:
     """Accuracy against numbers to read (log scale); one marker per K, T labelled; references apart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for k, variant in sorted({(r["K"], r["variant"]) for r in rows}):  # a line per K (and per option measured)
         points = sorted((r for r in rows if (r["K"], r["variant"]) == (k, variant)), key=lambda r: r["numbers"])
@@ -168,20 +167,16 @@ def plot(rows: list[dict], references: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dirs", nargs="+", help="multirun or run dirs of the frontier")
-    parser.add_argument("--reference", nargs="*", default=[], help="run dirs marked as reference points")
-    parser.add_argument("--plot", default="handnet_frontier.png", help="where the plot goes")
-    args = parser.parse_args(argv)
-    rows = group(load_runs(args.dirs))
-    references = group(load_runs(args.reference))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", type=Path, nargs="+", help="multirun or run dirs of the frontier")
+    parser.add_argument("--reference", type=Path, nargs="*", default=[], help="run dirs marked as reference points")
+    parser.add_argument("--plot", type=Path, default=Path("handnet_frontier.png"), help="where the plot goes")
+
+
+def render(args: argparse.Namespace) -> str:
+    rows = group(load_runs(existing_dirs(args.run_dirs)))
+    references = group(load_runs(existing_dirs(args.reference, "--reference")))
     if not rows:
-        raise SystemExit(f"error: no metrics.json under {args.dirs}")
-    print(table(rows + references))
-    plot(rows, references, Path(args.plot))
-    print(f"\nplot: {args.plot}")
-
-
-if __name__ == "__main__":
-    main()
+        raise UserInputError(f"RUN_DIRS: no metrics.json under {', '.join(map(str, args.run_dirs))}")
+    plot(rows, references, args.plot)
+    return table(rows + references) + f"\n\nplot: {args.plot}"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
+# Produced: docs/article_method.md: prune_article 225 s against prune_7iters' 196 s; docs/handnet.md: handnet_explainable 140 s, 375 s with model.cell_pixels=2.
 # Wall time of whole training runs, everything included, one after the other, pinned to CORES
 # (default 0,1: the 2-core budget); the ratio of each to the first. Each argument is an experiment,
 # optionally followed by overrides in the same (quoted) argument.
-#   bash scripts/time_train.sh prune_7iters prune_article          (env: CORES, PYTHON, SEED)
-#   bash scripts/time_train.sh "handnet_explainable model.n_bursts=4 model.terms=null"
+#   bash benchmarks/time_train.sh prune_7iters prune_article          (env: CORES, PYTHON, SEED)
+#   bash benchmarks/time_train.sh "handnet_explainable model.n_bursts=4 model.terms=null"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 first=""

@@ -1,6 +1,7 @@
+# Produced: no number in README.md or docs/ today: batched superstimuli against one channel at a time.
 """Time superstimuli of all channels of a layer: one batched run vs one run per channel.
 
-python scripts/bench_superstimulus.py [--layer conv2] [--steps 64] [--widths 8 16 24 16]
+python benchmarks/bench_superstimulus.py [--layer conv2] [--steps 64] [--widths 8 16 24 16]
                                       [--ckpt PATH] [--threads N] [--device cpu|cuda]
 """
 
