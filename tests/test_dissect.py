@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from convdissect import tables
 from convdissect.analysis.activations import channel_responses, record, top_k
 from convdissect.analysis.contributions import inner_contributions, signed_contributions
 from convdissect.analysis.selectivity import class_means, omega_squared, selectivity_index, tuning_peaks
@@ -66,6 +67,11 @@ def test_cli_on_a_lightning_checkpoint(trained, tmp_path):
     assert set(claims["fidelity"]) == {"conv1", "conv2", "conv3", "fc4"}
     assert {"median", "shuffled", "untrained", "median_terms_for_r90", "curve"} <= set(claims["fidelity"]["conv2"])
     assert 0 <= claims["label_net"]["printed"]["agreement"] <= 1
+    table = tables.render(["fidelity", str(tmp_path)])
+    assert (
+        f"| conv2 | {claims['fidelity']['conv2']['median']:.2f} | {claims['fidelity']['conv2']['shuffled']:.2f} |"
+        in table
+    )
     assert all(u["label"].endswith(")") and "fidelity" in u for u in labels["units"] if u["activity"] == "varies")
     assert all(b["input"].startswith("conv2_") for u in labels["units"][12:20] for b in u["bursts"])
     stimuli = torch.load(tmp_path / "superstimuli.pt", weights_only=True)

@@ -86,35 +86,3 @@ def label_net_record(net: nn.Module, m: Measurements, images: torch.Tensor, digi
             "terms": len(m.programs["conv1"].units) + sum(sum(p.lengths(**length)) for p in inner),
         }
     return record
-
-
-def _mean_sd(values: list[float | None], digits: int = 2) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
-def fidelity_table(claims: list[dict]) -> str:
-    """Markdown: per layer, the printed labels' median fidelity and terms, the description length and
-    both nulls, mean ± sd over the nets' claims.json; then the label net's agreement per length."""
-    layers = list(claims[0]["fidelity"])
-    rows = [
-        "| layer | median fidelity | shuffled labels | untrained nets | printed terms | terms for r 0.9 |",
-        "|---|---|---|---|---|---|",
-    ]
-    for layer in layers:
-        records = [c["fidelity"][layer] for c in claims]
-        rows.append(
-            f"| {layer} | {_mean_sd([r['median'] for r in records])} | {_mean_sd([r['shuffled'] for r in records])} "
-            f"| {_mean_sd([r['untrained'] for r in records])} | {_mean_sd([r['median_terms'] for r in records], 1)} "
-            f"| {_mean_sd([r.get('median_terms_for_r90') for r in records], 1)} |"
-        )
-    lengths = [key for key in claims[0]["label_net"] if isinstance(claims[0]["label_net"][key], dict)]
-    rows += ["", "| label net | " + " | ".join(lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
-    for what, scale in (("agreement", 100), ("accuracy", 100), ("terms", 1)):
-        values = [_mean_sd([scale * c["label_net"][k][what] for c in claims], 1 if scale > 1 else 0) for k in lengths]
-        rows.append(f"| {what}{' (%)' if scale > 1 else ''} | " + " | ".join(values) + " |")
-    return "\n".join(rows)

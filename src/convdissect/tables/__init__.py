@@ -14,6 +14,7 @@ TABLES = {
     "frontier": "the HandNet's accuracy against the numbers to read, and its plot",
     "hparams": "a multirun as TensorBoard's HParams tab shows it",
     "untangle": "conv3's raw units against the untangling bases, and the goal's verdict",
+    "fidelity": "how much of each net its labels reproduce, next to the nulls, and the label net",
     "stored": "the docs' tables from their result files (docs/results/*.json)",
 }
 
