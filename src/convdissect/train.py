@@ -10,7 +10,8 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from convdissect.config import instantiate, set_threads
@@ -165,8 +166,13 @@ def train(cfg: DictConfig) -> dict:
 
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
-    callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    # Callbacks Lightning refuses in these settings (logger=null, trainer.enable_progress_bar=false)
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     val = {"val/acc": None, "val/acc_best": None}
@@ -209,7 +215,10 @@ def train(cfg: DictConfig) -> dict:
             hparams = flat_config(cfg, metrics["experiment"])
             # ... and a callback's numbers about the net, e.g. the HandNet's explanation/numbers
             explained = {k: v for k, v in metrics.items() if k.startswith("explanation/")}
-            logger.log_hyperparams(hparams, metrics={**hparam_metrics, **_final_net(metrics), **explained})
+            if isinstance(logger, TensorBoardLogger):  # the HParams tab; other loggers take no metrics here
+                logger.log_hyperparams(hparams, metrics={**hparam_metrics, **_final_net(metrics), **explained})
+            else:
+                logger.log_hyperparams(hparams)
             logger.finalize("success")
         log.info(
             "test/acc %.4f, %d params, %.1f s; outputs in %s",
