@@ -3,11 +3,17 @@ a run never deletes or overwrites what it reads, resumes refuse a changed config
 bad settings are refused before any work."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
+import torch
 
+from convdissect.runs import atomic_write
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg, run_python
+from tests.conftest import CHECKOUT, TINY, compose_cfg, run_python
 
 # TINY for the command line, on one thread
 TINY_ARGS = [arg for arg in TINY if not arg.startswith("~")] + ["threads=1"]
@@ -31,3 +37,54 @@ def test_logger_null_on_the_command_line(tmp_path):
     run = run_python("train.py", *TINY_ARGS, "logger=null", f"hydra.run.dir={tmp_path}")
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "metrics.json").is_file() and not (tmp_path / "tensorboard").exists()
+
+
+# Many short epochs without a schedule: a fit that runs until it is signalled, and resumes to any epoch.
+ENDLESS = TINY_ARGS + ["trainer.max_epochs=1000", "trainer.limit_train_batches=10", "scheduler=null"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_last_ckpt_and_says_how_to_resume(tmp_path, signum, one_thread):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *ENDLESS, f"hydra.run.dir={run_dir}"],
+        cwd=CHECKOUT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # into a later epoch: the checkpoint must be the one saved at the signal
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+
+    assert proc.returncode == 128 + signum
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(f"stopped by {signum.name} at epoch ") and line.endswith(f" ckpt_path={last}")
+    assert not (run_dir / "metrics.json").exists()  # not a finished run
+    saved = torch.load(last, weights_only=True)
+    assert f"step {saved['global_step']};" in line
+
+    # The printed ckpt_path resumes: one more epoch trains the steps left in the interrupted one.
+    epochs = saved["epoch"] + 1
+    resume = [a for a in ENDLESS if not a.startswith("trainer.max_epochs")] + [f"trainer.max_epochs={epochs}"]
+    metrics = train(compose_cfg("train", resume + [f"ckpt_path={last}"], tmp_path / "resumed"))
+    assert metrics["steps"] == 10 * epochs
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "metrics.json"
+    atomic_write(path, "old\n")
+
+    def half_written(tmp):
+        tmp.write_text("{half")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(path, half_written)
+    assert path.read_text() == "old\n" and list(tmp_path.iterdir()) == [path]  # no temporary file left
+    atomic_write(tmp_path / "state.pt", lambda tmp: torch.save({"w": torch.ones(2)}, tmp))
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["w"].tolist() == [1.0, 1.0]

@@ -19,7 +19,7 @@ from convdissect.config import instantiate, set_threads
 from convdissect.errors import UserInputError
 from convdissect.models.checkpoint import load_net_and_spec
 from convdissect.models.lit_module import LitClassifier
-from convdissect.runs import check_run_dir
+from convdissect.runs import atomic_write, check_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,6 @@ def evaluate(cfg: DictConfig) -> dict:
         "lightning_version": L.__version__,
     }
     if trainer.is_global_zero:
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         log.info("test/acc %.4f of %s; metrics in %s", metrics["test/acc"], metrics["tested_checkpoint"], out_dir)
     return metrics

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -52,6 +54,22 @@ def clear_outputs(run_dir: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+def atomic_write(path: str | Path, content: str | Callable[[Path], object]) -> None:
+    """Write path whole or not at all: the text, or `content(tmp)` (e.g. a torch.save), goes to a temporary
+    file in the same dir, which then replaces path in one step (os.replace); a crash or kill mid-write leaves
+    the previous file, never a truncated one that looks finished."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(content, str):
+            tmp.write_text(content)
+        else:
+            content(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class RunDirGuard(Callback):

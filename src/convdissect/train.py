@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from convdissect.evaluate import evaluate
 from convdissect.models import net_class
 from convdissect.models.checkpoint import check_resumable, load_net
 from convdissect.models.lit_module import LitClassifier
-from convdissect.runs import check_run_dir, clear_outputs
+from convdissect.runs import atomic_write, check_run_dir, clear_outputs
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +149,51 @@ def _final_net(metrics: dict) -> dict:
     return final
 
 
+class RunInterrupted(Exception):
+    """A fit stopped by a signal, after saving a checkpoint to resume from."""
+
+    def __init__(self, signum: int, ckpt_path: Path):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum, self.ckpt_path = signum, ckpt_path
+
+
+class SaveOnSignal(L.Callback):
+    """SIGTERM or SIGINT during a fit: the current training batch finishes, then last.ckpt is saved
+    there (a state Lightning resumes from, as its own mid-epoch checkpoints) and the fit stops with
+    RunInterrupted. Stopping at once could save a half-applied optimizer step, or nothing."""
+
+    def __init__(self, ckpt_path: Path):
+        self.ckpt_path = ckpt_path
+        self.signum: int | None = None
+
+    def _receive(self, signum: int, frame) -> None:
+        self.signum = signum
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning's own SIGTERM handler is set (its teardown restores the handlers from before the fit).
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._receive)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        self._stop_if_signalled(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_if_signalled(trainer)  # a signal during the epoch's validation
+
+    def _stop_if_signalled(self, trainer: L.Trainer) -> None:
+        if self.signum is None:
+            return
+        self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.ckpt_path, trainer.save_checkpoint)  # a second signal or a kill mid-save keeps the old one
+        raise RunInterrupted(self.signum, self.ckpt_path)
+
+
+def _resume_command(cfg: DictConfig, ckpt_path: Path) -> str:
+    """The command line that resumes this run from ckpt_path: its own overrides, ckpt_path= replaced."""
+    overrides = [o for o in _run_info(cfg)["overrides"] if not o.startswith("ckpt_path=")]
+    return shlex.join(["python", "train.py", *overrides, f"ckpt_path={ckpt_path}"])
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit and test one net; return the metrics written to <output_dir>/metrics.json."""
     start = time.perf_counter()
@@ -173,11 +221,23 @@ def train(cfg: DictConfig) -> dict:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    checkpoint_dirs = [c.dirpath for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+    callbacks.append(
+        SaveOnSignal(Path(checkpoint_dirs[0] if checkpoint_dirs else out_dir / "checkpoints") / "last.ckpt")
+    )
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     val = {"val/acc": None, "val/acc_best": None}
     if fit:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except RunInterrupted as stop:  # no metrics.json: the run is not finished
+            print(
+                f"{stop} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+                f"saved {stop.ckpt_path}; resume with: {_resume_command(cfg, stop.ckpt_path)}",
+                file=sys.stderr,
+            )
+            sys.exit(128 + stop.signum)  # the shell's status for a process ended by that signal
         if _progress(trainer)["steps"] == 0:
             raise UserInputError(
                 f"the fit took no optimizer step (trainer.max_epochs={trainer.max_epochs}, "
@@ -207,8 +267,9 @@ def train(cfg: DictConfig) -> dict:
         if hasattr(callback, "run_summary"):
             metrics.update(callback.run_summary())
     if trainer.is_global_zero:
-        torch.save(module.net.state_dict(), out_dir / "model_state.pt")
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        state = module.net.state_dict()
+        atomic_write(out_dir / "model_state.pt", lambda tmp: torch.save(state, tmp))
+        atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         # Lightning writes these at step 0: val/acc stays out, so its curve keeps only its epochs.
         hparam_metrics = {k: metrics[k] for k in ("test/acc", "test/loss", "val/acc_best") if metrics[k] is not None}
         for logger in trainer.loggers:
