@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from convdissect.runs import atomic_write
 from convdissect.train import train
@@ -88,3 +89,27 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert path.read_text() == "old\n" and list(tmp_path.iterdir()) == [path]  # no temporary file left
     atomic_write(tmp_path / "state.pt", lambda tmp: torch.save({"w": torch.ones(2)}, tmp))
     assert torch.load(tmp_path / "state.pt", weights_only=True)["w"].tolist() == [1.0, 1.0]
+
+
+def test_overwrite_keeps_the_checkpoint_it_resumes(tmp_path, one_thread):
+    overrides = TINY + ["scheduler=null"]
+    train(compose_cfg("train", overrides, tmp_path))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    resume = overrides + ["trainer.max_epochs=2", "overwrite=true", f"ckpt_path={last}"]
+    metrics = train(compose_cfg("train", resume, tmp_path))
+    assert metrics["epochs"] == 2 and metrics["steps"] == 16 and last.is_file()
+
+
+@pytest.mark.parametrize("app, args", [("eval.py", ["overwrite=true"]), ("dissect.py", [])])
+def test_eval_and_dissect_leave_a_training_runs_config(tmp_path, app, args):
+    saved = tmp_path / ".hydra" / "config.yaml"
+    saved.parent.mkdir()
+    OmegaConf.save(compose_cfg("train", TINY, tmp_path), saved)  # what train.py leaves in its run dir
+    before = saved.read_text()
+    run = run_python(app, f"ckpt_path={tmp_path / 'model_state.pt'}", f"hydra.run.dir={tmp_path}", *args)
+    assert run.returncode == 2
+    assert run.stderr.strip() == (
+        f"error: hydra.run.dir={tmp_path} holds a training run ({saved}); {app[:-3]} would replace its saved "
+        "config: pick another hydra.run.dir"
+    )
+    assert saved.read_text() == before

@@ -208,7 +208,9 @@ def train(cfg: DictConfig) -> dict:
     else:
         check_weights_to_test(cfg)
     if cfg.get("overwrite"):
-        clear_outputs(out_dir)
+        test_ckpt = cfg.get("test_ckpt")
+        reads = [cfg.get("ckpt_path"), cfg.model.get("init_from"), test_ckpt if test_ckpt not in TEST_CKPTS else None]
+        clear_outputs(out_dir, keep=reads)
     L.seed_everything(cfg.seed, workers=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
