@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from convdissect.errors import UserInputError
 from convdissect.runs import atomic_write
 from convdissect.train import train
 from tests.conftest import CHECKOUT, TINY, compose_cfg, run_python
@@ -113,3 +114,28 @@ def test_eval_and_dissect_leave_a_training_runs_config(tmp_path, app, args):
         "config: pick another hydra.run.dir"
     )
     assert saved.read_text() == before
+
+
+@pytest.fixture(scope="module")
+def onecycle_run(tmp_path_factory):
+    """A finished one-epoch run with the default OneCycleLR schedule."""
+    out = tmp_path_factory.mktemp("onecycle")
+    train(compose_cfg("train", TINY + ["threads=1"], out))
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_resume_refuses_a_changed_model_or_seed(onecycle_run, tmp_path):
+    changed = TINY + ["model.widths=[4,8,8,16]", "seed=1", "trainer.limit_val_batches=1", f"ckpt_path={onecycle_run}"]
+    with pytest.raises(UserInputError) as refused:
+        train(compose_cfg("train", changed, tmp_path))
+    assert str(refused.value).startswith(
+        f"ckpt_path={onecycle_run} was saved with another config: data.seed=0 (now 1), "
+        "model.widths=[4, 8, 8, 8] (now [4, 8, 8, 16]), seed=0 (now 1) (a resume keeps model, "
+    )  # trainer.limit_val_batches changes nothing that is trained: not listed
+    assert not (tmp_path / "checkpoints").exists()  # refused before any work
+
+
+def test_resume_refuses_to_stretch_a_onecycle_schedule(onecycle_run, tmp_path):
+    longer = TINY + ["trainer.max_epochs=2", f"ckpt_path={onecycle_run}"]
+    with pytest.raises(UserInputError, match=r"trainer.max_epochs=1 \(now 2\) .* the OneCycleLR schedule spans"):
+        train(compose_cfg("train", longer, tmp_path))

@@ -21,13 +21,27 @@ from convdissect.config import instantiate, set_threads
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
 from convdissect.models import net_class
-from convdissect.models.checkpoint import check_resumable, load_net
+from convdissect.models.checkpoint import check_resumable, load_net, read_checkpoint
 from convdissect.models.lit_module import LitClassifier
 from convdissect.runs import atomic_write, check_run_dir, clear_outputs
 
 log = logging.getLogger(__name__)
 
 TEST_CKPTS = ("best", "last")
+# The checkpoint's copy of the composed config, compared by a resume (check_same_config).
+CONFIG_KEY = "convdissect_config"
+# What a resume must keep: it decides what is trained. Paths, loggers and the trainer's other keys may change.
+RESUME_KEEPS = ("model", "data", "seed", "optimizer", "scheduler", "callbacks.pruning")
+RESUME_MAY_CHANGE = ("data.data_dir", "data.download")  # where MNIST's files are, not what they hold
+# A OneCycleLR's length is fixed when the fit starts (and restored from the checkpoint): the keys setting it.
+SCHEDULE_LENGTH = (
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.limit_train_batches",
+    "trainer.accumulate_grad_batches",
+    "trainer.devices",
+    "trainer.num_nodes",
+)
 
 
 def build_module(cfg: DictConfig) -> LitClassifier:
@@ -71,6 +85,61 @@ def check_before_fit(cfg: DictConfig) -> None:
         )
     if cfg.get("ckpt_path"):
         check_resumable(cfg.ckpt_path)
+        check_same_config(cfg, cfg.ckpt_path)
+
+
+def _flat(config: dict, prefixes: tuple[str, ...]) -> dict:
+    """{dotted key: value} of the leaves under these keys of a plain config."""
+    flat = {}
+
+    def walk(node, key):
+        if isinstance(node, dict) and node:
+            for name, value in node.items():
+                walk(value, f"{key}.{name}")
+        else:
+            flat[key] = node
+
+    for prefix in prefixes:
+        node = config
+        for part in prefix.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        walk(node, prefix)
+    return flat
+
+
+def check_same_config(cfg: DictConfig, ckpt_path: str) -> None:
+    """A resume trains on with the checkpoint's model, data, seed, optimizer, schedule and pruning: refuse,
+    in one line, a config that changes any of them (the result would match neither config)."""
+    saved = read_checkpoint(ckpt_path).get(CONFIG_KEY)
+    if saved is None:
+        log.warning("ckpt_path=%s holds no config (saved before configs were stored): not compared", ckpt_path)
+        return
+    current = OmegaConf.to_container(cfg, resolve=True)
+    keys = RESUME_KEEPS
+    if str((saved.get("scheduler") or {}).get("_target_")).endswith("OneCycleLR"):
+        keys += SCHEDULE_LENGTH
+    old, new = _flat(saved, keys), _flat(current, keys)
+    changed = [k for k in sorted(old.keys() | new.keys()) if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k)]
+    if not changed:
+        return
+    why = "a resume keeps model, data, seed, optimizer, scheduler and callbacks.pruning"
+    if any(k in SCHEDULE_LENGTH for k in changed):
+        why += "; the OneCycleLR schedule spans the saved run's steps, so it cannot train longer or shorter"
+    raise UserInputError(
+        f"ckpt_path={ckpt_path} was saved with another config: "
+        + ", ".join(f"{k}={old.get(k)} (now {new.get(k)})" for k in changed)
+        + f" ({why}); resume with the saved values, or start a new run from its weights with model.init_from={ckpt_path}"
+    )
+
+
+class StoreConfig(L.Callback):
+    """Every checkpoint holds the run's composed config (plain values), which a resume compares."""
+
+    def __init__(self, cfg: DictConfig):
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[CONFIG_KEY] = self.config
 
 
 def check_weights_to_test(cfg: DictConfig) -> None:
@@ -224,6 +293,7 @@ def train(cfg: DictConfig) -> dict:
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     checkpoint_dirs = [c.dirpath for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+    callbacks.append(StoreConfig(cfg))
     callbacks.append(
         SaveOnSignal(Path(checkpoint_dirs[0] if checkpoint_dirs else out_dir / "checkpoints") / "last.ckpt")
     )
