@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from convdissect.errors import UserInputError
+from convdissect.evaluate import evaluate
 from convdissect.runs import atomic_write
 from convdissect.train import train
 from tests.conftest import CHECKOUT, TINY, compose_cfg, run_python
@@ -139,3 +140,30 @@ def test_resume_refuses_to_stretch_a_onecycle_schedule(onecycle_run, tmp_path):
     longer = TINY + ["trainer.max_epochs=2", f"ckpt_path={onecycle_run}"]
     with pytest.raises(UserInputError, match=r"trainer.max_epochs=1 \(now 2\) .* the OneCycleLR schedule spans"):
         train(compose_cfg("train", longer, tmp_path))
+
+
+@pytest.mark.parametrize(
+    "override, error",
+    [
+        ("data.batch_size=0", "data.batch_size=0: allowed an integer >= 1"),
+        ("data.batch_size=8.5", "data.batch_size=8.5: allowed an integer >= 1"),
+        ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5: a fit needs at least 1 epoch, an integer"),
+        ("seed=-1", "seed=-1: allowed an integer >= 0"),
+        ("optimizer.lr=0", "optimizer.lr=0: allowed a finite number > 0"),
+        ("scheduler.max_lr=inf", "scheduler.max_lr=inf: allowed a finite number > 0"),
+        ("fit=no", 'fit="no": allowed true or false'),
+        ("overwrite='false'", 'overwrite="false": allowed true or false'),
+        ("threads=two", 'threads="two": allowed a positive integer, or null'),
+    ],
+)
+def test_bad_settings_refused_before_any_work(tmp_path, override, error):
+    with pytest.raises(UserInputError) as refused:
+        train(compose_cfg("train", TINY + [override], tmp_path))
+    assert str(refused.value).startswith(error)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_checks_its_settings(tmp_path):
+    cfg = compose_cfg("eval", ["ckpt_path=unused.ckpt", "overwrite=1"], tmp_path)
+    with pytest.raises(UserInputError, match="^overwrite=1: allowed true or false$"):
+        evaluate(cfg)

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from convdissect.config import instantiate, set_threads
+from convdissect.config import check_config, instantiate, set_threads
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
 from convdissect.models import net_class
@@ -73,11 +73,6 @@ def build_module(cfg: DictConfig) -> LitClassifier:
 
 def check_before_fit(cfg: DictConfig) -> None:
     """Settings that would otherwise fail, or train nothing, only after (or instead of) training."""
-    max_epochs = cfg.trainer.get("max_epochs")
-    if max_epochs is not None and max_epochs < 1:
-        raise UserInputError(
-            f"trainer.max_epochs={max_epochs}: a fit needs at least 1 epoch (fit=false tests without training)"
-        )
     test_ckpt = cfg.get("test_ckpt")
     if test_ckpt is not None and test_ckpt not in TEST_CKPTS and not Path(test_ckpt).is_file():
         raise UserInputError(
@@ -266,6 +261,7 @@ def _resume_command(cfg: DictConfig, ckpt_path: Path) -> str:
 def train(cfg: DictConfig) -> dict:
     """Fit and test one net; return the metrics written to <output_dir>/metrics.json."""
     start = time.perf_counter()
+    check_config(cfg)
     set_threads(cfg.get("threads"))
     out_dir = Path(cfg.paths.output_dir)
     fit = cfg.get("fit", True)
