@@ -7,6 +7,7 @@ import logging
 import shlex
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -83,25 +84,6 @@ def check_before_fit(cfg: DictConfig) -> None:
         check_same_config(cfg, cfg.ckpt_path)
 
 
-def _flat(config: dict, prefixes: tuple[str, ...]) -> dict:
-    """{dotted key: value} of the leaves under these keys of a plain config."""
-    flat = {}
-
-    def walk(node, key):
-        if isinstance(node, dict) and node:
-            for name, value in node.items():
-                walk(value, f"{key}.{name}")
-        else:
-            flat[key] = node
-
-    for prefix in prefixes:
-        node = config
-        for part in prefix.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        walk(node, prefix)
-    return flat
-
-
 def check_same_config(cfg: DictConfig, ckpt_path: str) -> None:
     """A resume trains on with the checkpoint's model, data, seed, optimizer, schedule and pruning: refuse,
     in one line, a config that changes any of them (the result would match neither config)."""
@@ -113,7 +95,10 @@ def check_same_config(cfg: DictConfig, ckpt_path: str) -> None:
     keys = RESUME_KEEPS
     if str((saved.get("scheduler") or {}).get("_target_")).endswith("OneCycleLR"):
         keys += SCHEDULE_LENGTH
-    old, new = _flat(saved, keys), _flat(current, keys)
+    old, new = (
+        {k: v for k, v in leaves(config).items() if any(k == p or k.startswith(p + ".") for p in keys)}
+        for config in (saved, current)
+    )
     changed = [k for k in sorted(old.keys() | new.keys()) if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k)]
     if not changed:
         return
@@ -165,21 +150,20 @@ def _run_info(cfg: DictConfig) -> dict:
     return {"experiment": cfg.task_name, "overrides": []}
 
 
+def leaves(config: dict, prefix: str = "") -> dict:
+    """{dotted key: value} of every leaf of a plain config (keys like callbacks.pruning.criterion)."""
+    if not (isinstance(config, dict) and config):
+        return {prefix[:-1]: config}
+    return {k: v for key, value in config.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
+
+
 def flat_config(cfg: DictConfig, experiment: str) -> dict:
-    """The whole composed config as flat plain values (keys like callbacks.pruning.criterion), for
-    TensorBoard's HParams tab: runs of a sweep compare on every setting."""
-    flat = {"experiment": experiment}
-
-    def walk(node, prefix):
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            value = node if isinstance(node, (bool, int, float, str)) else str(node)
-            flat[prefix[:-1]] = value
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return flat
+    """The whole composed config as flat plain values, for TensorBoard's HParams tab: runs of a sweep
+    compare on every setting."""
+    flat = leaves(OmegaConf.to_container(cfg, resolve=True))
+    return {"experiment": experiment} | {
+        k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()
+    }
 
 
 def _progress(trainer: L.Trainer) -> dict:
@@ -235,8 +219,9 @@ class SaveOnSignal(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After Lightning's own SIGTERM handler is set (its teardown restores the handlers from before the fit).
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._receive)
+        if threading.current_thread() is threading.main_thread():  # the only thread that may set handlers
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._receive)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         self._stop_if_signalled(trainer)
