@@ -22,6 +22,7 @@ from tests.conftest import CHECKOUT, TINY, compose_cfg, run_python
 TINY_ARGS = [arg for arg in TINY if not arg.startswith("~")] + ["threads=1"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("logger", ["csv", "[tensorboard,csv]"])
 def test_csv_logger_runs_finish(tmp_path, logger, one_thread):
     metrics = train(compose_cfg("train", TINY + [f"logger={logger}"], tmp_path))
@@ -30,12 +31,14 @@ def test_csv_logger_runs_finish(tmp_path, logger, one_thread):
     assert (tmp_path / "tensorboard").is_dir() == (logger != "csv")
 
 
+@pytest.mark.slow
 def test_progress_bar_off_alone(tmp_path, one_thread):
     overrides = [arg for arg in TINY if arg != "~callbacks.progress_bar"]
     train(compose_cfg("train", overrides, tmp_path))
     assert (tmp_path / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_logger_null_on_the_command_line(tmp_path):
     run = run_python("train.py", *TINY_ARGS, "logger=null", f"hydra.run.dir={tmp_path}")
     assert run.returncode == 0, run.stderr[-2000:]
@@ -46,6 +49,7 @@ def test_logger_null_on_the_command_line(tmp_path):
 ENDLESS = TINY_ARGS + ["trainer.max_epochs=1000", "trainer.limit_train_batches=10", "scheduler=null"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_last_ckpt_and_says_how_to_resume(tmp_path, signum, one_thread):
     run_dir = tmp_path / "run"
@@ -93,6 +97,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert torch.load(tmp_path / "state.pt", weights_only=True)["w"].tolist() == [1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_overwrite_keeps_the_checkpoint_it_resumes(tmp_path, one_thread):
     overrides = TINY + ["scheduler=null"]
     train(compose_cfg("train", overrides, tmp_path))
@@ -102,6 +107,7 @@ def test_overwrite_keeps_the_checkpoint_it_resumes(tmp_path, one_thread):
     assert metrics["epochs"] == 2 and metrics["steps"] == 16 and last.is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("app, args", [("eval.py", ["overwrite=true"]), ("dissect.py", [])])
 def test_eval_and_dissect_leave_a_training_runs_config(tmp_path, app, args):
     saved = tmp_path / ".hydra" / "config.yaml"
@@ -125,6 +131,7 @@ def onecycle_run(tmp_path_factory):
     return out / "checkpoints" / "last.ckpt"
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_model_or_seed(onecycle_run, tmp_path):
     changed = TINY + ["model.widths=[4,8,8,16]", "seed=1", "trainer.limit_val_batches=1", f"ckpt_path={onecycle_run}"]
     with pytest.raises(UserInputError) as refused:
@@ -136,6 +143,7 @@ def test_resume_refuses_a_changed_model_or_seed(onecycle_run, tmp_path):
     assert not (tmp_path / "checkpoints").exists()  # refused before any work
 
 
+@pytest.mark.slow
 def test_resume_refuses_to_stretch_a_onecycle_schedule(onecycle_run, tmp_path):
     longer = TINY + ["trainer.max_epochs=2", f"ckpt_path={onecycle_run}"]
     with pytest.raises(UserInputError, match=r"trainer.max_epochs=1 \(now 2\) .* the OneCycleLR schedule spans"):
