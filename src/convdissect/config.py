@@ -66,12 +66,18 @@ def instantiate(node, **kwargs):
 
 def set_threads(threads) -> None:
     """Torch's intra-op threads; null leaves torch's default."""
-    _check("threads", threads, threads is None or _is_int(threads, 1), THREADS_ALLOWED)
+    _check_threads(threads)
     if threads is not None:
         torch.set_num_threads(threads)
 
 
-THREADS_ALLOWED = "allowed a positive integer, or null for torch's default"
+def _check_threads(threads) -> None:
+    _check(
+        "threads",
+        threads,
+        threads is None or _is_int(threads, 1),
+        "allowed a positive integer, or null for torch's default",
+    )
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -80,7 +86,7 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("fit", "overwrite"):  # a string such as "false" would count as true
         _check(key, cfg.get(key, False), isinstance(cfg.get(key, False), bool), "allowed true or false")
     _check("seed", cfg.get("seed"), _is_int(cfg.get("seed"), 0), "allowed an integer >= 0")
-    _check("threads", cfg.get("threads"), cfg.get("threads") is None or _is_int(cfg.get("threads"), 1), THREADS_ALLOWED)
+    _check_threads(cfg.get("threads"))
     for key in ("batch_size", "eval_batch_size"):
         if key in cfg.get("data", {}):
             _check(f"data.{key}", cfg.data[key], _is_int(cfg.data[key], 1), "allowed an integer >= 1")

@@ -6,7 +6,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -46,7 +46,7 @@ def check_run_dir(run_dir: Path, overwrite: bool, resuming: bool) -> None:
         )
 
 
-def clear_outputs(run_dir: Path, keep: list[str | Path] = ()) -> None:
+def clear_outputs(run_dir: Path, keep: Iterable[str | Path | None] = ()) -> None:
     """Remove a previous run's outputs (overwrite=true), so none of them is mistaken for the new run's;
     an output that is or holds a file in `keep` (one this run reads, e.g. its ckpt_path) stays."""
     kept = [Path(path).resolve() for path in keep if path]
