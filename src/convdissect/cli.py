@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Callable
 from numbers import Number
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -88,6 +89,17 @@ def run_eval(cfg: DictConfig) -> None:
     evaluate(cfg)
 
 
+def null_groups_as_empty(args: list[str], config_dir: str) -> list[str]:
+    """GROUP=null (e.g. logger=null) as GROUP=[]: Hydra takes only a name or a list for a config group,
+    and the empty list drops the group's defaults, as null does in a defaults list."""
+    return [
+        f"{arg.split('=', 1)[0]}=[]"
+        if arg.endswith("=null") and (Path(config_dir) / arg.split("=", 1)[0]).is_dir()
+        else arg
+        for arg in args
+    ]
+
+
 def _hydra_app(job: Callable[[DictConfig], object], config_name: str, config_dir: str | None) -> None:
     """Run `job` as a Hydra app over <config_dir>/<config_name>.yaml (an absolute path; default: the
     package's configs). Bad input ends the run with one `error: ...` line and exit status 2."""
@@ -101,6 +113,7 @@ def _hydra_app(job: Callable[[DictConfig], object], config_name: str, config_dir
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
 
+    sys.argv[1:] = null_groups_as_empty(sys.argv[1:], config_dir or str(CONFIG_DIR))
     main()
 
 

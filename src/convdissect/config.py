@@ -1,6 +1,8 @@
 """Where our configs live, the OmegaConf resolvers they use, and Hydra's instantiate for them;
 imported by the entry points and the tests."""
 
+import json
+import math
 import os
 from importlib import resources
 from pathlib import Path
@@ -9,7 +11,7 @@ import hydra.utils
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from convdissect.errors import UserInputError
 
@@ -64,8 +66,53 @@ def instantiate(node, **kwargs):
 
 def set_threads(threads) -> None:
     """Torch's intra-op threads; null leaves torch's default."""
-    if threads is None:
+    _check_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def _check_threads(threads) -> None:
+    _check(
+        "threads",
+        threads,
+        threads is None or _is_int(threads, 1),
+        "allowed a positive integer, or null for torch's default",
+    )
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Settings of train.py and eval.py whose wrong type or range would fail, or quietly do something
+    else, only later: one line naming the key, its value and what is allowed, before any work."""
+    for key in ("fit", "overwrite"):  # a string such as "false" would count as true
+        _check(key, cfg.get(key, False), isinstance(cfg.get(key, False), bool), "allowed true or false")
+    _check("seed", cfg.get("seed"), _is_int(cfg.get("seed"), 0), "allowed an integer >= 0")
+    _check_threads(cfg.get("threads"))
+    for key in ("batch_size", "eval_batch_size"):
+        if key in cfg.get("data", {}):
+            _check(f"data.{key}", cfg.data[key], _is_int(cfg.data[key], 1), "allowed an integer >= 1")
+    if not cfg.get("fit"):  # eval.py, or train.py fit=false: nothing is trained
         return
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UserInputError(f"threads={threads}: must be a positive integer, or null for torch's default")
-    torch.set_num_threads(threads)
+    max_epochs = cfg.trainer.get("max_epochs")
+    _check(
+        "trainer.max_epochs",
+        max_epochs,
+        _is_int(max_epochs, 1),
+        "a fit needs at least 1 epoch, an integer (fit=false tests without training)",
+    )
+    for group, key in (("optimizer", "lr"), ("scheduler", "max_lr")):
+        node = cfg.get(group)
+        if node and key in node:
+            rate = node[key]
+            ok = isinstance(rate, (int, float)) and not isinstance(rate, bool) and math.isfinite(rate) and rate > 0
+            _check(f"{group}.{key}", rate, ok, "allowed a finite number > 0")
+
+
+def _is_int(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _check(key: str, value, ok: bool, allowed: str) -> None:
+    """One line naming the key and its value as a config writes it: true, null, a string in quotes ("3" is not 3)."""
+    if not ok:
+        shown = json.dumps(value) if isinstance(value, (str, bool)) or value is None else str(value)
+        raise UserInputError(f"{key}={shown}: {allowed}")

@@ -15,11 +15,11 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from convdissect.config import instantiate, set_threads
+from convdissect.config import check_config, instantiate, set_threads
 from convdissect.errors import UserInputError
 from convdissect.models.checkpoint import load_net_and_spec
 from convdissect.models.lit_module import LitClassifier
-from convdissect.runs import check_run_dir
+from convdissect.runs import atomic_write, check_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ def load_module(path: str | Path) -> LitClassifier:
 def evaluate(cfg: DictConfig) -> dict:
     """Test ckpt_path's weights on the test split; return the metrics written to <output_dir>/metrics.json."""
     start = time.perf_counter()
+    check_config(cfg)
     if not cfg.get("ckpt_path"):
         raise UserInputError(
             "ckpt_path is not set: python eval.py ckpt_path=PATH (a Lightning .ckpt or a model_state.pt)"
@@ -59,6 +60,6 @@ def evaluate(cfg: DictConfig) -> dict:
         "lightning_version": L.__version__,
     }
     if trainer.is_global_zero:
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         log.info("test/acc %.4f of %s; metrics in %s", metrics["test/acc"], metrics["tested_checkpoint"], out_dir)
     return metrics

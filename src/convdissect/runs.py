@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from convdissect.errors import UserInputError
 
@@ -44,14 +46,47 @@ def check_run_dir(run_dir: Path, overwrite: bool, resuming: bool) -> None:
         )
 
 
-def clear_outputs(run_dir: Path) -> None:
-    """Remove a previous run's outputs (overwrite=true), so none of them is mistaken for the new run's."""
+def clear_outputs(run_dir: Path, keep: Iterable[str | Path | None] = ()) -> None:
+    """Remove a previous run's outputs (overwrite=true), so none of them is mistaken for the new run's;
+    an output that is or holds a file in `keep` (one this run reads, e.g. its ckpt_path) stays."""
+    kept = [Path(path).resolve() for path in keep if path]
     for name in OUTPUTS:
-        path = Path(run_dir) / name
+        path = (Path(run_dir) / name).resolve()
+        if any(file == path or path in file.parents for file in kept):
+            continue
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+def check_not_a_training_run(run_dir: Path, config: DictConfig) -> None:
+    """eval.py and dissect.py must not replace a training run's saved config (.hydra/config.yaml, which
+    model_state.pt's loading and the results table read): refuse such a dir."""
+    saved = Path(run_dir) / ".hydra" / "config.yaml"
+    if "fit" in config or not saved.is_file():  # train.py (resuming or overwrite=true) writes its own
+        return
+    if "fit" in OmegaConf.load(saved):
+        raise UserInputError(
+            f"hydra.run.dir={run_dir} holds a training run ({saved}); {config.task_name} would replace its saved "
+            "config: pick another hydra.run.dir"
+        )
+
+
+def atomic_write(path: str | Path, content: str | Callable[[Path], object]) -> None:
+    """Write path whole or not at all: the text, or `content(tmp)` (e.g. a torch.save), goes to a temporary
+    file in the same dir, which then replaces path in one step (os.replace); a crash or kill mid-write leaves
+    the previous file, never a truncated one that looks finished."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(content, str):
+            tmp.write_text(content)
+        else:
+            content(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class RunDirGuard(Callback):
@@ -60,6 +95,7 @@ class RunDirGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
+            check_not_a_training_run(Path(config.hydra.run.dir), config)
             if "overwrite" in config:  # the train and eval apps write metrics.json
                 resuming = bool(config.get("fit") and config.get("ckpt_path"))
                 check_run_dir(Path(config.hydra.run.dir), bool(config.overwrite), resuming)

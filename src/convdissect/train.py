@@ -4,26 +4,45 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from convdissect.config import instantiate, set_threads
+from convdissect.config import check_config, instantiate, set_threads
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
 from convdissect.models import net_class
-from convdissect.models.checkpoint import check_resumable, load_net
+from convdissect.models.checkpoint import check_resumable, load_net, read_checkpoint
 from convdissect.models.lit_module import LitClassifier
-from convdissect.runs import check_run_dir, clear_outputs
+from convdissect.runs import atomic_write, check_run_dir, clear_outputs
 
 log = logging.getLogger(__name__)
 
 TEST_CKPTS = ("best", "last")
+# The checkpoint's copy of the composed config, compared by a resume (check_same_config).
+CONFIG_KEY = "convdissect_config"
+# What a resume must keep: it decides what is trained. Paths, loggers and the trainer's other keys may change.
+RESUME_KEEPS = ("model", "data", "seed", "optimizer", "scheduler", "callbacks.pruning")
+RESUME_MAY_CHANGE = ("data.data_dir", "data.download")  # where MNIST's files are, not what they hold
+# A OneCycleLR's length is fixed when the fit starts (and restored from the checkpoint): the keys setting it.
+SCHEDULE_LENGTH = (
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.limit_train_batches",
+    "trainer.accumulate_grad_batches",
+    "trainer.devices",
+    "trainer.num_nodes",
+)
 
 
 def build_module(cfg: DictConfig) -> LitClassifier:
@@ -55,11 +74,6 @@ def build_module(cfg: DictConfig) -> LitClassifier:
 
 def check_before_fit(cfg: DictConfig) -> None:
     """Settings that would otherwise fail, or train nothing, only after (or instead of) training."""
-    max_epochs = cfg.trainer.get("max_epochs")
-    if max_epochs is not None and max_epochs < 1:
-        raise UserInputError(
-            f"trainer.max_epochs={max_epochs}: a fit needs at least 1 epoch (fit=false tests without training)"
-        )
     test_ckpt = cfg.get("test_ckpt")
     if test_ckpt is not None and test_ckpt not in TEST_CKPTS and not Path(test_ckpt).is_file():
         raise UserInputError(
@@ -67,6 +81,45 @@ def check_before_fit(cfg: DictConfig) -> None:
         )
     if cfg.get("ckpt_path"):
         check_resumable(cfg.ckpt_path)
+        check_same_config(cfg, cfg.ckpt_path)
+
+
+def check_same_config(cfg: DictConfig, ckpt_path: str) -> None:
+    """A resume trains on with the checkpoint's model, data, seed, optimizer, schedule and pruning: refuse,
+    in one line, a config that changes any of them (the result would match neither config)."""
+    saved = read_checkpoint(ckpt_path).get(CONFIG_KEY)
+    if saved is None:
+        log.warning("ckpt_path=%s holds no config (saved before configs were stored): not compared", ckpt_path)
+        return
+    current = OmegaConf.to_container(cfg, resolve=True)
+    keys = RESUME_KEEPS
+    if str((saved.get("scheduler") or {}).get("_target_")).endswith("OneCycleLR"):
+        keys += SCHEDULE_LENGTH
+    old, new = (
+        {k: v for k, v in leaves(config).items() if any(k == p or k.startswith(p + ".") for p in keys)}
+        for config in (saved, current)
+    )
+    changed = [k for k in sorted(old.keys() | new.keys()) if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k)]
+    if not changed:
+        return
+    why = "a resume keeps model, data, seed, optimizer, scheduler and callbacks.pruning"
+    if any(k in SCHEDULE_LENGTH for k in changed):
+        why += "; the OneCycleLR schedule spans the saved run's steps, so it cannot train longer or shorter"
+    raise UserInputError(
+        f"ckpt_path={ckpt_path} was saved with another config: "
+        + ", ".join(f"{k}={old.get(k)} (now {new.get(k)})" for k in changed)
+        + f" ({why}); resume with the saved values, or start a new run from its weights with model.init_from={ckpt_path}"
+    )
+
+
+class StoreConfig(L.Callback):
+    """Every checkpoint holds the run's composed config (plain values), which a resume compares."""
+
+    def __init__(self, cfg: DictConfig):
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[CONFIG_KEY] = self.config
 
 
 def check_weights_to_test(cfg: DictConfig) -> None:
@@ -97,21 +150,20 @@ def _run_info(cfg: DictConfig) -> dict:
     return {"experiment": cfg.task_name, "overrides": []}
 
 
+def leaves(config: dict, prefix: str = "") -> dict:
+    """{dotted key: value} of every leaf of a plain config (keys like callbacks.pruning.criterion)."""
+    if not (isinstance(config, dict) and config):
+        return {prefix[:-1]: config}
+    return {k: v for key, value in config.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
+
+
 def flat_config(cfg: DictConfig, experiment: str) -> dict:
-    """The whole composed config as flat plain values (keys like callbacks.pruning.criterion), for
-    TensorBoard's HParams tab: runs of a sweep compare on every setting."""
-    flat = {"experiment": experiment}
-
-    def walk(node, prefix):
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            value = node if isinstance(node, (bool, int, float, str)) else str(node)
-            flat[prefix[:-1]] = value
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return flat
+    """The whole composed config as flat plain values, for TensorBoard's HParams tab: runs of a sweep
+    compare on every setting."""
+    flat = leaves(OmegaConf.to_container(cfg, resolve=True))
+    return {"experiment": experiment} | {
+        k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()
+    }
 
 
 def _progress(trainer: L.Trainer) -> dict:
@@ -145,9 +197,56 @@ def _final_net(metrics: dict) -> dict:
     return final
 
 
+class RunInterrupted(Exception):
+    """A fit stopped by a signal, after saving a checkpoint to resume from."""
+
+    def __init__(self, signum: int, ckpt_path: Path):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum, self.ckpt_path = signum, ckpt_path
+
+
+class SaveOnSignal(L.Callback):
+    """SIGTERM or SIGINT during a fit: the current training batch finishes, then last.ckpt is saved
+    there (a state Lightning resumes from, as its own mid-epoch checkpoints) and the fit stops with
+    RunInterrupted. Stopping at once could save a half-applied optimizer step, or nothing."""
+
+    def __init__(self, ckpt_path: Path):
+        self.ckpt_path = ckpt_path
+        self.signum: int | None = None
+
+    def _receive(self, signum: int, frame) -> None:
+        self.signum = signum
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning's own SIGTERM handler is set (its teardown restores the handlers from before the fit).
+        if threading.current_thread() is threading.main_thread():  # the only thread that may set handlers
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._receive)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        self._stop_if_signalled(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_if_signalled(trainer)  # a signal during the epoch's validation
+
+    def _stop_if_signalled(self, trainer: L.Trainer) -> None:
+        if self.signum is None:
+            return
+        self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.ckpt_path, trainer.save_checkpoint)  # a second signal or a kill mid-save keeps the old one
+        raise RunInterrupted(self.signum, self.ckpt_path)
+
+
+def _resume_command(cfg: DictConfig, ckpt_path: Path) -> str:
+    """The command line that resumes this run from ckpt_path: its own overrides, ckpt_path= replaced."""
+    overrides = [o for o in _run_info(cfg)["overrides"] if not o.startswith("ckpt_path=")]
+    return shlex.join(["python", "train.py", *overrides, f"ckpt_path={ckpt_path}"])
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit and test one net; return the metrics written to <output_dir>/metrics.json."""
     start = time.perf_counter()
+    check_config(cfg)
     set_threads(cfg.get("threads"))
     out_dir = Path(cfg.paths.output_dir)
     fit = cfg.get("fit", True)
@@ -159,19 +258,39 @@ def train(cfg: DictConfig) -> dict:
     else:
         check_weights_to_test(cfg)
     if cfg.get("overwrite"):
-        clear_outputs(out_dir)
+        test_ckpt = cfg.get("test_ckpt")
+        reads = [cfg.get("ckpt_path"), cfg.model.get("init_from"), test_ckpt if test_ckpt not in TEST_CKPTS else None]
+        clear_outputs(out_dir, keep=reads)
     L.seed_everything(cfg.seed, workers=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
-    callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    # Callbacks Lightning refuses in these settings (logger=null, trainer.enable_progress_bar=false)
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    checkpoint_dirs = [c.dirpath for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+    callbacks.append(StoreConfig(cfg))
+    callbacks.append(
+        SaveOnSignal(Path(checkpoint_dirs[0] if checkpoint_dirs else out_dir / "checkpoints") / "last.ckpt")
+    )
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     val = {"val/acc": None, "val/acc_best": None}
     if fit:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except RunInterrupted as stop:  # no metrics.json: the run is not finished
+            print(
+                f"{stop} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+                f"saved {stop.ckpt_path}; resume with: {_resume_command(cfg, stop.ckpt_path)}",
+                file=sys.stderr,
+            )
+            sys.exit(128 + stop.signum)  # the shell's status for a process ended by that signal
         if _progress(trainer)["steps"] == 0:
             raise UserInputError(
                 f"the fit took no optimizer step (trainer.max_epochs={trainer.max_epochs}, "
@@ -201,15 +320,19 @@ def train(cfg: DictConfig) -> dict:
         if hasattr(callback, "run_summary"):
             metrics.update(callback.run_summary())
     if trainer.is_global_zero:
-        torch.save(module.net.state_dict(), out_dir / "model_state.pt")
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        state = module.net.state_dict()
+        atomic_write(out_dir / "model_state.pt", lambda tmp: torch.save(state, tmp))
+        atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         # Lightning writes these at step 0: val/acc stays out, so its curve keeps only its epochs.
         hparam_metrics = {k: metrics[k] for k in ("test/acc", "test/loss", "val/acc_best") if metrics[k] is not None}
         for logger in trainer.loggers:
             hparams = flat_config(cfg, metrics["experiment"])
             # ... and a callback's numbers about the net, e.g. the HandNet's explanation/numbers
             explained = {k: v for k, v in metrics.items() if k.startswith("explanation/")}
-            logger.log_hyperparams(hparams, metrics={**hparam_metrics, **_final_net(metrics), **explained})
+            if isinstance(logger, TensorBoardLogger):  # the HParams tab; other loggers take no metrics here
+                logger.log_hyperparams(hparams, metrics={**hparam_metrics, **_final_net(metrics), **explained})
+            else:
+                logger.log_hyperparams(hparams)
             logger.finalize("success")
         log.info(
             "test/acc %.4f, %d params, %.1f s; outputs in %s",

@@ -1,0 +1,177 @@
+"""Runs that are never silently wrong: documented commands finish, interrupted runs say how to resume,
+a run never deletes or overwrites what it reads, resumes refuse a changed config, outputs are atomic,
+bad settings are refused before any work."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from convdissect.errors import UserInputError
+from convdissect.evaluate import evaluate
+from convdissect.runs import atomic_write
+from convdissect.train import train
+from tests.conftest import CHECKOUT, TINY, compose_cfg, run_python
+
+# TINY for the command line, on one thread
+TINY_ARGS = [arg for arg in TINY if not arg.startswith("~")] + ["threads=1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("logger", ["csv", "[tensorboard,csv]"])
+def test_csv_logger_runs_finish(tmp_path, logger, one_thread):
+    metrics = train(compose_cfg("train", TINY + [f"logger={logger}"], tmp_path))
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert (tmp_path / "csv" / "hparams.yaml").is_file()
+    assert (tmp_path / "tensorboard").is_dir() == (logger != "csv")
+
+
+@pytest.mark.slow
+def test_progress_bar_off_alone(tmp_path, one_thread):
+    overrides = [arg for arg in TINY if arg != "~callbacks.progress_bar"]
+    train(compose_cfg("train", overrides, tmp_path))
+    assert (tmp_path / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_logger_null_on_the_command_line(tmp_path):
+    run = run_python("train.py", *TINY_ARGS, "logger=null", f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "metrics.json").is_file() and not (tmp_path / "tensorboard").exists()
+
+
+# Many short epochs without a schedule: a fit that runs until it is signalled, and resumes to any epoch.
+ENDLESS = TINY_ARGS + ["trainer.max_epochs=1000", "trainer.limit_train_batches=10", "scheduler=null"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_last_ckpt_and_says_how_to_resume(tmp_path, signum, one_thread):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *ENDLESS, f"hydra.run.dir={run_dir}"],
+        cwd=CHECKOUT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # into a later epoch: the checkpoint must be the one saved at the signal
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+
+    assert proc.returncode == 128 + signum
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(f"stopped by {signum.name} at epoch ") and line.endswith(f" ckpt_path={last}")
+    assert not (run_dir / "metrics.json").exists()  # not a finished run
+    saved = torch.load(last, weights_only=True)
+    assert f"step {saved['global_step']};" in line
+
+    # The printed ckpt_path resumes: one more epoch trains the steps left in the interrupted one.
+    epochs = saved["epoch"] + 1
+    resume = [a for a in ENDLESS if not a.startswith("trainer.max_epochs")] + [f"trainer.max_epochs={epochs}"]
+    metrics = train(compose_cfg("train", resume + [f"ckpt_path={last}"], tmp_path / "resumed"))
+    assert metrics["steps"] == 10 * epochs
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "metrics.json"
+    atomic_write(path, "old\n")
+
+    def half_written(tmp):
+        tmp.write_text("{half")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(path, half_written)
+    assert path.read_text() == "old\n" and list(tmp_path.iterdir()) == [path]  # no temporary file left
+    atomic_write(tmp_path / "state.pt", lambda tmp: torch.save({"w": torch.ones(2)}, tmp))
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["w"].tolist() == [1.0, 1.0]
+
+
+@pytest.mark.slow
+def test_overwrite_keeps_the_checkpoint_it_resumes(tmp_path, one_thread):
+    overrides = TINY + ["scheduler=null"]
+    train(compose_cfg("train", overrides, tmp_path))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    resume = overrides + ["trainer.max_epochs=2", "overwrite=true", f"ckpt_path={last}"]
+    metrics = train(compose_cfg("train", resume, tmp_path))
+    assert metrics["epochs"] == 2 and metrics["steps"] == 16 and last.is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("app, args", [("eval.py", ["overwrite=true"]), ("dissect.py", [])])
+def test_eval_and_dissect_leave_a_training_runs_config(tmp_path, app, args):
+    saved = tmp_path / ".hydra" / "config.yaml"
+    saved.parent.mkdir()
+    OmegaConf.save(compose_cfg("train", TINY, tmp_path), saved)  # what train.py leaves in its run dir
+    before = saved.read_text()
+    run = run_python(app, f"ckpt_path={tmp_path / 'model_state.pt'}", f"hydra.run.dir={tmp_path}", *args)
+    assert run.returncode == 2
+    assert run.stderr.strip() == (
+        f"error: hydra.run.dir={tmp_path} holds a training run ({saved}); {app[:-3]} would replace its saved "
+        "config: pick another hydra.run.dir"
+    )
+    assert saved.read_text() == before
+
+
+@pytest.fixture(scope="module")
+def onecycle_run(tmp_path_factory):
+    """A finished one-epoch run with the default OneCycleLR schedule."""
+    out = tmp_path_factory.mktemp("onecycle")
+    train(compose_cfg("train", TINY + ["threads=1"], out))
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_changed_model_or_seed(onecycle_run, tmp_path):
+    changed = TINY + ["model.widths=[4,8,8,16]", "seed=1", "trainer.limit_val_batches=1", f"ckpt_path={onecycle_run}"]
+    with pytest.raises(UserInputError) as refused:
+        train(compose_cfg("train", changed, tmp_path))
+    assert str(refused.value).startswith(
+        f"ckpt_path={onecycle_run} was saved with another config: data.seed=0 (now 1), "
+        "model.widths=[4, 8, 8, 8] (now [4, 8, 8, 16]), seed=0 (now 1) (a resume keeps model, "
+    )  # trainer.limit_val_batches changes nothing that is trained: not listed
+    assert not (tmp_path / "checkpoints").exists()  # refused before any work
+
+
+@pytest.mark.slow
+def test_resume_refuses_to_stretch_a_onecycle_schedule(onecycle_run, tmp_path):
+    longer = TINY + ["trainer.max_epochs=2", f"ckpt_path={onecycle_run}"]
+    with pytest.raises(UserInputError, match=r"trainer.max_epochs=1 \(now 2\) .* the OneCycleLR schedule spans"):
+        train(compose_cfg("train", longer, tmp_path))
+
+
+@pytest.mark.parametrize(
+    "override, error",
+    [
+        ("data.batch_size=0", "data.batch_size=0: allowed an integer >= 1"),
+        ("data.batch_size=8.5", "data.batch_size=8.5: allowed an integer >= 1"),
+        ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5: a fit needs at least 1 epoch, an integer"),
+        ("seed=-1", "seed=-1: allowed an integer >= 0"),
+        ("optimizer.lr=0", "optimizer.lr=0: allowed a finite number > 0"),
+        ("scheduler.max_lr=inf", "scheduler.max_lr=inf: allowed a finite number > 0"),
+        ("fit=no", 'fit="no": allowed true or false'),
+        ("overwrite='false'", 'overwrite="false": allowed true or false'),
+        ("threads=two", 'threads="two": allowed a positive integer, or null'),
+    ],
+)
+def test_bad_settings_refused_before_any_work(tmp_path, override, error):
+    with pytest.raises(UserInputError) as refused:
+        train(compose_cfg("train", TINY + [override], tmp_path))
+    assert str(refused.value).startswith(error)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_checks_its_settings(tmp_path):
+    cfg = compose_cfg("eval", ["ckpt_path=unused.ckpt", "overwrite=1"], tmp_path)
+    with pytest.raises(UserInputError, match="^overwrite=1: allowed true or false$"):
+        evaluate(cfg)
