@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from convdissect.config import instantiate, set_threads
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
-from convdissect.models import net_class
+from convdissect.models import net_class, split_model_config
 from convdissect.models.checkpoint import check_resumable, load_net
 from convdissect.models.lit_module import LitClassifier
 from convdissect.runs import check_run_dir, clear_outputs
@@ -29,8 +29,9 @@ TEST_CKPTS = ("best", "last")
 def build_module(cfg: DictConfig) -> LitClassifier:
     """The LightningModule; with model.init_from (a model_state.pt or a .ckpt), the net gets that
     file's widths and weights."""
-    net = OmegaConf.to_container(cfg.model, resolve=True)
-    init_from = net.pop("init_from", None)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    net, settings = split_model_config(model)
+    init_from = model.get("init_from")
     source = None
     if init_from:
         if net_class(net) != "SimpleConvNet":
@@ -47,6 +48,7 @@ def build_module(cfg: DictConfig) -> LitClassifier:
         net=net,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         scheduler=OmegaConf.to_container(scheduler, resolve=True) if scheduler else None,
+        **settings,
     )
     if source is not None:
         module.net.load_state_dict(source.state_dict())
