@@ -27,8 +27,8 @@ class SmallConvNet(nn.Module):
 
 
 class ResidualNet(nn.Module):
-    """stem (conv, BatchNorm) -> residual block (two conv + BatchNorm, added to its input) ->
-    two branches concatenated -> 2x2 average pool -> flatten -> linear (logits)."""
+    """stem (conv, BatchNorm) -> residual block (two conv + BatchNorm, added to its input) -> two
+    branches concatenated -> 1x1 conv -> 2x2 average pool -> flatten -> linear (logits)."""
 
     def __init__(self, width: int = 8, num_classes: int = 10):
         super().__init__()
@@ -42,10 +42,11 @@ class ResidualNet(nn.Module):
         )
         self.left = nn.Conv2d(width, width, 3, stride=2, padding=1)
         self.right = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
-        self.fc = nn.Linear(3 * width * 4, num_classes)
+        self.mix = nn.Conv2d(3 * width, 2 * width, 1)
+        self.fc = nn.Linear(2 * width * 4, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         x = F.relu(x + self.block(x))
-        x = torch.cat([self.left(x), self.right(x)], dim=1)
-        return self.fc(F.adaptive_avg_pool2d(F.relu(x), 2).flatten(1))
+        x = F.relu(torch.cat([self.left(x), self.right(x)], dim=1))
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.mix(x)), 2).flatten(1))
