@@ -9,6 +9,8 @@ from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.models.surgery import producer_consumer_table
 from convdissect.models.zoo import ResidualNet
 from convdissect.pruning.cut import cut_channels
+from convdissect.train import train
+from tests.conftest import TINY, compose_cfg
 
 IMAGE = torch.zeros(1, 1, 28, 28)
 VARIANTS = {
@@ -157,3 +159,24 @@ def test_the_logits_and_unknown_layers_are_refused():
         cut_channels(make_net("conv2"), {"fc5": [0]}, IMAGE)
     with pytest.raises(UserInputError, match=r"'fc9' cannot be pruned: allowed a Conv2d or Linear layer"):
         cut_channels(make_net("conv2"), {"fc9": [0]}, IMAGE)
+
+
+@pytest.mark.slow
+def test_the_pruning_callback_prunes_an_nn_sequential_written_in_yaml(tmp_path, one_thread):
+    overrides = [o for o in TINY if not o.startswith("model.")] + [
+        "model=sequential",
+        "callbacks=pruning",
+        "trainer.max_epochs=3",
+        "callbacks.pruning.target_widths=[4,8]",
+        "callbacks.pruning.iterations=2",
+        "callbacks.pruning.pretrain_epochs=1",
+        "callbacks.pruning.calibration_size=200",
+        "callbacks.pruning.eval_size=400",
+        "threads=1",
+    ]
+    metrics = train(compose_cfg("train", overrides, tmp_path))
+    assert [h["widths"] for h in metrics["pruning_history"]] == [[8, 16], [4, 8]]
+    state = torch.load(tmp_path / "model_state.pt", weights_only=True)
+    assert state["0.weight"].shape == (4, 1, 5, 5) and state["3.weight"].shape == (8, 4, 5, 5)
+    assert state["7.weight"].shape == (10, 8)
+    assert metrics["pruning_history"][-1]["val_acc_retrained"] > 0.2

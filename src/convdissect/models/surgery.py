@@ -13,8 +13,30 @@ from torch import fx, nn
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 # Operations that keep channel c in channel c (flatten keeps it in a contiguous block).
-CHANNELWISE_MODULES = (nn.ReLU, nn.Tanh, nn.GELU, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Dropout)
-CHANNELWISE_FUNCTIONS = {F.relu, torch.relu, torch.tanh, F.gelu, F.max_pool2d, F.avg_pool2d, torch.flatten, F.dropout}
+CHANNELWISE_MODULES = (
+    nn.ReLU,
+    nn.Tanh,
+    nn.GELU,
+    nn.Identity,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+    nn.Dropout,
+)
+CHANNELWISE_FUNCTIONS = {
+    F.relu,
+    torch.relu,
+    torch.tanh,
+    F.gelu,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_max_pool2d,
+    F.adaptive_avg_pool2d,
+    torch.flatten,
+    F.dropout,
+}
 CHANNELWISE_METHODS = {"relu", "tanh", "flatten"}
 
 

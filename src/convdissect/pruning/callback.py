@@ -177,12 +177,13 @@ class PruningCallback(L.Callback):
         for layer in table:
             self.kept[layer] = [self.kept[layer][i] for i in keep[layer].tolist()]
         widths = _widths(net, table)
-        # The module rebuilds its net at the new widths (so its checkpoints do too) and takes the
-        # pruned weights; the fresh weights it draws must not shift the run's random stream.
-        with torch.random.fork_rng(devices=[]):
-            pl_module.set_widths(widths)
-        pl_module.net.load_state_dict(net.state_dict())
-        net = pl_module.net
+        if hasattr(net, "widths"):
+            # A net of ours is rebuilt at the new widths (so its checkpoints rebuild too) and takes the
+            # pruned weights; the fresh weights it draws must not shift the run's random stream.
+            with torch.random.fork_rng(devices=[]):
+                pl_module.set_widths(widths)
+            pl_module.net.load_state_dict(net.state_dict())
+            net = pl_module.net
         acc_pruned = accuracy(net, val_images, val_labels)
 
         # New parameters: a new optimizer, and a OneCycle over the remaining steps only.
