@@ -106,8 +106,8 @@ class LitClassifier(L.LightningModule):
 
     def _check_log_probabilities(self, outputs: torch.Tensor) -> None:
         """NLL of logits trains at chance without a word: refuse a net whose outputs are not log-probabilities."""
-        row_sums = outputs.detach().float().exp().sum(1)
-        if not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-3):
+        row_sums = outputs.detach().float().exp().sum(1)  # 1 within half-precision rounding for log-probabilities
+        if not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-2):
             raise UserInputError(
                 f"model.loss=nll: the net returns logits, not log-probabilities (rows of exp(output) sum to "
                 f"{float(row_sums.min()):.3g} to {float(row_sums.max()):.3g}, not 1); "
