@@ -78,3 +78,10 @@ def test_cross_entropy_on_log_probabilities_is_their_nll():
 def test_bad_loss_settings_are_one_line(settings, match):
     with pytest.raises(UserInputError, match=match):
         LitClassifier({"_target_": SMALL_NET}, None, **settings)
+
+
+def test_a_net_with_another_number_of_outputs_than_num_classes_is_refused_on_its_first_batch():
+    module = LitClassifier({"_target_": SMALL_NET, "num_classes": 10}, None, num_classes=5)
+    batch = (torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(UserInputError, match=r"model.num_classes=5: the net's outputs have shape \[4, 10\]"):
+        module.training_step(batch, 0)

@@ -90,8 +90,8 @@ class LitClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        if self.hparams.loss == "nll" and self.global_step == 0:
-            self._check_log_probabilities(logits)
+        if self.global_step == 0:
+            self._check_outputs(logits)
         loss = self.loss_fn(logits, y)
         # Plain sums on the device, logged once an epoch: for a small net, a metric update and a
         # self.log per step cost a fifth of the step itself.
@@ -104,8 +104,16 @@ class LitClassifier(L.LightningModule):
             loss = loss + self.net.penalty()
         return loss
 
-    def _check_log_probabilities(self, outputs: torch.Tensor) -> None:
-        """NLL of logits trains at chance without a word: refuse a net whose outputs are not log-probabilities."""
+    def _check_outputs(self, outputs: torch.Tensor) -> None:
+        """On the first batch: one output per class, and under nll log-probabilities (NLL of logits
+        trains at chance without a word)."""
+        if outputs.dim() != 2 or outputs.shape[1] != self.hparams.num_classes:
+            raise UserInputError(
+                f"model.num_classes={self.hparams.num_classes}: the net's outputs have shape {list(outputs.shape)}, "
+                f"expected [batch, {self.hparams.num_classes}]"
+            )
+        if self.hparams.loss != "nll":
+            return
         row_sums = outputs.detach().float().exp().sum(1)  # 1 within half-precision rounding for log-probabilities
         if not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-2):
             raise UserInputError(
