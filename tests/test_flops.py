@@ -1,11 +1,11 @@
-"""FLOPs per image: Lightning's measure_flops against a count by hand, and after surgery."""
+"""FLOPs per image: Lightning's measure_flops against a count by hand, and after a cut."""
 
 import pytest
 import torch
 
 from convdissect.models.simple_convnet import SimpleConvNet
-from convdissect.models.surgery import remove_channels
 from convdissect.pruning.cost import flops_per_image
+from convdissect.pruning.cut import cut_channels
 from tests.conftest import run_python
 
 IMAGE = torch.zeros(1, 1, 28, 28)
@@ -27,11 +27,10 @@ def test_the_full_and_the_pruned_net_match_the_count_by_hand():
     assert macs_by_hand(32, 64, 128, 128) == 12_523_264
 
 
-def test_a_net_after_surgery_costs_what_a_fresh_net_of_its_widths_costs():
+def test_a_net_after_a_cut_costs_what_a_fresh_net_of_its_widths_costs():
     torch.manual_seed(0)
     net = SimpleConvNet([6, 8, 10, 12])
-    remove_channels(net, "conv2", [0, 3, 5])
-    remove_channels(net, "fc4", [1])
+    cut_channels(net, {"conv2": [0, 3, 5], "fc4": [1]}, IMAGE)
     assert net.widths == [6, 3, 10, 1]
     fresh = SimpleConvNet([6, 3, 10, 1])
     assert flops_per_image(net, IMAGE) == flops_per_image(fresh, IMAGE) == 2 * macs_by_hand(6, 3, 10, 1)

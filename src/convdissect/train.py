@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from convdissect.config import check_config, instantiate, set_threads
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
-from convdissect.models import net_class
+from convdissect.models import net_class, split_model_config
 from convdissect.models.checkpoint import check_resumable, load_net, read_checkpoint
 from convdissect.models.lit_module import LitClassifier
 from convdissect.runs import atomic_write, check_run_dir, clear_outputs
@@ -48,8 +48,9 @@ SCHEDULE_LENGTH = (
 def build_module(cfg: DictConfig) -> LitClassifier:
     """The LightningModule; with model.init_from (a model_state.pt or a .ckpt), the net gets that
     file's widths and weights."""
-    net = OmegaConf.to_container(cfg.model, resolve=True)
-    init_from = net.pop("init_from", None)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    net, settings = split_model_config(model)
+    init_from = model.get("init_from")
     source = None
     if init_from:
         if net_class(net) != "SimpleConvNet":
@@ -66,6 +67,7 @@ def build_module(cfg: DictConfig) -> LitClassifier:
         net=net,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         scheduler=OmegaConf.to_container(scheduler, resolve=True) if scheduler else None,
+        **settings,
     )
     if source is not None:
         module.net.load_state_dict(source.state_dict())

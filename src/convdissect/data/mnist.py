@@ -1,9 +1,11 @@
-"""MNIST held whole in memory as uint8 tensors on the training device; batches are slices."""
+"""MNIST (or FashionMNIST, KMNIST: the same IDX files) held whole in memory as uint8 tensors on the
+training device; batches are slices."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -14,7 +16,7 @@ from convdissect.errors import UserInputError
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
-# The four IDX files torchvision's MNIST(root) reads from <root>/MNIST/raw, with their sizes.
+# The four IDX files torchvision's MNIST(root) reads from <root>/MNIST/raw, with MNIST's sizes.
 IDX_FILES = {
     "train-images-idx3-ubyte": 47_040_016,
     "train-labels-idx1-ubyte": 60_008,
@@ -27,68 +29,102 @@ IMAGES_MAGIC, LABELS_MAGIC = 0x803, 0x801
 log = logging.getLogger(__name__)
 
 
-def normalise(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, 28, 28] -> float [N, 1, 28, 28] with MNIST's mean and std."""
-    return ((images_uint8.float() / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+@dataclass(frozen=True)
+class Dataset:
+    """A data set in torchvision's layout: the four IDX files of IDX_FILES in <data_dir>/<folder>/raw."""
+
+    folder: str  # also the torchvision.datasets class that downloads it
+    mean: float  # of its training pixels in [0, 1]
+    std: float
+    # MNIST's files are checked against their known sizes; the others take their image counts from the files.
+    exact_sizes: bool = False
 
 
-def _missing_data_error(raw_dir: Path, why: str) -> UserInputError:
+DATASETS = {
+    "mnist": Dataset("MNIST", MNIST_MEAN, MNIST_STD, exact_sizes=True),
+    "fashion_mnist": Dataset("FashionMNIST", 0.2860, 0.3530),
+    "kmnist": Dataset("KMNIST", 0.1918, 0.3483),
+}
+
+
+def dataset_spec(name: str) -> Dataset:
+    if name not in DATASETS:
+        raise UserInputError(f"data.dataset={name!r}: allowed {list(DATASETS)}")
+    return DATASETS[name]
+
+
+def normalise(images_uint8: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
+    """uint8 [N, 28, 28] -> float [N, 1, 28, 28] with the data set's mean and std (MNIST's by default)."""
+    return ((images_uint8.float() / 255.0 - mean) / std).unsqueeze(1)
+
+
+def _missing_data_error(raw_dir: Path, why: str, folder: str = "MNIST") -> UserInputError:
     return UserInputError(
-        f"MNIST not usable in {raw_dir} ({why}); put the four IDX files "
+        f"{folder} not usable in {raw_dir} ({why}); put the four IDX files "
         f"{', '.join(IDX_FILES)} there (uncompressed), or point paths.data_dir / "
-        "CONVDISSECT_DATA_DIR at a folder holding MNIST/raw/"
+        f"CONVDISSECT_DATA_DIR at a folder holding {folder}/raw/"
     )
 
 
-def ensure_mnist(data_dir: str | Path, download: bool = True) -> None:
-    """Check that the four IDX files are there and whole, downloading them (torchvision) when
-    they are missing and download is on."""
-    from torchvision.datasets import MNIST
+def ensure_mnist(data_dir: str | Path, download: bool = True, name: str = "mnist") -> None:
+    """Check that the data set's four IDX files are there (and MNIST's whole), downloading them
+    (torchvision) when they are missing and download is on."""
+    import torchvision.datasets
 
-    raw_dir = Path(data_dir) / "MNIST" / "raw"
-    if not all((raw_dir / name).exists() for name in IDX_FILES):
+    folder = dataset_spec(name).folder
+    raw_dir = Path(data_dir) / folder / "raw"
+    if not all((raw_dir / file).exists() for file in IDX_FILES):
         if not download:
-            raise _missing_data_error(raw_dir, "files missing and data.download=false")
+            raise _missing_data_error(raw_dir, "files missing and data.download=false", folder)
         try:
-            MNIST(str(data_dir), train=True, download=True)
+            getattr(torchvision.datasets, folder)(str(data_dir), train=True, download=True)
         except Exception as err:  # offline: URLError, socket errors, HTTP errors ...
             raise _missing_data_error(
-                raw_dir, f"files missing and the download failed: {' '.join(str(err).split())}"
+                raw_dir, f"files missing and the download failed: {' '.join(str(err).split())}", folder
             ) from None
-    for name, size in IDX_FILES.items():
-        actual = (raw_dir / name).stat().st_size
+    if not dataset_spec(name).exact_sizes:
+        return
+    for file, size in IDX_FILES.items():
+        actual = (raw_dir / file).stat().st_size
         if actual != size:
-            raise _missing_data_error(raw_dir, f"{name} has {actual} bytes, expected {size}: truncated or not MNIST")
+            raise _missing_data_error(raw_dir, f"{file} has {actual} bytes, expected {size}: truncated or not MNIST")
 
 
-def read_idx(path: Path, magic: int, dims: tuple[int, ...]) -> torch.Tensor:
+def read_idx(path: Path, magic: int, dims: tuple[int | None, ...], folder: str = "MNIST") -> torch.Tensor:
     """A uint8 IDX file as a tensor, after checking its magic number and dims (a file of the right
-    size can still hold something else)."""
+    size can still hold something else); a dim None takes the file's."""
     raw = path.read_bytes()
     header = 4 + 4 * len(dims)
     found_magic = int.from_bytes(raw[:4], "big")
     found_dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(len(dims)))
     if found_magic != magic:
-        why = f"{path.name} has magic number {found_magic:#010x}, expected {magic:#010x}: not an MNIST IDX file"
-        raise _missing_data_error(path.parent, why)
-    if found_dims != dims:
-        raise _missing_data_error(path.parent, f"{path.name} has dims {list(found_dims)}, expected {list(dims)}")
-    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(dims)
+        why = f"{path.name} has magic number {found_magic:#010x}, expected {magic:#010x}: not an IDX file of {folder}"
+        raise _missing_data_error(path.parent, why, folder)
+    if any(want is not None and found != want for found, want in zip(found_dims, dims)):
+        expected = [found if want is None else want for found, want in zip(found_dims, dims)]
+        raise _missing_data_error(path.parent, f"{path.name} has dims {list(found_dims)}, expected {expected}", folder)
+    n_values = torch.Size(found_dims).numel()
+    if len(raw) - header != n_values:
+        why = f"{path.name} holds {len(raw) - header} values after its header, expected {n_values}"
+        raise _missing_data_error(path.parent, why, folder)
+    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(found_dims)
 
 
-def load_mnist(data_dir: str | Path, download: bool = True) -> dict[str, torch.Tensor]:
-    """MNIST's uint8 images and labels on the CPU, checked:
+def load_mnist(data_dir: str | Path, download: bool = True, name: str = "mnist") -> dict[str, torch.Tensor]:
+    """A data set's uint8 images and labels on the CPU, checked:
     {"train_images", "train_labels", "test_images", "test_labels"}."""
-    ensure_mnist(data_dir, download)
-    raw_dir = Path(data_dir) / "MNIST" / "raw"
+    ensure_mnist(data_dir, download, name)
+    spec = dataset_spec(name)
+    raw_dir = Path(data_dir) / spec.folder / "raw"
     out = {}
     for split, prefix, n in (("train", "train", 60_000), ("test", "t10k", 10_000)):
-        out[f"{split}_images"] = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte", IMAGES_MAGIC, (n, 28, 28))
-        labels = read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte", LABELS_MAGIC, (n,)).long()
+        n = n if spec.exact_sizes else None
+        images = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte", IMAGES_MAGIC, (n, 28, 28), spec.folder)
+        labels = read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte", LABELS_MAGIC, (len(images),), spec.folder).long()
         if labels.max() > 9:
             why = f"{prefix}-labels-idx1-ubyte holds the label {int(labels.max())}, expected 0 to 9"
-            raise _missing_data_error(raw_dir, why)
-        out[f"{split}_labels"] = labels
+            raise _missing_data_error(raw_dir, why, spec.folder)
+        out[f"{split}_images"], out[f"{split}_labels"] = images, labels
     return out
 
 
@@ -113,8 +149,11 @@ class TensorBatches:
         world_size=1,
         drop_last=False,
         current_epoch: Callable[[], int] | None = None,
+        mean: float = MNIST_MEAN,
+        std: float = MNIST_STD,
     ):
         self.images, self.labels = images, labels
+        self.mean, self.std = mean, std
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch, self.current_epoch = 0, current_epoch
@@ -140,11 +179,12 @@ class TensorBatches:
         self.epoch += 1
         for b in range(len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
-            yield normalise(self.images[sel]), self.labels[sel]
+            yield normalise(self.images[sel], self.mean, self.std), self.labels[sel]
 
 
 class MNISTDataModule(L.LightningDataModule):
-    """MNIST as tensors on the training device: seeded 55k/5k train/val split, 10k test."""
+    """MNIST (or data.dataset=fashion_mnist | kmnist) as tensors on the training device: seeded
+    55k/5k train/val split, 10k test."""
 
     def __init__(
         self,
@@ -154,8 +194,10 @@ class MNISTDataModule(L.LightningDataModule):
         val_size: int = 5000,
         seed: int = 0,
         download: bool = True,
+        dataset: str = "mnist",
     ):
         super().__init__()
+        self.spec, self.dataset = dataset_spec(dataset), dataset
         if batch_size < 1 or eval_batch_size < 1:
             raise UserInputError(f"data.batch_size={batch_size}, data.eval_batch_size={eval_batch_size}: must be >= 1")
         if not 0 < val_size < 60_000:
@@ -167,12 +209,17 @@ class MNISTDataModule(L.LightningDataModule):
         self._device = torch.device("cpu")
 
     def prepare_data(self):
-        ensure_mnist(self.data_dir, self.download)  # download once, on rank 0
+        ensure_mnist(self.data_dir, self.download, self.dataset)  # download once, on rank 0
 
     def setup(self, stage=None):
         if self.splits:
             return
-        raw = load_mnist(self.data_dir, self.download)
+        raw = load_mnist(self.data_dir, self.download, self.dataset)
+        if self.val_size >= len(raw["train_labels"]):
+            raise UserInputError(
+                f"data.val_size={self.val_size}: must be below the {len(raw['train_labels'])} training images "
+                f"of {self.spec.folder}"
+            )
         gen = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(len(raw["train_labels"]), generator=gen)
         train_idx, val_idx = order[self.val_size :], order[: self.val_size]
@@ -204,6 +251,8 @@ class MNISTDataModule(L.LightningDataModule):
             world_size=world,
             drop_last=shuffle,
             current_epoch=(lambda: self.trainer.current_epoch) if self.trainer else None,
+            mean=self.spec.mean,
+            std=self.spec.std,
         )
 
     def train_dataloader(self):
@@ -224,4 +273,4 @@ class MNISTDataModule(L.LightningDataModule):
     def tensors(self, split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first n normalised images [n, 1, 28, 28] and labels of a split (for dissection)."""
         images, labels = self._split(split)
-        return normalise(images[:n]), labels[:n]
+        return normalise(images[:n], self.spec.mean, self.spec.std), labels[:n]

@@ -8,6 +8,10 @@ from hydra.errors import InstantiationException
 from convdissect.config import instantiate  # Hydra's, with our UserInputError unwrapped
 from convdissect.errors import UserInputError
 
+# Keys of a model config (conf/model/) that set the LightningModule or the run, not the net's constructor.
+MODULE_KEYS = ("loss", "num_classes")
+RUN_KEYS = ("init_from",)
+
 # Class paths that checkpoints written before the package's layering still name.
 MOVED_TARGETS = {"convdissect.models.handnet.HandNet": "convdissect.handnet.net.HandNet"}
 
@@ -24,6 +28,12 @@ def build_net(spec: dict):
     except InstantiationException as err:  # an unknown class, or a key the class does not take
         reason = " ".join(str(err).split())
         raise UserInputError(f"model._target_={spec['_target_']}: cannot build the net ({reason})") from None
+
+
+def split_model_config(model: dict) -> tuple[dict, dict]:
+    """A model config -> (the net spec build_net takes, the LightningModule's settings {loss, num_classes})."""
+    net = {k: v for k, v in model.items() if k not in MODULE_KEYS + RUN_KEYS}
+    return net, {k: model[k] for k in MODULE_KEYS if k in model}
 
 
 def net_class(spec: dict) -> str:

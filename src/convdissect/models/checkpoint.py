@@ -20,7 +20,7 @@ from torch import nn
 
 import convdissect.config  # noqa: F401  (registers ${cwd:}, ${conf_dir:} and ${pid:}, which a run's saved config uses)
 from convdissect.errors import UserInputError
-from convdissect.models import build_net, net_class
+from convdissect.models import build_net, net_class, split_model_config
 from convdissect.models.simple_convnet import SimpleConvNet
 
 SIMPLE_CONVNET = "convdissect.models.simple_convnet.SimpleConvNet"
@@ -173,11 +173,10 @@ def _handnet(path: str | Path, state: dict[str, torch.Tensor], spec: dict) -> tu
                 "pass the run's Lightning checkpoint (checkpoints/last.ckpt) or its model_state.pt inside the run dir"
             )
         try:
-            spec = OmegaConf.to_container(OmegaConf.load(config).model, resolve=True)
+            spec, _ = split_model_config(OmegaConf.to_container(OmegaConf.load(config).model, resolve=True))
         except (OmegaConfBaseException, OSError, ValueError) as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise UserInputError(f"ckpt_path={path}: no readable model node in {config} ({reason})") from None
-        spec.pop("init_from", None)
         if not _is_handnet(spec):
             raise UserInputError(
                 f"ckpt_path={path}: a HandNet state_dict, but {config} builds model._target_={spec.get('_target_')}"

@@ -1,4 +1,5 @@
-"""The LightningModule: any net of ours, NLL loss, accuracy, optimizer and schedule from config."""
+"""The LightningModule: any net, its loss (cross-entropy on logits by default), accuracy, optimizer and
+schedule from config."""
 
 from __future__ import annotations
 
@@ -12,25 +13,44 @@ from torchmetrics.classification import MulticlassAccuracy
 from convdissect.errors import UserInputError
 from convdissect.models import build_net
 
+# model.loss: cross_entropy takes logits. Since log_softmax is idempotent, it is also exactly the NLL of a
+# net that already returns log-probabilities (ours do), so the default suits both kinds of net; nll
+# takes log-probabilities only (on logits it trains at chance).
+LOSSES = {"cross_entropy": F.cross_entropy, "nll": F.nll_loss}
+
 
 class LitClassifier(L.LightningModule):
     """Net, optimizer and scheduler are Hydra specs ({"_target_": ..., **kwargs}; the optimizer and
     scheduler with `_partial_: true`). They are saved as these plain values (checkpoints load with
     weights_only=True), so `load_from_checkpoint` rebuilds the net from them, whatever its widths."""
 
-    def __init__(self, net: dict, optimizer: dict | None, scheduler: dict | None = None):
+    def __init__(
+        self,
+        net: dict,
+        optimizer: dict | None,
+        scheduler: dict | None = None,
+        loss: str = "cross_entropy",
+        num_classes: int = 10,
+    ):
         super().__init__()
+        if loss not in LOSSES:
+            raise UserInputError(f"model.loss={loss!r}: allowed {list(LOSSES)}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise UserInputError(f"model.num_classes={num_classes!r}: must be an integer >= 2")
         # optimizer None: a module that is only tested (python eval.py)
         self.save_hyperparameters(
             {
                 "net": dict(net),
                 "optimizer": dict(optimizer) if optimizer else None,
                 "scheduler": dict(scheduler) if scheduler else None,
+                "loss": loss,
+                "num_classes": num_classes,
             }
         )
+        self.loss_fn = LOSSES[loss]
         self.net = build_net(dict(net))
         self.metrics = torch.nn.ModuleDict(
-            {s: MulticlassAccuracy(num_classes=10, average="micro") for s in ("val_", "test_")}
+            {s: MulticlassAccuracy(num_classes=num_classes, average="micro") for s in ("val_", "test_")}
         )
         # Training loss sum, correct and seen counts, on the device; see training_step.
         self.register_buffer("train_sums", torch.zeros(3), persistent=False)
@@ -53,7 +73,7 @@ class LitClassifier(L.LightningModule):
         acc.update(logits, y)
         self.log(
             f"{stage}/loss",
-            F.nll_loss(logits, y),
+            self.loss_fn(logits, y),
             on_step=False,
             on_epoch=True,
             prog_bar=True,
@@ -70,7 +90,9 @@ class LitClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        loss = F.nll_loss(logits, y)
+        if self.global_step == 0:
+            self._check_outputs(logits)
+        loss = self.loss_fn(logits, y)
         # Plain sums on the device, logged once an epoch: for a small net, a metric update and a
         # self.log per step cost a fifth of the step itself.
         with torch.no_grad():
@@ -81,6 +103,24 @@ class LitClassifier(L.LightningModule):
         if hasattr(self.net, "penalty"):  # e.g. HandNet's sparsity terms
             loss = loss + self.net.penalty()
         return loss
+
+    def _check_outputs(self, outputs: torch.Tensor) -> None:
+        """On the first batch: one output per class, and under nll log-probabilities (NLL of logits
+        trains at chance without a word)."""
+        if outputs.dim() != 2 or outputs.shape[1] != self.hparams.num_classes:
+            raise UserInputError(
+                f"model.num_classes={self.hparams.num_classes}: the net's outputs have shape {list(outputs.shape)}, "
+                f"expected [batch, {self.hparams.num_classes}]"
+            )
+        if self.hparams.loss != "nll":
+            return
+        row_sums = outputs.detach().float().exp().sum(1)  # 1 within half-precision rounding for log-probabilities
+        if not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-2):
+            raise UserInputError(
+                f"model.loss=nll: the net returns logits, not log-probabilities (rows of exp(output) sum to "
+                f"{float(row_sums.min()):.3g} to {float(row_sums.max()):.3g}, not 1); "
+                "use model.loss=cross_entropy, which takes either"
+            )
 
     def on_train_epoch_end(self) -> None:
         loss_sum, correct, seen = self.train_sums

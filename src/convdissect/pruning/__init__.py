@@ -1,3 +1,3 @@
 """Channel pruning in parts: which channels (criteria), how many and when (schedule), the cut
-itself (models/surgery.py), what it costs and keeps (measure), and its figure. The pruning
+itself (cut.py), what it costs and keeps (measure), and its figure. The pruning
 callback (pruning/callback.py) runs them inside a fit."""

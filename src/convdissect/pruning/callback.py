@@ -2,7 +2,7 @@
 
 At each step of the schedule (convdissect/pruning/schedule.py) every prunable layer's out
 channels are scored by the criterion (convdissect/pruning/criteria.py) on a fixed calibration
-subset of the validation split, the lowest-scoring ones are removed (models/surgery.py), the
+subset of the validation split, the lowest-scoring ones are removed (pruning/cut.py), the
 optimizer and its OneCycle schedule are rebuilt over the remaining steps, and training goes on:
 the retraining. Epochs after the last step are the final retraining.
 """
@@ -20,9 +20,10 @@ from torch import nn
 
 from convdissect.conventions import unit_name
 from convdissect.errors import UserInputError
-from convdissect.models.surgery import layer_width, producer_consumer_table, remove_channels
+from convdissect.models.surgery import layer_width, producer_consumer_table
 from convdissect.pruning.cost import accuracy, flops_per_image
 from convdissect.pruning.criteria import SUPERSTIMULUS_STEPS, Calibration, parse_criterion, parse_normalise, score_layer
+from convdissect.pruning.cut import cut_channels
 from convdissect.pruning.figures import accuracy_per_step
 from convdissect.pruning.schedule import Schedule
 
@@ -172,16 +173,17 @@ class PruningCallback(L.Callback):
         keep = self.schedule.keep(scores, self.start_widths, step)
 
         widths_before = _widths(net, table)
+        cut_channels(net, keep, images[:1])
         for layer in table:
-            remove_channels(net, layer, keep[layer], table)
             self.kept[layer] = [self.kept[layer][i] for i in keep[layer].tolist()]
         widths = _widths(net, table)
-        # The module rebuilds its net at the new widths (so its checkpoints do too) and takes the
-        # pruned weights; the fresh weights it draws must not shift the run's random stream.
-        with torch.random.fork_rng(devices=[]):
-            pl_module.set_widths(widths)
-        pl_module.net.load_state_dict(net.state_dict())
-        net = pl_module.net
+        if hasattr(net, "widths"):
+            # A net of ours is rebuilt at the new widths (so its checkpoints rebuild too) and takes the
+            # pruned weights; the fresh weights it draws must not shift the run's random stream.
+            with torch.random.fork_rng(devices=[]):
+                pl_module.set_widths(widths)
+            pl_module.net.load_state_dict(net.state_dict())
+            net = pl_module.net
         acc_pruned = accuracy(net, val_images, val_labels)
 
         # New parameters: a new optimizer, and a OneCycle over the remaining steps only.
