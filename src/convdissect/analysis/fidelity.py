@@ -112,12 +112,12 @@ def input_masks(cin: int, size: int, inputs: list[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def conv1_fidelity(
-    net: nn.Module, kernels: torch.Tensor, fit_images: torch.Tensor, scored_images: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    net: nn.Module, kernels: torch.Tensor, fit_images: torch.Tensor, scored_images: torch.Tensor, pairs: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """conv1's units simulated by kernels [C, k, k]: entry [c, j] is unit c run with kernel j, its gain
     and bias fitted by least squares to unit c's pre-activations on the fit images. Returns (fidelity
     [C, C] on the scored images, gain [C, C], bias [C, C], the real pooled outputs [N, C, h, w]); the
-    diagonal is each unit's own label."""
+    diagonal is each unit's own label. pairs=False scores the diagonal only (the rest of r is NaN)."""
     conv = net.conv1
     pool = pool_after(net, "conv1")
     kernels = kernels.to(conv.weight.dtype)[:, None]
@@ -136,12 +136,9 @@ def conv1_fidelity(
     bias = y_mean[:, None] - gain * t_mean[None]
     template, real = templates_and_real(scored_images)
     real = F.max_pool2d(real.relu(), pool)
-    r = torch.stack(
-        [
-            centred_r(
-                F.max_pool2d((template * gain[c, :, None, None] + bias[c, :, None, None]).relu(), pool), real[:, c]
-            )
-            for c in range(real.shape[1])
-        ]
-    )
+    r = torch.full_like(gain, float("nan"))
+    for c in range(len(r)):
+        js = torch.arange(len(r)) if pairs else torch.tensor([c])
+        simulated = template[:, js] * gain[c, js, None, None] + bias[c, js, None, None]
+        r[c, js] = centred_r(F.max_pool2d(simulated.relu(), pool), real[:, c])
     return r, gain, bias, real

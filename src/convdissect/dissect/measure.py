@@ -16,6 +16,8 @@ from convdissect.analysis.fits import GridStatistics, LineFit, fit_lines, grid_s
 from convdissect.analysis.selectivity import OrientationTuning, PositionPattern, orientation_tuning, position_pattern
 from convdissect.dissect.programs import LayerPrograms, conv1_programs, fc4_programs, layer_programs
 
+# A null (untrained) net's labels are fitted and scored on this many of each set of images.
+NULL_NET_IMAGES = 300
 # The grids of claim 3: those on each out channel's inputs with the largest |signed contribution|.
 GRIDS_PER_CHANNEL = 3
 
@@ -66,6 +68,8 @@ def measure(
         fit_images, scored_images = images[:half], images[half:]
     else:
         fit_images, scored_images = images, scored_images.to(images.device)
+    if not for_labels:  # a null net: its labels' fidelity only, on fewer images (docs/measures.md)
+        fit_images, scored_images = fit_images[:NULL_NET_IMAGES], scored_images[:NULL_NET_IMAGES]
     layers = conv_layers(net)
     inner = [layer for layer in layers if layer != "conv1"]
     contributions = {layer: signed_contributions(net, layer, images) for layer in inner}
@@ -78,7 +82,7 @@ def measure(
         weight = net.conv2.weight.detach().cpu()
         driver_fit = fit_lines(weight[torch.arange(len(driver)), driver.clamp_min(0)])
     conv1_fit = fit_lines(net.conv1.weight.detach()[:, 0])
-    programs = {"conv1": conv1_programs(net, conv1_fit, fit_images, scored_images)}
+    programs = {"conv1": conv1_programs(net, conv1_fit, fit_images, scored_images, shuffled=for_labels)}
     programs |= {layer: layer_programs(net, layer, fit_images, scored_images, shuffled=for_labels) for layer in inner}
     programs["fc4"] = fc4_programs(net, fit_images, scored_images, shuffled=for_labels)
     return Measurements(

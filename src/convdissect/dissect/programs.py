@@ -179,11 +179,11 @@ def shuffled_fidelity(rec: LayerRecord, k: int, labels: torch.Tensor) -> float:
 
 
 def conv1_programs(
-    net: nn.Module, fit: LineFit, fit_images: torch.Tensor, scored_images: torch.Tensor
+    net: nn.Module, fit: LineFit, fit_images: torch.Tensor, scored_images: torch.Tensor, shuffled: bool = True
 ) -> LayerPrograms:
     """conv1's labels run as their fitted kernels; the shuffled null runs each unit with the others' kernels."""
     kernels = fit.kernels()
-    r, gain, bias, real = conv1_fidelity(net, kernels, fit_images, scored_images)
+    r, gain, bias, real = conv1_fidelity(net, kernels, fit_images, scored_images, pairs=shuffled)
     off_diagonal = ~torch.eye(len(r), dtype=torch.bool)
     units = [
         UnitProgram(
