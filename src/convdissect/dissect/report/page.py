@@ -96,6 +96,10 @@ def _html_table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _rounded(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def _claims_section(claims: dict) -> str:
     """claims.json on the page: how much of the net the labels reproduce, then every claim statistic
     next to its nulls with its two verdicts (docs/measures.md)."""
@@ -128,7 +132,13 @@ def _claims_section(claims: dict) -> str:
             )
         )
     statistics = [
-        [name, c["value"], "; ".join(f"{n} {v['value']}" for n, v in c["nulls"].items()), c["holds"], c["learned"]]
+        [
+            name,
+            _rounded(c["value"]),
+            "; ".join(f"{n} {_rounded(v['value'])}" for n, v in c["nulls"].items()),
+            c["holds"],
+            c["learned"],
+        ]
         for name, c in claims.items()
         if isinstance(c, dict) and "nulls" in c
     ]
