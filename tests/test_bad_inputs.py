@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from convdissect.models.simple_convnet import SimpleConvNet
-from tests.conftest import TINY, run_python
+from tests.helpers import TINY, run_python
 
 pytestmark = pytest.mark.slow  # one Python process per row
 

@@ -22,8 +22,7 @@ from convdissect.dissect.measure import measure
 from convdissect.dissect.run import dissect, untrained_like
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg
-from tests.test_dissect import FAST_NULLS
+from tests.helpers import FAST_NULLS, TINY, compose_cfg
 
 COPY, INHIBITED, BACKGROUND = 0, 1, 2  # conv1 channels of the trap net (0-based)
 

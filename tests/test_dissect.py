@@ -16,16 +16,8 @@ from convdissect.errors import UserInputError
 from convdissect.models.checkpoint import load_any_net, load_net
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg, run_python
+from tests.helpers import FAST_NULLS, TINY, compose_cfg, run_python
 
-# Few null draws and ablation images: the nulls' machinery runs, in seconds.
-FAST_NULLS = [
-    "claims.untrained_seeds=2",
-    "claims.bootstrap=200",
-    "claims.shuffles=20",
-    "claims.ablation_images=500",
-    "claims.reference_grids=50",
-]
 DISSECT_FAST = ["n_images=200", "superstimulus.steps=8", *FAST_NULLS]
 
 

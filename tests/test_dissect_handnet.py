@@ -15,8 +15,7 @@ from convdissect.handnet.explanation import explain, explanation_markdown
 from convdissect.handnet.net import HandNet
 from convdissect.models.checkpoint import load_any_net
 from convdissect.train import train
-from tests.conftest import compose_cfg
-from tests.test_report import FAST, Page
+from tests.helpers import REPORT_FAST, Page, compose_cfg
 
 SMALL = ["model.n_orientations=4", "model.edges=false", "model.extra_detectors=2"]
 QUIET = ["trainer.enable_progress_bar=false", "~callbacks.progress_bar", "data.eval_batch_size=200"]
@@ -55,7 +54,7 @@ def check_report(out, labels: dict, events=None) -> None:
 @pytest.mark.slow
 def test_a_handnet_lightning_checkpoint_is_explained(finetuned, tmp_path):
     ckpt = finetuned / "checkpoints" / "last.ckpt"
-    labels = dissect(compose_cfg("dissect", [f"ckpt_path={ckpt}", *FAST], tmp_path))
+    labels = dissect(compose_cfg("dissect", [f"ckpt_path={ckpt}", *REPORT_FAST], tmp_path))
     assert labels == json.loads((tmp_path / "labels.json").read_text())
     assert labels == json.loads((finetuned / "labels.json").read_text())  # the training run's explain(net)
     net = load_any_net(ckpt)
@@ -86,7 +85,9 @@ def test_a_handcrafted_model_state_dissects_with_its_run_config(tmp_path):
     torch.save(net.state_dict(), run / "model_state.pt")
     out = tmp_path / "dissect"
     labels = dissect(
-        compose_cfg("dissect", [f"ckpt_path={run / 'model_state.pt'}", *FAST, "superstimulus.enabled=false"], out)
+        compose_cfg(
+            "dissect", [f"ckpt_path={run / 'model_state.pt'}", *REPORT_FAST, "superstimulus.enabled=false"], out
+        )
     )
     assert labels == json.loads(json.dumps(explain(net), ensure_ascii=False)) and labels["widths"][0] == 24
     check_report(out, labels, run / "tensorboard" / "dissect_dissect")  # beside the training run's events

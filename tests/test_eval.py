@@ -10,7 +10,7 @@ from convdissect.evaluate import evaluate
 from convdissect.models.lit_module import LitClassifier
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg, run_python
+from tests.helpers import TINY, compose_cfg, run_python
 
 TARGET = [2, 4, 4, 4]
 # A short pruning run: the full net until epoch 1, pruned nets after; every epoch's checkpoint kept.

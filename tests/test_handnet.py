@@ -18,7 +18,7 @@ from convdissect.handnet.explanation import explain
 from convdissect.handnet.net import HandNet
 from convdissect.handnet.recipes import Part, load_recipes
 from convdissect.train import train
-from tests.conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 FAMILY_PARAMS = {
     "conv1.theta",

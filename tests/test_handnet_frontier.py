@@ -7,7 +7,7 @@ import pytest
 
 from convdissect.tables import render
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg, run_python
+from tests.helpers import TINY, compose_cfg, run_python
 
 TINY_HANDNET = [
     "model.n_bursts=1,2",

@@ -24,7 +24,7 @@ from convdissect.pruning.criteria import CRITERIA, Calibration, parse_criterion,
 from convdissect.pruning.schedule import Schedule, geometric_width
 from convdissect.tables import render
 from convdissect.train import build_module, train
-from tests.conftest import TINY, compose_cfg, run_python
+from tests.helpers import TINY, compose_cfg, run_python
 
 TARGET = [2, 4, 4, 4]
 # Two steps (start of epochs 1 and 2), one final epoch; both kinds of criterion mixed, so fc4's

@@ -22,7 +22,7 @@ from convdissect.models.lit_module import LitClassifier
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.tensorboard_events import accumulators, hparams_of
 from convdissect.train import build_module, train
-from tests.conftest import TINY, compose_cfg, run_python
+from tests.helpers import TINY, compose_cfg, run_python
 
 
 def scalar_tags(log_dir: Path) -> set[str]:
