@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from tests.helpers import CHECKOUT
+from convdissect.train import train
+from tests.helpers import CHECKOUT, PRUNE, TINY_TWO_EPOCHS, compose_cfg
 
 DATA_DIR = os.environ.get("CONVDISSECT_DATA_DIR") or str(CHECKOUT / "data")
 os.environ["CONVDISSECT_DATA_DIR"] = DATA_DIR  # so ${paths.data_dir} resolves there everywhere
@@ -14,3 +15,18 @@ os.environ["CONVDISSECT_DATA_DIR"] = DATA_DIR  # so ${paths.data_dir} resolves t
 @pytest.fixture(scope="session")
 def data_dir() -> str:
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The tiny net trained for two epochs, every checkpoint kept (a test can resume from the
+    first): its run dir and metrics."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    return out, train(compose_cfg("train", TINY_TWO_EPOCHS, out))
+
+
+@pytest.fixture(scope="session")
+def pruned_run(tmp_path_factory):
+    """The tiny net pruned in a short real run (helpers.PRUNE): its run dir and metrics."""
+    out = tmp_path_factory.mktemp("pruned")
+    return out, train(compose_cfg("train", PRUNE, out))

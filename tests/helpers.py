@@ -46,6 +46,24 @@ TINY = [
     "~callbacks.progress_bar",
     "data.eval_batch_size=200",
 ]
+TINY_TWO_EPOCHS = TINY + ["trainer.max_epochs=2", "+callbacks.model_checkpoint.save_top_k=-1"]
+
+# A short pruning run of the tiny net: the full net until epoch 1, pruned at the start of epochs 1
+# and 2, one final epoch; every epoch's checkpoint kept. Both kinds of criterion are mixed, so fc4's
+# weight_noise falls back to activation_variance.
+PRUNE_TARGET = [2, 4, 4, 4]
+PRUNE = TINY + [
+    "callbacks=pruning",  # group choices apply before TINY's deletion of the progress bar
+    "trainer.max_epochs=3",
+    f"callbacks.pruning.target_widths=[{','.join(map(str, PRUNE_TARGET))}]",
+    "callbacks.pruning.iterations=2",
+    "callbacks.pruning.pretrain_epochs=1",
+    "callbacks.pruning.calibration_size=200",
+    "callbacks.pruning.eval_size=400",
+    "+callbacks.model_checkpoint.save_top_k=-1",
+    "callbacks.pruning.criterion={activation_variance:1,weight_noise:1}",
+    "trainer.log_every_n_steps=1",  # the learning rate at every step
+]
 
 # Few null draws and ablation images: the nulls' machinery runs, in seconds.
 FAST_NULLS = [

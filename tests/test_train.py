@@ -39,16 +39,6 @@ def hparams_tags(log_dir: Path) -> set[str]:
     return tags
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    # Two epochs, every checkpoint kept, so a test can resume from the first.
-    metrics = train(
-        compose_cfg("train", TINY + ["trainer.max_epochs=2", "+callbacks.model_checkpoint.save_top_k=-1"], out)
-    )
-    return out, metrics
-
-
 @pytest.mark.slow
 def test_run_writes_its_outputs(tiny_run):
     out, metrics = tiny_run
