@@ -4,6 +4,7 @@ only read them (tests must not write into them). Shared settings and helpers are
 import os
 
 import pytest
+import torch
 
 from convdissect.train import train
 from tests.helpers import CHECKOUT, PRUNE, TINY_TWO_EPOCHS, compose_cfg
@@ -15,6 +16,15 @@ os.environ["CONVDISSECT_DATA_DIR"] = DATA_DIR  # so ${paths.data_dir} resolves t
 @pytest.fixture(scope="session")
 def data_dir() -> str:
     return DATA_DIR
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny batches run fastest on one thread; on a busy machine two threads can be 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -225,14 +225,6 @@ def rows(names):
     return [pytest.param(*CASES[name], id=name, marks=[pytest.mark.slow] if name in TRAINING else []) for name in names]
 
 
-@pytest.fixture
-def torch_threads():
-    """Rows set threads=1 in this process: give the other tests torch's threads back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def with_run_dir(args: list[str], files, tmp_path) -> tuple[list[str], str]:
     """The row's arguments with {files} filled in, less hydra.run.dir, and that run dir (default: a fresh one)."""
     args = [a.format(files=files) for a in args]
@@ -241,7 +233,8 @@ def with_run_dir(args: list[str], files, tmp_path) -> tuple[list[str], str]:
 
 
 @pytest.mark.parametrize("app,args,words", rows(CASES))
-def test_bad_input_is_a_one_line_user_input_error(app, args, words, files, tmp_path, torch_threads):
+def test_bad_input_is_a_one_line_user_input_error(app, args, words, files, tmp_path, one_thread):
+    """one_thread: the rows' threads=1 would otherwise stay set for the tests after them."""
     args, run_dir = with_run_dir(args, files, tmp_path)
     config_name, job = APPS[app]
     cfg = compose_cfg(config_name, args, run_dir)
