@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from convdissect.train import train
-from tests.helpers import CHECKOUT, PRUNE, TINY_TWO_EPOCHS, compose_cfg
+from tests.helpers import CHECKOUT, HANDNET_FINETUNE, PRUNE, TINY_TWO_EPOCHS, compose_cfg
 
 DATA_DIR = os.environ.get("CONVDISSECT_DATA_DIR") or str(CHECKOUT / "data")
 os.environ["CONVDISSECT_DATA_DIR"] = DATA_DIR  # so ${paths.data_dir} resolves there everywhere
@@ -40,3 +40,11 @@ def pruned_run(tmp_path_factory):
     """The tiny net pruned in a short real run (helpers.PRUNE): its run dir and metrics."""
     out = tmp_path_factory.mktemp("pruned")
     return out, train(compose_cfg("train", PRUNE, out))
+
+
+@pytest.fixture(scope="session")
+def handnet_finetuned(tmp_path_factory):
+    """The HandNet fine-tuned in a short real run (helpers.HANDNET_FINETUNE); its explanation
+    callback wrote labels.json for the tested weights. Its run dir and metrics."""
+    out = tmp_path_factory.mktemp("handnet_finetuned")
+    return out, train(compose_cfg("train", HANDNET_FINETUNE, out))

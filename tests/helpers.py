@@ -101,6 +101,22 @@ class Page(HTMLParser):
             self.captions += 1
 
 
+# The HandNet fine-tuned in a short real run: a small family, one epoch of 3 steps (its best
+# checkpoint is the last).
+HANDNET_FINETUNE = [
+    "+experiment=handnet_finetune",
+    "model.n_orientations=4",
+    "model.edges=false",
+    "model.extra_detectors=2",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "data.eval_batch_size=200",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+]
+
 # The explainable HandNet in a short real run: K=1 burst per unit, at most EXPLAINABLE_TERMS readout terms.
 EXPLAINABLE_TERMS = 3
 HANDNET_QUIET = [

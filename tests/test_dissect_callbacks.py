@@ -11,6 +11,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from convdissect.train import train
 from tests.helpers import TINY, compose_cfg
 
+pytestmark = pytest.mark.slow  # every test here trains a net with the callbacks
+
 BASE = [o for o in TINY if o != "~callbacks.progress_bar"] + [
     "callbacks=[superstimulus,selectivity]",
     "callbacks.superstimulus.steps=8",

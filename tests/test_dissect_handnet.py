@@ -14,26 +14,7 @@ from convdissect.errors import UserInputError
 from convdissect.handnet.explanation import explain, explanation_markdown
 from convdissect.handnet.net import HandNet
 from convdissect.models.checkpoint import load_any_net
-from convdissect.train import train
 from tests.helpers import REPORT_FAST, Page, compose_cfg
-
-SMALL = ["model.n_orientations=4", "model.edges=false", "model.extra_detectors=2"]
-QUIET = ["trainer.enable_progress_bar=false", "~callbacks.progress_bar", "data.eval_batch_size=200"]
-SHORT = [
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=3",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
-]
-
-
-@pytest.fixture(scope="module")
-def finetuned(tmp_path_factory):
-    """A real short HandNet fine-tuning run; its explanation callback wrote labels.json for the
-    tested weights (one epoch: the best checkpoint is the last)."""
-    out = tmp_path_factory.mktemp("handnet_run")
-    train(compose_cfg("train", ["+experiment=handnet_finetune", *SMALL, *QUIET, *SHORT], out))
-    return out
 
 
 def check_report(out, labels: dict, events=None) -> None:
@@ -52,7 +33,8 @@ def check_report(out, labels: dict, events=None) -> None:
 
 
 @pytest.mark.slow
-def test_a_handnet_lightning_checkpoint_is_explained(finetuned, tmp_path):
+def test_a_handnet_lightning_checkpoint_is_explained(handnet_finetuned, tmp_path):
+    finetuned, _ = handnet_finetuned
     ckpt = finetuned / "checkpoints" / "last.ckpt"
     labels = dissect(compose_cfg("dissect", [f"ckpt_path={ckpt}", *REPORT_FAST], tmp_path))
     assert labels == json.loads((tmp_path / "labels.json").read_text())
