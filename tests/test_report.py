@@ -16,8 +16,6 @@ from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
 from tests.helpers import REPORT_FAST, Page, compose_cfg
 
-pytestmark = pytest.mark.slow  # every test but one dissects a whole net
-
 SECTIONS = ("conv1", "conv2", "conv3", "fc")
 STAGES = {"input": 784, "conv3": 8, "fc4": 8, "fc5": 10}
 
