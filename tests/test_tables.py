@@ -12,7 +12,7 @@ from convdissect.errors import UserInputError
 from convdissect.tables import render
 from convdissect.tables.common import mean_sd, training_runs
 from convdissect.train import train
-from tests.conftest import CHECKOUT, TINY, compose_cfg
+from tests.helpers import CHECKOUT, TINY, compose_cfg
 
 
 def test_mean_sd_leaves_out_missing_values_and_gives_one_value_no_sd():
