@@ -72,7 +72,7 @@ CASES = {
         ["data.batch_size=100000", "allowed 1 to 55000"],
     ),
     "zero_epochs": ("train.py", [*RUN, "trainer.max_epochs=0"], ["trainer.max_epochs=0", "at least 1 epoch"]),
-    "negative_lr": ("train.py", [*RUN, "optimizer.lr=-1"], ["torch.optim.AdamW(lr=-1", "Invalid learning rate"]),
+    "negative_lr": ("train.py", [*RUN, "optimizer.lr=-1"], ["optimizer.lr=-1", "allowed a finite number > 0"]),
     "pct_start_one": (
         "train.py",
         [*RUN, "scheduler.pct_start=1.0"],
