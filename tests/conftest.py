@@ -1,28 +1,16 @@
-"""Shared fixtures: the real MNIST files and configs composed with Hydra's compose API."""
+"""Shared fixtures: the real MNIST files, and real runs trained once per session for the tests that
+only read them (tests must not write into them). Shared settings and helpers are in tests/helpers.py."""
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
 
-from convdissect.config import CONFIG_DIR
-
-CHECKOUT = Path(__file__).resolve().parents[1]  # where the tests run train.py, dissect.py and scripts/ from
-
+from convdissect.train import train
+from tests.helpers import CHECKOUT, HANDNET_FINETUNE, PRUNE, TINY_TWO_EPOCHS, compose_cfg
 
 DATA_DIR = os.environ.get("CONVDISSECT_DATA_DIR") or str(CHECKOUT / "data")
 os.environ["CONVDISSECT_DATA_DIR"] = DATA_DIR  # so ${paths.data_dir} resolves there everywhere
-
-
-def run_python(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python ARGS...` from the checkout (train.py, dissect.py, scripts/...), its output captured."""
-    return subprocess.run([sys.executable, *args], cwd=CHECKOUT, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -39,29 +27,24 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def compose_cfg(config_name: str = "train", overrides: list[str] = (), output_dir: Path | None = None) -> DictConfig:
-    """A config as the Hydra app would see it, with paths.output_dir pointed at output_dir."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(config_name=config_name, overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir) if output_dir else "unused"
-    return cfg
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The tiny net trained for two epochs, every checkpoint kept (a test can resume from the
+    first): its run dir and metrics."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    return out, train(compose_cfg("train", TINY_TWO_EPOCHS, out))
 
 
-# A real but tiny run: small widths, a few batches, no progress bar.
-TINY = [
-    "model.widths=[4,8,8,8]",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=8",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-    "trainer.enable_progress_bar=false",
-    "~callbacks.progress_bar",
-    "data.eval_batch_size=200",
-]
+@pytest.fixture(scope="session")
+def pruned_run(tmp_path_factory):
+    """The tiny net pruned in a short real run (helpers.PRUNE): its run dir and metrics."""
+    out = tmp_path_factory.mktemp("pruned")
+    return out, train(compose_cfg("train", PRUNE, out))
 
 
-@pytest.fixture
-def tiny_cfg(tmp_path) -> DictConfig:
-    return compose_cfg("train", TINY, tmp_path)
+@pytest.fixture(scope="session")
+def handnet_finetuned(tmp_path_factory):
+    """The HandNet fine-tuned in a short real run (helpers.HANDNET_FINETUNE); its explanation
+    callback wrote labels.json for the tested weights. Its run dir and metrics."""
+    out = tmp_path_factory.mktemp("handnet_finetuned")
+    return out, train(compose_cfg("train", HANDNET_FINETUNE, out))

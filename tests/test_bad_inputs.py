@@ -1,21 +1,30 @@
-"""The contract for bad input, in one table: each row runs an entry point as a user would and
-expects exit code 2, no traceback, and exactly one `error: ...` line (the last one on stderr; rows
-that get as far as the Trainer may have Lightning's INFO lines before it), naming the bad value and
-what is allowed."""
+"""The contract for bad input, in one table: each row composes an entry point's config as its
+Hydra app would and runs the app's job in this process, which must raise a UserInputError whose
+message is one line naming the bad value and what is allowed (the app prints it as `error: ...`
+and exits 2). One row per entry point also runs as a user would, in a Python process: exit code 2,
+no traceback, and exactly one `error: ...` line, the last one on stderr."""
 
+import re
 import shutil
 
 import pytest
 import torch
 
+from convdissect.cli import run_dissect, run_eval, run_train
+from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
-from tests.conftest import TINY, run_python
-
-pytestmark = pytest.mark.slow  # one Python process per row
+from tests.helpers import TINY, compose_cfg, run_python
 
 RUN = [*TINY, "threads=1"]
+# The config each entry point composes, and the job its Hydra app runs on it.
+APPS = {"train.py": ("train", run_train), "eval.py": ("eval", run_eval), "dissect.py": ("dissect", run_dissect)}
+# Rows also run in a Python process, one per entry point; train.py's is refused by the Hydra
+# callback RunDirGuard, before the job starts.
+IN_A_PROCESS = ("run_dir_finished", "eval_no_ckpt", "dissect_text")
+# Rows that take training steps before their error.
+TRAINING = ("nan_loss",)
 
-# (entry point, arguments, words the error line must hold); {files} is the fixture's folder.
+# (entry point, arguments, words the error message must hold); {files} is the fixture's folder.
 CASES = {
     # nets
     "widths_scalar": ("train.py", ["model.widths=32"], ["model.widths=32", "expected a list of 4 values"]),
@@ -63,7 +72,7 @@ CASES = {
         ["data.batch_size=100000", "allowed 1 to 55000"],
     ),
     "zero_epochs": ("train.py", [*RUN, "trainer.max_epochs=0"], ["trainer.max_epochs=0", "at least 1 epoch"]),
-    "negative_lr": ("train.py", [*RUN, "optimizer.lr=-1"], ["torch.optim.AdamW(lr=-1", "Invalid learning rate"]),
+    "negative_lr": ("train.py", [*RUN, "optimizer.lr=-1"], ["optimizer.lr=-1", "allowed a finite number > 0"]),
     "pct_start_one": (
         "train.py",
         [*RUN, "scheduler.pct_start=1.0"],
@@ -212,12 +221,37 @@ def _truncate(raw):
         f.truncate(5000)
 
 
-@pytest.mark.parametrize("app,args,words", CASES.values(), ids=CASES.keys())
-def test_bad_input_is_one_line_and_exit_2(app, args, words, files, tmp_path):
+def rows(names):
+    return [pytest.param(*CASES[name], id=name, marks=[pytest.mark.slow] if name in TRAINING else []) for name in names]
+
+
+def with_run_dir(args: list[str], files, tmp_path) -> tuple[list[str], str]:
+    """The row's arguments with {files} filled in, less hydra.run.dir, and that run dir (default: a fresh one)."""
     args = [a.format(files=files) for a in args]
-    if not any(a.startswith("hydra.run.dir=") for a in args):
-        args.append(f"hydra.run.dir={tmp_path / 'run'}")
-    proc = run_python(app, *args, timeout=300)
+    run_dirs = [a.removeprefix("hydra.run.dir=") for a in args if a.startswith("hydra.run.dir=")]
+    return [a for a in args if not a.startswith("hydra.run.dir=")], (run_dirs or [str(tmp_path / "run")])[0]
+
+
+@pytest.mark.parametrize("app,args,words", rows(CASES))
+def test_bad_input_is_a_one_line_user_input_error(app, args, words, files, tmp_path, one_thread):
+    """one_thread: the rows' threads=1 would otherwise stay set for the tests after them."""
+    args, run_dir = with_run_dir(args, files, tmp_path)
+    config_name, job = APPS[app]
+    cfg = compose_cfg(config_name, args, run_dir)
+    words = [word.format(files=files) for word in words]
+    with pytest.raises(UserInputError, match=re.escape(words[0])) as raised:
+        job(cfg)
+    message = str(raised.value)
+    assert "\n" not in message, message
+    for word in words[1:]:
+        assert word in message, message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("app,args,words", rows(IN_A_PROCESS))
+def test_bad_input_exits_2_with_one_error_line(app, args, words, files, tmp_path):
+    args, run_dir = with_run_dir(args, files, tmp_path)
+    proc = run_python(app, *args, f"hydra.run.dir={run_dir}", timeout=300)
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]

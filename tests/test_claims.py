@@ -4,6 +4,7 @@ an untrained net that must never be reported as having learned claims 2-4."""
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -21,9 +22,7 @@ from convdissect.dissect.labels import describe
 from convdissect.dissect.measure import measure
 from convdissect.dissect.run import dissect, untrained_like
 from convdissect.models.simple_convnet import SimpleConvNet
-from convdissect.train import train
-from tests.conftest import TINY, compose_cfg
-from tests.test_dissect import FAST_NULLS
+from tests.helpers import FAST_NULLS, TINY_TWO_EPOCHS, compose_cfg
 
 COPY, INHIBITED, BACKGROUND = 0, 1, 2  # conv1 channels of the trap net (0-based)
 
@@ -164,11 +163,11 @@ def test_an_untrained_net_is_never_reported_as_having_learned_claims_2_to_4(imag
 
 
 @pytest.mark.slow
-def test_dissect_events_go_beside_the_training_run(tmp_path):
+def test_dissect_events_go_beside_the_training_run(tiny_run, tmp_path):
     run = tmp_path / "run"
-    cfg = compose_cfg("train", TINY, run)
-    train(cfg)
+    shutil.copytree(tiny_run[0], run)  # the shared run stays as it was
     (run / ".hydra").mkdir()
+    cfg = compose_cfg("train", TINY_TWO_EPOCHS, run)
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # what the Hydra app leaves in a run dir
     out = tmp_path / "dissect"
     overrides = [

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from convdissect.config import CONFIG_DIR
 from convdissect.train import build_module
-from tests.conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 GROUPS = ["data", "model", "callbacks", "trainer", "logger", "paths", "hydra", "experiment", "debug", "hparams_search"]
 CPU_TRAINERS = {"default", "cpu", "ddp_sim"}

@@ -10,7 +10,7 @@ from convdissect.models.surgery import producer_consumer_table
 from convdissect.models.zoo import ResidualNet
 from convdissect.pruning.cut import cut_channels
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg
+from tests.helpers import TINY, compose_cfg
 
 IMAGE = torch.zeros(1, 1, 28, 28)
 VARIANTS = {

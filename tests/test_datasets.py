@@ -11,7 +11,7 @@ from convdissect.config import instantiate
 from convdissect.data.mnist import DATASETS, IDX_FILES, IMAGES_MAGIC, LABELS_MAGIC, MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg
+from tests.helpers import TINY, compose_cfg
 
 NEW_SETS = {"fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
 

@@ -15,26 +15,15 @@ from convdissect.dissect.run import dissect
 from convdissect.errors import UserInputError
 from convdissect.models.checkpoint import load_any_net, load_net
 from convdissect.models.simple_convnet import SimpleConvNet
-from convdissect.train import train
-from tests.conftest import TINY, compose_cfg, run_python
+from tests.helpers import FAST_NULLS, compose_cfg, run_python
 
-# Few null draws and ablation images: the nulls' machinery runs, in seconds.
-FAST_NULLS = [
-    "claims.untrained_seeds=2",
-    "claims.bootstrap=200",
-    "claims.shuffles=20",
-    "claims.ablation_images=500",
-    "claims.reference_grids=50",
-]
 DISSECT_FAST = ["n_images=200", "superstimulus.steps=8", *FAST_NULLS]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tiny_run):
     """A tiny real training run: its Lightning checkpoint and plain state_dict."""
-    out = tmp_path_factory.mktemp("train")
-    train(compose_cfg("train", TINY, out))
-    return out
+    return tiny_run[0]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg
+from tests.helpers import TINY, compose_cfg
+
+pytestmark = pytest.mark.slow  # every test here trains a net with the callbacks
 
 BASE = [o for o in TINY if o != "~callbacks.progress_bar"] + [
     "callbacks=[superstimulus,selectivity]",

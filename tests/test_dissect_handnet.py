@@ -14,27 +14,7 @@ from convdissect.errors import UserInputError
 from convdissect.handnet.explanation import explain, explanation_markdown
 from convdissect.handnet.net import HandNet
 from convdissect.models.checkpoint import load_any_net
-from convdissect.train import train
-from tests.conftest import compose_cfg
-from tests.test_report import FAST, Page
-
-SMALL = ["model.n_orientations=4", "model.edges=false", "model.extra_detectors=2"]
-QUIET = ["trainer.enable_progress_bar=false", "~callbacks.progress_bar", "data.eval_batch_size=200"]
-SHORT = [
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=3",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
-]
-
-
-@pytest.fixture(scope="module")
-def finetuned(tmp_path_factory):
-    """A real short HandNet fine-tuning run; its explanation callback wrote labels.json for the
-    tested weights (one epoch: the best checkpoint is the last)."""
-    out = tmp_path_factory.mktemp("handnet_run")
-    train(compose_cfg("train", ["+experiment=handnet_finetune", *SMALL, *QUIET, *SHORT], out))
-    return out
+from tests.helpers import REPORT_FAST, Page, compose_cfg
 
 
 def check_report(out, labels: dict, events=None) -> None:
@@ -53,9 +33,10 @@ def check_report(out, labels: dict, events=None) -> None:
 
 
 @pytest.mark.slow
-def test_a_handnet_lightning_checkpoint_is_explained(finetuned, tmp_path):
+def test_a_handnet_lightning_checkpoint_is_explained(handnet_finetuned, tmp_path):
+    finetuned, _ = handnet_finetuned
     ckpt = finetuned / "checkpoints" / "last.ckpt"
-    labels = dissect(compose_cfg("dissect", [f"ckpt_path={ckpt}", *FAST], tmp_path))
+    labels = dissect(compose_cfg("dissect", [f"ckpt_path={ckpt}", *REPORT_FAST], tmp_path))
     assert labels == json.loads((tmp_path / "labels.json").read_text())
     assert labels == json.loads((finetuned / "labels.json").read_text())  # the training run's explain(net)
     net = load_any_net(ckpt)
@@ -86,7 +67,9 @@ def test_a_handcrafted_model_state_dissects_with_its_run_config(tmp_path):
     torch.save(net.state_dict(), run / "model_state.pt")
     out = tmp_path / "dissect"
     labels = dissect(
-        compose_cfg("dissect", [f"ckpt_path={run / 'model_state.pt'}", *FAST, "superstimulus.enabled=false"], out)
+        compose_cfg(
+            "dissect", [f"ckpt_path={run / 'model_state.pt'}", *REPORT_FAST, "superstimulus.enabled=false"], out
+        )
     )
     assert labels == json.loads(json.dumps(explain(net), ensure_ascii=False)) and labels["widths"][0] == 24
     check_report(out, labels, run / "tensorboard" / "dissect_dissect")  # beside the training run's events

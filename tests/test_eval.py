@@ -10,28 +10,11 @@ from convdissect.evaluate import evaluate
 from convdissect.models.lit_module import LitClassifier
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg, run_python
+from tests.helpers import PRUNE_TARGET, TINY, compose_cfg, run_python
 
-TARGET = [2, 4, 4, 4]
-# A short pruning run: the full net until epoch 1, pruned nets after; every epoch's checkpoint kept.
-PRUNE = TINY + [
-    "callbacks=pruning",
-    "trainer.max_epochs=3",
-    f"callbacks.pruning.target_widths=[{','.join(map(str, TARGET))}]",
-    "callbacks.pruning.iterations=2",
-    "callbacks.pruning.pretrain_epochs=1",
-    "callbacks.pruning.calibration_size=200",
-    "+callbacks.model_checkpoint.save_top_k=-1",
-]
 EVAL = ["trainer.limit_test_batches=2", "data.eval_batch_size=200", "trainer.enable_progress_bar=false"]
 
 pytestmark = pytest.mark.slow  # every test here trains, or tests, a net
-
-
-@pytest.fixture(scope="module")
-def pruned_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pruned")
-    return out, train(compose_cfg("train", PRUNE, out))
 
 
 def accuracy_by_hand(state: dict, data_dir: str) -> float:
@@ -46,7 +29,7 @@ def accuracy_by_hand(state: dict, data_dir: str) -> float:
 def test_eval_of_the_tested_checkpoint_equals_the_runs_test_accuracy(pruned_run, tmp_path):
     out, metrics = pruned_run
     result = evaluate(compose_cfg("eval", EVAL + [f"ckpt_path={metrics['tested_checkpoint']}"], tmp_path))
-    assert result["test/acc"] == metrics["test/acc"] and result["net"]["widths"] == TARGET
+    assert result["test/acc"] == metrics["test/acc"] and result["net"]["widths"] == PRUNE_TARGET
     assert json.loads((tmp_path / "metrics.json").read_text())["tested_checkpoint"] == metrics["tested_checkpoint"]
 
 
@@ -82,12 +65,12 @@ def test_checkpoint_hparams_are_plain_values(pruned_run):
     assert hparams["optimizer"]["_target_"] == "torch.optim.AdamW" and hparams["optimizer"]["_partial_"] is True
     assert hparams["scheduler"]["_target_"] == "torch.optim.lr_scheduler.OneCycleLR"
     module = LitClassifier.load_from_checkpoint(metrics["tested_checkpoint"], weights_only=True)
-    assert module.net.widths == TARGET
+    assert module.net.widths == PRUNE_TARGET
     # resizing: a module built at the full widths takes a pruned checkpoint's state (as when ckpt_path= resumes)
     module = LitClassifier(hparams["net"] | {"widths": [4, 8, 8, 8]}, hparams["optimizer"], hparams["scheduler"])
     module.on_load_checkpoint(ckpt)
     module.load_state_dict(ckpt["state_dict"])
-    assert module.net.widths == TARGET and module.hparams.net["widths"] == TARGET
+    assert module.net.widths == PRUNE_TARGET and module.hparams.net["widths"] == PRUNE_TARGET
 
 
 def test_eval_entry_point(pruned_run, tmp_path):

@@ -6,7 +6,7 @@ import torch
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.pruning.cost import flops_per_image
 from convdissect.pruning.cut import cut_channels
-from tests.conftest import run_python
+from tests.helpers import run_python
 
 IMAGE = torch.zeros(1, 1, 28, 28)
 

@@ -18,7 +18,7 @@ from convdissect.handnet.explanation import explain
 from convdissect.handnet.net import HandNet
 from convdissect.handnet.recipes import Part, load_recipes
 from convdissect.train import train
-from tests.conftest import compose_cfg
+from tests.helpers import HANDNET_FINETUNE, compose_cfg
 
 FAMILY_PARAMS = {
     "conv1.theta",
@@ -232,27 +232,16 @@ def test_handcrafted_experiment_tests_and_explains_the_net_as_built(tmp_path):
 
 
 @pytest.mark.slow
-def test_finetune_trains_only_the_family_parameters(tmp_path):
-    cfg = compose_cfg(
-        "train",
-        [
-            "+experiment=handnet_finetune",
-            *QUIET,
-            "model.extra_detectors=4",
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=6",
-            "trainer.limit_val_batches=1",
-        ],
-        tmp_path,
-    )
-    metrics = train(cfg)
-    assert metrics["steps"] == 6 and 0.0 <= metrics["test/acc"] <= 1.0
-    state = torch.load(tmp_path / "model_state.pt", weights_only=True)
-    start = HandNet(**{k: v for k, v in cfg.model.items() if k != "_target_"}).state_dict()
+def test_finetune_trains_only_the_family_parameters(handnet_finetuned):
+    out, metrics = handnet_finetuned
+    assert metrics["steps"] == 3 and 0.0 <= metrics["test/acc"] <= 1.0
+    state = torch.load(out / "model_state.pt", weights_only=True)
+    spec = compose_cfg("train", HANDNET_FINETUNE).model
+    start = HandNet(**{k: v for k, v in spec.items() if k != "_target_"}).state_dict()
     assert set(state) == set(start)
     assert not torch.equal(state["conv1.theta"], start["conv1.theta"])  # trained ...
     assert not torch.equal(state["conv3.mean_x"], start["conv3.mean_x"])
-    assert (tmp_path / "labels.json").exists()
+    assert (out / "labels.json").exists()
 
 
 def test_sweep_space_names_real_model_options():

@@ -8,55 +8,27 @@ import re
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.handnet.layers import BurstConv2d
 from convdissect.handnet.net import HandNet
 from convdissect.handnet.schedule import HandNetSchedule, shrink_readout
 from convdissect.train import train
-from tests.conftest import compose_cfg
-
-TERMS = 3
-QUIET = [
-    "trainer.limit_test_batches=2",
-    "trainer.enable_progress_bar=false",
-    "~callbacks.progress_bar",
-    "data.eval_batch_size=200",
-    "threads=1",
-]
-RUN = [
-    "+experiment=handnet_explainable",
-    "model.n_orientations=4",
-    "model.edges=false",
-    "model.extra_detectors=5",
-    "model.n_bursts=1",
-    f"model.terms={TERMS}",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=60",
-    "trainer.limit_val_batches=1",
-    "callbacks.explanation.roundtrip_images=300",
-    "callbacks.handnet_schedule.shrink_every=5",
-    *QUIET,
-]
-
-
-def short_run(out, overrides: list[str]):
-    """A real short run into out: its output dir, metrics and the saved state_dict."""
-    cfg = compose_cfg("train", overrides, out)
-    metrics = train(cfg)
-    (out / ".hydra").mkdir()
-    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
-    return out, metrics, torch.load(out / "model_state.pt", weights_only=True)
+from tests.helpers import (
+    EXPLAINABLE_RUN,
+    EXPLAINABLE_TERMS,
+    check_round_trip,
+    compose_cfg,
+    short_run,
+)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A real short K=1, T=3 run: its output dir, metrics and the saved state_dict."""
-    return short_run(tmp_path_factory.mktemp("explainable"), RUN)
+    return short_run(tmp_path_factory.mktemp("explainable"), EXPLAINABLE_RUN)
 
 
 def gaussian(mx: float, my: float, sx: float, sy: float, a: float) -> torch.Tensor:
@@ -107,36 +79,14 @@ def test_readout_keeps_at_most_t_terms_and_every_unit_is_read(run):
     _, metrics, state = run
     weight = state["readout.weight"] * state["readout.mask"]
     terms = (weight != 0).sum(1)
-    assert terms.max() <= TERMS and metrics["explanation/terms_per_digit_max"] == int(terms.max())
+    assert terms.max() <= EXPLAINABLE_TERMS and metrics["explanation/terms_per_digit_max"] == int(terms.max())
     assert (weight != 0).any(0).all()  # units no digit reads were removed
-    assert metrics["widths"][1] == weight.shape[1] == metrics["explanation/units_used"] <= 10 * TERMS
+    assert metrics["widths"][1] == weight.shape[1] == metrics["explanation/units_used"] <= 10 * EXPLAINABLE_TERMS
 
 
 @pytest.mark.slow
 def test_round_trip_rebuilds_the_same_predictions(run, data_dir, tmp_path):
     check_round_trip(run, data_dir, tmp_path)
-
-
-def check_round_trip(run, data_dir, tmp_path) -> None:
-    """The learned recipe file rebuilds the trained net (its spec loaded with its state_dict) exactly,
-    and train.py on that file tests to the same accuracy without a step."""
-    out, metrics, state = run
-    assert metrics["explanation/roundtrip_agreement"] == 1.0 and metrics["explanation/checked_images"] == 300
-    spec = OmegaConf.to_container(OmegaConf.load(out / ".hydra" / "config.yaml").model, resolve=True)
-    trained = HandNet(**{k: v for k, v in spec.items() if k != "_target_"})
-    trained.load_state_dict(state)  # a smaller state_dict (units removed) loads into the net of its spec
-    rebuilt = HandNet(recipes=str(out / "learned_recipes.yaml"))
-    x, _ = MNISTDataModule(data_dir=data_dir).tensors("val", 400)
-    with torch.no_grad():
-        assert torch.equal(trained(x), rebuilt(x))
-    again = train(
-        compose_cfg(
-            "train",
-            ["+experiment=handnet_handcrafted", f"model.recipes={out / 'learned_recipes.yaml'}", *QUIET],
-            tmp_path,
-        )
-    )
-    assert again["steps"] == 0 and again["test/acc"] == metrics["test/acc"]
 
 
 @pytest.mark.slow

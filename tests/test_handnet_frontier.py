@@ -6,8 +6,7 @@ import json
 import pytest
 
 from convdissect.tables import render
-from convdissect.train import train
-from tests.conftest import TINY, compose_cfg, run_python
+from tests.helpers import run_python
 
 TINY_HANDNET = [
     "model.n_bursts=1,2",
@@ -28,7 +27,7 @@ TINY_HANDNET = [
 
 
 @pytest.mark.slow
-def test_frontier_table_and_plot_from_a_real_sweep(tmp_path):
+def test_frontier_table_and_plot_from_a_real_sweep(tiny_run, tmp_path):
     sweep = tmp_path / "sweep"
     made = run_python(
         "train.py",
@@ -42,8 +41,7 @@ def test_frontier_table_and_plot_from_a_real_sweep(tmp_path):
         timeout=600,
     )
     assert made.returncode == 0, made.stderr[-2000:]
-    reference = tmp_path / "reference"
-    simple = train(compose_cfg("train", TINY, reference))  # a net without an explanation: every parameter is read
+    reference, simple = tiny_run  # a net without an explanation: every parameter is read
     plot = tmp_path / "frontier.png"
     table = render(["frontier", str(sweep), "--reference", str(reference), "--plot", str(plot)])
     rows = {

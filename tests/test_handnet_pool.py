@@ -17,9 +17,9 @@ from convdissect.errors import UserInputError
 from convdissect.handnet.explanation import explain, learned_recipes
 from convdissect.handnet.net import HandNet
 from convdissect.handnet.recipes import Part
-from tests.test_handnet_explainable import RUN, check_round_trip, short_run
+from tests.helpers import EXPLAINABLE_RUN, check_round_trip, short_run
 
-SHORTER = [*RUN, "trainer.limit_train_batches=30"]
+SHORTER = [*EXPLAINABLE_RUN, "trainer.limit_train_batches=30"]
 
 
 @pytest.fixture(scope="module", params=["model.cell_pixels=2", "model.final_pool=2"])

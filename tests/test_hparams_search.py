@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from convdissect.cli import check_optimized_metric, optimized_value
 from convdissect.config import CONFIG_DIR
 from convdissect.errors import UserInputError
-from tests.conftest import CHECKOUT, TINY
+from tests.helpers import CHECKOUT, TINY
 
 SEARCHES = sorted(p.stem for p in (CONFIG_DIR / "hparams_search").glob("*.yaml"))
 METRICS = {"val/acc": 0.91, "val/acc_best": 0.93, "test/acc": 0.95, "n_params": 1234, "widths": [4, 8], "seed": 0}

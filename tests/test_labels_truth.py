@@ -14,8 +14,7 @@ from convdissect.analysis.superstimuli import superstimuli
 from convdissect.conventions import edge_side, xy_from_clock
 from convdissect.dissect.run import dissect
 from convdissect.models.simple_convnet import SimpleConvNet
-from tests.conftest import compose_cfg
-from tests.test_dissect import FAST_NULLS
+from tests.helpers import FAST_NULLS, compose_cfg
 
 # conv1 units: (kind, angle, sign); the last one is a cross with a secondary orientation.
 PLANTED = [

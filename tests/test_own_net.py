@@ -9,7 +9,7 @@ from omegaconf import OmegaConf, open_dict
 from convdissect.errors import UserInputError
 from convdissect.models.lit_module import LitClassifier
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg
+from tests.helpers import TINY, compose_cfg
 
 # TINY without the SimpleConvNet's widths, three epochs of 30 batches: far above chance, in seconds.
 SHORT = [o for o in TINY if not o.startswith("model.")] + [

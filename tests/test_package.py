@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CHECKOUT, TINY
+from tests.helpers import CHECKOUT, TINY
 
 # What `git clone` would not hold: run outputs, data, build leftovers (at the top; conf/data/ is a config group).
 TOP_LEVEL_ONLY = {".git", "outputs", "multirun", "data", "build", "lightning_logs", ".whl", ".device_data"}

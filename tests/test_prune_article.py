@@ -16,8 +16,7 @@ from convdissect.pruning.callback import PruningCallback
 from convdissect.pruning.criteria import CRITERIA, Calibration, parse_normalise, score_layer
 from convdissect.tables import render
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg, run_python
-from tests.test_dissect import FAST_NULLS
+from tests.helpers import FAST_NULLS, TINY, compose_cfg, run_python
 
 ARTICLE = ["activation_variance", "weight_noise", "superstimulus_contrast", "selectivity"]
 

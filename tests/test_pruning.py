@@ -24,23 +24,7 @@ from convdissect.pruning.criteria import CRITERIA, Calibration, parse_criterion,
 from convdissect.pruning.schedule import Schedule, geometric_width
 from convdissect.tables import render
 from convdissect.train import build_module, train
-from tests.conftest import TINY, compose_cfg, run_python
-
-TARGET = [2, 4, 4, 4]
-# Two steps (start of epochs 1 and 2), one final epoch; both kinds of criterion mixed, so fc4's
-# weight_noise falls back to activation_variance.
-PRUNE = TINY + [
-    "callbacks=pruning",  # group choices apply before TINY's deletion of the progress bar
-    "trainer.max_epochs=3",
-    f"callbacks.pruning.target_widths=[{','.join(map(str, TARGET))}]",
-    "callbacks.pruning.iterations=2",
-    "callbacks.pruning.pretrain_epochs=1",
-    "callbacks.pruning.calibration_size=200",
-    "callbacks.pruning.eval_size=400",
-    "+callbacks.model_checkpoint.save_top_k=-1",
-    "callbacks.pruning.criterion={activation_variance:1,weight_noise:1}",
-    "trainer.log_every_n_steps=1",  # the learning rate at every step
-]
+from tests.helpers import PRUNE, PRUNE_TARGET, TINY, compose_cfg, run_python
 
 
 def tb(log_dir: Path) -> tuple[dict[str, list], set[str]]:
@@ -79,12 +63,6 @@ def tb_custom_scalars(log_dir: Path) -> dict[str, list[str]]:
     return charts
 
 
-@pytest.fixture(scope="module")
-def pruned_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pruned")
-    return out, train(compose_cfg("train", PRUNE, out))
-
-
 @pytest.mark.slow
 def test_pruning_run_fills_the_history(pruned_run):
     out, metrics = pruned_run
@@ -92,9 +70,13 @@ def test_pruning_run_fills_the_history(pruned_run):
     history = metrics["pruning_history"]
     assert [h["iteration"] for h in history] == [1, 2] and [h["epoch"] for h in history] == [1, 2]
     assert history[0]["widths_before"] == [4, 8, 8, 8]
-    assert history[0]["widths"] == [geometric_width(w, t, 1, 2) for w, t in zip([4, 8, 8, 8], TARGET)]
-    assert history[1]["widths"] == metrics["widths"] == TARGET
-    assert history[1]["n_params"] == metrics["n_params"] == sum(p.numel() for p in SimpleConvNet(TARGET).parameters())
+    assert history[0]["widths"] == [geometric_width(w, t, 1, 2) for w, t in zip([4, 8, 8, 8], PRUNE_TARGET)]
+    assert history[1]["widths"] == metrics["widths"] == PRUNE_TARGET
+    assert (
+        history[1]["n_params"]
+        == metrics["n_params"]
+        == sum(p.numel() for p in SimpleConvNet(PRUNE_TARGET).parameters())
+    )
     # FLOPs per image: those of an untrained net of the same widths, falling at every step
     image = torch.zeros(1, 1, 28, 28)
     assert metrics["pruning"]["start_flops"] == flops_per_image(SimpleConvNet([4, 8, 8, 8]), image)
@@ -151,12 +133,12 @@ def test_pruned_checkpoint_reloads_and_the_best_one_is_after_the_last_step(prune
     tested = Path(metrics["tested_checkpoint"])
     assert tested.name in ("epoch_002.ckpt",)  # the only epoch after the last step (epoch 2)
     module = LitClassifier.load_from_checkpoint(tested)
-    assert module.net.widths == TARGET and module.hparams.net["widths"] == TARGET
+    assert module.net.widths == PRUNE_TARGET and module.hparams.net["widths"] == PRUNE_TARGET
     trainer = L.Trainer(accelerator="cpu", logger=False, limit_test_batches=2, enable_progress_bar=False)
     (result,) = trainer.test(module, datamodule=MNISTDataModule(data_dir=data_dir, eval_batch_size=200))
     assert result["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
     state = torch.load(out / "model_state.pt", weights_only=True)
-    assert SimpleConvNet.widths_from_state_dict(state) == (TARGET, True)
+    assert SimpleConvNet.widths_from_state_dict(state) == (PRUNE_TARGET, True)
     torch.testing.assert_close(state, dict(module.net.state_dict()))
 
 
@@ -169,7 +151,7 @@ def test_resume_mid_schedule_continues_at_the_next_step(pruned_run, tmp_path):
     assert [h["iteration"] for h in again] == [1, 2]
     assert again[0]["kept_channels"] == first[0]["kept_channels"]
     assert again[0]["val_acc_pruned"] == first[0]["val_acc_pruned"]
-    assert again[1]["widths_before"] == first[0]["widths"] and resumed["widths"] == TARGET
+    assert again[1]["widths_before"] == first[0]["widths"] and resumed["widths"] == PRUNE_TARGET
     # only step 2 ran here
     assert [step for step, _ in tb(tmp_path / "tensorboard")[0]["pruning/val_acc_pruned"]] == [2]
 
@@ -180,7 +162,7 @@ def test_init_from_starts_from_a_model_state(pruned_run, tmp_path):
     # no training: the test accuracy is the loaded net's own
     cfg = compose_cfg("train", TINY + [f"model.init_from={out / 'model_state.pt'}", "fit=false"], tmp_path)
     result = train(cfg)
-    assert result["widths"] == TARGET and result["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert result["widths"] == PRUNE_TARGET and result["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert "init_from" not in build_module(cfg).hparams.net
 
 
@@ -219,7 +201,7 @@ def test_a_dead_channel_ranks_last(criterion, layer, calibration_images):
 
 def test_unknown_criterion_lists_the_known_ones():
     with pytest.raises(UserInputError, match="criterion='variance'.*known criteria.*activation_variance") as err:
-        PruningCallback(criterion="variance", target_widths=TARGET)
+        PruningCallback(criterion="variance", target_widths=PRUNE_TARGET)
     assert all(name in str(err.value) for name in CRITERIA)
 
 
@@ -269,7 +251,7 @@ def test_multi_device_pruning_is_refused(tmp_path):
         {"_target_": "convdissect.models.simple_convnet.SimpleConvNet", "widths": [4, 8, 8, 8]}, None
     )
     with pytest.raises(UserInputError, match="pruning runs on one device only"):
-        PruningCallback(target_widths=TARGET).setup(trainer, module, "fit")
+        PruningCallback(target_widths=PRUNE_TARGET).setup(trainer, module, "fit")
 
 
 # ---------------------------------------------------------------------- experiments, sweeps
@@ -321,7 +303,7 @@ def test_global_ranking_keeps_the_summed_width_and_each_layers_min_width(tmp_pat
     ]
     metrics = train(compose_cfg("train", overrides, tmp_path))
     for h in metrics["pruning_history"]:
-        planned = [geometric_width(w, t, h["iteration"], 2) for w, t in zip([4, 8, 8, 8], TARGET)]
+        planned = [geometric_width(w, t, h["iteration"], 2) for w, t in zip([4, 8, 8, 8], PRUNE_TARGET)]
         assert sum(h["widths"]) == sum(planned) and all(w >= m for w, m in zip(h["widths"], [2, 3, 3, 3])), h["widths"]
     widths = metrics["widths"]
     assert metrics["flops"] == flops_per_image(SimpleConvNet(widths), torch.zeros(1, 1, 28, 28))

@@ -3,7 +3,6 @@ on a tiny net with planted units (real Hydra config, real SummaryWriter, read ba
 TensorBoard's EventAccumulator)."""
 
 import json
-from html.parser import HTMLParser
 
 import pytest
 import torch
@@ -15,22 +14,8 @@ from convdissect.analysis.projections import separation
 from convdissect.dissect.run import dissect
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
-from tests.conftest import compose_cfg
+from tests.helpers import REPORT_FAST, Page, compose_cfg
 
-pytestmark = pytest.mark.slow  # every test but one dissects a whole net
-
-# Few null draws and ablation images: the nulls' machinery runs, in seconds.
-FAST = [
-    "n_images=300",
-    "superstimulus.steps=8",
-    "report.projection_points=120",
-    "report.dissection_rows=4",
-    "claims.untrained_seeds=2",
-    "claims.bootstrap=200",
-    "claims.shuffles=20",
-    "claims.ablation_images=500",
-    "claims.reference_grids=50",
-]
 SECTIONS = ("conv1", "conv2", "conv3", "fc")
 STAGES = {"input": 784, "conv3": 8, "fc4": 8, "fc5": 10}
 
@@ -48,29 +33,11 @@ def planted_net() -> SimpleConvNet:
     return net.eval()
 
 
-class Page(HTMLParser):
-    """The page's section ids, <img> sources and figure captions."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.sections, self.images, self.captions, self._in_caption = [], [], 0, False
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "section":
-            self.sections.append(attrs["id"])
-        elif tag == "img":
-            self.images.append(attrs["src"])
-        elif tag == "figcaption":
-            self.captions += 1
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("dissect")
     torch.save(planted_net().state_dict(), out / "planted.pt")
-    labels = dissect(compose_cfg("dissect", [f"ckpt_path={out / 'planted.pt'}", *FAST], out))
+    labels = dissect(compose_cfg("dissect", [f"ckpt_path={out / 'planted.pt'}", *REPORT_FAST], out))
     return out, labels
 
 
@@ -150,7 +117,7 @@ def test_chosen_channels_and_the_no_conv2_variant(tmp_path):
     torch.save(SimpleConvNet([4, 6, 8], conv2=False).state_dict(), tmp_path / "no_conv2.pt")
     overrides = [
         f"ckpt_path={tmp_path / 'no_conv2.pt'}",
-        *FAST,
+        *REPORT_FAST,
         "superstimulus.enabled=false",
         "report.projection_points=60",
         "report.conv3.unit=conv3_2",

@@ -5,8 +5,7 @@ import shutil
 import pytest
 
 from convdissect.tables import render
-from tests.conftest import TINY, run_python
-from tests.test_dissect import FAST_NULLS
+from tests.helpers import FAST_NULLS, TINY, run_python
 
 
 @pytest.mark.slow

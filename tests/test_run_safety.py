@@ -16,7 +16,7 @@ from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
 from convdissect.runs import atomic_write
 from convdissect.train import train
-from tests.conftest import CHECKOUT, TINY, compose_cfg, run_python
+from tests.helpers import CHECKOUT, TINY, compose_cfg, run_python
 
 # TINY for the command line, on one thread
 TINY_ARGS = [arg for arg in TINY if not arg.startswith("~")] + ["threads=1"]

@@ -12,7 +12,7 @@ from convdissect.errors import UserInputError
 from convdissect.tables import render
 from convdissect.tables.common import mean_sd, training_runs
 from convdissect.train import train
-from tests.conftest import CHECKOUT, TINY, compose_cfg
+from tests.helpers import CHECKOUT, TINY, compose_cfg
 
 
 def test_mean_sd_leaves_out_missing_values_and_gives_one_value_no_sd():
@@ -30,6 +30,7 @@ def two_seeds(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # two_seeds trains
 def test_runs_are_found_once_and_a_run_without_metrics_is_named(two_seeds, tmp_path):
     shutil.copytree(two_seeds, tmp_path / "sweep")
     broken = tmp_path / "sweep" / "2"
@@ -42,6 +43,7 @@ def test_runs_are_found_once_and_a_run_without_metrics_is_named(two_seeds, tmp_p
     assert f"no metrics.json in {broken}" in render(["results", str(tmp_path / "sweep")])
 
 
+@pytest.mark.slow  # two_seeds trains
 def test_hparams_table_shows_the_key_that_differs_and_the_metrics(two_seeds):
     table = render(["hparams", str(two_seeds)]).splitlines()
     header = [cell.strip() for cell in table[0].strip("|").split("|")]

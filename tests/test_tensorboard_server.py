@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from convdissect.train import train
-from tests.conftest import TINY, compose_cfg
+from tests.helpers import TINY, compose_cfg
 
 pytestmark = pytest.mark.slow  # every test reads from a real server over a trained run
 

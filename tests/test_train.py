@@ -22,7 +22,7 @@ from convdissect.models.lit_module import LitClassifier
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.tensorboard_events import accumulators, hparams_of
 from convdissect.train import build_module, train
-from tests.conftest import TINY, compose_cfg, run_python
+from tests.helpers import TINY, compose_cfg, run_python
 
 
 def scalar_tags(log_dir: Path) -> set[str]:
@@ -37,16 +37,6 @@ def hparams_tags(log_dir: Path) -> set[str]:
         except KeyError:  # an event file without hparams
             pass
     return tags
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    # Two epochs, every checkpoint kept, so a test can resume from the first.
-    metrics = train(
-        compose_cfg("train", TINY + ["trainer.max_epochs=2", "+callbacks.model_checkpoint.save_top_k=-1"], out)
-    )
-    return out, metrics
 
 
 @pytest.mark.slow

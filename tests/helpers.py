@@ -1,0 +1,173 @@
+"""What several test files share: composed configs, the tiny and fast settings, a Python process in
+the checkout, the report page's parser and the explainable HandNet's short run. Test files import
+from here (or use conftest's fixtures), never from one another."""
+
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from convdissect.config import CONFIG_DIR
+from convdissect.data.mnist import MNISTDataModule
+from convdissect.handnet.net import HandNet
+from convdissect.train import train
+
+CHECKOUT = Path(__file__).resolve().parents[1]  # where the tests run train.py, dissect.py and scripts/ from
+
+
+def run_python(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python ARGS...` from the checkout (train.py, dissect.py, scripts/...), its output captured."""
+    return subprocess.run([sys.executable, *args], cwd=CHECKOUT, capture_output=True, text=True, timeout=timeout)
+
+
+def compose_cfg(config_name: str = "train", overrides: list[str] = (), output_dir: Path | None = None) -> DictConfig:
+    """A config as the Hydra app would see it, with paths.output_dir pointed at output_dir."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name=config_name, overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir) if output_dir else "unused"
+    return cfg
+
+
+# A real but tiny run: small widths, a few batches, no progress bar.
+TINY = [
+    "model.widths=[4,8,8,8]",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=8",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "data.eval_batch_size=200",
+]
+TINY_TWO_EPOCHS = TINY + ["trainer.max_epochs=2", "+callbacks.model_checkpoint.save_top_k=-1"]
+
+# A short pruning run of the tiny net: the full net until epoch 1, pruned at the start of epochs 1
+# and 2, one final epoch; every epoch's checkpoint kept. Both kinds of criterion are mixed, so fc4's
+# weight_noise falls back to activation_variance.
+PRUNE_TARGET = [2, 4, 4, 4]
+PRUNE = TINY + [
+    "callbacks=pruning",  # group choices apply before TINY's deletion of the progress bar
+    "trainer.max_epochs=3",
+    f"callbacks.pruning.target_widths=[{','.join(map(str, PRUNE_TARGET))}]",
+    "callbacks.pruning.iterations=2",
+    "callbacks.pruning.pretrain_epochs=1",
+    "callbacks.pruning.calibration_size=200",
+    "callbacks.pruning.eval_size=400",
+    "+callbacks.model_checkpoint.save_top_k=-1",
+    "callbacks.pruning.criterion={activation_variance:1,weight_noise:1}",
+    "trainer.log_every_n_steps=1",  # the learning rate at every step
+]
+
+# Few null draws and ablation images: the nulls' machinery runs, in seconds.
+FAST_NULLS = [
+    "claims.untrained_seeds=2",
+    "claims.bootstrap=200",
+    "claims.shuffles=20",
+    "claims.ablation_images=500",
+    "claims.reference_grids=50",
+]
+# A whole dissection with its report, in seconds.
+REPORT_FAST = [
+    "n_images=300",
+    "superstimulus.steps=8",
+    "report.projection_points=120",
+    "report.dissection_rows=4",
+    *FAST_NULLS,
+]
+
+
+class Page(HTMLParser):
+    """The page's section ids, <img> sources and figure captions."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.sections, self.images, self.captions, self._in_caption = [], [], 0, False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.sections.append(attrs["id"])
+        elif tag == "img":
+            self.images.append(attrs["src"])
+        elif tag == "figcaption":
+            self.captions += 1
+
+
+# The HandNet fine-tuned in a short real run: a small family, one epoch of 3 steps (its best
+# checkpoint is the last).
+HANDNET_FINETUNE = [
+    "+experiment=handnet_finetune",
+    "model.n_orientations=4",
+    "model.edges=false",
+    "model.extra_detectors=2",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "data.eval_batch_size=200",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+]
+
+# The explainable HandNet in a short real run: K=1 burst per unit, at most EXPLAINABLE_TERMS readout terms.
+EXPLAINABLE_TERMS = 3
+HANDNET_QUIET = [
+    "trainer.limit_test_batches=2",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "data.eval_batch_size=200",
+    "threads=1",
+]
+EXPLAINABLE_RUN = [
+    "+experiment=handnet_explainable",
+    "model.n_orientations=4",
+    "model.edges=false",
+    "model.extra_detectors=5",
+    "model.n_bursts=1",
+    f"model.terms={EXPLAINABLE_TERMS}",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=60",
+    "trainer.limit_val_batches=1",
+    "callbacks.explanation.roundtrip_images=300",
+    "callbacks.handnet_schedule.shrink_every=5",
+    *HANDNET_QUIET,
+]
+
+
+def short_run(out, overrides: list[str]):
+    """A real short run into out: its output dir, metrics and the saved state_dict."""
+    cfg = compose_cfg("train", overrides, out)
+    metrics = train(cfg)
+    (out / ".hydra").mkdir()
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    return out, metrics, torch.load(out / "model_state.pt", weights_only=True)
+
+
+def check_round_trip(run, data_dir, tmp_path) -> None:
+    """The learned recipe file rebuilds the trained net (its spec loaded with its state_dict) exactly,
+    and train.py on that file tests to the same accuracy without a step."""
+    out, metrics, state = run
+    assert metrics["explanation/roundtrip_agreement"] == 1.0 and metrics["explanation/checked_images"] == 300
+    spec = OmegaConf.to_container(OmegaConf.load(out / ".hydra" / "config.yaml").model, resolve=True)
+    trained = HandNet(**{k: v for k, v in spec.items() if k != "_target_"})
+    trained.load_state_dict(state)  # a smaller state_dict (units removed) loads into the net of its spec
+    rebuilt = HandNet(recipes=str(out / "learned_recipes.yaml"))
+    x, _ = MNISTDataModule(data_dir=data_dir).tensors("val", 400)
+    with torch.no_grad():
+        assert torch.equal(trained(x), rebuilt(x))
+    again = train(
+        compose_cfg(
+            "train",
+            ["+experiment=handnet_handcrafted", f"model.recipes={out / 'learned_recipes.yaml'}", *HANDNET_QUIET],
+            tmp_path,
+        )
+    )
+    assert again["steps"] == 0 and again["test/acc"] == metrics["test/acc"]
