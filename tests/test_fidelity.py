@@ -120,6 +120,22 @@ def test_an_excitatory_burst_three_times_weaker_is_named_first():
     assert first.cells[0, 2]  # at 12 o'clock: the top row's centre
 
 
+def test_a_grid_with_one_weight_on_every_cell_is_read_anywhere():
+    from convdissect.dissect.labels import describe
+    from convdissect.dissect.measure import measure
+
+    torch.manual_seed(4)
+    net = SimpleConvNet([2, 2, 2, 2]).eval()
+    with torch.no_grad():
+        net.conv3.weight[0] = 0.0
+        net.conv3.weight[0, 0] = 0.3  # the same weight on all 25 cells: a stroke anywhere
+        net.conv3.bias[0] = 0.0
+    units = {u["name"]: u for u in describe(net, measure(net, images(200, 11), scored_images=images(200, 12)))["units"]}
+    burst = units["conv3_1"]["bursts"][0]
+    assert burst["anywhere"] and burst["cells"] == 25 and burst["notation"] == "+[anywhere]"
+    assert " anywhere" in units["conv3_1"]["label"] and "o'clock" not in units["conv3_1"]["label"]
+
+
 def test_the_label_net_with_every_term_is_the_net():
     torch.manual_seed(2)
     net = SimpleConvNet([4, 5, 6, 4]).eval()

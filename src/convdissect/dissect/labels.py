@@ -224,11 +224,14 @@ def describe_conv2(m: Measurements, conv1_units: list[dict]) -> list[dict]:
 
 def burst_entry(term: Term, grid: torch.Tensor, source: dict) -> dict:
     """labels.json's record of one burst term: its input, sign, clock position (its strongest cell),
-    extent in cells and signed contribution."""
+    extent in cells and signed contribution; a flat burst over more than half the grid (no cell twice its
+    mean |weight|) is `anywhere`: it has no position."""
     x, y = grid_xy(grid.shape[-1])
     strongest = int((grid.abs() * term.cells).flatten().argmax())
     clock, distance = clock_from_xy(float(x.flatten()[strongest]), float(y.flatten()[strongest]))
     sign = 1 if float(grid.flatten()[strongest]) >= 0 else -1
+    weights = grid.abs()[term.cells]
+    anywhere = len(weights) > grid.numel() / 2 and float(weights.max()) < 2 * float(weights.mean())  # flat and wide
     return {
         "sign": "+" if sign > 0 else "-",
         "clock": clock,
@@ -236,7 +239,8 @@ def burst_entry(term: Term, grid: torch.Tensor, source: dict) -> dict:
         "cells": int(term.cells.sum()),
         "input": source["name"],
         "input_label": source["pattern"],
-        "notation": format_burst(sign, clock, distance),
+        "anywhere": anywhere,
+        "notation": f"{'+' if sign > 0 else '-'}[anywhere]" if anywhere else format_burst(sign, clock, distance),
         "contribution": _number(term.contribution),
     }
 
@@ -245,7 +249,7 @@ def burst_phrase(burst: dict, first: bool) -> str:
     """'+conv2_3 (vertical line) at 12 o'clock' (the input's short pattern, when it has one)."""
     pattern = f" ({burst['input_label']})" if burst["input_label"] != burst["input"] else ""
     sign = "" if first and burst["sign"] == "+" else burst["sign"]
-    return f"{sign}{burst['input']}{pattern} {_at(burst['clock'])}"
+    return f"{sign}{burst['input']}{pattern} {'anywhere' if burst['anywhere'] else _at(burst['clock'])}"
 
 
 def describe_conv3(net: nn.Module, m: Measurements, input_units: list[dict]) -> list[dict]:
