@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -32,6 +33,8 @@ NOISY_R2 = 0.5
 # within COPY_MAX_GAP_DEG of the driver's orientation.
 COPY_MIN_R2 = 0.4
 COPY_MAX_GAP_DEG = 22.5
+# Labels name an input by its pattern without the slope (labels.json keeps the whole pattern).
+SLOPE = re.compile(r" \(slope [^)]*\)")
 # labels.json's long label: the terms a unit's label needs for this fidelity on the fit images
 # (claims.json's label net with these labels reaches ~99% agreement on a pruned net).
 LONG_LABEL_R = 0.98
@@ -54,6 +57,11 @@ def inactive(program: UnitProgram | None) -> str | None:
     if program is None or program.activity == "varies":
         return None
     return f"{program.activity} on the images"
+
+
+def short_pattern(pattern: str) -> str:
+    """An input's pattern as a label names it: 'line at 99°' for 'line at 99° (slope -6.46)'."""
+    return SLOPE.sub("", pattern)
 
 
 def with_fidelity(text: str, program: UnitProgram | None) -> str:
@@ -182,7 +190,7 @@ def copies_driver(m: Measurements, k: int, j: int) -> bool:
 
 
 def describe_conv2(m: Measurements, conv1_units: list[dict]) -> list[dict]:
-    patterns = {u["name"]: u["pattern"] for u in conv1_units}
+    patterns = {u["name"]: short_pattern(u["pattern"]) for u in conv1_units}
     fit = m.driver_fit
     grid_labels = fit.labels()
     programs = m.programs.get("conv2")
@@ -200,7 +208,7 @@ def describe_conv2(m: Measurements, conv1_units: list[dict]) -> list[dict]:
         elif copies:
             label = f"≈ {signed_phrase(drivers, inhibitors, kept, patterns)}"
         else:
-            label = f"reads {signed_phrase(drivers, inhibitors, kept, patterns, f'through a {grid_labels[k]} grid')}"
+            label = f"reads {signed_phrase(drivers, inhibitors, kept, patterns, f'through a {short_pattern(grid_labels[k])} grid')}"
         units.append(
             {
                 "layer": "conv2",
@@ -247,7 +255,7 @@ def burst_entry(term: Term, grid: torch.Tensor, source: dict) -> dict:
 
 def burst_phrase(burst: dict, first: bool) -> str:
     """'+conv2_3 (vertical line) at 12 o'clock' (the input's short pattern, when it has one)."""
-    pattern = f" ({burst['input_label']})" if burst["input_label"] != burst["input"] else ""
+    pattern = f" ({short_pattern(burst['input_label'])})" if burst["input_label"] != burst["input"] else ""
     sign = "" if first and burst["sign"] == "+" else burst["sign"]
     return f"{sign}{burst['input']}{pattern} {'anywhere' if burst['anywhere'] else _at(burst['clock'])}"
 
