@@ -14,6 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
+from torch.multiprocessing.spawn import ProcessExitedException
 
 from convdissect.config import REPO_ROOT
 from convdissect.data.mnist import MNISTDataModule
@@ -117,11 +118,23 @@ class RecordFirstBatch(L.Callback):
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes(tmp_path):
-    cfg = compose_cfg("train", TINY + ["trainer=ddp_sim", "trainer.limit_train_batches=3"], tmp_path)
+def ddp_run(run_dir):
+    cfg = compose_cfg("train", TINY + ["trainer=ddp_sim", "trainer.limit_train_batches=3"], run_dir)
     with open_dict(cfg):
-        cfg.callbacks.record = {"_target_": "tests.test_train.RecordFirstBatch", "out_dir": str(tmp_path)}
-    metrics = train(cfg)
+        cfg.callbacks.record = {"_target_": "tests.test_train.RecordFirstBatch", "out_dir": str(run_dir)}
+    return train(cfg)
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    try:
+        metrics = ddp_run(tmp_path)
+    except ProcessExitedException as err:
+        # torch's gloo teardown now and then aborts a spawned process as it exits ("terminate called
+        # without an active exception", seen once in 4 suite runs on a loaded machine): one fresh try
+        if err.signal_name != "SIGABRT":
+            raise
+        tmp_path = tmp_path / "second_try"
+        metrics = ddp_run(tmp_path)
     assert 0 <= metrics["test/acc"] <= 1 and (tmp_path / "model_state.pt").exists()
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert len(rank0) == len(rank1) == 64 and not torch.equal(rank0, rank1)
