@@ -317,7 +317,7 @@ def grid_statistics(grids: torch.Tensor) -> GridStatistics:
     )
 
 
-REFERENCE_FAMILIES = ("noise", "line", "stroke", "single_burst", "double_burst")
+REFERENCE_FAMILIES = ("noise", "uniform_noise", "line", "stroke", "single_burst", "double_burst")
 
 
 def reference_grids(n: int = 200, size: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -358,6 +358,8 @@ def reference_grids(n: int = 200, size: int = 5, seed: int = 0) -> dict[str, tor
 
     return {
         "noise": torch.randn(n, size, size, generator=g),
+        # PyTorch's default init (Kaiming uniform): an untrained net's grids
+        "uniform_noise": uniform(-1, 1, n, size, size),
         "line": noisy(lines),
         "stroke": noisy(strokes),
         "single_burst": noisy(bursts(1)),

@@ -22,7 +22,7 @@ from convdissect.analysis.projections import projections, stage_activations, sub
 from convdissect.analysis.superstimuli import standard_transforms, superstimuli
 from convdissect.config import instantiate
 from convdissect.dissect.claims import ablation, check_claim_settings, claim_statistics
-from convdissect.dissect.label_scores import fidelity_record, label_net_record
+from convdissect.dissect.label_scores import class_selectivity_record, fidelity_record, label_net_record
 from convdissect.dissect.labels import add_original_names, describe, write_labels
 from convdissect.dissect.measure import Measurements, measure
 from convdissect.dissect.report.assemble import (
@@ -47,8 +47,6 @@ LAYERS = ("conv1", "conv2", "conv3", "fc4", "fc5")
 ALIASES = {"fc5": "readout"}  # a HandNet's classes
 # Seeds of the untrained nets (the nulls), far from the seeds runs are trained with.
 UNTRAINED_SEED_BASE = 1000
-# The ablation's untrained null uses this many of them (their accuracies sit at chance; each costs 4 test passes).
-ABLATION_UNTRAINED = 2
 
 
 MIN_PROJECTION_POINTS = 10
@@ -115,9 +113,9 @@ class SimpleConvNetDissection:
         """Measure the net and its nulls; write labels.json and claims.json; return the labels."""
         cfg, net = self.cfg, self.net
         scored, scored_digits = instantiate(cfg.data).tensors("test", cfg.fidelity.images)
-        self.measured = measure(net, self.images, scored_images=scored)
+        self.measured = measure(net, self.images, scored_images=scored, digits=self.digits)
         untrained_nets = [untrained_like(net, UNTRAINED_SEED_BASE + i) for i in range(cfg.claims.untrained_seeds)]
-        untrained = [measure(u, self.images, for_labels=False, scored_images=scored) for u in untrained_nets]
+        untrained = [measure(u, self.images, False, scored, self.digits) for u in untrained_nets]
         ablated, ablated_untrained = None, None
         if cfg.claims.ablation and "conv2" in self.measured.layers:
             test_images, test_digits = instantiate(cfg.data).tensors("test", cfg.claims.ablation_images)
@@ -125,11 +123,12 @@ class SimpleConvNetDissection:
             ablated = ablation(net, self.measured.contributions["conv2"], test_images, test_digits, draws, seed)
             ablated_untrained = [
                 ablation(u, m.contributions["conv2"], test_images, test_digits, 0, seed)
-                for u, m in zip(untrained_nets[:ABLATION_UNTRAINED], untrained)
+                for u, m in zip(untrained_nets, untrained)
             ]
         claims = claim_statistics(self.measured, untrained, cfg.claims, cfg.seed, ablated, ablated_untrained)
         claims["fidelity"] = fidelity_record(self.measured, untrained)
         claims["label_net"] = label_net_record(net, self.measured, scored, scored_digits)
+        claims["class_selectivity"] = class_selectivity_record(self.measured, untrained)
         self.claims = claims
         (out_dir / "claims.json").write_text(json.dumps(claims, indent=2, ensure_ascii=False) + "\n")
         labels = describe(net, self.measured)
