@@ -170,3 +170,33 @@ def test_dead_constant_and_blob_units_are_named_as_such():
     assert units["conv2_1"]["label"] == "constant on the images" and units["conv2_1"]["activity"] == "constant"
     assert units["conv3_1"]["label"] == "silent on the images" and units["conv3_1"]["activity"] == "silent"
     assert all(u["oriented"] for name, u in units.items() if name in ("conv1_3", "conv1_4"))  # random init: oriented
+
+
+def test_an_fc4_unit_planted_as_a_digit_template_prefers_that_digit():
+    from convdissect.dissect.labels import describe
+    from convdissect.dissect.measure import measure
+
+    torch.manual_seed(4)
+    net = SimpleConvNet([4, 4, 6, 4]).eval()
+    x = images(300, 11)
+    digits = torch.arange(300) % 10
+    planted = 7
+    with torch.no_grad():
+        features = net.features(x)
+        template = features[digits == planted].mean(dim=0) - features.mean(dim=0)
+        net.fc4.weight[0] = template / template.norm()
+        net.fc4.bias[0] = -float(net.fc4.weight[0] @ features.mean(dim=0))  # fires above the average image
+        # the reference: mean ReLU'd output per digit by a plain loop, and (max - mean rest) / (max + mean rest)
+        outputs = net.fc4(features)[:, 0].relu()
+        per_digit = torch.stack([outputs[digits == d].mean() for d in range(10)])
+    best = int(per_digit.argmax())
+    rest = (per_digit.sum() - per_digit[best]) / 9
+    units = {
+        u["name"]: u for u in describe(net, measure(net, x, scored_images=images(100, 12), digits=digits))["units"]
+    }
+    fc4_1 = units["fc4_1"]
+    assert best == planted and fc4_1["preferred_digits"][0] == planted
+    assert fc4_1["class_selectivity"] == pytest.approx(
+        float((per_digit[best] - rest) / (per_digit[best] + rest)), abs=1e-3
+    )
+    assert f"prefers digits {planted}" in fc4_1["label"]

@@ -5,6 +5,7 @@
 - the description length (terms a label needs for r 0.9) and the curve of fidelity against terms;
 - the label net: every conv unit replaced by its label at once, its accuracy and its agreement with
   the real net's predictions, for labels of k terms (docs/measures.md, "Fidelity").
+- the class selectivity of fc4's units next to the untrained nets'.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import statistics
 import torch
 from torch import nn
 
+from convdissect.analysis.selectivity import selectivity_index
 from convdissect.dissect.measure import Measurements
 from convdissect.dissect.programs import CURVE_TERMS, LayerPrograms, label_net
 
 # Label-net lengths: k terms per conv2/conv3 unit; the labels reaching these fidelities on the fit images.
 LABEL_NET_TERMS = (1, 2, 3, 5, 10, 20)
 LABEL_NET_FIDELITIES = (0.95, 0.98)
+# Numbers a reader reads per conv1 label: angle, width, offset, kind (line, edge and its side), gain, bias.
+CONV1_LABEL_NUMBERS = 6
 
 
 def _median(values: list[float]) -> float | None:
@@ -67,6 +71,21 @@ def fidelity_record(m: Measurements, untrained: list[Measurements]) -> dict:
     return {layer: layer_fidelity(p, [u.programs[layer] for u in untrained]) for layer, p in m.programs.items()}
 
 
+def class_selectivity_record(m: Measurements, untrained: list[Measurements]) -> dict:
+    """claims.json's `class_selectivity`: {layer: the median class selectivity of its units next to
+    the untrained nets' medians}, for the layers whose class means were measured (fc4)."""
+    record = {}
+    for layer, means in m.class_means.items():
+        present = ~means[:, 0].isnan()  # digits absent from the images have no mean
+        nulls = [_median(selectivity_index(u.class_means[layer][present]).tolist()) for u in untrained]
+        record[layer] = {
+            "median": _median(selectivity_index(means[present]).tolist()),
+            "untrained": _median(nulls),
+            "untrained_sd": _sd(nulls),
+        }
+    return record
+
+
 @torch.no_grad()
 def label_net_record(net: nn.Module, m: Measurements, images: torch.Tensor, digits: torch.Tensor) -> dict:
     """claims.json's `label_net`: accuracy and agreement with the real net of the net run from its
@@ -84,5 +103,18 @@ def label_net_record(net: nn.Module, m: Measurements, images: torch.Tensor, digi
             "accuracy": round(float((predicted == digits).float().mean()), 4),
             "agreement": round(float((predicted == real).float().mean()), 4),
             "terms": len(m.programs["conv1"].units) + sum(sum(p.lengths(**length)) for p in inner),
+            "numbers": label_net_numbers(net, m.programs, length),
         }
     return record
+
+
+def label_net_numbers(net: nn.Module, programs: dict[str, LayerPrograms], length: dict) -> int:
+    """Numbers a reader reads to run the label net (the HandNet frontier's x axis): conv1's fitted
+    kernels, the weights each label keeps and one bias per unit (the left-out inputs' mean maps
+    are the images' own, not numbers of the net), and every parameter of the layers not labelled."""
+    numbers = CONV1_LABEL_NUMBERS * len(programs["conv1"].units)
+    for layer, p in programs.items():
+        if layer != "conv1":
+            numbers += int(p.masks(getattr(net, layer).weight.shape, p.lengths(**length)).sum()) + len(p.units)
+    unlabelled = [module for name, module in net.named_children() if name not in programs]
+    return numbers + sum(param.numel() for module in unlabelled for param in module.parameters())

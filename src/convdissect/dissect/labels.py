@@ -7,7 +7,8 @@ from one Measurements object (docs/measures.md says what each number is).
   share, and whether the grid on the main driver is a bright line along that input's orientation
   (a copy: the article's "conv2 only amplifies conv1");
 - conv3: the bursts its program keeps, read as "+input's pattern at clock position", and its
-  omega² of position, pattern and their interaction.
+  omega² of position, pattern and their interaction;
+- fc4: the conv3 units its program keeps, and the digits it prefers (class selectivity).
 Every label ends with its fidelity "(r 0.91)": the label run as a unit, against the real unit.
 """
 
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from convdissect.analysis.families import grid_xy
-from convdissect.analysis.selectivity import tuning_depth, tuning_peaks
+from convdissect.analysis.selectivity import selectivity_index, tuning_depth, tuning_peaks
 from convdissect.conventions import CENTRE, angle_gap, clock_from_xy, format_burst, orientation_name, unit_name
 from convdissect.dissect.measure import Measurements, source_layer
 from convdissect.dissect.programs import Term, UnitProgram
@@ -44,6 +45,8 @@ LONG_LABEL_R = 0.98
 UNORIENTED_DEPTH = 0.296
 # A secondary orientation is a tuning peak at least this far from the fitted orientation.
 SECONDARY_MIN_GAP_DEG = 30.0
+# An fc4 label names at most this many digits the unit responds to most.
+PREFERRED_DIGITS = 2
 
 
 def _number(value, digits: int = 4):
@@ -293,9 +296,32 @@ def describe_conv3(net: nn.Module, m: Measurements, input_units: list[dict]) -> 
     return units
 
 
+def preferred_digits(means: torch.Tensor | None, k: int) -> dict:
+    """A unit's class selectivity from its mean response per digit [10, C] (Morcos et al. 2018) and
+    the digits it responds to most, strongest first; {} where the digits were not given."""
+    if means is None:
+        return {}
+    present = ~means[:, k].isnan()  # digits absent from the images have no mean
+    digits, column = present.nonzero()[:, 0], means[present, k]
+    order = column.argsort(descending=True)[:PREFERRED_DIGITS]
+    return {
+        "class_selectivity": _number(float(selectivity_index(column[:, None])[0]), 3),
+        "preferred_digits": [int(digits[i]) for i in order if column[i] > 0],
+    }
+
+
+def digits_phrase(classes: dict) -> str:
+    if not classes.get("preferred_digits"):
+        return ""
+    digits = ", ".join(str(d) for d in classes["preferred_digits"])
+    return f"; prefers digits {digits} (class selectivity {classes['class_selectivity']:.2f})"
+
+
 def describe_fc4(m: Measurements) -> list[dict]:
-    """fc4's units: the conv3 units their labels keep, drivers and inhibitors by signed contribution."""
+    """fc4's units: the conv3 units their labels keep, drivers and inhibitors by signed contribution,
+    and the digits each prefers."""
     programs = m.programs["fc4"]
+    means = m.class_means.get("fc4")
     units = []
     for k, program in enumerate(programs.units):
         row = programs.contributions[k]
@@ -308,7 +334,10 @@ def describe_fc4(m: Measurements) -> list[dict]:
             ]
             for part in (positive, negative)
         )
+        classes = preferred_digits(means, k)
         label = inactive(program) or signed_phrase(drivers, inhibitors, kept_inputs(program, "conv3"), {})
+        if not inactive(program):
+            label += digits_phrase(classes)
         units.append(
             {
                 "layer": "fc4",
@@ -319,6 +348,7 @@ def describe_fc4(m: Measurements) -> list[dict]:
                 "inhibitors": inhibitors,
                 "kept_inputs": kept_inputs(program, "conv3"),
                 "long_label": long_inputs(program, "conv3"),
+                **classes,
                 **program_fields(program),
             }
         )

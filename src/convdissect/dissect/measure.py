@@ -13,7 +13,13 @@ from torch import nn
 from convdissect.analysis.activations import channel_responses, conv_layers
 from convdissect.analysis.contributions import SignedContributions, signed_contributions
 from convdissect.analysis.fits import GridStatistics, LineFit, fit_lines, grid_statistics
-from convdissect.analysis.selectivity import OrientationTuning, PositionPattern, orientation_tuning, position_pattern
+from convdissect.analysis.selectivity import (
+    OrientationTuning,
+    PositionPattern,
+    class_means,
+    orientation_tuning,
+    position_pattern,
+)
 from convdissect.dissect.programs import LayerPrograms, conv1_programs, fc4_programs, layer_programs
 
 # A null (untrained) net's labels are fitted and scored on this many of each set of images.
@@ -37,6 +43,7 @@ class Measurements:
     position_pattern: dict[str, PositionPattern]  # every conv layer
     responses: dict[str, torch.Tensor]  # {layer: [N, C]} responses to the dissection images
     programs: dict[str, LayerPrograms]  # every conv unit's label as a program, with its fidelity
+    class_means: dict[str, torch.Tensor]  # {"fc4": [10, C]} mean response per digit (when the digits are known)
 
 
 def main_drivers(contributions: SignedContributions) -> torch.Tensor:
@@ -55,12 +62,17 @@ def strongest_grids(
 
 
 def measure(
-    net: nn.Module, images: torch.Tensor, for_labels: bool = True, scored_images: torch.Tensor | None = None
+    net: nn.Module,
+    images: torch.Tensor,
+    for_labels: bool = True,
+    scored_images: torch.Tensor | None = None,
+    digits: torch.Tensor | None = None,
 ) -> Measurements:
     """All measurements of a SimpleConvNet on normalised images [N, 1, 28, 28] and on probes; the
     labels' programs are fitted on `images` and scored on `scored_images` (default: the second half
     of `images`, the first half fitting). for_labels=False (a null net) skips what only the labels
-    and the report read: conv1's and conv2's position/pattern sweeps and the responses to the images."""
+    and the report read: conv1's and conv2's position/pattern sweeps and the responses to the images.
+    `digits` (the images' classes) adds fc4's class means."""
     net.eval()
     images = images.to(next(net.parameters()).device)
     if scored_images is None:
@@ -97,6 +109,7 @@ def measure(
         position_pattern={layer: position_pattern(net, layer) for layer in layers if for_labels or layer == "conv3"},
         responses=channel_responses(net, images, layers) if for_labels else {},
         programs=programs,
+        class_means={} if digits is None else class_means(net, images, digits.to(images.device), ["fc4"]),
     )
 
 

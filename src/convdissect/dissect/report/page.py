@@ -128,8 +128,14 @@ def _claims_section(claims: dict) -> str:
             _html_table(
                 ["terms per unit", *lengths],
                 [[what + " (%)", *(f"{100 * net[k][what]:.1f}" for k in lengths)] for what in ("agreement", "accuracy")]
-                + [["terms to read", *(net[k]["terms"] for k in lengths)]],
+                + [["terms to read", *(net[k]["terms"] for k in lengths)]]
+                + [["numbers to read", *(net[k].get("numbers", "-") for k in lengths)]],
             )
+        )
+    for layer, c in claims.get("class_selectivity", {}).items():
+        parts.append(
+            f"<p>{layer}'s class selectivity (median over units): {_rounded(c['median'])}; "
+            f"untrained nets {_rounded(c['untrained'])}.</p>"
         )
     statistics = [
         [
