@@ -15,7 +15,7 @@ from convdissect.dissect.run import dissect
 from convdissect.errors import UserInputError
 from convdissect.models.checkpoint import load_any_net, load_net
 from convdissect.models.simple_convnet import SimpleConvNet
-from tests.helpers import FAST_NULLS, compose_cfg, run_python
+from tests.helpers import CHECKOUT, FAST_NULLS, compose_cfg, run_python
 
 DISSECT_FAST = ["n_images=200", "superstimulus.steps=8", *FAST_NULLS]
 
@@ -51,7 +51,7 @@ def test_cli_on_a_lightning_checkpoint(trained, tmp_path):
     assert {"bursts", "drivers", "inhibitors", "position_index", "pattern_index", "interaction_index"} <= set(conv3)
     claims = json.loads((tmp_path / "claims.json").read_text())
     assert {"conv2_top_share", "ablation_top1", "conv3_interaction_omega2"} <= set(claims)
-    statistics = {name: c for name, c in claims.items() if name not in ("fidelity", "label_net")}
+    statistics = {name: c for name, c in claims.items() if name not in ("fidelity", "label_net", "class_selectivity")}
     assert all(c["holds"] in ("supported", "not supported", "reversed") for c in statistics.values())
     assert set(claims["fidelity"]) == {"conv1", "conv2", "conv3", "fc4"}
     assert {"median", "shuffled", "untrained", "median_terms_for_r90", "curve"} <= set(claims["fidelity"]["conv2"])
@@ -61,6 +61,26 @@ def test_cli_on_a_lightning_checkpoint(trained, tmp_path):
         f"| conv2 | {claims['fidelity']['conv2']['median']:.2f} | {claims['fidelity']['conv2']['shuffled']:.2f} |"
         in table
     )
+    # the label net on the HandNet frontier: with every term it reads every parameter but conv1's,
+    # whose labels are 6 numbers each
+    plot = tmp_path / "frontier.png"
+    frontier = tables.render(
+        [
+            "frontier",
+            "--stored",
+            str(CHECKOUT / "docs/results/frontier.json"),
+            "--label-net",
+            str(tmp_path),
+            "--plot",
+            str(plot),
+        ]
+    )
+    net = load_net(trained / "model_state.pt")
+    every_parameter = sum(p.numel() for p in net.parameters()) - sum(p.numel() for p in net.conv1.parameters())
+    assert claims["label_net"]["all"]["numbers"] == every_parameter + 6 * 4
+    assert f"| all | {100 * claims['label_net']['all']['accuracy']:.2f} | {every_parameter + 24} |" in frontier
+    assert plot.stat().st_size > 10_000
+    assert claims["class_selectivity"]["fc4"]["median"] >= 0
     assert all(u["label"].endswith(")") and "fidelity" in u for u in labels["units"] if u["activity"] == "varies")
     assert all(b["input"].startswith("conv2_") for u in labels["units"][12:20] for b in u["bursts"])
     stimuli = torch.load(tmp_path / "superstimuli.pt", weights_only=True)

@@ -1,16 +1,20 @@
-"""`convdissect tables frontier RUN_DIRS... [--reference DIR ...] [--plot handnet_frontier.png]`: the
-HandNet's accuracy-versus-explanation frontier, a table and a plot.
+"""`convdissect tables frontier RUN_DIRS... [--reference DIR ...] [--label-net DIR ...] [--plot handnet_frontier.png]`:
+the HandNet's accuracy-versus-explanation frontier, a table and a plot.
 
 Every metrics.json below the given dirs is one run; runs of the same K (bursts per unit), T (terms
 per digit) and experiment are averaged over their seeds (mean ± sd). `--reference` dirs (e.g. the
 dense fine-tuned HandNet, handnet_finetune, and the pruned SimpleConvNet, prune_7iters) are marked
 on the plot; a net without an explanation counts every parameter as a number to read.
+`--stored FILE` draws the points of a stored frontier table (docs/results/frontier.json) instead of
+runs. `--label-net DIRS` adds the curve of SimpleConvNets run from their labels (dissect's
+claims.json below DIRS, averaged over nets): accuracy against the numbers those labels keep.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -19,6 +23,10 @@ from omegaconf import OmegaConf
 
 from convdissect.errors import UserInputError
 from convdissect.tables.common import existing_dirs, metrics_of, seed_of, training_runs
+from convdissect.tables.stored import load
+
+# The label net's lengths in the order of its curve (claims.json's label_net), from short to long.
+LABEL_NET_LENGTHS = ("1", "2", "3", "printed", "5", "10", "r0.95", "20", "r0.98", "all")
 
 # Overrides that do not change the net: runs differing only in these are seeds of one point.
 NOT_A_VARIANT = (
@@ -130,8 +138,45 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], references: list[dict], path: Path) -> None:
-    """Accuracy against numbers to read (log scale); one marker per K, T labelled; references apart."""
+def stored_rows(path: Path) -> tuple[list[dict], list[dict]]:
+    """The points (and the reference points) of a stored frontier table, as the plot reads them."""
+    stored = load(path)
+    rows, references = [], []
+    for row in stored["rows"]:
+        cell = dict(zip(stored["columns"], row))
+        point = {
+            "experiment": cell["K"].removesuffix(" (reference)"),
+            "K": None if "reference" in cell["K"] else int(cell["K"]),
+            "T": cell["T"],
+            "variant": cell["variant"],
+            "acc": float(cell["test acc (%)"].split(" ± ")[0]),
+            "numbers": float(cell["numbers to read"]),
+        }
+        (rows if point["K"] is not None else references).append(point)
+    return rows, references
+
+
+def label_net_points(dirs: list[Path]) -> list[dict]:
+    """Per label length, the label nets' mean accuracy (%) and numbers to read over the claims.json below dirs."""
+    nets = [json.loads(f.read_text()).get("label_net") for d in dirs for f in sorted(d.rglob("claims.json"))]
+    nets = [n for n in nets if n and "numbers" in n.get("all", {})]
+    if not nets:
+        raise UserInputError(f"--label-net: no claims.json with a label net below {', '.join(map(str, dirs))}")
+    return [
+        {
+            "length": length,
+            "acc": 100 * statistics.mean(n[length]["accuracy"] for n in nets),
+            "numbers": statistics.mean(n[length]["numbers"] for n in nets),
+            "nets": len(nets),
+        }
+        for length in LABEL_NET_LENGTHS
+        if all(length in n for n in nets)
+    ]
+
+
+def plot(rows: list[dict], references: list[dict], path: Path, label_net: list[dict] = ()) -> None:
+    """Accuracy against numbers to read (log scale); one marker per K, T labelled; references apart;
+    the label net's curve (label lengths annotated) where given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,6 +201,12 @@ def plot(rows: list[dict], references: list[dict], path: Path) -> None:
             markersize=9,
             label=f"{r['experiment']} (reference)",
         )
+    if label_net:
+        points = sorted(label_net, key=lambda p: p["numbers"])
+        label = f"SimpleConvNet run from its labels ({points[0]['nets']} nets; terms per unit annotated)"
+        ax.plot([p["numbers"] for p in points], [p["acc"] for p in points], "s:", color="grey", label=label)
+        for p in points:
+            ax.annotate(p["length"], (p["numbers"], p["acc"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("numbers a reader must read to know the whole net (log scale)")
     ax.set_ylabel("test accuracy (%)")
@@ -168,15 +219,32 @@ def plot(rows: list[dict], references: list[dict], path: Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dirs", type=Path, nargs="+", help="multirun or run dirs of the frontier")
+    parser.add_argument("run_dirs", type=Path, nargs="*", help="multirun or run dirs of the frontier")
+    parser.add_argument(
+        "--stored", type=Path, help="a stored frontier table (docs/results/frontier.json) instead of runs"
+    )
+    parser.add_argument("--label-net", type=Path, nargs="*", default=[], help="dissect output dirs (claims.json)")
     parser.add_argument("--reference", type=Path, nargs="*", default=[], help="run dirs marked as reference points")
     parser.add_argument("--plot", type=Path, default=Path("handnet_frontier.png"), help="where the plot goes")
 
 
 def render(args: argparse.Namespace) -> str:
+    label_net = label_net_points(existing_dirs(args.label_net, "--label-net")) if args.label_net else []
+    if args.stored:
+        rows, references = stored_rows(args.stored)
+        plot(rows, references, args.plot, label_net)
+        return label_net_table(label_net) + f"\n\nplot: {args.plot}"
     rows = group(load_runs(existing_dirs(args.run_dirs)))
     references = group(load_runs(existing_dirs(args.reference, "--reference")))
     if not rows:
-        raise UserInputError(f"RUN_DIRS: no metrics.json under {', '.join(map(str, args.run_dirs))}")
-    plot(rows, references, args.plot)
-    return table(rows + references) + f"\n\nplot: {args.plot}"
+        raise UserInputError(f"RUN_DIRS: no metrics.json under {', '.join(map(str, args.run_dirs)) or '(none given)'}")
+    plot(rows, references, args.plot, label_net)
+    return (
+        table(rows + references) + ("\n\n" + label_net_table(label_net) if label_net else "") + f"\n\nplot: {args.plot}"
+    )
+
+
+def label_net_table(points: list[dict]) -> str:
+    lines = ["| label length (terms per unit) | label-net accuracy % | numbers to read |", "|---|---|---|"]
+    lines += [f"| {p['length']} | {p['acc']:.2f} | {p['numbers']:.0f} |" for p in points]
+    return "\n".join(lines)
