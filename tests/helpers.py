@@ -171,3 +171,23 @@ def check_round_trip(run, data_dir, tmp_path) -> None:
         )
     )
     assert again["steps"] == 0 and again["test/acc"] == metrics["test/acc"]
+
+
+def conductance_drivers(net, images: torch.Tensor, n_steps: int = 32) -> torch.Tensor:
+    """[C2, C1] Captum's LayerConductance of conv1's pooled output for each conv2 channel's pooled,
+    ReLU'd output summed over cells: integrated gradients from the blank image, summed over the
+    images and cells. An outside reference for dissect's signed contributions (issue 23)."""
+    from captum.attr import LayerConductance  # dev-only: the package does not depend on captum
+
+    from convdissect.analysis.contributions import blank_image
+
+    first = torch.nn.Sequential(net.conv1, torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+    rows = []
+    for k in range(net.conv2.out_channels):
+
+        def unit(x, k=k):
+            return torch.nn.functional.max_pool2d(torch.relu(net.conv2(first(x))), 2)[:, k].sum(dim=(1, 2))
+
+        conductance = LayerConductance(unit, first).attribute(images, baselines=blank_image(images), n_steps=n_steps)
+        rows.append(conductance.sum(dim=(0, 2, 3)).detach())
+    return torch.stack(rows)
