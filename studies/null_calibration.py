@@ -22,9 +22,10 @@ from collections import Counter
 import torch
 from hydra import compose, initialize_config_dir
 
+from convdissect.analysis.ablation import ablation
 from convdissect.config import CONFIG_DIR
 from convdissect.data.mnist import MNISTDataModule
-from convdissect.dissect.claims import STATISTICS, ablation, claim_statistics
+from convdissect.dissect.claims import STATISTICS, claim_statistics
 from convdissect.dissect.measure import measure
 from convdissect.dissect.run import UNTRAINED_SEED_BASE, untrained_like
 from convdissect.models.simple_convnet import SimpleConvNet

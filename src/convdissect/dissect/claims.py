@@ -13,9 +13,8 @@ import statistics as stats
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from convdissect.analysis.contributions import SignedContributions
+from convdissect.analysis.ablation import ABLATION_KS
 from convdissect.analysis.fits import fit_lines, grid_statistics, reference_grids
 from convdissect.analysis.selectivity import tuning_depth
 from convdissect.dissect.labels import COPY_MAX_GAP_DEG, UNORIENTED_DEPTH, copies_driver
@@ -30,7 +29,6 @@ CLAIMS = {
 }
 # A conv1 kernel is a line detector when a line or edge fits it with at least this R².
 LINE_R2 = 0.5
-ABLATION_KS = (1, 2, 3)
 # The article's claims are about the pruned 8/16/24/16 net: its row comes first.
 PRIMARY_NET = "prune_7iters"
 
@@ -206,52 +204,6 @@ def shuffled_samples(m: Measurements, name: str, shuffles: int, seed: int) -> li
     g = torch.Generator().manual_seed(seed)
     measure = copies if name == "conv2_copy_fraction" else tuning_corrs
     return [measure(m, m.driver[torch.randperm(len(m.driver), generator=g)].clamp_min(0)) for _ in range(shuffles)]
-
-
-@torch.no_grad()
-def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 2000) -> float:
-    correct = sum(
-        int((net(images[s : s + batch_size]).argmax(dim=1) == labels[s : s + batch_size]).sum())
-        for s in range(0, len(images), batch_size)
-    )
-    return correct / len(images)
-
-
-@torch.no_grad()
-def ablation(
-    net: nn.Module,
-    contributions: SignedContributions,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    draws: int,
-    seed: int,
-) -> dict[str, float | list[float]]:
-    """Test accuracy keeping only each conv2 channel's top-k drivers (the other grids w_kj set to
-    0, no retraining), next to as many random inputs (one accuracy per draw; none when draws is
-    0) and the full net; "n_images" is the number of test images."""
-    weight = net.conv2.weight.detach().clone()
-    order = contributions.drive.argsort(dim=1, descending=True).to(weight.device)
-    g = torch.Generator().manual_seed(seed)
-    result: dict[str, float | list[float]] = {"full": accuracy(net, images, labels), "n_images": len(images)}
-
-    def keep_only(inputs: torch.Tensor) -> float:
-        mask = torch.zeros(weight.shape[:2], dtype=weight.dtype, device=weight.device).scatter_(1, inputs, 1.0)
-        net.conv2.weight.copy_(weight * mask[..., None, None])
-        try:
-            return accuracy(net, images, labels)
-        finally:
-            net.conv2.weight.copy_(weight)
-
-    cout, cin = weight.shape[:2]
-    for k in ABLATION_KS:
-        if k > cin:
-            continue
-        result[f"top{k}"] = keep_only(order[:, :k])
-        result[f"random{k}"] = [
-            keep_only(torch.stack([torch.randperm(cin, generator=g)[:k] for _ in range(cout)]).to(weight.device))
-            for _ in range(draws)
-        ]
-    return result
 
 
 # ---------------------------------------------------------------------------- one net's statistics

@@ -8,7 +8,7 @@ import math
 import torch
 from omegaconf import DictConfig
 
-from convdissect.analysis.activations import conv_layers, input_layer, record, top_k
+from convdissect.analysis.activations import input_layer, record, top_k
 from convdissect.analysis.contributions import inner_contributions
 from convdissect.analysis.projections import Projection
 from convdissect.analysis.selectivity import OrientationTuning, PositionPattern, orientation_tuning, position_pattern
@@ -17,8 +17,8 @@ from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
 from convdissect.data.probes import normalise, stroke_images
 from convdissect.dissect.measure import Measurements
 from convdissect.dissect.report import figures, untangle
+from convdissect.dissect.report.choices import best_image, most_copying_conv2, strongest_on
 from convdissect.dissect.report.figure import ReportFigure
-from convdissect.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -38,69 +38,6 @@ def probe_images() -> tuple[torch.Tensor, list[str]]:
     names = [f"line {ANGLE_SYMBOLS[int(a)]}" for a in angles]
     names += [f"edge: {edge_side(a, 1.0)} side of {ANGLE_SYMBOLS[orientation_bin(a)]}" for a in edge_angles]
     return torch.cat([lines, edges]), names
-
-
-# ---------------------------------------------------------------------------- channel choices
-
-
-def check_report_settings(settings: DictConfig, net, digits: torch.Tensor) -> None:
-    """Bad channel or digit choices fail before any figure is drawn."""
-    for layer, unit in (("conv2", settings.conv2.unit), ("conv3", settings.conv3.unit)):
-        if unit is None:
-            continue
-        width = getattr(net, layer).out_channels if layer in conv_layers(net) else 0
-        try:
-            name, index = parse_unit_name(str(unit))
-        except ValueError:
-            name, index = None, 0
-        if name != layer or not 1 <= index <= width:
-            raise UserInputError(
-                f"report.{layer}.unit={unit!r}: expected {layer}_K with K in 1..{width}"
-                if width
-                else f"report.{layer}.unit={unit!r}: this net has no {layer}"
-            )
-    for key, digit in [("conv2.digit", settings.conv2.digit)] + [("conv3.digits", d) for d in settings.conv3.digits]:
-        if isinstance(digit, bool) or not isinstance(digit, int) or not 0 <= digit <= 9:
-            raise UserInputError(f"report.{key}: {digit!r} is not a digit 0..9")
-        if not (digits == digit).any():
-            raise UserInputError(
-                f"report.{key}: no image of digit {digit} among the n_images={len(digits)} dissection images"
-            )
-    if not settings.conv3.digits:
-        raise UserInputError("report.conv3.digits is empty: give at least one digit, e.g. [5, 7]")
-
-
-def most_copying_conv2(labels: dict) -> str:
-    """The conv2 unit that copies its main driver with the largest share of its drive (the
-    article's conv2_3); the largest main-driver share overall where none copies."""
-    units = [u for u in labels["units"] if u["layer"] == "conv2"]
-    copying = [u for u in units if u["copies_input"]] or units
-    return max(copying, key=lambda u: u["drivers"][0]["share"] if u["drivers"] else 0.0)["name"]
-
-
-def display_name(unit: dict) -> str:
-    """'conv1_2 (was conv1_6)' for a pruned net's unit, else its name."""
-    return f"{unit['name']} (was {unit['was']})" if unit.get("was") else unit["name"]
-
-
-def labels_markdown(labels: dict) -> str:
-    """labels.json as one markdown table (unit, label), for TensorBoard's text tab."""
-    rows = ["| unit | label |", "|---|---|"] + [
-        f"| {display_name(u)} | {u['label'].replace('|', '∣')} |" for u in labels["units"]
-    ]
-    return "\n".join(rows)
-
-
-def strongest_on(responses: torch.Tensor, digits: torch.Tensor, layer: str, digit: int) -> str:
-    """The channel with the highest mean response on images of `digit` (the article's conv3_6 on 5)."""
-    return unit_name(layer, int(responses[digits == digit].mean(dim=0).argmax()) + 1)
-
-
-def best_image(responses: torch.Tensor, digits: torch.Tensor, unit: str, digit: int) -> int:
-    """Index of the image of `digit` that drives `unit` most."""
-    channel = parse_unit_name(unit)[1] - 1
-    candidates = (digits == digit).nonzero().flatten()
-    return int(candidates[responses[candidates, channel].argmax()])
 
 
 # ---------------------------------------------------------------------------- the figures
@@ -124,52 +61,15 @@ def report_figures(
     which labels.json was written; projections were computed on the subsample whose labels are
     projected_digits; settings: cfg.report.
     """
-    layers = m.layers
-    units = {layer: [u for u in labels["units"] if u["layer"] == layer] for layer in layers}
-    resp = m.responses
+    units = {layer: [u for u in labels["units"] if u["layer"] == layer] for layer in m.layers}
 
     yield from _conv1_figures(
         net, net.conv1.weight.detach()[:, 0].cpu(), images, digits, units["conv1"], stimuli, settings, seed, m.tuning
     )
 
-    # conv2
-    if "conv2" in layers:
+    if "conv2" in m.layers:
         yield from _superstimulus_figure("conv2", stimuli)
-        unit = settings.conv2.unit or most_copying_conv2(labels)
-        yield _dissection_figure(
-            net,
-            unit,
-            settings.conv2.digit,
-            images,
-            digits,
-            resp,
-            labels,
-            settings.dissection_rows,
-            "the most copy-like conv2 channel" if settings.conv2.unit is None else "chosen in the config",
-        )
-        contributions = m.contributions["conv2"]
-        yield (
-            ReportFigure(
-                "conv2",
-                "conv2_redundancy",
-                "conv2 drivers and inhibitors",
-                f"Left: each conv2 channel's signed contributions (mean over {len(images)} images of what each conv1 channel "
-                "adds to the channel's output that survives ReLU and max-pool, blank-image part subtracted), red: share of "
-                "the drive, blue: share of the inhibition; circle: the main driver. Right: the main driver's share of the "
-                "drive; green where the grid on it copies its pattern (copies_input in the table).",
-            ),
-            figures.redundancy(
-                contributions.drive - contributions.inhibition,
-                m.driver.tolist(),
-                contributions.drive.amax(dim=1).tolist(),
-                [u["copies_input"] for u in units["conv2"]],
-                "conv2",
-                "conv1",
-                "conv2 drivers and inhibitors",
-            ),
-        )
-
-    # conv3
+        yield from _conv2_figures(net, m, images, digits, labels, units["conv2"], settings)
     yield from _conv3_figures(
         net,
         net.conv3.weight.detach().cpu(),
@@ -180,50 +80,96 @@ def report_figures(
         settings,
         m.position_pattern["conv3"],
     )
+    yield from _conv3_dissections(net, m, images, digits, labels, settings)
+    yield untangle.report_figure(net, images, digits, m.position_pattern["conv3"])
+    yield from _superstimulus_figure("fc5", stimuli)
+    yield from _projection_figures(projections, projected_digits)
+
+
+def _conv2_figures(net, m: Measurements, images, digits, labels: dict, units: list[dict], settings: DictConfig):
+    """conv2's dissection of its most copy-like channel, and its drivers and inhibitors."""
+    unit = settings.conv2.unit or most_copying_conv2(labels)
+    yield _dissection_figure(
+        net,
+        unit,
+        settings.conv2.digit,
+        images,
+        digits,
+        m.responses,
+        labels,
+        settings.dissection_rows,
+        "the most copy-like conv2 channel" if settings.conv2.unit is None else "chosen in the config",
+    )
+    contributions = m.contributions["conv2"]
+    yield (
+        ReportFigure(
+            "conv2",
+            "conv2_redundancy",
+            "conv2 drivers and inhibitors",
+            f"Left: each conv2 channel's signed contributions (mean over {len(images)} images of what each conv1 channel "
+            "adds to the channel's output that survives ReLU and max-pool, blank-image part subtracted), red: share of "
+            "the drive, blue: share of the inhibition; circle: the main driver. Right: the main driver's share of the "
+            "drive; green where the grid on it copies its pattern (copies_input in the table).",
+        ),
+        figures.redundancy(
+            contributions.drive - contributions.inhibition,
+            m.driver.tolist(),
+            contributions.drive.amax(dim=1).tolist(),
+            [u["copies_input"] for u in units],
+            "conv2",
+            "conv1",
+            "conv2 drivers and inhibitors",
+        ),
+    )
+
+
+def _conv3_dissections(net, m: Measurements, images, digits, labels: dict, settings: DictConfig):
+    """One conv3 channel dissected on each of settings.conv3.digits."""
     first = settings.conv3.digits[0]
-    unit = settings.conv3.unit or strongest_on(resp["conv3"], digits, "conv3", first)
+    unit = settings.conv3.unit or strongest_on(m.responses["conv3"], digits, "conv3", first)
     why = f"the conv3 channel most active on digit {first}" if settings.conv3.unit is None else "chosen in the config"
     for digit in settings.conv3.digits:
-        yield _dissection_figure(net, unit, digit, images, digits, resp, labels, settings.dissection_rows, why)
-    yield untangle.report_figure(net, images, digits, m.position_pattern["conv3"])
+        yield _dissection_figure(net, unit, digit, images, digits, m.responses, labels, settings.dissection_rows, why)
 
-    # fc
-    yield from _superstimulus_figure("fc5", stimuli)
-    if projections:
-        n = len(projections[0].pca)
-        stages = [p.stage for p in projections]
-        scores = [f"silhouette {p.silhouette:.2f}, kNN acc {p.knn_accuracy:.2f}" for p in projections]
-        for method, caption in (
-            ("pca", "PCA (the two axes' explained variance in each panel's title)"),
-            ("tsne", "t-SNE (perplexity 30, PCA initialisation)"),
-        ):
-            points = [getattr(p, method) for p in projections]
-            titles = [
-                f"{s}" + (f"; var {p.explained[0]:.0%}+{p.explained[1]:.0%}" if method == "pca" else "")
-                for s, p in zip(scores, projections)
-            ]
-            yield (
-                ReportFigure(
-                    "fc",
-                    f"projections_{method}",
-                    f"{method.upper().replace('TSNE', 't-SNE')} of input, conv3, fc4, fc5",
-                    f"{caption} of {n} images, coloured by digit. The scores are measured in the full activation space.",
-                ),
-                figures.projection(
-                    points, projected_digits, stages, titles, method.replace("tsne", "t-SNE").replace("pca", "PCA")
-                ),
-            )
+
+def _projection_figures(projections: list[Projection], projected_digits: torch.Tensor):
+    """PCA and t-SNE of input, conv3, fc4 and fc5, and the class separation per stage (none without projections)."""
+    if not projections:
+        return
+    n = len(projections[0].pca)
+    stages = [p.stage for p in projections]
+    scores = [f"silhouette {p.silhouette:.2f}, kNN acc {p.knn_accuracy:.2f}" for p in projections]
+    for method, caption in (
+        ("pca", "PCA (the two axes' explained variance in each panel's title)"),
+        ("tsne", "t-SNE (perplexity 30, PCA initialisation)"),
+    ):
+        points = [getattr(p, method) for p in projections]
+        titles = [
+            f"{s}" + (f"; var {p.explained[0]:.0%}+{p.explained[1]:.0%}" if method == "pca" else "")
+            for s, p in zip(scores, projections)
+        ]
         yield (
             ReportFigure(
                 "fc",
-                "separation",
-                "class separation per stage",
-                f"Silhouette of the digit classes and 5-fold kNN accuracy (k=10) on the same {n} images.",
+                f"projections_{method}",
+                f"{method.upper().replace('TSNE', 't-SNE')} of input, conv3, fc4, fc5",
+                f"{caption} of {n} images, coloured by digit. The scores are measured in the full activation space.",
             ),
-            figures.separation(
-                stages, [p.silhouette for p in projections], [p.knn_accuracy for p in projections], "class separation"
+            figures.projection(
+                points, projected_digits, stages, titles, method.replace("tsne", "t-SNE").replace("pca", "PCA")
             ),
         )
+    yield (
+        ReportFigure(
+            "fc",
+            "separation",
+            "class separation per stage",
+            f"Silhouette of the digit classes and 5-fold kNN accuracy (k=10) on the same {n} images.",
+        ),
+        figures.separation(
+            stages, [p.silhouette for p in projections], [p.knn_accuracy for p in projections], "class separation"
+        ),
+    )
 
 
 def handnet_figures(
@@ -266,7 +212,29 @@ def _conv1_figures(
         ),
         figures.weight_grids(grids, [u["name"] for u in units], label_texts, "conv1 weights"),
     )
-    picked = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: settings.n_activation_images]
+    yield from _conv1_activation_figures(net, images, digits, settings.n_activation_images, seed)
+    yield (
+        ReportFigure(
+            "conv1",
+            "conv1_tuning",
+            "conv1 orientation tuning",
+            "Response (max of the map) to a line through the centre at every 5°, averaged over sub-pixel offsets; "
+            "dashed red: the fitted orientation. A second peak is the filter's secondary feature.",
+        ),
+        figures.tuning_curves(
+            tuning.angles_deg,
+            tuning.responses["conv1"],
+            "conv1",
+            [u["orientation_deg"] for u in units],
+            "conv1 orientation tuning",
+        ),
+    )
+    yield from _superstimulus_figure("conv1", stimuli)
+
+
+def _conv1_activation_figures(net, images: torch.Tensor, digits: torch.Tensor, n_images: int, seed: int):
+    """conv1's maps on n_images random MNIST inputs and on the synthetic line and edge probes."""
+    picked = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n_images]
     maps = record(net, images[picked], ["conv1"])["conv1"]
     yield (
         ReportFigure(
@@ -291,23 +259,6 @@ def _conv1_figures(
         ),
         figures.activation_maps(probes, maps, "conv1", probe_names, "conv1 activations, synthetic probes"),
     )
-    yield (
-        ReportFigure(
-            "conv1",
-            "conv1_tuning",
-            "conv1 orientation tuning",
-            "Response (max of the map) to a line through the centre at every 5°, averaged over sub-pixel offsets; "
-            "dashed red: the fitted orientation. A second peak is the filter's secondary feature.",
-        ),
-        figures.tuning_curves(
-            tuning.angles_deg,
-            tuning.responses["conv1"],
-            "conv1",
-            [u["orientation_deg"] for u in units],
-            "conv1 orientation tuning",
-        ),
-    )
-    yield from _superstimulus_figure("conv1", stimuli)
 
 
 def _conv3_figures(
