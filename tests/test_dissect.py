@@ -36,7 +36,7 @@ def run_cli(*args):
 
 
 @pytest.mark.slow
-def test_cli_on_a_lightning_checkpoint(trained, tmp_path):
+def test_cli_on_a_lightning_checkpoint(trained, data_dir, tmp_path):
     proc = run_cli(f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path}", *DISSECT_FAST)
     assert proc.returncode == 0, proc.stderr[-2000:]
     labels = json.loads((tmp_path / "labels.json").read_text())
@@ -81,6 +81,14 @@ def test_cli_on_a_lightning_checkpoint(trained, tmp_path):
     assert f"| all | {100 * claims['label_net']['all']['accuracy']:.2f} | {every_parameter + 24} |" in frontier
     assert plot.stat().st_size > 10_000
     assert claims["class_selectivity"]["fc4"]["median"] >= 0
+    # each unit's superstimulus next to the best dissection image on the same objective, here
+    # conv1's by hand: the mean over positions of its leaky-ReLU'd map, the largest over the images
+    dissected, _ = MNISTDataModule(data_dir=data_dir).tensors("val", 200)
+    with torch.no_grad():
+        best = torch.nn.functional.leaky_relu(net.conv1(dissected), 0.01).mean(dim=(2, 3)).amax(dim=0)
+    conv1_units = [u for u in labels["units"] if u["layer"] == "conv1"]
+    assert [u["best_image_objective"] for u in conv1_units] == pytest.approx(best.tolist(), abs=1e-3)
+    assert all("superstimulus_objective" in u for u in labels["units"] if u["layer"] in ("conv2", "conv3"))
     assert all(u["label"].endswith(")") and "fidelity" in u for u in labels["units"] if u["activity"] == "varies")
     assert all(b["input"].startswith("conv2_") for u in labels["units"][12:20] for b in u["bursts"])
     stimuli = torch.load(tmp_path / "superstimuli.pt", weights_only=True)

@@ -215,6 +215,19 @@ def superstimuli(
     return Superstimuli(layer, channels, final, activation)
 
 
+@torch.no_grad()
+def best_image_objective(net: nn.Module, layer: str, images: torch.Tensor) -> torch.Tensor:
+    """[C] each channel's largest `channel_objective` over normalised images [N, 1, 28, 28]: what a
+    superstimulus must beat to be a real maximum."""
+    was_training = net.training
+    net.eval()
+    with _stop_after(dict(net.named_modules())[layer]) as store:
+        outputs = store(net, images)
+    net.train(was_training)
+    scores = F.leaky_relu(outputs, 0.01).flatten(2).mean(dim=2) if outputs.dim() > 2 else outputs
+    return scores.amax(dim=0)
+
+
 class _Reached(Exception):
     """Raised by the hook once the target layer has run: the rest of the net is not needed."""
 

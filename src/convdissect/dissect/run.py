@@ -18,20 +18,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
+from convdissect.analysis.ablation import ablation
 from convdissect.analysis.projections import projections, stage_activations, subsample
-from convdissect.analysis.superstimuli import standard_transforms, superstimuli
+from convdissect.analysis.superstimuli import Superstimuli, best_image_objective, standard_transforms, superstimuli
 from convdissect.config import instantiate
-from convdissect.dissect.claims import ablation, check_claim_settings, claim_statistics
+from convdissect.conventions import unit_name
+from convdissect.dissect.claims import check_claim_settings, claim_statistics
 from convdissect.dissect.label_scores import class_selectivity_record, fidelity_record, label_net_record
 from convdissect.dissect.labels import add_original_names, describe, write_labels
 from convdissect.dissect.measure import Measurements, measure
-from convdissect.dissect.report.assemble import (
-    check_report_settings,
-    handnet_figures,
-    labels_markdown,
-    raw,
-    report_figures,
-)
+from convdissect.dissect.report.assemble import handnet_figures, raw, report_figures
+from convdissect.dissect.report.choices import check_report_settings, labels_markdown
 from convdissect.dissect.report.page import write_report
 from convdissect.errors import UserInputError
 from convdissect.handnet.explanation import explain, explanation_markdown
@@ -72,9 +69,9 @@ def check_settings(cfg: DictConfig) -> None:
     check_claim_settings(cfg.claims)
 
 
-def compute_superstimuli(net, cfg: DictConfig) -> dict[str, torch.Tensor]:
-    """{layer: raw images [C, 1, 28, 28]} for every layer of cfg.superstimulus.layers the net has
-    (conv2 is skipped for the no_conv2 variant and a HandNet; fc5 is a HandNet's readout)."""
+def compute_superstimuli(net, cfg: DictConfig) -> dict[str, Superstimuli]:
+    """{layer: Superstimuli} for every layer of cfg.superstimulus.layers the net has (conv2 is
+    skipped for the no_conv2 variant and a HandNet; fc5 is a HandNet's readout)."""
     s = cfg.superstimulus
     modules = dict(net.named_modules())
     transforms = standard_transforms(s.jitter, s.scale, s.rotate_deg)
@@ -91,7 +88,7 @@ def compute_superstimuli(net, cfg: DictConfig) -> dict[str, torch.Tensor]:
             tv=s.tv,
             seed=cfg.seed,
             progress=True,
-        ).images.cpu()
+        )
         for layer in layers
         if layer in modules
     }
@@ -236,14 +233,16 @@ def dissect(cfg: DictConfig) -> dict:
 
     start = time.perf_counter()
     labels = strategy.label(out_dir)
-    write_labels(labels, out_dir / "labels.json")
     log.info("%d units measured and labelled in %.1f s", len(labels["units"]), time.perf_counter() - start)
 
     start = time.perf_counter()
-    stimuli = compute_superstimuli(net, cfg) if cfg.superstimulus.enabled else {}
+    found = compute_superstimuli(net, cfg) if cfg.superstimulus.enabled else {}
+    stimuli = {layer: s.images.cpu() for layer, s in found.items()}
     if stimuli:
         torch.save(stimuli, out_dir / "superstimuli.pt")
+        add_superstimulus_strength(labels, net, found, images)
         log.info("superstimuli in %.1f s", time.perf_counter() - start)
+    write_labels(labels, out_dir / "labels.json")
 
     if cfg.report.enabled:
         start = time.perf_counter()
@@ -257,6 +256,19 @@ def dissect(cfg: DictConfig) -> dict:
         log.info("report in %.1f s", time.perf_counter() - start)
     log.info("outputs in %s", out_dir)
     return labels
+
+
+def add_superstimulus_strength(labels: dict, net, found: dict[str, Superstimuli], images: torch.Tensor) -> None:
+    """Each labelled unit's superstimulus objective next to the best dissection image's: a real
+    maximum scores above every image (labels.json's `superstimulus_objective`, `best_image_objective`)."""
+    units = {u["name"]: u for u in labels["units"]}
+    for layer, s in found.items():
+        best = best_image_objective(net, layer, images.to(next(net.parameters()).device)).cpu()
+        for channel, value in zip(s.channels, s.activation.tolist()):
+            unit = units.get(unit_name(layer, channel + 1))
+            if unit is not None:
+                unit["superstimulus_objective"] = round(value, 4)
+                unit["best_image_objective"] = round(float(best[channel]), 4)
 
 
 def log_embeddings(
