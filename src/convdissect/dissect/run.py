@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from convdissect.analysis.ablation import ablation
@@ -184,9 +185,11 @@ def untrained_like(net: SimpleConvNet, seed: int) -> SimpleConvNet:
     return SimpleConvNet(net.widths, conv2=net.has_conv2).to(next(net.parameters()).device).eval()
 
 
-def training_run_dir(ckpt_path: str | Path) -> Path | None:
+def training_run_dir(ckpt_path: str | Path | None) -> Path | None:
     """The training run a checkpoint lies in (RUN/checkpoints/x.ckpt or RUN/model_state.pt: a dir
-    whose .hydra/config.yaml has a trainer), or None."""
+    whose .hydra/config.yaml has a trainer), or None (also for a net given in Python, no checkpoint)."""
+    if ckpt_path is None:
+        return None
     for parent in list(Path(ckpt_path).resolve().parents)[:3]:
         config = parent / ".hydra" / "config.yaml"
         if config.is_file() and "trainer" in OmegaConf.load(config):
@@ -216,9 +219,15 @@ def tensorboard_dir(cfg: DictConfig, out_dir: Path) -> Path:
     )
 
 
-def dissect(cfg: DictConfig) -> dict:
+def dissect(
+    cfg: DictConfig,
+    net: nn.Module | None = None,
+    images: torch.Tensor | None = None,
+    digits: torch.Tensor | None = None,
+) -> dict:
     """Write labels.json (claims.json for a SimpleConvNet; when enabled, superstimuli.pt and the
-    report) into cfg.paths.output_dir; return the labels."""
+    report) into cfg.paths.output_dir; return the labels. The net is cfg.ckpt_path's unless given;
+    the images and their digits are cfg.split's first cfg.n_images unless given."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(cfg.seed, verbose=False)
@@ -226,8 +235,11 @@ def dissect(cfg: DictConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     check_settings(cfg)
-    net = load_any_net(cfg.ckpt_path).eval()
-    images, digits = instantiate(cfg.data).tensors(cfg.split, cfg.n_images)
+    net = (load_any_net(cfg.ckpt_path) if net is None else net).eval()
+    if images is None:
+        images, digits = instantiate(cfg.data).tensors(cfg.split, cfg.n_images)
+    elif digits is None or len(digits) != len(images):
+        raise UserInputError(f"digits: one class per image needed ({len(images)} images, got {digits!r:.40})")
     strategy = strategy_for(net, cfg, images, digits)
     strategy.check()
 
@@ -247,7 +259,8 @@ def dissect(cfg: DictConfig) -> dict:
     if cfg.report.enabled:
         start = time.perf_counter()
         header = (
-            f"checkpoint {cfg.ckpt_path}; {len(images)} images of the {cfg.split} split; channel numbers are 1-based."
+            f"checkpoint {cfg.ckpt_path or 'none (a net given in Python)'}; {len(images)} images"
+            f"{'' if cfg.ckpt_path is None else ' of the ' + cfg.split + ' split'}; channel numbers are 1-based."
         )
         with SummaryWriter(str(tensorboard_dir(cfg, out_dir))) as writer:
             writer.add_text("labels", labels_markdown(labels))

@@ -1,0 +1,41 @@
+"""convdissect from Python: dissect_net on a net held in memory gives what dissect.py gives on its
+checkpoint, and takes the user's own images."""
+
+import json
+
+import pytest
+import torch
+
+from convdissect import dissect_net
+from convdissect.data.mnist import MNISTDataModule
+from convdissect.errors import UserInputError
+from convdissect.models.checkpoint import load_net
+from tests.helpers import FAST_NULLS, run_python
+
+QUICK = ["n_images=200", "fidelity.images=200", "superstimulus.enabled=false", "report.enabled=false", *FAST_NULLS]
+
+
+@pytest.mark.slow
+def test_dissect_net_labels_a_net_in_memory_as_dissect_py_labels_its_file(tiny_run, tmp_path, one_thread):
+    state = tiny_run[0] / "model_state.pt"
+    by_file = run_python("dissect.py", f"ckpt_path={state}", f"hydra.run.dir={tmp_path / 'cli'}", "threads=1", *QUICK)
+    assert by_file.returncode == 0, by_file.stderr[-2000:]
+    d = dissect_net(load_net(state), out_dir=tmp_path / "api", overrides=QUICK)
+    expected = json.loads((tmp_path / "cli" / "labels.json").read_text())
+    # the file's run dir names each unit's channel before pruning; a net in memory has no history
+    assert [u["label"] for u in d.labels["units"]] == [u["label"] for u in expected["units"]]
+    assert d.claims["fidelity"] == json.loads((tmp_path / "cli" / "claims.json").read_text())["fidelity"]
+    assert d.report is None and (tmp_path / "api" / "labels.json").is_file()
+
+
+def test_dissect_net_takes_the_users_images_and_refuses_them_without_digits(tiny_run, data_dir, tmp_path, one_thread):
+    net = load_net(tiny_run[0] / "model_state.pt")
+    images, digits = MNISTDataModule(data_dir=data_dir).tensors("train", 150)
+    with pytest.raises(UserInputError, match="digits: one class per image"):
+        dissect_net(net, images, None, tmp_path / "refused", QUICK)
+    d = dissect_net(net, images, digits, tmp_path / "own", QUICK + ["claims.ablation=false"])
+    conv2 = [u for u in d.labels["units"] if u["layer"] == "conv2"]
+    assert len(conv2) == 8 and all("fidelity" in u for u in conv2)
+    assert torch.equal(
+        MNISTDataModule(data_dir=data_dir).tensors("train", 150)[1], digits
+    )  # the caller's tensors untouched
