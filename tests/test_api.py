@@ -1,15 +1,17 @@
 """convdissect from Python: dissect_net on a net held in memory gives what dissect.py gives on its
-checkpoint, and takes the user's own images."""
+checkpoint, and takes the user's own images; prune_net cuts the channels a criterion picks."""
 
 import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from convdissect import dissect_net
+from convdissect import dissect_net, prune_net
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.models.checkpoint import load_net
+from convdissect.models.simple_convnet import SimpleConvNet
 from tests.helpers import FAST_NULLS, run_python
 
 QUICK = ["n_images=200", "fidelity.images=200", "superstimulus.enabled=false", "report.enabled=false", *FAST_NULLS]
@@ -39,3 +41,20 @@ def test_dissect_net_takes_the_users_images_and_refuses_them_without_digits(tiny
     assert torch.equal(
         MNISTDataModule(data_dir=data_dir).tensors("train", 150)[1], digits
     )  # the caller's tensors untouched
+
+
+def test_prune_net_keeps_the_channels_of_largest_variance_with_their_weights(data_dir, one_thread):
+    torch.manual_seed(0)
+    net = SimpleConvNet([4, 8, 8, 8])
+    images, digits = MNISTDataModule(data_dir=data_dir).tensors("val", 100)
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    with torch.no_grad():  # by hand: the variance of what conv3 reads of each conv2 channel
+        seen = F.max_pool2d(F.relu(net.conv2(F.max_pool2d(F.relu(net.conv1(images)), 2))), 2)
+    expected = seen.transpose(0, 1).flatten(1).var(dim=1).argsort(descending=True)[:5].sort().values
+    kept = prune_net(net, images, digits, {"conv2": 5}, "activation_variance")
+    assert kept == {"conv2": expected.tolist()}
+    assert torch.equal(net.conv2.weight, before["conv2.weight"][expected])
+    assert torch.equal(net.conv3.weight, before["conv3.weight"][:, expected])
+    assert net.widths == [4, 5, 8, 8] and net(images).shape == (100, 10)
+    with pytest.raises(UserInputError, match=r"widths\['conv2'\]=9: must be an integer in 1\.\.5"):
+        prune_net(net, images, digits, {"conv2": 9})

@@ -1,9 +1,10 @@
 """convdissect from Python, for notebooks: `dissect_net(net)` runs what `python dissect.py` runs,
-on a net you hold instead of a checkpoint.
+on a net you hold instead of a checkpoint; `prune_net` is one pruning step for your own training loop.
 
-    from convdissect import dissect_net
+    from convdissect import dissect_net, prune_net
     d = dissect_net(net, out_dir="my_dissection")          # MNIST's val images, like dissect.py
     d.labels["units"][0]["label"], d.claims["fidelity"], d.report   # report.html's path
+    kept = prune_net(net, images, labels, {"conv2": 16}, "activation_variance")   # then retrain
 
 The settings are dissect.py's (conf/dissect.yaml), changed with Hydra override strings.
 """
@@ -21,6 +22,11 @@ from torch import nn
 
 from convdissect.config import CONFIG_DIR
 from convdissect.dissect.run import dissect
+from convdissect.errors import UserInputError
+from convdissect.models.surgery import layer_width, producer_consumer_table
+from convdissect.pruning.criteria import Calibration, parse_criterion, score_layer
+from convdissect.pruning.cut import cut_channels
+from convdissect.pruning.schedule import best
 
 
 @dataclass
@@ -63,3 +69,33 @@ def dissect_net(
     labels = dissect(cfg, net, images, digits)
     claims = out_dir / "claims.json"
     return Dissection(labels, json.loads(claims.read_text()) if claims.is_file() else None, out_dir)
+
+
+def prune_net(
+    net: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    widths: dict[str, int],
+    criterion: str | dict[str, float] = "activation_variance",
+    seed: int = 0,
+) -> dict[str, list[int]]:
+    """One pruning step, in place: score each named layer's out channels by `criterion` (a name of
+    convdissect.pruning.criteria.CRITERIA, or {name: weight}) on the calibration images and their
+    labels, keep the widths[layer] best, and cut them with Torch-Pruning (what reads them is cut
+    too). Returns {layer: the kept channels, 0-based}. Rebuild your optimizer, retrain, repeat."""
+    table = producer_consumer_table(net)
+    unknown = [layer for layer in widths if layer not in table]
+    if unknown:
+        raise UserInputError(f"widths: {unknown} not prunable; allowed layers {list(table)}")
+    for layer, width in widths.items():
+        now = layer_width(net.get_submodule(layer))
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= now:
+            raise UserInputError(f"widths[{layer!r}]={width!r}: must be an integer in 1..{now} (its width now)")
+    weights = parse_criterion(criterion)
+    was_training = net.training
+    net.eval()
+    cal = Calibration(net, table, images, labels, torch.Generator().manual_seed(seed))
+    keep = {layer: best(score_layer(cal, layer, weights)[0], width) for layer, width in widths.items()}
+    cut_channels(net, keep, images[:1])
+    net.train(was_training)
+    return {layer: kept.tolist() for layer, kept in keep.items()}
