@@ -37,9 +37,18 @@ def fidelity_table(claims: list[dict]) -> str:
     net = claims[0]["label_net"]
     lengths = [key for key, value in net.items() if isinstance(value, dict)]
     rows += ["", "| label net | " + " | ".join(lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
-    for what, digits, scale in (("agreement", 1, 100), ("accuracy", 1, 100), ("terms", 0, 1)):
-        cells = [mean_sd([c["label_net"][k][what] for c in claims], digits, scale) for k in lengths]
-        rows.append(f"| {what}{' (%)' if scale > 1 else ''} | " + " | ".join(cells) + " |")
+    for what, digits, scale in (("agreement", 1, 100), ("accuracy", 1, 100), ("terms", 0, 1), ("numbers", 0, 1)):
+        if all(what in c["label_net"][k] for c in claims for k in lengths):  # numbers: since 2026-12-05
+            cells = [mean_sd([c["label_net"][k][what] for c in claims], digits, scale) for k in lengths]
+            rows.append(f"| {what}{' (%)' if scale > 1 else ''} | " + " | ".join(cells) + " |")
+    selective = [c["class_selectivity"] for c in claims if "class_selectivity" in c]
+    if len(selective) == len(claims):
+        rows += ["", "| class selectivity | median over units | untrained nets |", "|---|---|---|"]
+        for layer in selective[0]:
+            records = [s[layer] for s in selective]
+            rows.append(
+                f"| {layer} | {mean_sd([r['median'] for r in records], 2)} | {mean_sd([r['untrained'] for r in records], 2)} |"
+            )
     return "\n".join(rows)
 
 
