@@ -69,6 +69,9 @@ def main() -> None:
             learned[name][record["learned"]] += 1
             holds[name][record["holds"]] += 1
         any_learned += any(r["learned"] == "supported" for r in claims.values())
+        flagged = [f"{name} learned {r['learned']}" for name, r in claims.items() if r["learned"] != "not supported"]
+        flagged += [f"{name} holds" for name, r in claims.items() if r["holds"] == "supported"]
+        print(f"net {n}: {'; '.join(flagged) or 'nothing'}", flush=True)
     seconds = (time.perf_counter() - start) / args.nets
     print(f"{args.nets} untrained nets {widths}, each against {len(nulls)} untrained nulls ({seconds:.1f} s a net)")
     print("| statistic | learned: supported | learned: reversed | holds: supported (its null) |")
