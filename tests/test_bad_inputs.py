@@ -10,7 +10,8 @@ import shutil
 import pytest
 import torch
 
-from convdissect.cli import run_dissect, run_eval, run_train
+from convdissect.cli import check_composition, run_dissect, run_eval, run_train
+from convdissect.config import CONFIG_DIR
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
 from tests.helpers import TINY, compose_cfg, run_python
@@ -258,3 +259,99 @@ def test_bad_input_exits_2_with_one_error_line(app, args, words, files, tmp_path
     assert proc.stderr.strip().splitlines()[-1] == errors[0]
     for word in words:
         assert word.format(files=files) in errors[0]
+
+
+# Hydra's own composition errors: (config, overrides, multirun, how the one line starts, words it holds).
+COMPOSITION = {
+    "unknown_key": ("train", ["foo=1"], False, "foo=1: no key foo in the train config (+foo=VALUE adds a new key)"),
+    "typo_key": (
+        "train",
+        ["trainer.max_epoch=3"],
+        False,
+        "trainer.max_epoch=3: no key trainer.max_epoch in the train config; did you mean trainer.max_epochs?",
+    ),
+    "typo_group": (
+        "train",
+        ["modle=simple_convnet"],
+        False,
+        "modle=simple_convnet: no key modle in the train config; did you mean model?",
+    ),
+    "group_key_not_chosen": (
+        "train",
+        ["callbacks.pruning.iterations=2"],
+        False,
+        "callbacks.pruning.iterations=2: no key callbacks.pruning in the train config; keys there: model_checkpoint,",
+    ),
+    "missing_experiment": (
+        "train",
+        ["+experiment=missing"],
+        False,
+        "+experiment=missing: no experiment config missing; allowed: baseline, handnet_explainable,",
+    ),
+    "missing_model": (
+        "train",
+        ["model=resnet"],
+        False,
+        "model=resnet: no model config resnet; allowed: handnet, sequential, simple_convnet",
+    ),
+    "typo_option": (
+        "train",
+        ["callbacks=prunin"],
+        False,
+        "callbacks=prunin: no callbacks config prunin; allowed: default, ",
+        "; did you mean pruning?",
+    ),
+    "typo_launcher": (
+        "train",
+        ["hydra/launcher=jobli"],
+        False,
+        "hydra/launcher=jobli: no hydra/launcher config jobli; allowed: basic, joblib",
+        "did you mean joblib?",
+    ),
+    "unparsable": ("train", ["model.widths=[1,"], False, "model.widths=[1,: not an override Hydra can read"),
+    "sweep_without_m": (
+        "train",
+        ["seed=1,2"],
+        False,
+        "Ambiguous value for argument 'seed=1,2'; 1. To use it as a list",
+    ),
+    "sweep_value": ("train", ["seed=1,2", "model=simple_convnet,resnet"], True, "model=resnet: no model config resnet"),
+    "eval_typo": (
+        "eval",
+        ["ckpt_pat=x.ckpt"],
+        False,
+        "ckpt_pat=x.ckpt: no key ckpt_pat in the eval config; did you mean ckpt_path?",
+    ),
+    "dissect_typo": (
+        "dissect",
+        ["report.dpii=50"],
+        False,
+        "report.dpii=50: no key report.dpii in the dissect config; did you mean report.dpi?",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", COMPOSITION.values(), ids=COMPOSITION)
+def test_composition_error_is_one_line(case):
+    config_name, overrides, multirun, *words = case
+    with pytest.raises(UserInputError) as raised:
+        check_composition(config_name, overrides, str(CONFIG_DIR), multirun)
+    message = str(raised.value)
+    assert message.startswith(words[0]) and "\n" not in message, message
+    for word in words[1:]:
+        assert word in message, message
+
+
+def test_composition_check_passes_good_overrides():
+    check_composition(
+        "train", ["+experiment=prune_7iters", "callbacks.pruning.iterations=3", "seed=0,1"], str(CONFIG_DIR), True
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("app,arg", [("train.py", "+experiment=missing"), ("dissect.py", "report.dpii=50")])
+def test_composition_error_exits_2_with_one_line(app, arg, tmp_path):
+    proc = run_python(app, arg, f"hydra.run.dir={tmp_path}", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(f"error: {arg}: ")
+    assert list(tmp_path.iterdir()) == []  # refused before Hydra made the run dir
