@@ -115,6 +115,58 @@ CASES = {
         ],
         ["callbacks.pruning.eval_size=0", "must be >= 1"],
     ),
+    "pruning_iterations_float": (
+        "train.py",
+        [*RUN, "callbacks=pruning", "callbacks.pruning.iterations=1.7"],
+        ["callbacks.pruning.iterations=1.7", "allowed an integer >= 1"],
+    ),
+    "pruning_target_float": (
+        "train.py",
+        [*RUN, "callbacks=pruning", "callbacks.pruning.target_widths=[2.9,4,4,4]"],
+        ["callbacks.pruning.target_widths=[2.9, 4, 4, 4]", "a list of integers >= 1"],
+    ),
+    "pruning_weight_nan": (
+        "train.py",
+        [*RUN, "callbacks=pruning", "callbacks.pruning.criterion={{activation_variance:nan,weight_noise:1}}"],
+        ["callbacks.pruning.criterion={{'activation_variance': nan, 'weight_noise': 1}}", "finite weights"],
+    ),
+    # other settings
+    "conv2_not_a_boolean": ("train.py", [*RUN, "model.conv2=maybe"], ['model.conv2="maybe": allowed true or false']),
+    "download_not_a_boolean": (
+        "eval.py",
+        ["ckpt_path={files}/model_state.pt", "data.download=no"],
+        ['data.download="no": allowed true or false'],
+    ),
+    "handnet_line_sigma_0": (
+        "train.py",
+        ["threads=1", "model=handnet", "model.line_sigma=0"],
+        ["model.line_sigma=0", "allowed a finite number > 0, or null"],
+    ),
+    "handnet_burst_sigma_negative": (
+        "train.py",
+        ["threads=1", "model=handnet", "model.burst_sigma=-1"],
+        ["model.burst_sigma=-1", "allowed a finite number > 0"],
+    ),
+    "handnet_l1_readout_negative": (
+        "train.py",
+        ["threads=1", "model=handnet", "model.l1_readout=-1"],
+        ["model.l1_readout=-1", "allowed a finite number >= 0"],
+    ),
+    "roundtrip_images_0": (
+        "train.py",
+        ["threads=1", "model=handnet", "callbacks=explanation", "callbacks.explanation.roundtrip_images=0"],
+        ["callbacks.explanation.roundtrip_images=0", "allowed an integer >= 1, or null"],
+    ),
+    "test_ckpt_not_a_checkpoint": (
+        "train.py",
+        [*RUN, "test_ckpt={files}/text.pt"],
+        ["test_ckpt={files}/text.pt: not a readable PyTorch file"],
+    ),
+    "test_ckpt_a_state_dict": (
+        "train.py",
+        [*RUN, "test_ckpt={files}/model_state.pt"],
+        ["test_ckpt={files}/model_state.pt: not a Lightning training checkpoint"],
+    ),
     # checkpoints and state_dicts
     "init_from_text": (
         "train.py",
@@ -158,6 +210,36 @@ CASES = {
         "dissect.py",
         ["ckpt_path={files}/model_state.pt", "report.projection_points=0"],
         ["report.projection_points=0", "must be an integer >= 10"],
+    ),
+    "dissect_steps_0": (
+        "dissect.py",
+        ["ckpt_path={files}/model_state.pt", "superstimulus.steps=0"],
+        ["superstimulus.steps=0", "allowed an integer >= 1"],
+    ),
+    "dissect_lr_nan": (
+        "dissect.py",
+        ["ckpt_path={files}/model_state.pt", "superstimulus.lr=nan"],
+        ["superstimulus.lr=nan", "allowed a finite number > 0"],
+    ),
+    "dissect_threads_0": (
+        "dissect.py",
+        ["ckpt_path={files}/model_state.pt", "threads=0"],
+        ["threads=0", "allowed a positive integer"],
+    ),
+    "dissect_dpi_0": (
+        "dissect.py",
+        ["ckpt_path={files}/model_state.pt", "report.dpi=0"],
+        ["report.dpi=0", "allowed an integer >= 1"],
+    ),
+    "dissect_top_k_0": (
+        "dissect.py",
+        ["ckpt_path={files}/model_state.pt", "report.top_k=0"],
+        ["report.top_k=0", "allowed an integer >= 1"],
+    ),
+    "dissect_enabled_not_a_boolean": (
+        "dissect.py",
+        ["ckpt_path={files}/model_state.pt", "report.enabled=yes"],
+        ['report.enabled="yes": allowed true or false'],
     ),
     # run dirs
     "run_dir_not_writable": (

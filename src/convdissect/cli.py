@@ -20,7 +20,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from convdissect.config import CONFIG_DIR
+from convdissect.config import CONFIG_DIR, check_dissect_config
 from convdissect.errors import UserInputError
 
 
@@ -87,6 +87,7 @@ def run_train(cfg: DictConfig) -> float | None:
 def run_dissect(cfg: DictConfig) -> None:
     from convdissect.dissect.run import dissect
 
+    check_dissect_config(cfg)
     dissect(cfg)
 
 

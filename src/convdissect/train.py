@@ -22,7 +22,7 @@ from convdissect.config import check_config, instantiate, set_threads
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
 from convdissect.models import net_class, split_model_config
-from convdissect.models.checkpoint import check_resumable, load_net, read_checkpoint
+from convdissect.models.checkpoint import check_resumable, load_net, load_net_and_spec, read_checkpoint
 from convdissect.models.lit_module import LitClassifier
 from convdissect.runs import atomic_write, check_run_dir, clear_outputs
 
@@ -77,10 +77,16 @@ def build_module(cfg: DictConfig) -> LitClassifier:
 def check_before_fit(cfg: DictConfig) -> None:
     """Settings that would otherwise fail, or train nothing, only after (or instead of) training."""
     test_ckpt = cfg.get("test_ckpt")
-    if test_ckpt is not None and test_ckpt not in TEST_CKPTS and not Path(test_ckpt).is_file():
-        raise UserInputError(
-            f"test_ckpt={test_ckpt}: allowed {list(TEST_CKPTS)}, null (the final weights) or a checkpoint file"
-        )
+    if test_ckpt is not None and test_ckpt not in TEST_CKPTS:
+        if not Path(str(test_ckpt)).is_file():
+            raise UserInputError(
+                f"test_ckpt={test_ckpt}: allowed {list(TEST_CKPTS)}, null (the final weights) or a checkpoint file"
+            )
+        try:  # the test loads it after the whole fit: a file that is not one of our checkpoints fails now
+            check_resumable(test_ckpt)
+            load_net_and_spec(test_ckpt)
+        except UserInputError as err:  # its messages name the file as ckpt_path
+            raise UserInputError(str(err).replace("ckpt_path=", "test_ckpt=", 1)) from None
     if cfg.get("ckpt_path"):
         check_resumable(cfg.ckpt_path)
         check_same_config(cfg, cfg.ckpt_path)
