@@ -82,6 +82,23 @@ def test_signal_saves_last_ckpt_and_says_how_to_resume(tmp_path, signum, one_thr
     assert metrics["steps"] == 10 * epochs
 
 
+@pytest.mark.slow
+def test_a_failing_sweep_job_is_recorded_and_the_others_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    run = run_python("train.py", "-m", "model.widths=[4,8,0,8],[4,8,8,8]", *TINY_ARGS[1:], f"hydra.sweep.dir={sweep}")
+    error = "error: model.widths=[4, 8, 0, 8]: every width must be a positive integer"
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert (sweep / "0" / "error.txt").read_text().startswith(error)
+    assert (sweep / "1" / "metrics.json").is_file() and not (sweep / "1" / "error.txt").exists()
+    summary = json.loads((sweep / "sweep_summary.json").read_text())
+    assert summary["jobs"] == 2 and summary["failed"] == 1
+    assert summary["job_list"][0]["overrides"][0] == "model.widths=[4,8,0,8]"
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"error: 1 of 2 sweep jobs failed ({sweep / 'sweep_summary.json'}): job 0 model.widths=[4,8,0,8] "
+    )
+
+
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "metrics.json"
     atomic_write(path, "old\n")

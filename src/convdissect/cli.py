@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import sys
 from collections.abc import Callable
 from numbers import Number
@@ -22,6 +23,9 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from convdissect.config import CONFIG_DIR, check_dissect_config
 from convdissect.errors import UserInputError
+from convdissect.runs import in_multirun, record_failed_job
+
+log = logging.getLogger(__name__)
 
 
 class _DropLightningTips(logging.Filter):
@@ -60,6 +64,15 @@ def optimized_value(cfg: DictConfig, metrics: dict) -> float | tuple[float, ...]
             raise UserInputError(f"optimized_metric={name!r} is not a metric of this run; allowed: {allowed}")
         values.append(float(metrics[name]))
     return values[0] if isinstance(names, str) else tuple(values)
+
+
+def _failed_value(cfg: DictConfig) -> float | tuple[float, ...] | None:
+    """What a failed sweep job returns: NaN for each optimised metric (Optuna records a failed trial and
+    samples on), None when nothing is optimised."""
+    names = cfg.get("optimized_metric")
+    if names is None:
+        return None
+    return math.nan if isinstance(names, str) else tuple(math.nan for _ in names)
 
 
 def _is_number(value) -> bool:
@@ -209,8 +222,16 @@ def _hydra_app(job: Callable[[DictConfig], object], config_name: str, config_dir
         try:
             return job(cfg)
         except UserInputError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            if not in_multirun():
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(2)
+            record_failed_job(f"error: {err}")
+        except Exception as err:  # a bug: its traceback goes to the log; a sweep's other jobs still run
+            if not in_multirun():
+                raise
+            log.exception("the job failed")
+            record_failed_job(f"{type(err).__name__}: {_one_line(err)}")
+        return _failed_value(cfg)
 
     sys.argv[1:] = null_groups_as_empty(sys.argv[1:], config_dir)
     args = get_args_parser().parse_args(sys.argv[1:])
