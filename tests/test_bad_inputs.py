@@ -199,6 +199,16 @@ CASES = {
         ["not a Lightning training checkpoint", "model.init_from"],
     ),
     "eval_no_ckpt": ("eval.py", [], ["ckpt_path is not set", "python eval.py ckpt_path=PATH"]),
+    "eval_overflow": (
+        "eval.py",
+        ["ckpt_path={files}/huge.pt", "trainer.limit_test_batches=1", "data.eval_batch_size=100", "threads=1"],
+        ["the test gave test/loss=nan", "no metrics.json written"],
+    ),
+    "fdr_with_pruning": (
+        "train.py",
+        ["debug=fdr", "+experiment=prune_7iters", "threads=1"],
+        ["trainer.fast_dev_run=true (debug=fdr) runs one batch of one epoch", "use debug=limit"],
+    ),
     "eval_nan": ("eval.py", ["ckpt_path={files}/nan.pt"], ["tensor conv1.weight holds NaN or inf"]),
     "dissect_text": (
         "dissect.py",
@@ -263,6 +273,7 @@ def files(tmp_path_factory, data_dir):
     torch.save(state, out / "model_state.pt")
     torch.save({**state, "conv1.weight": torch.full_like(state["conv1.weight"], float("nan"))}, out / "nan.pt")
     torch.save({**state, "conv3.weight": torch.zeros(8, 8, 3, 3)}, out / "wrong_shape.pt")
+    torch.save({name: value * 1e38 for name, value in state.items()}, out / "huge.pt")  # finite, but overflows
     (out / "finished").mkdir()
     (out / "finished" / "metrics.json").write_text("{}\n")
     (out / "empty").mkdir()
