@@ -43,19 +43,25 @@ CASES = {
     # data files
     "idx_bad_magic": (
         "train.py",
-        [*RUN, "paths.data_dir={files}/bad_magic"],
+        [*RUN, "paths.data_dir={files}/bad_magic", "data.verify=false"],
         ["t10k-labels-idx1-ubyte has magic number 0x00000802", "expected 0x00000801"],
     ),
     "idx_garbage": (
         "train.py",
-        [*RUN, "paths.data_dir={files}/garbage"],
+        [*RUN, "paths.data_dir={files}/garbage", "data.verify=false"],
         ["t10k-images-idx3-ubyte has magic number", "expected 0x00000803"],
     ),
     "idx_label_200": (
         "train.py",
-        [*RUN, "paths.data_dir={files}/label_200"],
+        [*RUN, "paths.data_dir={files}/label_200", "data.verify=false"],
         ["holds the label 200", "expected 0 to 9"],
     ),
+    "idx_md5": (
+        "train.py",
+        [*RUN, "paths.data_dir={files}/label_200"],
+        ["t10k-labels-idx1-ubyte has MD5 ", "expected 27ae3e4e09519cfbb04c329615203637", "data.verify=false"],
+    ),
+    "verify_not_a_boolean": ("train.py", [*RUN, "data.verify=1"], ["data.verify=1: allowed true or false"]),
     "idx_truncated": (
         "train.py",
         [*RUN, "paths.data_dir={files}/truncated"],
