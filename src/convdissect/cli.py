@@ -237,7 +237,8 @@ def _hydra_app(job: Callable[[DictConfig], object], config_name: str, config_dir
     args = get_args_parser().parse_args(sys.argv[1:])
     if not (args.config_dir or args.config_path or args.shell_completion or args.help or args.hydra_help):
         try:
-            check_composition(args.config_name or config_name, args.overrides, config_dir, args.multirun)
+            multirun = args.multirun or "hydra.mode=MULTIRUN" in args.overrides
+            check_composition(args.config_name or config_name, args.overrides, config_dir, multirun)
         except UserInputError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
