@@ -88,6 +88,8 @@ def test_signal_saves_last_ckpt_and_says_how_to_resume(tmp_path, signum, one_thr
 @pytest.mark.slow
 def test_a_failing_sweep_job_is_recorded_and_the_others_run(tmp_path):
     sweep = tmp_path / "sweep"
+    (sweep / "1").mkdir(parents=True)
+    (sweep / "1" / "error.txt").write_text("error: an earlier sweep's job 1\n")  # not this sweep's failure
     run = run_python("train.py", "-m", "model.widths=[4,8,0,8],[4,8,8,8]", *TINY_ARGS[1:], f"hydra.sweep.dir={sweep}")
     error = "error: model.widths=[4, 8, 0, 8]: every width must be a positive integer"
     assert run.returncode == 1, run.stderr[-3000:]

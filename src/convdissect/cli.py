@@ -23,7 +23,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from convdissect.config import CONFIG_DIR, check_dissect_config
 from convdissect.errors import UserInputError
-from convdissect.runs import in_multirun, record_failed_job
+from convdissect.runs import forget_failed_job, in_multirun, record_failed_job
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +219,8 @@ def _hydra_app(job: Callable[[DictConfig], object], config_name: str, config_dir
     @hydra.main(version_base="1.3", config_path=config_dir, config_name=config_name)
     def main(cfg: DictConfig):
         _tidy_lightning_logging()
+        if in_multirun():
+            forget_failed_job()
         try:
             return job(cfg)
         except UserInputError as err:

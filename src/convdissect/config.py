@@ -86,7 +86,8 @@ def _is_finite(value, above: float | None = None, least: float | None = None) ->
 
 
 def _is_int_list(value) -> bool:
-    return isinstance(value, ListConfig) and len(value) > 0 and all(_is_int(v, 1) for v in value)
+    """Integers only (2.9 would become 2): their range is the pruning callback's to check, per layer."""
+    return isinstance(value, ListConfig) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
 def _is_weights(value) -> bool:
@@ -110,7 +111,7 @@ RULES = {
     "callbacks.pruning.iterations": INT_1,
     "callbacks.pruning.target_widths": (
         lambda v: v is None or _is_int_list(v),
-        "allowed a list of integers >= 1, one per prunable layer (null in threshold mode)",
+        "allowed a list of integers, one per prunable layer (null in threshold mode)",
     ),
     "callbacks.pruning.criterion": (
         _is_weights,

@@ -123,6 +123,11 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def forget_failed_job() -> None:
+    """A sweep job starting over an earlier sweep's job dir: that job's error.txt is not this one's."""
+    (Path(HydraConfig.get().runtime.output_dir) / ERROR).unlink(missing_ok=True)
+
+
 def record_failed_job(line: str) -> None:
     """A sweep job failed: its error line goes to stderr and to error.txt in its dir, where SweepReport
     finds it when the sweep ends."""
