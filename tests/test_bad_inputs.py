@@ -10,7 +10,8 @@ import shutil
 import pytest
 import torch
 
-from convdissect.cli import run_dissect, run_eval, run_train
+from convdissect.cli import check_composition, run_dissect, run_eval, run_train
+from convdissect.config import CONFIG_DIR
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
 from tests.helpers import TINY, compose_cfg, run_python
@@ -42,19 +43,25 @@ CASES = {
     # data files
     "idx_bad_magic": (
         "train.py",
-        [*RUN, "paths.data_dir={files}/bad_magic"],
+        [*RUN, "paths.data_dir={files}/bad_magic", "data.verify=false"],
         ["t10k-labels-idx1-ubyte has magic number 0x00000802", "expected 0x00000801"],
     ),
     "idx_garbage": (
         "train.py",
-        [*RUN, "paths.data_dir={files}/garbage"],
+        [*RUN, "paths.data_dir={files}/garbage", "data.verify=false"],
         ["t10k-images-idx3-ubyte has magic number", "expected 0x00000803"],
     ),
     "idx_label_200": (
         "train.py",
-        [*RUN, "paths.data_dir={files}/label_200"],
+        [*RUN, "paths.data_dir={files}/label_200", "data.verify=false"],
         ["holds the label 200", "expected 0 to 9"],
     ),
+    "idx_md5": (
+        "train.py",
+        [*RUN, "paths.data_dir={files}/label_200"],
+        ["t10k-labels-idx1-ubyte has MD5 ", "expected 27ae3e4e09519cfbb04c329615203637", "data.verify=false"],
+    ),
+    "verify_not_a_boolean": ("train.py", [*RUN, "data.verify=1"], ["data.verify=1: allowed true or false"]),
     "idx_truncated": (
         "train.py",
         [*RUN, "paths.data_dir={files}/truncated"],
@@ -114,6 +121,58 @@ CASES = {
         ],
         ["callbacks.pruning.eval_size=0", "must be >= 1"],
     ),
+    "pruning_iterations_float": (
+        "train.py",
+        [*RUN, "callbacks=pruning", "callbacks.pruning.iterations=1.7"],
+        ["callbacks.pruning.iterations=1.7", "allowed an integer >= 1"],
+    ),
+    "pruning_target_float": (
+        "train.py",
+        [*RUN, "callbacks=pruning", "callbacks.pruning.target_widths=[2.9,4,4,4]"],
+        ["callbacks.pruning.target_widths=[2.9, 4, 4, 4]", "allowed a list of integers"],
+    ),
+    "pruning_weight_nan": (
+        "train.py",
+        [*RUN, "callbacks=pruning", "callbacks.pruning.criterion={{activation_variance:nan,weight_noise:1}}"],
+        ["callbacks.pruning.criterion={{'activation_variance': nan, 'weight_noise': 1}}", "finite weights"],
+    ),
+    # other settings
+    "conv2_not_a_boolean": ("train.py", [*RUN, "model.conv2=maybe"], ['model.conv2="maybe": allowed true or false']),
+    "download_not_a_boolean": (
+        "eval.py",
+        ["ckpt_path={files}/model_state.pt", "data.download=no"],
+        ['data.download="no": allowed true or false'],
+    ),
+    "handnet_line_sigma_0": (
+        "train.py",
+        ["threads=1", "model=handnet", "model.line_sigma=0"],
+        ["model.line_sigma=0", "allowed a finite number > 0, or null"],
+    ),
+    "handnet_burst_sigma_negative": (
+        "train.py",
+        ["threads=1", "model=handnet", "model.burst_sigma=-1"],
+        ["model.burst_sigma=-1", "allowed a finite number > 0"],
+    ),
+    "handnet_l1_readout_negative": (
+        "train.py",
+        ["threads=1", "model=handnet", "model.l1_readout=-1"],
+        ["model.l1_readout=-1", "allowed a finite number >= 0"],
+    ),
+    "roundtrip_images_0": (
+        "train.py",
+        ["threads=1", "model=handnet", "callbacks=explanation", "callbacks.explanation.roundtrip_images=0"],
+        ["callbacks.explanation.roundtrip_images=0", "allowed an integer >= 1, or null"],
+    ),
+    "test_ckpt_not_a_checkpoint": (
+        "train.py",
+        [*RUN, "test_ckpt={files}/text.pt"],
+        ["test_ckpt={files}/text.pt: not a readable PyTorch file"],
+    ),
+    "test_ckpt_a_state_dict": (
+        "train.py",
+        [*RUN, "test_ckpt={files}/model_state.pt"],
+        ["test_ckpt={files}/model_state.pt: not a Lightning training checkpoint"],
+    ),
     # checkpoints and state_dicts
     "init_from_text": (
         "train.py",
@@ -146,6 +205,16 @@ CASES = {
         ["not a Lightning training checkpoint", "model.init_from"],
     ),
     "eval_no_ckpt": ("eval.py", [], ["ckpt_path is not set", "python eval.py ckpt_path=PATH"]),
+    "eval_overflow": (
+        "eval.py",
+        ["ckpt_path={files}/huge.pt", "trainer.limit_test_batches=1", "data.eval_batch_size=100", "threads=1"],
+        ["the test gave test/loss=nan", "no metrics.json written"],
+    ),
+    "fdr_with_pruning": (
+        "train.py",
+        ["debug=fdr", "+experiment=prune_7iters", "threads=1"],
+        ["trainer.fast_dev_run=true (debug=fdr) runs one batch of one epoch", "use debug=limit"],
+    ),
     "eval_nan": ("eval.py", ["ckpt_path={files}/nan.pt"], ["tensor conv1.weight holds NaN or inf"]),
     "dissect_text": (
         "dissect.py",
@@ -157,6 +226,36 @@ CASES = {
         "dissect.py",
         ["ckpt_path={files}/model_state.pt", "report.projection_points=0"],
         ["report.projection_points=0", "must be an integer >= 10"],
+    ),
+    "dissect_steps_0": (
+        "dissect.py",
+        ["ckpt_path={files}/model_state.pt", "superstimulus.steps=0"],
+        ["superstimulus.steps=0", "allowed an integer >= 1"],
+    ),
+    "dissect_lr_nan": (
+        "dissect.py",
+        ["ckpt_path={files}/model_state.pt", "superstimulus.lr=nan"],
+        ["superstimulus.lr=nan", "allowed a finite number > 0"],
+    ),
+    "dissect_threads_0": (
+        "dissect.py",
+        ["ckpt_path={files}/model_state.pt", "threads=0"],
+        ["threads=0", "allowed a positive integer"],
+    ),
+    "dissect_dpi_0": (
+        "dissect.py",
+        ["ckpt_path={files}/model_state.pt", "report.dpi=0"],
+        ["report.dpi=0", "allowed an integer >= 1"],
+    ),
+    "dissect_top_k_0": (
+        "dissect.py",
+        ["ckpt_path={files}/model_state.pt", "report.top_k=0"],
+        ["report.top_k=0", "allowed an integer >= 1"],
+    ),
+    "dissect_enabled_not_a_boolean": (
+        "dissect.py",
+        ["ckpt_path={files}/model_state.pt", "report.enabled=yes"],
+        ['report.enabled="yes": allowed true or false'],
     ),
     # run dirs
     "run_dir_not_writable": (
@@ -180,6 +279,7 @@ def files(tmp_path_factory, data_dir):
     torch.save(state, out / "model_state.pt")
     torch.save({**state, "conv1.weight": torch.full_like(state["conv1.weight"], float("nan"))}, out / "nan.pt")
     torch.save({**state, "conv3.weight": torch.zeros(8, 8, 3, 3)}, out / "wrong_shape.pt")
+    torch.save({name: value * 1e38 for name, value in state.items()}, out / "huge.pt")  # finite, but overflows
     (out / "finished").mkdir()
     (out / "finished" / "metrics.json").write_text("{}\n")
     (out / "empty").mkdir()
@@ -258,3 +358,99 @@ def test_bad_input_exits_2_with_one_error_line(app, args, words, files, tmp_path
     assert proc.stderr.strip().splitlines()[-1] == errors[0]
     for word in words:
         assert word.format(files=files) in errors[0]
+
+
+# Hydra's own composition errors: (config, overrides, multirun, how the one line starts, words it holds).
+COMPOSITION = {
+    "unknown_key": ("train", ["foo=1"], False, "foo=1: no key foo in the train config (+foo=VALUE adds a new key)"),
+    "typo_key": (
+        "train",
+        ["trainer.max_epoch=3"],
+        False,
+        "trainer.max_epoch=3: no key trainer.max_epoch in the train config; did you mean trainer.max_epochs?",
+    ),
+    "typo_group": (
+        "train",
+        ["modle=simple_convnet"],
+        False,
+        "modle=simple_convnet: no key modle in the train config; did you mean model?",
+    ),
+    "group_key_not_chosen": (
+        "train",
+        ["callbacks.pruning.iterations=2"],
+        False,
+        "callbacks.pruning.iterations=2: no key callbacks.pruning in the train config; keys there: model_checkpoint,",
+    ),
+    "missing_experiment": (
+        "train",
+        ["+experiment=missing"],
+        False,
+        "+experiment=missing: no experiment config missing; allowed: baseline, handnet_explainable,",
+    ),
+    "missing_model": (
+        "train",
+        ["model=resnet"],
+        False,
+        "model=resnet: no model config resnet; allowed: handnet, sequential, simple_convnet",
+    ),
+    "typo_option": (
+        "train",
+        ["callbacks=prunin"],
+        False,
+        "callbacks=prunin: no callbacks config prunin; allowed: default, ",
+        "; did you mean pruning?",
+    ),
+    "typo_launcher": (
+        "train",
+        ["hydra/launcher=jobli"],
+        False,
+        "hydra/launcher=jobli: no hydra/launcher config jobli; allowed: basic, joblib",
+        "did you mean joblib?",
+    ),
+    "unparsable": ("train", ["model.widths=[1,"], False, "model.widths=[1,: not an override Hydra can read"),
+    "sweep_without_m": (
+        "train",
+        ["seed=1,2"],
+        False,
+        "Ambiguous value for argument 'seed=1,2'; 1. To use it as a list",
+    ),
+    "sweep_value": ("train", ["seed=1,2", "model=simple_convnet,resnet"], True, "model=resnet: no model config resnet"),
+    "eval_typo": (
+        "eval",
+        ["ckpt_pat=x.ckpt"],
+        False,
+        "ckpt_pat=x.ckpt: no key ckpt_pat in the eval config; did you mean ckpt_path?",
+    ),
+    "dissect_typo": (
+        "dissect",
+        ["report.dpii=50"],
+        False,
+        "report.dpii=50: no key report.dpii in the dissect config; did you mean report.dpi?",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", COMPOSITION.values(), ids=COMPOSITION)
+def test_composition_error_is_one_line(case):
+    config_name, overrides, multirun, *words = case
+    with pytest.raises(UserInputError) as raised:
+        check_composition(config_name, overrides, str(CONFIG_DIR), multirun)
+    message = str(raised.value)
+    assert message.startswith(words[0]) and "\n" not in message, message
+    for word in words[1:]:
+        assert word in message, message
+
+
+def test_composition_check_passes_good_overrides():
+    check_composition(
+        "train", ["+experiment=prune_7iters", "callbacks.pruning.iterations=3", "seed=0,1"], str(CONFIG_DIR), True
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("app,arg", [("train.py", "+experiment=missing"), ("dissect.py", "report.dpii=50")])
+def test_composition_error_exits_2_with_one_line(app, arg, tmp_path):
+    proc = run_python(app, arg, f"hydra.run.dir={tmp_path}", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(f"error: {arg}: ")
+    assert list(tmp_path.iterdir()) == []  # refused before Hydra made the run dir

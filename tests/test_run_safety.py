@@ -2,7 +2,9 @@
 a run never deletes or overwrites what it reads, resumes refuse a changed config, outputs are atomic,
 bad settings are refused before any work."""
 
+import hashlib
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from omegaconf import OmegaConf
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
 from convdissect.runs import atomic_write
+from convdissect.tables.common import training_runs
 from convdissect.train import train
 from tests.helpers import CHECKOUT, TINY, compose_cfg, run_python
 
@@ -80,6 +83,25 @@ def test_signal_saves_last_ckpt_and_says_how_to_resume(tmp_path, signum, one_thr
     resume = [a for a in ENDLESS if not a.startswith("trainer.max_epochs")] + [f"trainer.max_epochs={epochs}"]
     metrics = train(compose_cfg("train", resume + [f"ckpt_path={last}"], tmp_path / "resumed"))
     assert metrics["steps"] == 10 * epochs
+
+
+@pytest.mark.slow
+def test_a_failing_sweep_job_is_recorded_and_the_others_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / "1").mkdir(parents=True)
+    (sweep / "1" / "error.txt").write_text("error: an earlier sweep's job 1\n")  # not this sweep's failure
+    run = run_python("train.py", "-m", "model.widths=[4,8,0,8],[4,8,8,8]", *TINY_ARGS[1:], f"hydra.sweep.dir={sweep}")
+    error = "error: model.widths=[4, 8, 0, 8]: every width must be a positive integer"
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert (sweep / "0" / "error.txt").read_text().startswith(error)
+    assert (sweep / "1" / "metrics.json").is_file() and not (sweep / "1" / "error.txt").exists()
+    summary = json.loads((sweep / "sweep_summary.json").read_text())
+    assert summary["jobs"] == 2 and summary["failed"] == 1
+    assert summary["job_list"][0]["overrides"][0] == "model.widths=[4,8,0,8]"
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"error: 1 of 2 sweep jobs failed ({sweep / 'sweep_summary.json'}): job 0 model.widths=[4,8,0,8] "
+    )
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -175,3 +197,56 @@ def test_eval_checks_its_settings(tmp_path):
     cfg = compose_cfg("eval", ["ckpt_path=unused.ckpt", "overwrite=1"], tmp_path)
     with pytest.raises(UserInputError, match="^overwrite=1: allowed true or false$"):
         evaluate(cfg)
+
+
+@pytest.mark.slow
+def test_model_state_hash_recorded_and_a_changed_file_warned(tmp_path, one_thread, caplog):
+    metrics = train(compose_cfg("train", TINY, tmp_path / "run"))
+    state_file, metrics_file = tmp_path / "run" / "model_state.pt", tmp_path / "run" / "metrics.json"
+    sha256 = hashlib.sha256(state_file.read_bytes()).hexdigest()
+    assert metrics["model_state_sha256"] == json.loads(metrics_file.read_text())["model_state_sha256"] == sha256
+    assert metrics["debug"] is False
+
+    state = torch.load(state_file, weights_only=True)
+    torch.save({**state, "fc5.bias": state["fc5.bias"] + 1}, state_file)  # replaced after the run
+    eval_args = [f"ckpt_path={state_file}", "trainer.limit_test_batches=1", "data.eval_batch_size=100", "threads=1"]
+    with caplog.at_level(logging.WARNING):
+        evaluate(compose_cfg("eval", eval_args, tmp_path / "eval"))
+    warned = [r.getMessage() for r in caplog.records if "sha256" in r.getMessage()]
+    assert warned == [
+        f"ckpt_path={state_file}: its sha256 differs from the one in {metrics_file}: "
+        "the file changed since that run wrote it"
+    ]
+
+
+@pytest.mark.slow
+def test_debug_runs_are_marked_and_left_out_of_the_tables(tmp_path, one_thread):
+    run_dir = tmp_path / "fdr"
+    metrics = train(compose_cfg("train", ["debug=fdr", "model.widths=[4,8,8,8]", "data.eval_batch_size=200"], run_dir))
+    assert metrics["debug"] is True and json.loads((run_dir / "metrics.json").read_text())["debug"] is True
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(compose_cfg("train", ["debug=fdr"], run_dir), run_dir / ".hydra" / "config.yaml")
+    assert training_runs([tmp_path]) == ([], [])  # neither a result nor a run that failed
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_test_exits_143(tmp_path):
+    run_dir = tmp_path / "run"
+    slow_test = [a for a in TINY_ARGS if not a.startswith(("trainer.limit_test_batches", "data.eval_batch_size"))]
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *slow_test, "data.eval_batch_size=1", f"hydra.run.dir={run_dir}"],
+        cwd=CHECKOUT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    best = run_dir / "checkpoints" / "last.ckpt"  # saved when the fit's one epoch ends, before the test
+    deadline = time.monotonic() + 120
+    while not best.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2)  # into the test: 10000 batches of one image
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("stopped by SIGTERM during the test: no metrics.json; test ")
+    assert not (run_dir / "metrics.json").exists()

@@ -4,17 +4,28 @@ configs; a checkout's train.py and dissect.py pass its conf/."""
 
 from __future__ import annotations
 
+import difflib
 import logging
+import math
 import sys
 from collections.abc import Callable
 from numbers import Number
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from hydra._internal.utils import get_args_parser
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ValueType
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from convdissect.config import CONFIG_DIR
+from convdissect.config import CONFIG_DIR, check_dissect_config
 from convdissect.errors import UserInputError
+from convdissect.runs import forget_failed_job, in_multirun, record_failed_job
+
+log = logging.getLogger(__name__)
 
 
 class _DropLightningTips(logging.Filter):
@@ -55,6 +66,15 @@ def optimized_value(cfg: DictConfig, metrics: dict) -> float | tuple[float, ...]
     return values[0] if isinstance(names, str) else tuple(values)
 
 
+def _failed_value(cfg: DictConfig) -> float | tuple[float, ...] | None:
+    """What a failed sweep job returns: NaN for each optimised metric (Optuna records a failed trial and
+    samples on), None when nothing is optimised."""
+    names = cfg.get("optimized_metric")
+    if names is None:
+        return None
+    return math.nan if isinstance(names, str) else tuple(math.nan for _ in names)
+
+
 def _is_number(value) -> bool:
     return isinstance(value, Number) and not isinstance(value, bool)
 
@@ -80,6 +100,7 @@ def run_train(cfg: DictConfig) -> float | None:
 def run_dissect(cfg: DictConfig) -> None:
     from convdissect.dissect.run import dissect
 
+    check_dissect_config(cfg)
     dissect(cfg)
 
 
@@ -100,20 +121,129 @@ def null_groups_as_empty(args: list[str], config_dir: str) -> list[str]:
     ]
 
 
+def _compose(config_name: str, overrides: list[str], config_dir: str) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with hydra.initialize_config_dir(version_base="1.3", config_dir=config_dir):
+        return hydra.compose(config_name, overrides, return_hydra_config=True)
+
+
+def check_composition(config_name: str, overrides: list[str], config_dir: str, multirun: bool = False) -> None:
+    """Compose the config as the Hydra app will, before it does: Hydra reports a bad override in several
+    lines (exit 1); here it is one UserInputError naming the override, what is allowed and the nearest
+    candidate. A sweep (-m) is composed once per value of each swept key."""
+    for override in overrides:
+        try:
+            OverridesParser.create().parse_overrides([override])
+        except OverrideParseException as err:
+            raise UserInputError(f"{override}: not an override Hydra can read ({_one_line(err)})") from None
+    for variant in _sweep_variants(overrides) if multirun else [overrides]:
+        try:
+            _compose(config_name, variant, config_dir)
+        except MissingConfigException as err:
+            raise UserInputError(_missing_config_line(err, variant)) from None
+        except ConfigCompositionException as err:
+            if isinstance(err.__cause__, (ConfigAttributeError, ConfigKeyError)):
+                raise UserInputError(
+                    _unknown_key_line(err.__cause__.full_key, config_name, variant, config_dir)
+                ) from None
+            raise UserInputError(_one_line(err)) from None
+
+
+def _sweep_variants(overrides: list[str]) -> list[list[str]]:
+    """The overrides with every swept key at its first value, then one list per other value of a swept
+    key: each value a job can take is composed once. Interval and glob sweeps, whose values only the
+    sweeper knows, are left out."""
+    values = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if not override.is_sweep_override():
+            values.append([override.input_line])
+        elif override.value_type in (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP, ValueType.RANGE_SWEEP):
+            values.append([f"{override.get_key_element()}={v}" for v in override.sweep_string_iterator()])
+    first = [choices[0] for choices in values]
+    return [first] + [first[:i] + [v] + first[i + 1 :] for i, choices in enumerate(values) for v in choices[1:]]
+
+
+def _one_line(err: Exception) -> str:
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def _override_of(key: str, overrides: list[str]) -> str | None:
+    """The override that sets `key` or a key inside it (a config key, or a config group such as hydra/launcher)."""
+    for override in overrides:
+        name = override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+        if name == key or name.startswith(key + "."):
+            return override
+    return None
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _missing_config_line(err: MissingConfigException, overrides: list[str]) -> str:
+    """model=resnet or +experiment=missing: the group's configs are the allowed values."""
+    group, _, name = (err.missing_cfg_file or "").rpartition("/")
+    override = _override_of(group, overrides)
+    where = override or f"the defaults list's {group}={name}"
+    if err.options is None:
+        return f"{where}: no config group {group or name} ({_one_line(err).split(';')[0]})"
+    return f"{where}: no {group} config {name}; allowed: {', '.join(err.options)}" + _did_you_mean(name, err.options)
+
+
+def _unknown_key_line(key: str, config_name: str, overrides: list[str], config_dir: str) -> str:
+    """foo=1 or trainer.max_epoch=3: the keys beside it (in the config composed without it) are the candidates."""
+    override = _override_of(key, overrides) or key
+    others = [o for o in overrides if o != override]
+    try:
+        cfg = _compose(config_name, others, config_dir)
+    except Exception:  # another override fails too: the defaults alone still list the keys
+        cfg = _compose(config_name, [], config_dir)
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    names = [str(k) for k in node] if isinstance(node, DictConfig) else []
+    hint = _did_you_mean(name, names)
+    if parent and hint:
+        hint = hint.replace("mean ", f"mean {parent}.", 1)
+    elif parent and names:
+        hint = f"; keys there: {', '.join(names)}"
+    return f"{override}: no key {key} in the {config_name} config{hint} (+{key}=VALUE adds a new key)"
+
+
 def _hydra_app(job: Callable[[DictConfig], object], config_name: str, config_dir: str | None) -> None:
     """Run `job` as a Hydra app over <config_dir>/<config_name>.yaml (an absolute path; default: the
-    package's configs). Bad input ends the run with one `error: ...` line and exit status 2."""
+    package's configs). Bad input, a bad override included, ends the run with one `error: ...` line and
+    exit status 2."""
+    config_dir = config_dir or str(CONFIG_DIR)
 
-    @hydra.main(version_base="1.3", config_path=config_dir or str(CONFIG_DIR), config_name=config_name)
+    @hydra.main(version_base="1.3", config_path=config_dir, config_name=config_name)
     def main(cfg: DictConfig):
         _tidy_lightning_logging()
+        if in_multirun():
+            forget_failed_job()
         try:
             return job(cfg)
         except UserInputError as err:
+            if not in_multirun():
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(2)
+            record_failed_job(f"error: {err}")
+        except Exception as err:  # a bug: its traceback goes to the log; a sweep's other jobs still run
+            if not in_multirun():
+                raise
+            log.exception("the job failed")
+            record_failed_job(f"{type(err).__name__}: {_one_line(err)}")
+        return _failed_value(cfg)
+
+    sys.argv[1:] = null_groups_as_empty(sys.argv[1:], config_dir)
+    args = get_args_parser().parse_args(sys.argv[1:])
+    if not (args.config_dir or args.config_path or args.shell_completion or args.help or args.hydra_help):
+        try:
+            multirun = args.multirun or "hydra.mode=MULTIRUN" in args.overrides
+            check_composition(args.config_name or config_name, args.overrides, config_dir, multirun)
+        except UserInputError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-
-    sys.argv[1:] = null_groups_as_empty(sys.argv[1:], config_dir or str(CONFIG_DIR))
     main()
 
 

@@ -11,7 +11,7 @@ import hydra.utils
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from convdissect.errors import UserInputError
 
@@ -80,11 +80,92 @@ def _check_threads(threads) -> None:
     )
 
 
+def _is_finite(value, above: float | None = None, least: float | None = None) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return number and (above is None or value > above) and (least is None or value >= least)
+
+
+def _is_int_list(value) -> bool:
+    """Integers only (2.9 would become 2): their range is the pruning callback's to check, per layer."""
+    return isinstance(value, ListConfig) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def _is_weights(value) -> bool:
+    """A criterion: one name, or a map {name: weight} whose weights are finite numbers."""
+    return isinstance(value, str) or (isinstance(value, DictConfig) and all(_is_finite(w) for w in value.values()))
+
+
+BOOLEAN = (lambda v: isinstance(v, bool), "allowed true or false")  # a string such as "no" would count as true
+INT_1 = (lambda v: _is_int(v, 1), "allowed an integer >= 1")
+POSITIVE = (lambda v: _is_finite(v, above=0), "allowed a finite number > 0")
+# key: (test, what is allowed), checked where the composed config has the key.
+RULES = {
+    "fit": BOOLEAN,
+    "overwrite": BOOLEAN,
+    "model.conv2": BOOLEAN,
+    "model.edges": BOOLEAN,
+    "data.download": BOOLEAN,
+    "data.verify": BOOLEAN,
+    "trainer.deterministic": BOOLEAN,
+    "trainer.enable_progress_bar": BOOLEAN,
+    "callbacks.pruning.iterations": INT_1,
+    "callbacks.pruning.target_widths": (
+        lambda v: v is None or _is_int_list(v),
+        "allowed a list of integers, one per prunable layer (null in threshold mode)",
+    ),
+    "callbacks.pruning.criterion": (
+        _is_weights,
+        "allowed a criterion's name or a map {name: weight} of finite weights",
+    ),
+    "callbacks.explanation.roundtrip_images": (
+        lambda v: v is None or _is_int(v, 1),
+        "allowed an integer >= 1, or null for all test images",
+    ),
+}
+HANDNET_RULES = {
+    "model.line_sigma": (lambda v: v is None or _is_finite(v, above=0), "allowed a finite number > 0, or null"),
+    "model.burst_sigma": (lambda v: v is None or _is_finite(v, above=0), "allowed a finite number > 0, or null"),
+    **{
+        f"model.{key}": (lambda v: _is_finite(v, least=0), "allowed a finite number >= 0")
+        for key in ("l1_readout", "l1_bursts", "group_readout")
+    },
+}
+DISSECT_RULES = {
+    "data.download": BOOLEAN,
+    "data.verify": BOOLEAN,
+    "claims.ablation": BOOLEAN,
+    "superstimulus.enabled": BOOLEAN,
+    "superstimulus.steps": INT_1,
+    "superstimulus.lr": POSITIVE,
+    "report.enabled": BOOLEAN,
+    "report.dpi": INT_1,
+    "report.top_k": INT_1,
+}
+
+
+_ABSENT = object()
+
+
+def _check_rules(cfg: DictConfig, rules: dict) -> None:
+    for key, (ok, allowed) in rules.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT:
+            _check(key, value, ok(value), allowed)
+
+
+def check_dissect_config(cfg: DictConfig) -> None:
+    """dissect.py's settings whose wrong type or range would fail, or quietly do something else, only
+    later: one line each, before any work."""
+    _check_threads(cfg.get("threads"))
+    _check_rules(cfg, DISSECT_RULES)
+
+
 def check_config(cfg: DictConfig) -> None:
     """Settings of train.py and eval.py whose wrong type or range would fail, or quietly do something
     else, only later: one line naming the key, its value and what is allowed, before any work."""
-    for key in ("fit", "overwrite"):  # a string such as "false" would count as true
-        _check(key, cfg.get(key, False), isinstance(cfg.get(key, False), bool), "allowed true or false")
+    _check_rules(cfg, RULES)
+    if str(cfg.get("model", {}).get("_target_", "")).endswith("HandNet"):
+        _check_rules(cfg, HANDNET_RULES)
     _check("seed", cfg.get("seed"), _is_int(cfg.get("seed"), 0), "allowed an integer >= 0")
     _check_threads(cfg.get("threads"))
     for key in ("batch_size", "eval_batch_size"):
@@ -102,9 +183,7 @@ def check_config(cfg: DictConfig) -> None:
     for group, key in (("optimizer", "lr"), ("scheduler", "max_lr")):
         node = cfg.get(group)
         if node and key in node:
-            rate = node[key]
-            ok = isinstance(rate, (int, float)) and not isinstance(rate, bool) and math.isfinite(rate) and rate > 0
-            _check(f"{group}.{key}", rate, ok, "allowed a finite number > 0")
+            _check(f"{group}.{key}", node[key], _is_finite(node[key], above=0), "allowed a finite number > 0")
 
 
 def _is_int(value, least: int) -> bool:
@@ -114,5 +193,7 @@ def _is_int(value, least: int) -> bool:
 def _check(key: str, value, ok: bool, allowed: str) -> None:
     """One line naming the key and its value as a config writes it: true, null, a string in quotes ("3" is not 3)."""
     if not ok:
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value)
         shown = json.dumps(value) if isinstance(value, (str, bool)) or value is None else str(value)
         raise UserInputError(f"{key}={shown}: {allowed}")

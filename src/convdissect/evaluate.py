@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import signal
+import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from convdissect.config import check_config, instantiate, set_threads
@@ -32,6 +36,20 @@ def load_module(path: str | Path) -> LitClassifier:
     return module
 
 
+def finite_test_metrics(test_metrics: dict) -> dict:
+    """test/acc and test/loss as floats; a NaN or inf (weights that overflow) is an error, never a number
+    in metrics.json."""
+    metrics = {key: float(test_metrics[key]) for key in ("test/acc", "test/loss")}
+    bad = {key: value for key, value in metrics.items() if not math.isfinite(value)}
+    if bad:
+        shown = ", ".join(f"{key}={value}" for key, value in bad.items())
+        raise UserInputError(
+            f"the test gave {shown}: the tested weights overflow (a diverged fit, or weights too large); "
+            "no metrics.json written"
+        )
+    return metrics
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Test ckpt_path's weights on the test split; return the metrics written to <output_dir>/metrics.json."""
     start = time.perf_counter()
@@ -47,10 +65,15 @@ def evaluate(cfg: DictConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
-    (test_metrics,) = trainer.test(module, datamodule=instantiate(cfg.data))
+    try:
+        (test_metrics,) = trainer.test(module, datamodule=instantiate(cfg.data))
+    except SIGTERMException:  # Lightning's would exit 0, as if the test had passed
+        pass
+    if trainer.received_sigterm:  # also during the last batch, which Lightning finishes
+        print("stopped by SIGTERM during the test: no metrics.json", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     metrics = {
-        "test/acc": float(test_metrics["test/acc"]),
-        "test/loss": float(test_metrics["test/loss"]),
+        **finite_test_metrics(test_metrics),
         "tested_checkpoint": str(Path(cfg.ckpt_path).resolve()),
         "net": module.hparams.net,
         "n_params": module.n_params,

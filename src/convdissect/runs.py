@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -9,11 +10,15 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from convdissect.errors import UserInputError
 
+ERROR = "error.txt"  # a sweep job's error line, in its dir (sweep_summary.json lists the failed jobs)
+SWEEP_SUMMARY = "sweep_summary.json"
 FINISHED = "metrics.json"  # written last by a run: its presence means the dir holds a finished run
 # What a run writes (conf/callbacks/model_checkpoint.yaml, conf/logger/*): replaced on overwrite=true.
 OUTPUTS = ("metrics.json", "model_state.pt", "checkpoints", "tensorboard", "csv", "pruning_accuracy.png")
@@ -111,3 +116,59 @@ class RunDirGuard(Callback):
         except UserInputError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+
+
+def in_multirun() -> bool:
+    """Whether this is a job of a Hydra sweep (-m), whose failure must not end the other jobs."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def forget_failed_job() -> None:
+    """A sweep job starting over an earlier sweep's job dir: that job's error.txt is not this one's."""
+    (Path(HydraConfig.get().runtime.output_dir) / ERROR).unlink(missing_ok=True)
+
+
+def record_failed_job(line: str) -> None:
+    """A sweep job failed: its error line goes to stderr and to error.txt in its dir, where SweepReport
+    finds it when the sweep ends."""
+    hydra_config = HydraConfig.get()
+    print(f"{line} (sweep job {hydra_config.job.num})", file=sys.stderr)
+    job_dir = Path(hydra_config.runtime.output_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(job_dir / ERROR, line + "\n")
+
+
+class SweepReport(Callback):
+    """Hydra callback: when a sweep ends, sweep_summary.json in its dir lists every job (its dir and
+    overrides) and the failed ones' error lines; a sweep with a failed job exits 1 with one line naming them."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        saved = config.hydra.output_subdir  # each job's .hydra/, holding its overrides
+        job_dirs = {p.parent.parent for p in sweep_dir.rglob(f"{saved}/overrides.yaml")} if saved else set()
+        job_dirs |= {p.parent for p in sweep_dir.rglob(ERROR)}
+        jobs = [
+            {
+                "dir": str(job_dir.relative_to(sweep_dir)),
+                "overrides": _job_overrides(job_dir / str(saved) / "overrides.yaml"),
+                "error": (job_dir / ERROR).read_text().strip() if (job_dir / ERROR).is_file() else None,
+            }
+            for job_dir in sorted(job_dirs)
+        ]
+        failed = [job for job in jobs if job["error"]]
+        summary = {"jobs": len(jobs), "failed": len(failed), "job_list": jobs}
+        atomic_write(sweep_dir / SWEEP_SUMMARY, json.dumps(summary, indent=2) + "\n")
+        if failed:
+            listed = "; ".join(
+                f"job {job['dir']} {' '.join(job['overrides'])}: {job['error'].removeprefix('error: ')}"
+                for job in failed
+            )
+            print(
+                f"error: {len(failed)} of {len(jobs)} sweep jobs failed ({sweep_dir / SWEEP_SUMMARY}): {listed}",
+                file=sys.stderr,
+            )
+            sys.exit(1)
+
+
+def _job_overrides(path: Path) -> list[str]:
+    return list(OmegaConf.load(path)) if path.is_file() else []

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -16,13 +17,21 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from convdissect.config import check_config, instantiate, set_threads
 from convdissect.errors import UserInputError
-from convdissect.evaluate import evaluate
+from convdissect.evaluate import evaluate, finite_test_metrics
 from convdissect.models import net_class, split_model_config
-from convdissect.models.checkpoint import check_resumable, load_net, read_checkpoint
+from convdissect.models.checkpoint import (
+    STATE_HASH_KEY,
+    check_resumable,
+    file_sha256,
+    load_net,
+    load_net_and_spec,
+    read_checkpoint,
+)
 from convdissect.models.lit_module import LitClassifier
 from convdissect.runs import atomic_write, check_run_dir, clear_outputs
 
@@ -77,9 +86,21 @@ def build_module(cfg: DictConfig) -> LitClassifier:
 def check_before_fit(cfg: DictConfig) -> None:
     """Settings that would otherwise fail, or train nothing, only after (or instead of) training."""
     test_ckpt = cfg.get("test_ckpt")
-    if test_ckpt is not None and test_ckpt not in TEST_CKPTS and not Path(test_ckpt).is_file():
+    if test_ckpt is not None and test_ckpt not in TEST_CKPTS:
+        if not Path(str(test_ckpt)).is_file():
+            raise UserInputError(
+                f"test_ckpt={test_ckpt}: allowed {list(TEST_CKPTS)}, null (the final weights) or a checkpoint file"
+            )
+        try:  # the test loads it after the whole fit: a file that is not one of our checkpoints fails now
+            check_resumable(test_ckpt)
+            load_net_and_spec(test_ckpt)
+        except UserInputError as err:  # its messages name the file as ckpt_path
+            raise UserInputError(str(err).replace("ckpt_path=", "test_ckpt=", 1)) from None
+    fast_dev_run = cfg.trainer.get("fast_dev_run")
+    if fast_dev_run and "pruning" in (cfg.get("callbacks") or {}):  # Lightning would then set max_epochs=1
         raise UserInputError(
-            f"test_ckpt={test_ckpt}: allowed {list(TEST_CKPTS)}, null (the final weights) or a checkpoint file"
+            f"trainer.fast_dev_run={str(fast_dev_run).lower()} (debug=fdr) runs one batch of one epoch, which cannot "
+            "hold the pruning schedule of callbacks.pruning; use debug=limit, which keeps the epochs and shortens each"
         )
     if cfg.get("ckpt_path"):
         check_resumable(cfg.ckpt_path)
@@ -219,6 +240,19 @@ class SaveOnSignal(L.Callback):
     def _receive(self, signum: int, frame) -> None:
         self.signum = signum
 
+    @contextmanager
+    def noting_sigterm(self):
+        """SIGTERM noted (not fatal) from the fit's setup to the test's end, so that one arriving between
+        them, or during the test (whose Lightning handler would exit 0), still ends the run with 143."""
+        if threading.current_thread() is not threading.main_thread():  # the only thread that may set handlers
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, self._receive)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After Lightning's own SIGTERM handler is set (its teardown restores the handlers from before the fit).
         if threading.current_thread() is threading.main_thread():  # the only thread that may set handlers
@@ -268,6 +302,37 @@ def train(cfg: DictConfig) -> dict:
 
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
+    trainer = build_trainer(cfg, out_dir)
+    stopper = next(c for c in trainer.callbacks if isinstance(c, SaveOnSignal))
+    with stopper.noting_sigterm():
+        val = fit_net(cfg, trainer, module, datamodule) if fit else {"val/acc": None, "val/acc_best": None}
+        has_best = any(isinstance(c, ModelCheckpoint) and c.best_model_path for c in trainer.callbacks)
+        ckpt_path = cfg.get("test_ckpt") if has_best or cfg.get("test_ckpt") not in TEST_CKPTS else None
+        test_metrics = test_net(trainer, stopper, module, datamodule, ckpt_path)
+    metrics = {
+        **test_metrics,
+        **val,
+        "widths": list(getattr(module.net, "widths", [])),
+        "n_params": module.n_params,
+        "wall_s": round(time.perf_counter() - start, 2),
+        **_progress(trainer),
+        **_run_info(cfg),
+        "tested_checkpoint": ckpt_path and trainer.ckpt_path,
+        "device": str(trainer.strategy.root_device),
+        "torch_version": torch.__version__,
+        "lightning_version": L.__version__,
+        "debug": bool(cfg.get("debug_run", False)),
+    }
+    for callback in trainer.callbacks:  # e.g. the pruning callback's per-iteration history
+        if hasattr(callback, "run_summary"):
+            metrics.update(callback.run_summary())
+    if trainer.is_global_zero:
+        write_outputs(cfg, trainer, module, metrics, out_dir)
+    return metrics
+
+
+def build_trainer(cfg: DictConfig, out_dir: Path) -> L.Trainer:
+    """The Trainer with the config's loggers and callbacks, plus StoreConfig and SaveOnSignal."""
     loggers = _instantiate_group(cfg.get("logger"))
     callbacks = _instantiate_group(cfg.get("callbacks"))
     # Callbacks Lightning refuses in these settings (logger=null, trainer.enable_progress_bar=false)
@@ -280,67 +345,69 @@ def train(cfg: DictConfig) -> dict:
     callbacks.append(
         SaveOnSignal(Path(checkpoint_dirs[0] if checkpoint_dirs else out_dir / "checkpoints") / "last.ckpt")
     )
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    val = {"val/acc": None, "val/acc_best": None}
-    if fit:
-        try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        except RunInterrupted as stop:  # no metrics.json: the run is not finished
-            print(
-                f"{stop} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
-                f"saved {stop.ckpt_path}; resume with: {_resume_command(cfg, stop.ckpt_path)}",
-                file=sys.stderr,
-            )
-            sys.exit(128 + stop.signum)  # the shell's status for a process ended by that signal
-        if _progress(trainer)["steps"] == 0:
-            raise UserInputError(
-                f"the fit took no optimizer step (trainer.max_epochs={trainer.max_epochs}, "
-                f"trainer.limit_train_batches={cfg.trainer.get('limit_train_batches')}, "
-                f"data.batch_size={cfg.data.get('batch_size')}): nothing was trained"
-            )
-        val = _val_metrics(trainer)
-    has_best = any(isinstance(c, ModelCheckpoint) and c.best_model_path for c in trainer.callbacks)
-    ckpt_path = cfg.get("test_ckpt") if has_best or cfg.get("test_ckpt") not in TEST_CKPTS else None
-    (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
-    metrics = {
-        "test/acc": float(test_metrics["test/acc"]),
-        "test/loss": float(test_metrics["test/loss"]),
-        **val,
-        "widths": list(getattr(module.net, "widths", [])),
-        "n_params": module.n_params,
-        "wall_s": round(time.perf_counter() - start, 2),
-        **_progress(trainer),
-        **_run_info(cfg),
-        "tested_checkpoint": ckpt_path and trainer.ckpt_path,
-        "device": str(trainer.strategy.root_device),
-        "torch_version": torch.__version__,
-        "lightning_version": L.__version__,
-    }
-    for callback in trainer.callbacks:  # e.g. the pruning callback's per-iteration history
-        if hasattr(callback, "run_summary"):
-            metrics.update(callback.run_summary())
-    if trainer.is_global_zero:
-        state = module.net.state_dict()
-        atomic_write(out_dir / "model_state.pt", lambda tmp: torch.save(state, tmp))
-        atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        # Lightning writes these at step 0: val/acc stays out, so its curve keeps only its epochs.
-        hparam_metrics = {k: metrics[k] for k in ("test/acc", "test/loss", "val/acc_best") if metrics[k] is not None}
-        for logger in trainer.loggers:
-            hparams = flat_config(cfg, metrics["experiment"])
-            # ... and a callback's numbers about the net, e.g. the HandNet's explanation/numbers
-            explained = {k: v for k, v in metrics.items() if k.startswith("explanation/")}
-            if isinstance(logger, TensorBoardLogger):  # the HParams tab; other loggers take no metrics here
-                logger.log_hyperparams(hparams, metrics={**hparam_metrics, **_final_net(metrics), **explained})
-            else:
-                logger.log_hyperparams(hparams)
-            logger.finalize("success")
-        log.info(
-            "test/acc %.4f, %d params, %.1f s; outputs in %s",
-            metrics["test/acc"],
-            metrics["n_params"],
-            metrics["wall_s"],
-            out_dir,
+def fit_net(cfg: DictConfig, trainer: L.Trainer, module: LitClassifier, datamodule) -> dict:
+    """The fit (resumed from ckpt_path when given); a signal ends the process with 128 + its number
+    after saying how to resume. Returns the final and best val/acc."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except RunInterrupted as stop:  # no metrics.json: the run is not finished
+        print(
+            f"{stop} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+            f"saved {stop.ckpt_path}; resume with: {_resume_command(cfg, stop.ckpt_path)}",
+            file=sys.stderr,
         )
-    return metrics
+        sys.exit(128 + stop.signum)  # the shell's status for a process ended by that signal
+    if _progress(trainer)["steps"] == 0:
+        raise UserInputError(
+            f"the fit took no optimizer step (trainer.max_epochs={trainer.max_epochs}, "
+            f"trainer.limit_train_batches={cfg.trainer.get('limit_train_batches')}, "
+            f"data.batch_size={cfg.data.get('batch_size')}): nothing was trained"
+        )
+    return _val_metrics(trainer)
+
+
+def test_net(trainer: L.Trainer, stopper: SaveOnSignal, module: LitClassifier, datamodule, ckpt_path) -> dict:
+    """test/acc and test/loss of the module's weights, or of ckpt_path's. SIGTERM before or during the test
+    ends the process with 143 (Lightning's own handling would exit 0 with no metrics); a non-finite result
+    is an error."""
+    test_metrics = None
+    try:
+        if stopper.signum is None:
+            (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        pass
+    if stopper.signum is not None or trainer.received_sigterm:  # also during the last batch, which Lightning finishes
+        saved = [c.best_model_path or c.last_model_path for c in trainer.checkpoint_callbacks]
+        hint = f"; test the fit's checkpoint with: python eval.py ckpt_path={saved[0]}" if any(saved) else ""
+        print(f"stopped by SIGTERM during the test: no metrics.json{hint}", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
+    return finite_test_metrics(test_metrics)
+
+
+def write_outputs(cfg: DictConfig, trainer: L.Trainer, module: LitClassifier, metrics: dict, out_dir: Path) -> None:
+    """model_state.pt (its sha256 in metrics), metrics.json last (a finished run), the loggers' hparams."""
+    state = module.net.state_dict()
+    atomic_write(out_dir / "model_state.pt", lambda tmp: torch.save(state, tmp))
+    metrics[STATE_HASH_KEY] = file_sha256(out_dir / "model_state.pt")
+    atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    # Lightning writes these at step 0: val/acc stays out, so its curve keeps only its epochs.
+    hparam_metrics = {k: metrics[k] for k in ("test/acc", "test/loss", "val/acc_best") if metrics[k] is not None}
+    for logger in trainer.loggers:
+        hparams = flat_config(cfg, metrics["experiment"])
+        # ... and a callback's numbers about the net, e.g. the HandNet's explanation/numbers
+        explained = {k: v for k, v in metrics.items() if k.startswith("explanation/")}
+        if isinstance(logger, TensorBoardLogger):  # the HParams tab; other loggers take no metrics here
+            logger.log_hyperparams(hparams, metrics={**hparam_metrics, **_final_net(metrics), **explained})
+        else:
+            logger.log_hyperparams(hparams)
+        logger.finalize("success")
+    log.info(
+        "test/acc %.4f, %d params, %.1f s; outputs in %s",
+        metrics["test/acc"],
+        metrics["n_params"],
+        metrics["wall_s"],
+        out_dir,
+    )

@@ -3,6 +3,7 @@ training device; batches are slices."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,15 @@ IDX_FILES = {
     "t10k-images-idx3-ubyte": 7_840_016,
     "t10k-labels-idx1-ubyte": 10_008,
 }
+# MD5 sums of MNIST's four uncompressed IDX files (torchvision.datasets.MNIST.resources lists those of the
+# .gz downloads; its download unpacks them into these). FashionMNIST and KMNIST are not verified: no copy
+# of their unpacked files was at hand to take the sums from; their IDX headers and sizes are still checked.
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
 # IDX headers: magic number 0x0000080d (unsigned bytes, d dimensions), then d big-endian sizes.
 IMAGES_MAGIC, LABELS_MAGIC = 0x803, 0x801
 
@@ -38,10 +48,11 @@ class Dataset:
     std: float
     # MNIST's files are checked against their known sizes; the others take their image counts from the files.
     exact_sizes: bool = False
+    md5: dict[str, str] | None = None  # {file: MD5 sum}, checked on first use unless data.verify=false
 
 
 DATASETS = {
-    "mnist": Dataset("MNIST", MNIST_MEAN, MNIST_STD, exact_sizes=True),
+    "mnist": Dataset("MNIST", MNIST_MEAN, MNIST_STD, exact_sizes=True, md5=MNIST_MD5),
     "fashion_mnist": Dataset("FashionMNIST", 0.2860, 0.3530),
     "kmnist": Dataset("KMNIST", 0.1918, 0.3483),
 }
@@ -66,9 +77,34 @@ def _missing_data_error(raw_dir: Path, why: str, folder: str = "MNIST") -> UserI
     )
 
 
-def ensure_mnist(data_dir: str | Path, download: bool = True, name: str = "mnist") -> None:
-    """Check that the data set's four IDX files are there (and MNIST's whole), downloading them
-    (torchvision) when they are missing and download is on."""
+# (path, size, mtime) of the files whose MD5 matched in this process: hashed once, not per run or test.
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def verify_md5(raw_dir: Path, sums: dict[str, str], folder: str) -> None:
+    """Each file's MD5 against the known sum: a file of the right size and header can still hold other
+    images or labels (a shifted label file trains to 26%)."""
+    for file, expected in sums.items():
+        path = (raw_dir / file).resolve()
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key in _VERIFIED:
+            continue
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        if digest.hexdigest() != expected:
+            raise UserInputError(
+                f"{folder} not usable in {raw_dir} ({file} has MD5 {digest.hexdigest()}, expected {expected}: "
+                f"changed or not {folder}'s); data.verify=false uses the files as they are (your own data set)"
+            )
+        _VERIFIED.add(key)
+
+
+def ensure_mnist(data_dir: str | Path, download: bool = True, name: str = "mnist", verify: bool = True) -> None:
+    """Check that the data set's four IDX files are there (and MNIST's whole and, with verify, the known
+    files), downloading them (torchvision) when they are missing and download is on."""
     import torchvision.datasets
 
     folder = dataset_spec(name).folder
@@ -88,6 +124,8 @@ def ensure_mnist(data_dir: str | Path, download: bool = True, name: str = "mnist
         actual = (raw_dir / file).stat().st_size
         if actual != size:
             raise _missing_data_error(raw_dir, f"{file} has {actual} bytes, expected {size}: truncated or not MNIST")
+    if verify and dataset_spec(name).md5:
+        verify_md5(raw_dir, dataset_spec(name).md5, folder)
 
 
 def read_idx(path: Path, magic: int, dims: tuple[int | None, ...], folder: str = "MNIST") -> torch.Tensor:
@@ -110,10 +148,12 @@ def read_idx(path: Path, magic: int, dims: tuple[int | None, ...], folder: str =
     return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(found_dims)
 
 
-def load_mnist(data_dir: str | Path, download: bool = True, name: str = "mnist") -> dict[str, torch.Tensor]:
+def load_mnist(
+    data_dir: str | Path, download: bool = True, name: str = "mnist", verify: bool = True
+) -> dict[str, torch.Tensor]:
     """A data set's uint8 images and labels on the CPU, checked:
     {"train_images", "train_labels", "test_images", "test_labels"}."""
-    ensure_mnist(data_dir, download, name)
+    ensure_mnist(data_dir, download, name, verify)
     spec = dataset_spec(name)
     raw_dir = Path(data_dir) / spec.folder / "raw"
     out = {}
@@ -195,6 +235,7 @@ class MNISTDataModule(L.LightningDataModule):
         seed: int = 0,
         download: bool = True,
         dataset: str = "mnist",
+        verify: bool = True,
     ):
         super().__init__()
         self.spec, self.dataset = dataset_spec(dataset), dataset
@@ -202,19 +243,19 @@ class MNISTDataModule(L.LightningDataModule):
             raise UserInputError(f"data.batch_size={batch_size}, data.eval_batch_size={eval_batch_size}: must be >= 1")
         if not 0 < val_size < 60_000:
             raise UserInputError(f"data.val_size={val_size}: must be between 1 and 59999")
-        self.data_dir, self.download = data_dir, download
+        self.data_dir, self.download, self.verify = data_dir, download, verify
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.seed = val_size, seed
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._device = torch.device("cpu")
 
     def prepare_data(self):
-        ensure_mnist(self.data_dir, self.download, self.dataset)  # download once, on rank 0
+        ensure_mnist(self.data_dir, self.download, self.dataset, self.verify)  # download once, on rank 0
 
     def setup(self, stage=None):
         if self.splits:
             return
-        raw = load_mnist(self.data_dir, self.download, self.dataset)
+        raw = load_mnist(self.data_dir, self.download, self.dataset, self.verify)
         if self.val_size >= len(raw["train_labels"]):
             raise UserInputError(
                 f"data.val_size={self.val_size}: must be below the {len(raw['train_labels'])} training images "

@@ -10,6 +10,9 @@ Every problem is one UserInputError line naming the file and what was expected.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import pickle
 from pathlib import Path
 
@@ -28,6 +31,36 @@ HANDNET = "convdissect.handnet.net.HandNet"
 LIGHTNING_PREFIX = "net."
 LAYERS = ("conv1", "conv2", "conv3", "fc4", "fc5")
 HANDNET_KEY = "conv1.theta"  # a parametric conv1: a HandNet state_dict
+STATE_HASH_KEY = "model_state_sha256"  # metrics.json's record of the run's model_state.pt
+
+log = logging.getLogger(__name__)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def warn_if_changed(path: str | Path) -> None:
+    """A run's model_state.pt whose bytes differ from the sha256 in the run's metrics.json (replaced or
+    damaged since the run): one warning line, as its results no longer describe it."""
+    path = Path(path)
+    metrics = path.parent / "metrics.json"
+    if path.name != "model_state.pt" or not metrics.is_file():
+        return
+    try:
+        recorded = json.loads(metrics.read_text()).get(STATE_HASH_KEY)
+    except (OSError, ValueError, AttributeError):  # not our metrics.json: nothing recorded to compare
+        return
+    if recorded and recorded != file_sha256(path):
+        log.warning(
+            "ckpt_path=%s: its sha256 differs from the one in %s: the file changed since that run wrote it",
+            path,
+            metrics,
+        )
 
 
 def read_checkpoint(path: str | Path):
@@ -39,6 +72,7 @@ def read_checkpoint(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"ckpt_path={path}: no such file")
+    warn_if_changed(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

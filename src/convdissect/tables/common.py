@@ -32,10 +32,10 @@ def training_runs(roots: Iterable[Path]) -> tuple[list[Path], list[Path]]:
     training run dirs without it (the run failed or is still running), each sorted and listed once."""
     done, missing = set(), set()
     for root in roots:
-        done.update(path.parent for path in root.rglob("metrics.json"))
+        done.update(p.parent for p in root.rglob("metrics.json") if not json.loads(p.read_text()).get("debug"))
         for config_file in root.rglob(".hydra/config.yaml"):
             run_dir = config_file.parent.parent
-            if run_dir not in done and is_training_run(run_dir):
+            if not (run_dir / "metrics.json").is_file() and is_training_run(run_dir):
                 missing.add(run_dir)
     return sorted(done), sorted(missing - done)
 
