@@ -1,7 +1,7 @@
 # Produced: the null-calibration table of docs/measures.md ("How often an untrained net is called learned").
 """Untrained nets dissected as if trained: how often a claim's verdicts come out "learned".
 
-    python studies/null_calibration.py [--nets 100] [--widths 8,16,24,16] [--images 1000]
+    python studies/null_calibration.py [--nets 100] [--first 0] [--widths 8,16,24,16] [--images 1000]
 
 Each of --nets untrained SimpleConvNets is dissected as if it were a trained net: its claim
 statistics, the top-k ablations included, are judged by dissect's own verdict rule against
@@ -37,6 +37,7 @@ JUDGED_SEED_BASE = 50_000
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nets", type=int, default=100)
+    parser.add_argument("--first", type=int, default=0, help="the first judged net (to split the nets over processes)")
     parser.add_argument("--widths", default="8,16,24,16")
     parser.add_argument("--images", type=int, default=1000)
     args = parser.parse_args()
@@ -51,7 +52,7 @@ def main() -> None:
     widths = [int(w) for w in args.widths.split(",")]
     template = SimpleConvNet(widths)
     null_nets = [untrained_like(template, UNTRAINED_SEED_BASE + i) for i in range(settings.untrained_seeds)]
-    nulls = [measure(u, images, False, scored) for u in null_nets]
+    nulls = [measure(u, images, False, scored, programs=False) for u in null_nets]
     ablated_nulls = [
         ablation(u, m.contributions["conv2"], test_images, test_digits, 0, cfg.seed) for u, m in zip(null_nets, nulls)
     ]
@@ -59,9 +60,9 @@ def main() -> None:
     holds = {name: Counter() for name in STATISTICS}
     any_learned = 0
     start = time.perf_counter()
-    for n in range(args.nets):
+    for n in range(args.first, args.first + args.nets):
         net = untrained_like(template, JUDGED_SEED_BASE + n)
-        m = measure(net, images, False, scored)  # as the nulls are measured: the claims read no labels
+        m = measure(net, images, False, scored, programs=False)  # the claims read no labels
         draws = settings.ablation_draws
         ablated = ablation(net, m.contributions["conv2"], test_images, test_digits, draws, n)
         claims = claim_statistics(m, nulls, settings, seed=n, ablated=ablated, ablated_untrained=ablated_nulls)

@@ -67,12 +67,14 @@ def measure(
     for_labels: bool = True,
     scored_images: torch.Tensor | None = None,
     digits: torch.Tensor | None = None,
+    programs: bool = True,
 ) -> Measurements:
     """All measurements of a SimpleConvNet on normalised images [N, 1, 28, 28] and on probes; the
     labels' programs are fitted on `images` and scored on `scored_images` (default: the second half
     of `images`, the first half fitting). for_labels=False (a null net) skips what only the labels
     and the report read: conv1's and conv2's position/pattern sweeps and the responses to the images.
-    `digits` (the images' classes) adds fc4's class means."""
+    `digits` (the images' classes) adds fc4's class means; programs=False skips the labels' programs
+    (what the claim statistics alone do not read)."""
     net.eval()
     images = images.to(next(net.parameters()).device)
     if scored_images is None:
@@ -94,9 +96,13 @@ def measure(
         weight = net.conv2.weight.detach().cpu()
         driver_fit = fit_lines(weight[torch.arange(len(driver)), driver.clamp_min(0)])
     conv1_fit = fit_lines(net.conv1.weight.detach()[:, 0])
-    programs = {"conv1": conv1_programs(net, conv1_fit, fit_images, scored_images, shuffled=for_labels)}
-    programs |= {layer: layer_programs(net, layer, fit_images, scored_images, shuffled=for_labels) for layer in inner}
-    programs["fc4"] = fc4_programs(net, fit_images, scored_images, shuffled=for_labels)
+    label_programs = {}
+    if programs:
+        label_programs = {"conv1": conv1_programs(net, conv1_fit, fit_images, scored_images, shuffled=for_labels)}
+        label_programs |= {
+            layer: layer_programs(net, layer, fit_images, scored_images, shuffled=for_labels) for layer in inner
+        }
+        label_programs["fc4"] = fc4_programs(net, fit_images, scored_images, shuffled=for_labels)
     return Measurements(
         widths=list(net.widths),
         layers=layers,
@@ -108,7 +114,7 @@ def measure(
         grids=grids,
         position_pattern={layer: position_pattern(net, layer) for layer in layers if for_labels or layer == "conv3"},
         responses=channel_responses(net, images, layers) if for_labels else {},
-        programs=programs,
+        programs=label_programs,
         class_means={} if digits is None else class_means(net, images, digits.to(images.device), ["fc4"]),
     )
 
