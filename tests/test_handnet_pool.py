@@ -14,7 +14,8 @@ from convdissect.data.mnist import MNISTDataModule
 from convdissect.data.probes import stroke_images
 from convdissect.dissect.report.page import page
 from convdissect.errors import UserInputError
-from convdissect.handnet.explanation import explain, learned_recipes
+from convdissect.handnet.explanation import explain
+from convdissect.handnet.learned_recipes import learned_recipes
 from convdissect.handnet.net import HandNet
 from convdissect.handnet.recipes import Part
 from tests.helpers import EXPLAINABLE_RUN, check_round_trip, short_run

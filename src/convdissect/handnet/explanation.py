@@ -1,7 +1,8 @@
 """A HandNet explained from its parameters alone, completely: every conv1 line, every burst of
 every conv3 unit and every readout term. Parameters -> labels.json entries (`explain`) ->
-sentences and markdown (`explanation_markdown`); the same numbers as a learned recipe file
-(`learned_recipes`) rebuild the net, exactly or rounded to the printed precision.
+explanation.md (`explanation_markdown`) and its size (`explanation_metrics`). The words and the
+printed precision are in handnet/sentences.py; the same numbers as a learned recipe file, which
+rebuilds the net, in handnet/learned_recipes.py.
 """
 
 from __future__ import annotations
@@ -12,35 +13,19 @@ import torch
 
 from convdissect.analysis.families import canonical_line
 from convdissect.analysis.selectivity import position_pattern
-from convdissect.conventions import (
-    CENTRE,
-    ORIENTATION_NAMES,
-    REGION_NAMES,
-    clock_from_xy,
-    edge_side,
-    format_distance,
-    orientation_bin,
-    stroke_label,
-    unit_name,
-)
+from convdissect.conventions import REGION_NAMES, clock_from_xy, edge_side, stroke_label, unit_name
 from convdissect.handnet.layers import MIN_SIGMA
 from convdissect.handnet.recipes import BURST_KEYS, LINE_KEYS
-
-# Numbers in explanation.md have this many significant digits; the rounded net uses the same.
-SIGNIFICANT = 3
-# Named positions (and angles) within this distance (recipe cells, 4 pixels; degrees) are called by their name.
-NAME_TOLERANCE_CELLS = 0.5
-NAME_TOLERANCE_DEG = 5.0
-
-
-def rounded(value: float) -> float:
-    """A number as explanation.md prints it."""
-    return float(f"{value:.{SIGNIFICANT}g}")
-
-
-def fmt(value: float) -> str:
-    return f"{value:.{SIGNIFICANT}g}"
-
+from convdissect.handnet.sentences import (
+    SIGNIFICANT,
+    burst_place,
+    burst_sentence,
+    conv1_sentence,
+    fmt,
+    pattern_word,
+    position_word,
+    recipe_sentence,
+)
 
 # ---------------------------------------------------------------------------- parameters -> labels
 
@@ -62,7 +47,7 @@ def explain(net) -> dict:
     }
 
 
-def _conv1_numbers(net) -> list[dict]:
+def conv1_lines(net) -> list[dict]:
     """conv1's lines in canonical form (θ in degrees in [0, 180), width as used)."""
     c = net.conv1
     sigma = c.sigma.abs().clamp_min(MIN_SIGMA)
@@ -82,7 +67,7 @@ def _conv1_numbers(net) -> list[dict]:
 
 def _explain_conv1(net) -> list[dict]:
     units = []
-    for i, line in enumerate(_conv1_numbers(net)):
+    for i, line in enumerate(conv1_lines(net)):
         kind, theta, amplitude = line["kind"], line["theta_deg"], line["amplitude"]
         units.append(
             {
@@ -186,15 +171,6 @@ def _explain_readout(net, conv3: list[dict]) -> list[dict]:
     return units
 
 
-def position_word(positions: dict[str, tuple[float, float]], x: float, y: float) -> str:
-    """A recipe position's name (top, middle, ...) where a burst sits on one, else its clock
-    (x, y in the recipe file's 4-pixel cells)."""
-    for name, (px, py) in positions.items():
-        if math.hypot(x - px, y - py) <= NAME_TOLERANCE_CELLS:
-            return name
-    return clock_from_xy(x, y)[0]
-
-
 def position_pattern_indices(net) -> tuple[list[float | None], list[float | None]]:
     """Per conv3 unit, eta² of position and of pattern over line probes, measured as for a SimpleConvNet."""
     pp = position_pattern(net, "conv3")
@@ -229,127 +205,6 @@ def explanation_metrics(labels: dict) -> dict:
         "explanation/units_used": sum(u["read"] for u in by_layer["conv3"]),
         "explanation/numbers": numbers,
     }
-
-
-# ---------------------------------------------------------------------------- the executable explanation
-
-
-@torch.no_grad()
-def learned_recipes(net, exact: bool = True) -> dict:
-    """The learned recipe file (same schema as conf/handnet/recipes.yaml, extended) that rebuilds
-    this net. exact: the parameters bit for bit; else every number rounded as explanation.md
-    prints it (θ in degrees, the canonical line), i.e. the net a reader of explanation.md knows."""
-    r = net.recipes
-    out = {
-        "positions": {
-            name: {"clock": clock, "distance": distance}
-            for name, (clock, distance) in ((name, clock_from_xy(x, y)) for name, (x, y) in r.positions.items())
-        },
-        "clock_distance": r.clock_distance,
-        "cell_pixels": net.cell_pixels,
-        "final_pool": net.final_pool,
-    }
-    c1 = net.conv1
-    labels = [stroke_label(line["kind"], line["theta_deg"], line["amplitude"]) for line in _conv1_numbers(net)]
-    if exact:
-        raw = {key: getattr(c1, key).tolist() for key in LINE_KEYS}
-        lines = [{key: raw[key][i] for key in LINE_KEYS} for i in range(len(labels))]
-    else:
-        lines = [
-            {
-                "theta": math.radians(rounded(line["theta_deg"])),
-                **{k: rounded(line[k]) for k in ("sigma", "offset", "amplitude", "bias")},
-            }
-            for line in _conv1_numbers(net)
-        ]
-    out["lines"] = [{"kind": kind, **line, "label": label} for kind, line, label in zip(c1.kinds, lines, labels)]
-    c3 = net.conv3
-    channel = c3.channel_weights().argmax(-1).tolist()
-    widths = [c3.sigma_x, c3.sigma_y] if exact else [s.abs().clamp_min(MIN_SIGMA) for s in (c3.sigma_x, c3.sigma_y)]
-    values = {key: t.tolist() for key, t in zip(BURST_KEYS, (c3.mean_x, c3.mean_y, *widths, c3.amplitude))}
-    number = (lambda v: v) if exact else rounded
-    out["units"] = [
-        {
-            "name": unit_name("conv3", k + 1),
-            "bias": number(float(c3.bias[k])),
-            "bursts": [
-                {
-                    "input": unit_name("conv1", channel[k][b] + 1),
-                    **{key: number(values[key][k][b]) for key in BURST_KEYS},
-                }
-                for b in range(c3.n_bursts)
-            ],
-        }
-        for k in range(len(channel))
-    ]
-    weight = net.readout.sparse_weight()
-    regions = REGION_NAMES[net.final_pool]
-
-    def term(k: int, w: float) -> dict:
-        unit, region = divmod(k, len(regions))
-        where = {"region": regions[region]} if len(regions) > 1 else {}
-        return {"unit": unit_name("conv3", unit + 1), **where, "weight": number(w)}
-
-    out["digits"] = {
-        digit: {
-            "bias": number(float(net.readout.bias[digit])),
-            "terms": [term(k, float(weight[digit, k])) for k in weight[digit].nonzero().flatten().tolist()],
-        }
-        for digit in range(10)
-    }
-    return out
-
-
-# ---------------------------------------------------------------------------- sentences
-
-_SHIFT_WORDS = {"upper": "up", "lower": "down"}
-
-
-def pattern_word(kind: str, theta_deg: float, amplitude: float) -> str:
-    """The short pattern name of a stroke detector, as recipes write it: 'horizontal',
-    'diagonal /', 'dark vertical', 'left side of vertical', or '20°' off the four orientations."""
-    gap = abs(theta_deg - orientation_bin(theta_deg)) % 180.0
-    near = min(gap, 180.0 - gap) <= NAME_TOLERANCE_DEG
-    base = ORIENTATION_NAMES[orientation_bin(theta_deg)] if near else f"{theta_deg % 180.0:.0f}°"
-    if kind == "edge":
-        return f"{edge_side(theta_deg, amplitude)} side of {base}"
-    return base if amplitude >= 0 else f"dark {base}"
-
-
-def conv1_sentence(kind: str, theta_deg: float, sigma: float, offset: float, amplitude: float) -> str:
-    """'line at 45° (slope 1.00), width 0.3, shifted 0.2 to the lower right'."""
-    text = f"{stroke_label(kind, theta_deg, amplitude)}, width {sigma:.2g}"
-    if abs(offset) < 0.05:
-        return f"{text}, centred"
-    # A positive offset moves the line along its normal n = (-sin θ, cos θ); edge_side(θ, -1)
-    # names the direction n (an edge's negative lobe lies on the -sign * n side).
-    word = edge_side(theta_deg, -1.0 if offset > 0 else 1.0)
-    word = _SHIFT_WORDS.get(word, "to the " + word.replace("-", " "))
-    return f"{text}, shifted {abs(offset):.2g} {word}"
-
-
-def burst_place(burst: dict) -> str:
-    """'at 12 o'clock, distance 2', 'at the centre'."""
-    if burst["clock"] == CENTRE:
-        return "at the centre"
-    clock = burst["clock"]
-    clock = f"{clock.removesuffix(':00')} o'clock" if clock.endswith(":00") else clock
-    return f"at {clock}, distance {format_distance(burst['distance'])}"
-
-
-def burst_sentence(burst: dict) -> str:
-    """'+burst at 12 o'clock, distance 2, on conv1_1 (horizontal line)'."""
-    return f"{burst['sign']}burst {burst_place(burst)}, on {burst['input']} ({burst['input_label']})"
-
-
-def recipe_sentence(digit: int, terms: list[dict]) -> str:
-    """'5 = 1.3 top(horizontal) + 0.9 middle(horizontal) - 0.4 centre(vertical)'."""
-    if not terms:
-        return f"{digit} = (nothing)"
-    text = f"{digit} = {'-' if terms[0]['weight'] < 0 else ''}{abs(terms[0]['weight']):.2g} {terms[0]['label']}"
-    for term in terms[1:]:
-        text += f" {'-' if term['weight'] < 0 else '+'} {abs(term['weight']):.2g} {term['label']}"
-    return text
 
 
 # ---------------------------------------------------------------------------- markdown

@@ -12,7 +12,8 @@ import torch
 import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from convdissect.handnet.explanation import explain, explanation_markdown, explanation_metrics, learned_recipes
+from convdissect.handnet.explanation import explain, explanation_markdown, explanation_metrics
+from convdissect.handnet.learned_recipes import learned_recipes
 from convdissect.handnet.net import HandNet
 
 log = logging.getLogger(__name__)
