@@ -7,7 +7,7 @@ padding) -> relu -> 3x3 max-pooled to final_pool x final_pool regions (1: one ma
 Linear from the units x regions to the 10 digits, at most T terms per digit) -> log_softmax.
 With cell_pixels=2, conv3 reads the 14x14 map with 10x10 grids of 2-pixel cells: the same 20 pixels,
 finer burst positions, a 5x5 map.
-Its explanation from its parameters is convdissect.dissect.handnet_explanation.
+Its explanation from its parameters is convdissect.handnet.explanation.
 """
 
 from __future__ import annotations
@@ -94,15 +94,7 @@ class HandNet(nn.Module):
         group_readout: float = 0.0,
     ):
         super().__init__()
-        if init not in INIT_MODES:
-            raise UserInputError(f"model.init={init!r}: allowed {list(INIT_MODES)}")
-        if burst_channels not in BURST_CHANNELS:
-            raise UserInputError(f"model.burst_channels={burst_channels!r}: allowed {list(BURST_CHANNELS)}")
-        if n_orientations not in (4, 8):
-            raise UserInputError(f"model.n_orientations={n_orientations}: allowed 4, 8")
-        for key, value, low in (("extra_detectors", extra_detectors, 0), ("n_bursts", n_bursts, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise UserInputError(f"model.{key}={value!r}: must be an integer >= {low}")
+        _check_structure(init, burst_channels, n_orientations, extra_detectors, n_bursts)
         check_pooling(cell_pixels, final_pool)
         self.recipes = load_recipes(recipes)
         self.l1_readout, self.l1_bursts, self.group_readout = l1_readout, l1_bursts, group_readout
@@ -111,32 +103,14 @@ class HandNet(nn.Module):
             self._build_from_learned(self.recipes)
             return
 
-        angles = [k * 180.0 / n_orientations for k in range(n_orientations)]
-        kinds, self.conv1_angles, signs = ["line"] * len(angles), list(angles), [1.0] * len(angles)
-        if edges:  # both sides of each orientation
-            for sign in (1.0, -1.0):
-                kinds += ["edge"] * len(angles)
-                self.conv1_angles += angles
-                signs += [sign] * len(angles)
+        kinds, self.conv1_angles, signs = _conv1_kinds(n_orientations, edges)
         detectors = self.recipes.detectors
         n_units = len(detectors) + extra_detectors
         self._check_terms(terms, n_units, final_pool**2)
         per_unit = n_bursts * len(kinds) if burst_channels == "all" else n_bursts
         self._make_layers(kinds, n_units, per_unit, burst_channels == "learned", cell_pixels, final_pool)
         self.terms = terms
-
-        c1, c3 = self.recipes.conv1, self.recipes.conv3
-        line_sigma = c1["sigma"] if line_sigma is None else line_sigma
-        burst_sigma = (c3["sigma"] if burst_sigma is None else burst_sigma) * self.recipe_cell
-        with torch.no_grad():
-            self.conv1.sigma.fill_(line_sigma)
-            self.conv3.reset_random(burst_sigma, RANDOM_BURST_STD)
-            if burst_channels == "all":  # n_bursts on each channel in turn
-                self.conv3.fix_channels(torch.arange(len(kinds)).repeat_interleave(n_bursts).expand(n_units, -1))
-            if init == "random":
-                self.conv1.theta.uniform_(0.0, math.pi)
-            else:
-                self._build_by_hand(detectors, signs)
+        self._initialise(init, line_sigma, burst_sigma, burst_channels == "all", n_bursts, detectors, signs)
 
     @staticmethod
     def _check_terms(terms, n_units: int, regions: int) -> None:
@@ -182,6 +156,32 @@ class HandNet(nn.Module):
         ).to(self.readout.weight.device)
         self.readout = SparseLinear(len(bias) * self.regions, 10).to(self.readout.weight.device)
         self.widths = [self.widths[0], len(bias)]
+
+    def _initialise(
+        self,
+        init: str,
+        line_sigma: float | None,
+        burst_sigma: float | None,
+        all_channels: bool,
+        n_bursts: int,
+        detectors: list[Part],
+        signs: list[float],
+    ) -> None:
+        """Widths (the recipe file's unless given), random bursts, with burst_channels=all each unit's
+        n_bursts on each channel in turn; then conv1's angles at random or the recipe units by hand."""
+        c1, c3 = self.recipes.conv1, self.recipes.conv3
+        line_sigma = c1["sigma"] if line_sigma is None else line_sigma
+        burst_sigma = (c3["sigma"] if burst_sigma is None else burst_sigma) * self.recipe_cell
+        n_kinds, n_units = self.widths
+        with torch.no_grad():
+            self.conv1.sigma.fill_(line_sigma)
+            self.conv3.reset_random(burst_sigma, RANDOM_BURST_STD)
+            if all_channels:
+                self.conv3.fix_channels(torch.arange(n_kinds).repeat_interleave(n_bursts).expand(n_units, -1))
+            if init == "random":
+                self.conv1.theta.uniform_(0.0, math.pi)
+            else:
+                self._build_by_hand(detectors, signs)
 
     def _build_from_learned(self, r: Recipes) -> None:
         """Every number from a learned recipe file: the net that file explains, exactly."""
@@ -336,3 +336,29 @@ class HandNet(nn.Module):
 
 def _pattern_angle(pattern: str) -> float:
     return float(next(angle for angle, name in ORIENTATION_NAMES.items() if name == pattern))
+
+
+def _check_structure(init: str, burst_channels: str, n_orientations: int, extra_detectors, n_bursts) -> None:
+    """The structure keys of a hand-built HandNet, each against what is allowed."""
+    if init not in INIT_MODES:
+        raise UserInputError(f"model.init={init!r}: allowed {list(INIT_MODES)}")
+    if burst_channels not in BURST_CHANNELS:
+        raise UserInputError(f"model.burst_channels={burst_channels!r}: allowed {list(BURST_CHANNELS)}")
+    if n_orientations not in (4, 8):
+        raise UserInputError(f"model.n_orientations={n_orientations}: allowed 4, 8")
+    for key, value, low in (("extra_detectors", extra_detectors, 0), ("n_bursts", n_bursts, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise UserInputError(f"model.{key}={value!r}: must be an integer >= {low}")
+
+
+def _conv1_kinds(n_orientations: int, edges: bool) -> tuple[list[str], list[float], list[float]]:
+    """conv1's kernels: a line at each of n_orientations angles k * 180° / n and, with edges, an edge
+    on each side of each: (kinds, angles in degrees, signs)."""
+    angles = [k * 180.0 / n_orientations for k in range(n_orientations)]
+    kinds, conv1_angles, signs = ["line"] * len(angles), list(angles), [1.0] * len(angles)
+    if edges:  # both sides of each orientation
+        for sign in (1.0, -1.0):
+            kinds += ["edge"] * len(angles)
+            conv1_angles += angles
+            signs += [sign] * len(angles)
+    return kinds, conv1_angles, signs
