@@ -142,55 +142,74 @@ def _sd(values: list[float]) -> float:
 def accuracy_table(acc: dict[str, dict[int, float]], separations: dict[str, list[dict]] | None = None) -> str:
     """The article's claims about accuracy and class separation, per net.
     acc: {experiment: {seed: test accuracy}}; separations: {experiment: [separation.json per seed]}."""
-    rows = ["| claim of the article | our measurement | verdict |", "|---|---|---|"]
     mean = {name: statistics.fmean(seeds.values()) for name, seeds in acc.items() if seeds}
+    rows = ["| claim of the article | our measurement | verdict |", "|---|---|---|"]
+    rows += [row for row in (_pruning_row(acc, mean), _no_conv2_row(acc, mean)) if row]
+    rows += _handnet_rows(acc, mean) + _separation_rows(separations or {})
+    return "\n".join(rows)
 
-    def values(name):
-        return list(acc[name].values())
 
-    def points(name):
-        return mean_sd(values(name), 2, 100)
+def _points(acc: dict[str, dict[int, float]], name: str) -> str:
+    return mean_sd(list(acc[name].values()), 2, 100)
 
-    def paired(a, b):
-        """a - b seed by seed, in points."""
-        return [(acc[a][s] - acc[b][s]) * 100 for s in acc[a].keys() & acc[b].keys()]
 
-    if {"baseline", "prune_7iters"} <= mean.keys():
-        gap = (mean["baseline"] - mean["prune_7iters"]) * 100
-        text = f"prune_7iters {points('prune_7iters')}% vs baseline {points('baseline')}%"
-        verdict_text = "supported" if gap <= 0.3 else f"not supported: {gap:.2f} points lost"
-        for control in ("small_scratch", "prune_random"):
-            if control in mean:
-                text += f", {control} {points(control)}%"
-        if "small_scratch" in mean:
-            edge = (mean["prune_7iters"] - mean["small_scratch"]) * 100
-            spread = 2 * max(_sd(values("prune_7iters")), _sd(values("small_scratch"))) * 100
-            verdict_text += (
-                f"; pruning beats training 8/16/24/16 from scratch by {edge:.2f} points"
-                if edge > spread
-                else f"; but training 8/16/24/16 from scratch does as well ({edge:+.2f} points, 2 sd {spread:.2f})"
-            )
-        rows.append(f"| Pruning to 8/16/24/16 in 7 steps keeps accuracy after retraining | {text} | {verdict_text} |")
-    if {"baseline", "no_conv2"} <= mean.keys() and paired("baseline", "no_conv2"):
-        gaps = paired("baseline", "no_conv2")
-        rows.append(
-            f"| conv2 can be left out | no_conv2 {points('no_conv2')}% vs baseline {points('baseline')}% "
-            f"(baseline minus no_conv2: {mean_sd(gaps, 2)} points, paired by seed) "
-            f"| {'supported' if statistics.fmean(gaps) <= 0.3 else 'not supported: leaving conv2 out costs accuracy'} |"
+def _pruning_row(acc: dict[str, dict[int, float]], mean: dict[str, float]) -> str | None:
+    """prune_7iters against the baseline, and against training the pruned widths from scratch."""
+    if not {"baseline", "prune_7iters"} <= mean.keys():
+        return None
+    gap = (mean["baseline"] - mean["prune_7iters"]) * 100
+    text = f"prune_7iters {_points(acc, 'prune_7iters')}% vs baseline {_points(acc, 'baseline')}%"
+    verdict_text = "supported" if gap <= 0.3 else f"not supported: {gap:.2f} points lost"
+    for control in ("small_scratch", "prune_random"):
+        if control in mean:
+            text += f", {control} {_points(acc, control)}%"
+    if "small_scratch" in mean:
+        edge = (mean["prune_7iters"] - mean["small_scratch"]) * 100
+        spread = 2 * max(_sd(list(acc["prune_7iters"].values())), _sd(list(acc["small_scratch"].values()))) * 100
+        verdict_text += (
+            f"; pruning beats training 8/16/24/16 from scratch by {edge:.2f} points"
+            if edge > spread
+            else f"; but training 8/16/24/16 from scratch does as well ({edge:+.2f} points, 2 sd {spread:.2f})"
         )
+    return f"| Pruning to 8/16/24/16 in 7 steps keeps accuracy after retraining | {text} | {verdict_text} |"
+
+
+def _no_conv2_row(acc: dict[str, dict[int, float]], mean: dict[str, float]) -> str | None:
+    """no_conv2 against the baseline, paired by seed."""
+    if not {"baseline", "no_conv2"} <= mean.keys():
+        return None
+    gaps = [(acc["baseline"][s] - acc["no_conv2"][s]) * 100 for s in acc["baseline"].keys() & acc["no_conv2"].keys()]
+    if not gaps:
+        return None
+    return (
+        f"| conv2 can be left out | no_conv2 {_points(acc, 'no_conv2')}% vs baseline {_points(acc, 'baseline')}% "
+        f"(baseline minus no_conv2: {mean_sd(gaps, 2)} points, paired by seed) "
+        f"| {'supported' if statistics.fmean(gaps) <= 0.3 else 'not supported: leaving conv2 out costs accuracy'} |"
+    )
+
+
+def _handnet_rows(acc: dict[str, dict[int, float]], mean: dict[str, float]) -> list[str]:
+    """Each HandNet against the nets it mirrors, measured (no claim of the article to judge)."""
+    rows = []
     for hand in ("handnet_handcrafted", "handnet_finetune"):
         if hand not in mean:
             continue
         against = [
-            f"{gap:.2f} points below {net} ({points(net)}%)"
+            f"{gap:.2f} points below {net} ({_points(acc, net)}%)"
             for net in ("prune_7iters", "baseline")
             if net in mean
             for gap in [(mean[net] - mean[hand]) * 100]
         ]
         rows.append(
-            f"| The HandNet ({hand}) compared with the nets it mirrors | {hand} {points(hand)}%: {'; '.join(against)} | measured |"
+            f"| The HandNet ({hand}) compared with the nets it mirrors | {hand} {_points(acc, hand)}%: {'; '.join(against)} | measured |"
         )
-    for net, seeds in (separations or {}).items():
+    return rows
+
+
+def _separation_rows(separations: dict[str, list[dict]]) -> list[str]:
+    """Per net, kNN accuracy and silhouette per layer (medians over seeds): do fc4 and fc5 beat conv3?"""
+    rows = []
+    for net, seeds in separations.items():
         if not seeds:
             continue
         sil = {stage: statistics.median(s[stage]["silhouette"] for s in seeds) for stage in seeds[0]}
@@ -200,7 +219,7 @@ def accuracy_table(acc: dict[str, dict[int, float]], separations: dict[str, list
         rows.append(
             f"| The fc layers separate the classes better than conv3 ({net}) | {text} | {'supported' if better else 'not supported by the silhouette'} |"
         )
-    return "\n".join(rows)
+    return rows
 
 
 def dissection_files(runs: list[Run], name: str) -> list[dict]:
