@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from convdissect.analysis.untangle import fit_basis, top_cell_share
+from convdissect.analysis.untangle_fits import fit_basis
+from convdissect.analysis.untangle_measures import top_cell_share
 from tests.test_untangle import planted
 
 

@@ -8,20 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from convdissect.analysis.untangle import (
-    METHODS,
-    PROBE_METHODS,
+from convdissect.analysis.untangle import unit_label, untangle
+from convdissect.analysis.untangle_fits import METHODS, PROBE_METHODS, fit_basis, fit_probe_basis, varimax, window_units
+from convdissect.analysis.untangle_measures import (
     conv3_cell_px,
-    fit_basis,
-    fit_probe_basis,
     interaction_cells,
     neighbourhood_share,
     top_cell_share,
-    unit_label,
-    untangle,
-    varimax,
     window_radius,
-    window_units,
 )
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.dissect.report.untangle import position_maps_figure
