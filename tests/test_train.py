@@ -117,7 +117,6 @@ class RecordFirstBatch(L.Callback):
             torch.save(batch[1].cpu(), Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
 
 
-@pytest.mark.slow
 def ddp_run(run_dir):
     cfg = compose_cfg("train", TINY + ["trainer=ddp_sim", "trainer.limit_train_batches=3"], run_dir)
     with open_dict(cfg):
@@ -125,6 +124,7 @@ def ddp_run(run_dir):
     return train(cfg)
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path):
     try:
         metrics = ddp_run(tmp_path)
