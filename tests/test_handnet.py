@@ -41,6 +41,8 @@ QUIET = [
     "~callbacks.progress_bar",
     "data.eval_batch_size=200",
     "trainer.limit_test_batches=2",
+    "callbacks.explanation.roundtrip_images=300",  # not all 10k test images
+    "threads=1",
 ]
 
 
