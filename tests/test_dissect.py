@@ -37,7 +37,13 @@ def run_cli(*args):
 
 @pytest.mark.slow
 def test_cli_on_a_lightning_checkpoint(trained, data_dir, tmp_path):
-    proc = run_cli(f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path}", *DISSECT_FAST)
+    # no report: two thirds of the dissection's time, and test_report.py checks it
+    proc = run_cli(
+        f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={tmp_path}",
+        *DISSECT_FAST,
+        "report.enabled=false",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     labels = json.loads((tmp_path / "labels.json").read_text())
     assert labels["net"] == "simple_convnet" and labels["widths"] == [4, 8, 8, 8]
@@ -107,7 +113,13 @@ def test_plain_state_dict_without_conv2_is_the_no_conv2_variant(tmp_path):
     torch.save(SimpleConvNet([4, 6, 8], conv2=False).state_dict(), tmp_path / "no_conv2.pt")
     cfg = compose_cfg(
         "dissect",
-        [f"ckpt_path={tmp_path / 'no_conv2.pt'}", "superstimulus.enabled=false", "n_images=100", *FAST_NULLS],
+        [
+            f"ckpt_path={tmp_path / 'no_conv2.pt'}",
+            "superstimulus.enabled=false",
+            "report.enabled=false",  # the no_conv2 variant's report: test_report.py
+            "n_images=100",
+            *FAST_NULLS,
+        ],
         tmp_path,
     )
     labels = dissect(cfg)
