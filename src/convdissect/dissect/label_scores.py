@@ -21,7 +21,7 @@ from convdissect.dissect.programs import CURVE_TERMS, LayerPrograms, label_net
 
 # Label-net lengths: k terms per conv2/conv3 unit; the labels reaching these fidelities on the fit images.
 LABEL_NET_TERMS = (1, 2, 3, 5, 10, 20)
-LABEL_NET_FIDELITIES = (0.95, 0.98)
+LABEL_NET_FIDELITIES = (0.95, 0.98, 0.99)
 # Numbers a reader reads per conv1 label: angle, width, offset, kind (line, edge and its side), gain, bias.
 CONV1_LABEL_NUMBERS = 6
 

@@ -35,7 +35,7 @@ def fidelity_table(claims: list[dict]) -> str:
             f"| {mean_sd([r.get('median_terms_for_r90') for r in records], 1)} |"
         )
     net = claims[0]["label_net"]
-    lengths = [key for key, value in net.items() if isinstance(value, dict)]
+    lengths = [k for k, v in net.items() if isinstance(v, dict) and all(k in c["label_net"] for c in claims)]
     rows += ["", "| label net | " + " | ".join(lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
     for what, digits, scale in (("agreement", 1, 100), ("accuracy", 1, 100), ("terms", 0, 1), ("numbers", 0, 1)):
         if all(what in c["label_net"][k] for c in claims for k in lengths):  # numbers: since 2026-12-05

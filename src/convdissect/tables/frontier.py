@@ -26,7 +26,7 @@ from convdissect.tables.common import existing_dirs, metrics_of, seed_of, traini
 from convdissect.tables.stored import load
 
 # The label net's lengths in the order of its curve (claims.json's label_net), from short to long.
-LABEL_NET_LENGTHS = ("1", "2", "3", "printed", "5", "10", "r0.95", "20", "r0.98", "all")
+LABEL_NET_LENGTHS = ("1", "2", "3", "printed", "5", "10", "r0.95", "20", "r0.98", "r0.99", "all")
 
 # Overrides that do not change the net: runs differing only in these are seeds of one point.
 NOT_A_VARIANT = (
