@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from convdissect.config import instantiate
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
+from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.train import build_module, train
-from tests.helpers import PRUNE, TINY, compose_cfg
+from tests.helpers import EXPLAINABLE_RUN, PRUNE, TINY, compose_cfg
 
 TEMPERATURE, WEIGHT = 3.0, 0.6
 DISTILL = [f"callbacks.pruning.distill.temperature={TEMPERATURE}", f"callbacks.pruning.distill.weight={WEIGHT}"]
@@ -32,7 +33,7 @@ class LossRecorder(L.Callback):
         x, y = self.batch
         with torch.no_grad():
             teacher = self.teacher(x) if self.teacher is not None else None
-            step = {"epoch": trainer.current_epoch, "loss": loss.detach(), "y": y, "student": pl_module(x)}
+            step = {"epoch": trainer.current_epoch, "loss": loss.detach(), "x": x, "y": y, "student": pl_module(x)}
             self.steps.append(step | {"teacher": teacher, "distilling": pl_module.distillation is not None})
 
     def on_train_epoch_end(self, trainer, pl_module):
@@ -71,6 +72,14 @@ def test_the_defaults_leave_prune_7iters_the_articles_recipe():
         assert distilled.callbacks.pruning[key] == cfg.callbacks.pruning[key]
     assert distilled.trainer.max_epochs == cfg.trainer.max_epochs
     assert distilled.callbacks.pruning.distill.weight > 0
+    handnet = compose_cfg("train", ["+experiment=handnet_distill", "model.teacher=run/model_state.pt"])
+    explainable = compose_cfg("train", ["+experiment=handnet_explainable"])
+    assert (
+        (handnet.model.n_bursts, handnet.model.terms)
+        == (explainable.model.n_bursts, explainable.model.terms)
+        == (2, 12)
+    )
+    assert handnet.model.distill.weight > 0
 
 
 def test_default_pruning_loss_is_exactly_the_cross_entropy(one_thread, tmp_path):
@@ -87,14 +96,48 @@ def test_distilled_loss_is_the_hand_computed_one(one_thread, tmp_path):
     for s in pretrain:
         assert torch.equal(s["loss"], F.cross_entropy(s["student"], s["y"]))
     for s in retrain:
-        # KL(p_teacher || p_student) at temperature T, summed over classes, averaged over the batch
-        p_teacher = torch.softmax(s["teacher"] / TEMPERATURE, 1)
-        log_ratio = torch.log(p_teacher) - torch.log_softmax(s["student"] / TEMPERATURE, 1)
-        kl = (p_teacher * log_ratio).sum(1).mean()
-        hard = -s["student"].log_softmax(1).gather(1, s["y"][:, None]).mean()
-        expected = (1 - WEIGHT) * hard + WEIGHT * TEMPERATURE**2 * kl
-        torch.testing.assert_close(s["loss"], expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(s["loss"], hand_distilled_loss(s, TEMPERATURE, WEIGHT), rtol=1e-5, atol=1e-6)
+        hard = F.cross_entropy(s["student"], s["y"])
         assert not torch.allclose(s["loss"], hard)
+
+
+def hand_distilled_loss(step: dict, temperature: float, weight: float) -> torch.Tensor:
+    """(1 - w) CE + w T^2 KL(p_teacher || p_student) at temperature T, summed over classes, averaged over the batch."""
+    p_teacher = torch.softmax(step["teacher"] / temperature, 1)
+    log_ratio = torch.log(p_teacher) - torch.log_softmax(step["student"] / temperature, 1)
+    kl = (p_teacher * log_ratio).sum(1).mean()
+    hard = -step["student"].log_softmax(1).gather(1, step["y"][:, None]).mean()
+    return (1 - weight) * hard + weight * temperature**2 * kl
+
+
+@pytest.fixture
+def teacher_file(tmp_path) -> tuple:
+    """A SimpleConvNet (other widths than TINY's) saved as a run's model_state.pt."""
+    torch.manual_seed(5)
+    net = SimpleConvNet(widths=[6, 6, 12, 12])
+    torch.save(net.state_dict(), tmp_path / "model_state.pt")
+    return tmp_path / "model_state.pt", net.eval()
+
+
+def test_model_teacher_is_distilled_from_frozen(teacher_file, one_thread, tmp_path):
+    path, teacher = teacher_file
+    distill = [f"+model.teacher={path}", "+model.distill={temperature:2.0,weight:0.5}"]
+    trainer, recorder = fit_recorded(TINY + distill, tmp_path)
+    assert trainer.lightning_module.distillation.teacher.training is False
+    for s in recorder.steps:
+        with torch.no_grad():
+            s["teacher"] = teacher(s["x"])
+        torch.testing.assert_close(s["loss"], hand_distilled_loss(s, 2.0, 0.5), rtol=1e-5, atol=1e-6)
+    frozen = trainer.lightning_module.distillation.teacher.state_dict()
+    torch.testing.assert_close(frozen, teacher.state_dict(), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_explainable_handnet_distils_and_keeps_its_round_trip(teacher_file, tmp_path):
+    path, _ = teacher_file
+    overrides = EXPLAINABLE_RUN + [f"+model.teacher={path}", "+model.distill={temperature:4.0,weight:0.5}"]
+    metrics = train(compose_cfg("train", overrides, tmp_path / "run"))
+    assert metrics["explanation/roundtrip_agreement"] == 1.0
 
 
 def test_label_smoothing_spreads_the_target(one_thread, tmp_path):

@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from convdissect.errors import UserInputError
 from convdissect.models import build_net
+from convdissect.models.checkpoint import load_net
 
 # model.loss: cross_entropy takes logits. Since log_softmax is idempotent, it is also exactly the NLL of a
 # net that already returns log-probabilities (ours do), so the default suits both kinds of net; nll
@@ -29,6 +30,24 @@ class Distillation:
     teacher: torch.nn.Module
     temperature: float
     weight: float
+
+
+def parse_distill(distill: dict | None, key: str) -> dict | None:
+    """{temperature, weight} with the weight in (0, 1], or None when off (no settings, or weight 0); key
+    names the config node in the errors."""
+    distill = dict(distill or {})
+    unknown = set(distill) - {"temperature", "weight"}
+    if unknown:
+        raise UserInputError(f"{key}: unknown keys {sorted(unknown)}; allowed temperature, weight")
+    weight, temperature = distill.get("weight", 0.0), distill.get("temperature", 1.0)
+    for name, value in (("weight", weight), ("temperature", temperature)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserInputError(f"{key}.{name}={value!r}: must be a number")
+    if not 0 <= weight <= 1:
+        raise UserInputError(f"{key}.weight={weight}: allowed 0 (off) to 1 (the teacher only)")
+    if not temperature > 0:
+        raise UserInputError(f"{key}.temperature={temperature}: must be > 0")
+    return {"temperature": float(temperature), "weight": float(weight)} if weight else None
 
 
 def distillation_loss(
@@ -56,6 +75,8 @@ class LitClassifier(L.LightningModule):
         loss: str = "cross_entropy",
         num_classes: int = 10,
         label_smoothing: float = 0.0,
+        teacher: str | None = None,
+        distill: dict | None = None,
     ):
         super().__init__()
         if loss not in LOSSES:
@@ -70,6 +91,8 @@ class LitClassifier(L.LightningModule):
             )
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise UserInputError(f"model.num_classes={num_classes!r}: must be an integer >= 2")
+        if teacher and parse_distill(distill, "model.distill") is None:
+            raise UserInputError(f"model.teacher={teacher} needs model.distill.weight > 0 (it is off)")
         # optimizer None: a module that is only tested (python eval.py)
         self.save_hyperparameters(
             {
@@ -79,6 +102,8 @@ class LitClassifier(L.LightningModule):
                 "loss": loss,
                 "num_classes": num_classes,
                 "label_smoothing": float(label_smoothing),
+                "teacher": teacher,
+                "distill": dict(distill) if distill else None,
             }
         )
         self.loss_fn = LOSSES[loss]
@@ -97,6 +122,20 @@ class LitClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def on_fit_start(self) -> None:
+        """With model.teacher, a fit distils from that trained SimpleConvNet, frozen, on the module's
+        device; it is read only to train (a tested or reloaded module never needs the file)."""
+        teacher = self.hparams.get("teacher")
+        if not teacher or self.distillation is not None:
+            return
+        try:
+            net = load_net(teacher)
+        except UserInputError as err:  # its messages name the file as dissect.py's ckpt_path
+            raise UserInputError(str(err).replace("ckpt_path=", "model.teacher=", 1)) from None
+        settings = parse_distill(self.hparams.distill, "model.distill")
+        net.requires_grad_(False)
+        self.distillation = Distillation(net.eval().to(self.device), settings["temperature"], settings["weight"])
 
     @property
     def n_params(self) -> int:

@@ -23,7 +23,7 @@ from torch import nn
 from convdissect.conventions import unit_name
 from convdissect.errors import UserInputError
 from convdissect.models import build_net
-from convdissect.models.lit_module import Distillation
+from convdissect.models.lit_module import Distillation, parse_distill
 from convdissect.models.surgery import layer_width, producer_consumer_table
 from convdissect.pruning.cost import accuracy, flops_per_image
 from convdissect.pruning.criteria import SUPERSTIMULUS_STEPS, Calibration, parse_criterion, parse_normalise, score_layer
@@ -71,7 +71,7 @@ class PruningCallback(L.Callback):
             )
         if int(calibration_size) < 2:
             raise UserInputError(f"callbacks.pruning.calibration_size={calibration_size}: must be >= 2")
-        self.distill = _parse_distill(distill)
+        self.distill = parse_distill(distill, "callbacks.pruning.distill")
         self.schedule = Schedule(
             mode=mode,
             target_widths=[int(w) for w in target_widths] if target_widths else None,
@@ -329,23 +329,6 @@ class PruningCallback(L.Callback):
         # Lightning also restores callbacks when trainer.test loads the best checkpoint; that
         # must not roll the history back, so the state is applied only when a fit resumes.
         self._resumed_state = state_dict
-
-
-def _parse_distill(distill: dict | None) -> dict | None:
-    """{temperature, weight} with the weight in (0, 1], or None when off (no key, or weight 0)."""
-    distill = dict(distill or {})
-    unknown = set(distill) - {"temperature", "weight"}
-    if unknown:
-        raise UserInputError(f"callbacks.pruning.distill: unknown keys {sorted(unknown)}; allowed temperature, weight")
-    weight, temperature = distill.get("weight", 0.0), distill.get("temperature", 1.0)
-    for key, value in (("weight", weight), ("temperature", temperature)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserInputError(f"callbacks.pruning.distill.{key}={value!r}: must be a number")
-    if not 0 <= weight <= 1:
-        raise UserInputError(f"callbacks.pruning.distill.weight={weight}: allowed 0 (off) to 1 (the teacher only)")
-    if not temperature > 0:
-        raise UserInputError(f"callbacks.pruning.distill.temperature={temperature}: must be > 0")
-    return {"temperature": float(temperature), "weight": float(weight)} if weight else None
 
 
 def _widths(net: nn.Module, table: dict[str, str]) -> list[int]:
