@@ -132,6 +132,13 @@ def test_model_teacher_is_distilled_from_frozen(teacher_file, one_thread, tmp_pa
     torch.testing.assert_close(frozen, teacher.state_dict(), rtol=0, atol=0)
 
 
+def test_two_teachers_are_refused(teacher_file, tmp_path):
+    path, _ = teacher_file
+    overrides = PRUNE + DISTILL + [f"+model.teacher={path}", "+model.distill={weight:0.5}"]
+    with pytest.raises(UserInputError, match="one teacher at a time"):
+        train(compose_cfg("train", overrides, tmp_path / "run"))
+
+
 @pytest.mark.slow
 def test_explainable_handnet_distils_and_keeps_its_round_trip(teacher_file, tmp_path):
     path, _ = teacher_file

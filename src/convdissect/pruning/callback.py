@@ -118,6 +118,11 @@ class PruningCallback(L.Callback):
                 "callbacks.pruning.distill.weight > 0 needs a module that distils "
                 "(convdissect.models.lit_module.LitClassifier)"
             )
+        if self.distill and pl_module.hparams.get("teacher"):
+            raise UserInputError(
+                f"callbacks.pruning.distill.weight={self.distill['weight']} and model.teacher="
+                f"{pl_module.hparams.teacher}: one teacher at a time; set callbacks.pruning.distill.weight=0"
+            )
         if schedule.final_epochs is not None:  # the schedule sets the fit's length
             if trainer.max_epochs != schedule.epochs_needed:
                 log.info(
