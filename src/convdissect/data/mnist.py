@@ -168,6 +168,21 @@ def load_mnist(
     return out
 
 
+# The shifts' random stream is its own (seed + epoch + this), so an epoch's order is the same with and without.
+SHIFT_STREAM = 2**32
+
+
+def shift_images(images: torch.Tensor, shifts: torch.Tensor, n: int) -> torch.Tensor:
+    """uint8 images [B, H, W], each moved by its own (rows, columns) in shifts [B, 2], all within [-n, n]
+    (down and right positive), the pixels moved in black: one gather on the images' device, no
+    per-image loop and no wait for the device."""
+    b, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (n, n, n, n))
+    rows = (n - shifts[:, 0]).view(b, 1, 1) + torch.arange(h, device=images.device).view(1, h, 1)
+    cols = (n - shifts[:, 1]).view(b, 1, 1) + torch.arange(w, device=images.device).view(1, 1, w)
+    return padded[torch.arange(b, device=images.device).view(b, 1, 1), rows, cols]
+
+
 class TensorBatches:
     """An epoch of batches sliced from in-memory tensors, in a seeded order.
 
@@ -175,7 +190,8 @@ class TensorBatches:
     and each rank takes its own strided share of it (so ranks see distinct data). With
     current_epoch (the trainer's counter), each epoch asks it when it starts: a resumed run's
     loader is built before the counter is restored, so a count fixed then would replay the
-    shuffle from epoch 0. Without it, epochs count up from 0.
+    shuffle from epoch 0. Without it, epochs count up from 0. With random_shift N, each image of a
+    batch is moved by its own random whole-pixel shift in [-N, N] along each axis (augmentation).
     """
 
     def __init__(
@@ -191,8 +207,10 @@ class TensorBatches:
         current_epoch: Callable[[], int] | None = None,
         mean: float = MNIST_MEAN,
         std: float = MNIST_STD,
+        random_shift: int = 0,
     ):
         self.images, self.labels = images, labels
+        self.random_shift = random_shift
         self.mean, self.std = mean, std
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
@@ -216,15 +234,27 @@ class TensorBatches:
         if self.current_epoch is not None:
             self.epoch = self.current_epoch()
         idx = self._indices()
+        shifts = self._shifts(len(idx)) if self.random_shift else None
         self.epoch += 1
         for b in range(len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
-            yield normalise(self.images[sel], self.mean, self.std), self.labels[sel]
+            images = self.images[sel]
+            if shifts is not None:
+                images = shift_images(
+                    images, shifts[b * self.batch_size : (b + 1) * self.batch_size], self.random_shift
+                )
+            yield normalise(images, self.mean, self.std), self.labels[sel]
+
+    def _shifts(self, n: int) -> torch.Tensor:
+        """The epoch's shifts [n, 2], drawn at once and moved to the device once."""
+        gen = torch.Generator().manual_seed(self.seed + self.epoch + SHIFT_STREAM)
+        shifts = torch.randint(-self.random_shift, self.random_shift + 1, (n, 2), generator=gen)
+        return shifts.to(self.images.device)
 
 
 class MNISTDataModule(L.LightningDataModule):
     """MNIST (or data.dataset=fashion_mnist | kmnist) as tensors on the training device: seeded
-    55k/5k train/val split, 10k test."""
+    55k/5k train/val split, 10k test; training batches randomly shifted by up to random_shift pixels."""
 
     def __init__(
         self,
@@ -236,9 +266,13 @@ class MNISTDataModule(L.LightningDataModule):
         download: bool = True,
         dataset: str = "mnist",
         verify: bool = True,
+        random_shift: int = 0,
     ):
         super().__init__()
         self.spec, self.dataset = dataset_spec(dataset), dataset
+        if isinstance(random_shift, bool) or not isinstance(random_shift, int) or not 0 <= random_shift <= 27:
+            raise UserInputError(f"data.random_shift={random_shift!r}: allowed a whole number of pixels, 0 to 27")
+        self.random_shift = random_shift
         if batch_size < 1 or eval_batch_size < 1:
             raise UserInputError(f"data.batch_size={batch_size}, data.eval_batch_size={eval_batch_size}: must be >= 1")
         if not 0 < val_size < 60_000:
@@ -294,6 +328,7 @@ class MNISTDataModule(L.LightningDataModule):
             current_epoch=(lambda: self.trainer.current_epoch) if self.trainer else None,
             mean=self.spec.mean,
             std=self.spec.std,
+            random_shift=self.random_shift if shuffle else 0,  # training batches only
         )
 
     def train_dataloader(self):

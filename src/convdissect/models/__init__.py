@@ -9,7 +9,7 @@ from convdissect.config import instantiate  # Hydra's, with our UserInputError u
 from convdissect.errors import UserInputError
 
 # Keys of a model config (conf/model/) that set the LightningModule or the run, not the net's constructor.
-MODULE_KEYS = ("loss", "num_classes")
+MODULE_KEYS = ("loss", "num_classes", "label_smoothing", "teacher", "distill")
 RUN_KEYS = ("init_from",)
 
 # Class paths that checkpoints written before the package's layering still name.
@@ -31,7 +31,7 @@ def build_net(spec: dict):
 
 
 def split_model_config(model: dict) -> tuple[dict, dict]:
-    """A model config -> (the net spec build_net takes, the LightningModule's settings {loss, num_classes})."""
+    """A model config -> (the net spec build_net takes, the LightningModule's settings {loss, num_classes, ...})."""
     net = {k: v for k, v in model.items() if k not in MODULE_KEYS + RUN_KEYS}
     return net, {k: model[k] for k in MODULE_KEYS if k in model}
 

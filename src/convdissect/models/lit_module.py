@@ -1,7 +1,9 @@
-"""The LightningModule: any net, its loss (cross-entropy on logits by default), accuracy, optimizer and
-schedule from config."""
+"""The LightningModule: any net, its loss (cross-entropy on logits by default, optionally label-smoothed
+or distilled from a teacher), accuracy, optimizer and schedule from config."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -12,11 +14,52 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from convdissect.errors import UserInputError
 from convdissect.models import build_net
+from convdissect.models.checkpoint import load_net
 
 # model.loss: cross_entropy takes logits. Since log_softmax is idempotent, it is also exactly the NLL of a
 # net that already returns log-probabilities (ours do), so the default suits both kinds of net; nll
 # takes log-probabilities only (on logits it trains at chance).
 LOSSES = {"cross_entropy": F.cross_entropy, "nll": F.nll_loss}
+
+
+@dataclass
+class Distillation:
+    """A frozen teacher net whose softened outputs the student learns too (Hinton et al. 2015). A plain
+    object, not a module: the teacher is neither trained nor part of the student's state_dict."""
+
+    teacher: torch.nn.Module
+    temperature: float
+    weight: float
+
+
+def parse_distill(distill: dict | None, key: str) -> dict | None:
+    """{temperature, weight} with the weight in (0, 1], or None when off (no settings, or weight 0); key
+    names the config node in the errors."""
+    distill = dict(distill or {})
+    unknown = set(distill) - {"temperature", "weight"}
+    if unknown:
+        raise UserInputError(f"{key}: unknown keys {sorted(unknown)}; allowed temperature, weight")
+    weight, temperature = distill.get("weight", 0.0), distill.get("temperature", 1.0)
+    for name, value in (("weight", weight), ("temperature", temperature)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserInputError(f"{key}.{name}={value!r}: must be a number")
+    if not 0 <= weight <= 1:
+        raise UserInputError(f"{key}.weight={weight}: allowed 0 (off) to 1 (the teacher only)")
+    if not temperature > 0:
+        raise UserInputError(f"{key}.temperature={temperature}: must be > 0")
+    return {"temperature": float(temperature), "weight": float(weight)} if weight else None
+
+
+def distillation_loss(
+    outputs: torch.Tensor, teacher_outputs: torch.Tensor, hard_loss: torch.Tensor, temperature: float, weight: float
+) -> torch.Tensor:
+    """(1 - w) * hard_loss + w * T^2 * KL(softmax(teacher / T) || softmax(student / T)). Outputs may be
+    logits or log-probabilities: softmax is blind to a constant added to a row. T^2 keeps the soft term's
+    gradients on the hard term's scale whatever T."""
+    student = F.log_softmax(outputs / temperature, dim=1)
+    teacher = F.log_softmax(teacher_outputs / temperature, dim=1)
+    soft = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+    return (1 - weight) * hard_loss + weight * temperature**2 * soft
 
 
 class LitClassifier(L.LightningModule):
@@ -31,12 +74,25 @@ class LitClassifier(L.LightningModule):
         scheduler: dict | None = None,
         loss: str = "cross_entropy",
         num_classes: int = 10,
+        label_smoothing: float = 0.0,
+        teacher: str | None = None,
+        distill: dict | None = None,
     ):
         super().__init__()
         if loss not in LOSSES:
             raise UserInputError(f"model.loss={loss!r}: allowed {list(LOSSES)}")
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+            raise UserInputError(f"model.label_smoothing={label_smoothing!r}: allowed a number in [0, 1)")
+        if not 0 <= label_smoothing < 1:
+            raise UserInputError(f"model.label_smoothing={label_smoothing}: allowed a number in [0, 1)")
+        if label_smoothing and loss != "cross_entropy":
+            raise UserInputError(
+                f"model.label_smoothing={label_smoothing} needs model.loss=cross_entropy (it is {loss!r})"
+            )
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise UserInputError(f"model.num_classes={num_classes!r}: must be an integer >= 2")
+        if teacher and parse_distill(distill, "model.distill") is None:
+            raise UserInputError(f"model.teacher={teacher} needs model.distill.weight > 0 (it is off)")
         # optimizer None: a module that is only tested (python eval.py)
         self.save_hyperparameters(
             {
@@ -45,9 +101,14 @@ class LitClassifier(L.LightningModule):
                 "scheduler": dict(scheduler) if scheduler else None,
                 "loss": loss,
                 "num_classes": num_classes,
+                "label_smoothing": float(label_smoothing),
+                "teacher": teacher,
+                "distill": dict(distill) if distill else None,
             }
         )
         self.loss_fn = LOSSES[loss]
+        # Set by whoever holds a teacher (e.g. the PruningCallback): the training loss distils from it.
+        self.distillation: Distillation | None = None
         self.net = build_net(dict(net))
         self.metrics = torch.nn.ModuleDict(
             {s: MulticlassAccuracy(num_classes=num_classes, average="micro") for s in ("val_", "test_")}
@@ -61,6 +122,20 @@ class LitClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def on_fit_start(self) -> None:
+        """With model.teacher, a fit distils from that trained SimpleConvNet, frozen, on the module's
+        device; it is read only to train (a tested or reloaded module never needs the file)."""
+        teacher = self.hparams.get("teacher")
+        if not teacher or self.distillation is not None:
+            return
+        try:
+            net = load_net(teacher)
+        except UserInputError as err:  # its messages name the file as dissect.py's ckpt_path
+            raise UserInputError(str(err).replace("ckpt_path=", "model.teacher=", 1)) from None
+        settings = parse_distill(self.hparams.distill, "model.distill")
+        net.requires_grad_(False)
+        self.distillation = Distillation(net.eval().to(self.device), settings["temperature"], settings["weight"])
 
     @property
     def n_params(self) -> int:
@@ -92,7 +167,7 @@ class LitClassifier(L.LightningModule):
         logits = self(x)
         if self.global_step == 0:
             self._check_outputs(logits)
-        loss = self.loss_fn(logits, y)
+        loss = self._training_loss(x, logits, y)
         # Plain sums on the device, logged once an epoch: for a small net, a metric update and a
         # self.log per step cost a fifth of the step itself.
         with torch.no_grad():
@@ -103,6 +178,17 @@ class LitClassifier(L.LightningModule):
         if hasattr(self.net, "penalty"):  # e.g. HandNet's sparsity terms
             loss = loss + self.net.penalty()
         return loss
+
+    def _training_loss(self, x: torch.Tensor, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The configured loss; label smoothing and distillation only when set (off, the loss is loss_fn's own)."""
+        smoothing = self.hparams.get("label_smoothing", 0.0)
+        loss = F.cross_entropy(outputs, y, label_smoothing=smoothing) if smoothing else self.loss_fn(outputs, y)
+        kd = self.distillation
+        if kd is None:
+            return loss
+        with torch.no_grad():
+            teacher_outputs = kd.teacher(x)
+        return distillation_loss(outputs, teacher_outputs, loss, kd.temperature, kd.weight)
 
     def _check_outputs(self, outputs: torch.Tensor) -> None:
         """On the first batch: one output per class, and under nll log-probabilities (NLL of logits

@@ -4,11 +4,13 @@ At each step of the schedule (convdissect/pruning/schedule.py) every prunable la
 channels are scored by the criterion (convdissect/pruning/criteria.py) on a fixed calibration
 subset of the validation split, the lowest-scoring ones are removed (pruning/cut.py), the
 optimizer and its OneCycle schedule are rebuilt over the remaining steps, and training goes on:
-the retraining. Epochs after the last step are the final retraining.
+the retraining. Epochs after the last step are the final retraining. With distillation on, the
+retraining also learns the softened outputs of the unpruned net, frozen at the first step.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from torch import nn
 
 from convdissect.conventions import unit_name
 from convdissect.errors import UserInputError
+from convdissect.models import build_net
+from convdissect.models.lit_module import Distillation, parse_distill
 from convdissect.models.surgery import layer_width, producer_consumer_table
 from convdissect.pruning.cost import accuracy, flops_per_image
 from convdissect.pruning.criteria import SUPERSTIMULUS_STEPS, Calibration, parse_criterion, parse_normalise, score_layer
@@ -51,6 +55,8 @@ class PruningCallback(L.Callback):
         magnitude_p: float = 2.0,
         normalise="rank",
         superstimulus_steps: int = SUPERSTIMULUS_STEPS,
+        distill: dict | None = None,
+        final_epochs: int | None = None,
         seed: int = 0,
     ):
         self.weights = parse_criterion(criterion)
@@ -65,6 +71,7 @@ class PruningCallback(L.Callback):
             )
         if int(calibration_size) < 2:
             raise UserInputError(f"callbacks.pruning.calibration_size={calibration_size}: must be >= 2")
+        self.distill = parse_distill(distill, "callbacks.pruning.distill")
         self.schedule = Schedule(
             mode=mode,
             target_widths=[int(w) for w in target_widths] if target_widths else None,
@@ -74,6 +81,7 @@ class PruningCallback(L.Callback):
             every_n_epochs=int(every_n_epochs),
             min_width=min_width if isinstance(min_width, int) else [int(w) for w in min_width],
             scope=scope,
+            final_epochs=final_epochs,
         )
         self.options = {
             "magnitude": {"p": float(magnitude_p)},
@@ -85,6 +93,8 @@ class PruningCallback(L.Callback):
         self.start_flops: int | None = None
         self.kept: dict[str, list[int]] = {}
         self.history: list[dict] = []
+        # The unpruned net as it was at the first step, {"spec": build_net's spec, "state": its state_dict}.
+        self.teacher: dict | None = None
         self._resumed_state: dict | None = None
 
     @property
@@ -103,6 +113,25 @@ class PruningCallback(L.Callback):
                 "rank would leave the others with another net; use trainer.devices=1"
             )
         schedule = self.schedule
+        if self.distill and not hasattr(pl_module, "distillation"):
+            raise UserInputError(
+                "callbacks.pruning.distill.weight > 0 needs a module that distils "
+                "(convdissect.models.lit_module.LitClassifier)"
+            )
+        if self.distill and pl_module.hparams.get("teacher"):
+            raise UserInputError(
+                f"callbacks.pruning.distill.weight={self.distill['weight']} and model.teacher="
+                f"{pl_module.hparams.teacher}: one teacher at a time; set callbacks.pruning.distill.weight=0"
+            )
+        if schedule.final_epochs is not None:  # the schedule sets the fit's length
+            if trainer.max_epochs != schedule.epochs_needed:
+                log.info(
+                    "callbacks.pruning.final_epochs=%d: training %d epochs, not trainer.max_epochs=%s",
+                    schedule.final_epochs,
+                    schedule.epochs_needed,
+                    trainer.max_epochs,
+                )
+            trainer.fit_loop.max_epochs = schedule.epochs_needed
         if trainer.max_epochs is None or trainer.max_epochs < schedule.epochs_needed:
             raise UserInputError(
                 f"trainer.max_epochs={trainer.max_epochs} cannot hold the pruning schedule: {schedule.pretrain_epochs} "
@@ -126,6 +155,9 @@ class PruningCallback(L.Callback):
             self.kept = {k: list(v) for k, v in state["kept"].items()}
             self.start_widths = list(state["start_widths"])
             self.start_flops = state.get("start_flops")
+            self.teacher = state.get("teacher")
+        if self.teacher is not None:
+            self._distil_from_teacher(pl_module)
         if self.start_flops is None:
             self.start_flops = flops_per_image(pl_module.net, self._val(trainer, 1)[0])
         for logger in _tensorboards(trainer):
@@ -161,6 +193,12 @@ class PruningCallback(L.Callback):
         acc_before = accuracy(net, val_images, val_labels)
         if self.history:  # the previous step's retraining ends here
             self._record_retrained(trainer, acc_before)
+        if self.distill and self.teacher is None:
+            self.teacher = {
+                "spec": copy.deepcopy(dict(pl_module.hparams.net)),
+                "state": copy.deepcopy(net.state_dict()),
+            }
+            self._distil_from_teacher(pl_module)
 
         table = producer_consumer_table(net)
         images, labels = self._val(trainer, self.calibration_size)
@@ -184,47 +222,47 @@ class PruningCallback(L.Callback):
                 pl_module.set_widths(widths)
             pl_module.net.load_state_dict(net.state_dict())
             net = pl_module.net
-        acc_pruned = accuracy(net, val_images, val_labels)
 
         # New parameters: a new optimizer, and a OneCycle over the remaining steps only.
         trainer.strategy.setup_optimizers(trainer)
         for checkpoint in trainer.checkpoint_callbacks:
             _forget_best(checkpoint)
+        entry = {
+            "iteration": step,
+            "epoch": trainer.current_epoch,
+            "widths_before": widths_before,
+            "widths": widths,
+            "n_params": sum(p.numel() for p in net.parameters()),
+            "flops": flops_per_image(net, images[:1]),
+            "kept_channels": {layer: list(kept) for layer, kept in self.kept.items()},
+            "criterion_fallbacks": {layer: f for layer, (_, f) in scored.items() if f},
+            "val_acc_before": acc_before,
+            "val_acc_pruned": accuracy(net, val_images, val_labels),
+            "val_acc_retrained": None,
+        }
+        self.history.append(entry)
+        self._report_step(trainer, entry, scores)
 
-        n_params = sum(p.numel() for p in net.parameters())
-        flops = flops_per_image(net, images[:1])
-        self.history.append(
-            {
-                "iteration": step,
-                "epoch": trainer.current_epoch,
-                "widths_before": widths_before,
-                "widths": widths,
-                "n_params": n_params,
-                "flops": flops,
-                "kept_channels": {layer: list(kept) for layer, kept in self.kept.items()},
-                "criterion_fallbacks": {layer: f for layer, (_, f) in scored.items() if f},
-                "val_acc_before": acc_before,
-                "val_acc_pruned": acc_pruned,
-                "val_acc_retrained": None,
-            }
-        )
+    def _report_step(self, trainer: L.Trainer, entry: dict, scores: dict[str, torch.Tensor]) -> None:
+        """A pruning step in the log, the loggers' metrics and TensorBoard's texts and histograms."""
+        step = entry["iteration"]
         log.info(
             "pruning step %d/%d: widths %s -> %s, %d FLOPs per image, val acc %.4f -> %.4f",
             step,
             self.schedule.iterations,
-            widths_before,
-            widths,
-            flops,
-            acc_before,
-            acc_pruned,
+            entry["widths_before"],
+            entry["widths"],
+            entry["flops"],
+            entry["val_acc_before"],
+            entry["val_acc_pruned"],
         )
         metrics = {
-            ACCURACY_TAGS[0]: acc_before,
-            ACCURACY_TAGS[1]: acc_pruned,
-            "pruning/n_params": n_params,
-            "pruning/flops": flops,
+            ACCURACY_TAGS[0]: entry["val_acc_before"],
+            ACCURACY_TAGS[1]: entry["val_acc_pruned"],
+            "pruning/n_params": entry["n_params"],
+            "pruning/flops": entry["flops"],
         }
-        metrics.update({f"pruning/width_{layer}": w for layer, w in zip(table, widths)})
+        metrics.update({f"pruning/width_{layer}": w for layer, w in zip(scores, entry["widths"])})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         for logger in _tensorboards(trainer):
@@ -234,6 +272,14 @@ class PruningCallback(L.Callback):
             logger.experiment.add_text("pruning/kept_channels", text, global_step=step)
             for layer, layer_scores in scores.items():  # the scores the cut was made on, before the cut
                 logger.experiment.add_histogram(f"pruning/scores/{layer}", layer_scores, global_step=step)
+
+    def _distil_from_teacher(self, pl_module: L.LightningModule) -> None:
+        """The module's training loss distils from the kept teacher, rebuilt frozen on the module's device."""
+        teacher = build_net(self.teacher["spec"])
+        teacher.load_state_dict(self.teacher["state"])
+        teacher.requires_grad_(False)
+        teacher.eval().to(pl_module.device)
+        pl_module.distillation = Distillation(teacher, self.distill["temperature"], self.distill["weight"])
 
     def _record_retrained(self, trainer: L.Trainer, acc: float) -> None:
         self.history[-1]["val_acc_retrained"] = acc
@@ -266,6 +312,8 @@ class PruningCallback(L.Callback):
                 "start_widths": self.start_widths,
                 "start_flops": self.start_flops,
                 "iterations": schedule.iterations,
+                "distill": self.distill,
+                "final_epochs": schedule.final_epochs,
                 "seed": self.seed,
             },
             "pruning_history": self.history,
@@ -279,6 +327,7 @@ class PruningCallback(L.Callback):
             "kept": self.kept,
             "start_widths": self.start_widths,
             "start_flops": self.start_flops,
+            "teacher": self.teacher,
         }
 
     def load_state_dict(self, state_dict: dict) -> None:

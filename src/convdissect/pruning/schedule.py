@@ -1,7 +1,9 @@
 """When to prune and how many channels to keep.
 
 Step k (k = 1..iterations) happens at the start of epoch `pretrain_epochs + (k - 1) * every_n_epochs`;
-the epochs after the last step are the final retraining. At each step:
+the epochs after the last step are the final retraining: trainer.max_epochs decides how many, or
+final_epochs when set (the fit then lasts pretrain_epochs + (iterations - 1) * every_n_epochs +
+final_epochs epochs, whatever trainer.max_epochs says). At each step:
 - mode geometric: each layer shrinks to start * (target/start)^(k/iterations), exactly its target at the end;
 - mode threshold: each layer keeps the channels scoring at least threshold x the layer's median.
 With scope global the layers share one ranking instead: each layer's scores are divided by their
@@ -43,6 +45,7 @@ class Schedule:
     every_n_epochs: int = 1
     min_width: int | list[int] = 1
     scope: str = "layer"
+    final_epochs: int | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -65,6 +68,11 @@ class Schedule:
         for key, low in (("iterations", 1), ("every_n_epochs", 1), ("pretrain_epochs", 0)):
             if int(getattr(self, key)) < low:
                 raise UserInputError(f"callbacks.pruning.{key}={getattr(self, key)}: must be >= {low}")
+        final = self.final_epochs
+        if final is not None and (isinstance(final, bool) or not isinstance(final, int) or final < 1):
+            raise UserInputError(
+                f"callbacks.pruning.final_epochs={final}: must be an integer >= 1, or null (trainer.max_epochs decides)"
+            )
 
     def step_epoch(self, step: int) -> int:
         """The epoch at whose start pruning step `step` (1-based) happens."""
@@ -72,8 +80,8 @@ class Schedule:
 
     @property
     def epochs_needed(self) -> int:
-        """The last step and at least one epoch of retraining after it."""
-        return self.step_epoch(self.iterations) + self.every_n_epochs
+        """The last step and at least one epoch of retraining after it; with final_epochs, exactly the fit's length."""
+        return self.step_epoch(self.iterations) + (self.final_epochs or self.every_n_epochs)
 
     def floors(self, layers: list[str]) -> list[int]:
         """min_width per layer."""
