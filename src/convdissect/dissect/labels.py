@@ -211,7 +211,9 @@ def describe_conv2(m: Measurements, conv1_units: list[dict]) -> list[dict]:
         elif copies:
             label = f"≈ {signed_phrase(drivers, inhibitors, kept, patterns)}"
         else:
-            label = f"reads {signed_phrase(drivers, inhibitors, kept, patterns, f'through a {short_pattern(grid_labels[k])} grid')}"
+            grid = short_pattern(grid_labels[k])
+            article = "an" if grid[:1] in "aeiou" else "a"
+            label = f"reads {signed_phrase(drivers, inhibitors, kept, patterns, f'through {article} {grid} grid')}"
         units.append(
             {
                 "layer": "conv2",

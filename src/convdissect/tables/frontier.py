@@ -145,7 +145,7 @@ def stored_rows(path: Path) -> tuple[list[dict], list[dict]]:
     for row in stored["rows"]:
         cell = dict(zip(stored["columns"], row))
         point = {
-            "experiment": cell["K"].removesuffix(" (reference)"),
+            "experiment": cell["K"].replace(", reference)", ")").removesuffix(" (reference)"),
             "K": None if "reference" in cell["K"] else int(cell["K"]),
             "T": cell["T"],
             "variant": cell["variant"],
