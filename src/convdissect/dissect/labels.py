@@ -313,10 +313,8 @@ def preferred_digits(means: torch.Tensor | None, k: int) -> dict:
 
 
 def digits_phrase(classes: dict) -> str:
-    if not classes.get("preferred_digits"):
-        return ""
-    digits = ", ".join(str(d) for d in classes["preferred_digits"])
-    return f"; prefers digits {digits} (class selectivity {classes['class_selectivity']:.2f})"
+    digits = ", ".join(str(d) for d in classes.get("preferred_digits", []))
+    return f"; prefers digits {digits} (class selectivity {classes['class_selectivity']:.2f})" if digits else ""
 
 
 def describe_fc4(m: Measurements) -> list[dict]:
