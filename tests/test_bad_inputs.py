@@ -385,7 +385,9 @@ COMPOSITION = {
         "train",
         ["+experiment=missing"],
         False,
-        "+experiment=missing: no experiment config missing; allowed: baseline, handnet_explainable,",
+        # every experiment file, sorted
+        "+experiment=missing: no experiment config missing; allowed: "
+        + ", ".join(sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))),
     ),
     "missing_model": (
         "train",
