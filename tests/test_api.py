@@ -58,3 +58,5 @@ def test_prune_net_keeps_the_channels_of_largest_variance_with_their_weights(dat
     assert net.widths == [4, 5, 8, 8] and net(images).shape == (100, 10)
     with pytest.raises(UserInputError, match=r"widths\['conv2'\]=9: must be an integer in 1\.\.5"):
         prune_net(net, images, digits, {"conv2": 9})
+    with pytest.raises(UserInputError, match=r"need as many labels as images, at least one \(0, 0\)"):
+        prune_net(net, images[:0], digits[:0], {"conv2": 4})

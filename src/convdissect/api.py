@@ -83,6 +83,10 @@ def prune_net(
     convdissect.pruning.criteria.CRITERIA, or {name: weight}) on the calibration images and their
     labels, keep the widths[layer] best, and cut them with Torch-Pruning (what reads them is cut
     too). Returns {layer: the kept channels, 0-based}. Rebuild your optimizer, retrain, repeat."""
+    if len(images) == 0 or len(labels) != len(images):
+        raise UserInputError(
+            f"images, labels: need as many labels as images, at least one ({len(images)}, {len(labels)})"
+        )
     table = producer_consumer_table(net)
     unknown = [layer for layer in widths if layer not in table]
     if unknown:

@@ -238,7 +238,7 @@ def dissect(
     net = (load_any_net(cfg.ckpt_path) if net is None else net).eval()
     if images is None:
         images, digits = instantiate(cfg.data).tensors(cfg.split, cfg.n_images)
-    elif digits is None or len(digits) != len(images):
+    elif len(images) == 0 or digits is None or len(digits) != len(images):
         raise UserInputError(f"digits: one class per image needed ({len(images)} images, got {digits!r:.40})")
     strategy = strategy_for(net, cfg, images, digits)
     strategy.check()
