@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from convdissect.analysis.contributions import blank_image
 from convdissect.config import CONFIG_DIR
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.handnet.net import HandNet
@@ -183,8 +184,6 @@ def conductance_drivers(net, images: torch.Tensor, n_steps: int = 32) -> torch.T
     ReLU'd output summed over cells: integrated gradients from the blank image, summed over the
     images and cells. An outside reference for dissect's signed contributions (issue 23)."""
     from captum.attr import LayerConductance  # dev-only: the package does not depend on captum
-
-    from convdissect.analysis.contributions import blank_image
 
     first = torch.nn.Sequential(net.conv1, torch.nn.ReLU(), torch.nn.MaxPool2d(2))
     rows = []
