@@ -252,6 +252,11 @@ CASES = {
         ["ckpt_path={files}/model_state.pt", "report.top_k=0"],
         ["report.top_k=0", "allowed an integer >= 1"],
     ),
+    "dissect_ablation_median": (
+        "dissect.py",
+        ["ckpt_path={files}/model_state.pt", "fidelity.ablation=median"],
+        ["fidelity.ablation='median'", "allowed ['mean', 'resample']"],
+    ),
     "dissect_enabled_not_a_boolean": (
         "dissect.py",
         ["ckpt_path={files}/model_state.pt", "report.enabled=yes"],

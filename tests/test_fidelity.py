@@ -53,6 +53,40 @@ def test_fidelity_agrees_with_a_hand_written_loop():
             assert float(ours[m]) == pytest.approx(by_hand(net, fit, scored, k, kept), abs=1e-4)
 
 
+def resampled_by_hand(net: SimpleConvNet, scored: torch.Tensor, k: int, kept: list[int]) -> float:
+    """conv2 unit k run on composite inputs: the inputs `kept` from each image, every other input from
+    its partner image (a seeded shuffle, each image read by the one before it); relu, pool, centred r."""
+    with torch.no_grad():
+        seen = F.max_pool2d(F.relu(net.conv1(scored)), 2).double()
+        order = torch.randperm(len(seen), generator=torch.Generator().manual_seed(0)).tolist()
+        partner = {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
+        composite = torch.stack([seen[partner[n]] for n in range(len(seen))])
+        composite[:, kept] = seen[:, kept]
+        w, b = net.conv2.weight[k : k + 1].double(), net.conv2.bias[k : k + 1].double()
+        simulated = F.max_pool2d(F.relu(F.conv2d(composite, w, b, padding=2)), 2)[:, 0].flatten(1)
+        real = F.max_pool2d(F.relu(F.conv2d(seen, w, b, padding=2)), 2)[:, 0].flatten(1)
+    s, r = simulated - simulated.mean(dim=0), real - real.mean(dim=0)
+    return float((s * r).sum() / math.sqrt(float((s * s).sum() * (r * r).sum())))
+
+
+def test_resample_ablation_agrees_with_composite_inputs_built_by_hand():
+    torch.manual_seed(0)
+    net = SimpleConvNet([6, 5, 4, 4]).eval()
+    fit, scored = images(60, 1), images(80, 2)
+    _, resampled = record_layer(net, "conv2", fit, scored, ablation="resample")
+    _, averaged = record_layer(net, "conv2", fit, scored)
+    kept_sets = [[0], [2, 4], [0, 1, 3, 5], list(range(6))]
+    masks = torch.zeros(len(kept_sets), 6, 5, 5)
+    for m, kept in enumerate(kept_sets):
+        masks[m, kept] = 1.0
+    for k in range(5):
+        ours = label_fidelity(resampled, k, masks)
+        for m, kept in enumerate(kept_sets):
+            assert float(ours[m]) == pytest.approx(resampled_by_hand(net, scored, k, kept), abs=1e-4)
+        assert float(ours[-1]) == pytest.approx(1.0, abs=1e-5)  # the whole program is the unit either way
+        assert not torch.allclose(ours[:-1], label_fidelity(averaged, k, masks)[:-1])  # another reference
+
+
 def test_the_whole_program_is_the_unit_and_the_empty_label_scores_zero():
     torch.manual_seed(1)
     net = SimpleConvNet([6, 5, 4, 4]).eval()

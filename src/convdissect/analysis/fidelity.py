@@ -2,7 +2,8 @@
 
 A label of a conv2/conv3 unit names some of the weights of its grids (whole inputs, or bursts: sets
 of cells of one input's grid); the simulated unit keeps those weights and reads every other weight
-against the mean input map over the fit images (mean ablation). A conv1 label names a fitted
+against a reference input: the mean input map over the fit images (mean ablation, the default), or
+another image's inputs (resample ablation). A conv1 label names a fitted
 line/edge kernel; its gain and bias are fitted by least squares. Fidelity is the Pearson r of the
 simulated unit's pooled, post-ReLU output with the real unit's over images and cells, after
 subtracting each cell's mean over the images from both (docs/measures.md, "Fidelity").
@@ -18,6 +19,9 @@ from torch import nn
 
 from convdissect.analysis.activations import conv_layers, record_in_out
 
+# What a weight that a label leaves out reads: the mean input map, or another image's input.
+ABLATIONS = ("mean", "resample")
+
 
 def pool_after(net: nn.Module, layer: str) -> int:
     """The max-pool that follows a conv layer of a SimpleConvNet (conv1 of no_conv2 is pooled by 4)."""
@@ -28,8 +32,8 @@ def pool_after(net: nn.Module, layer: str) -> int:
 
 @dataclass
 class LayerRecord:
-    """What one conv layer reads and makes: its inputs on the scored images, its mean input map over
-    the fit images (what a weight that a label leaves out reads), and the real pooled outputs."""
+    """What one conv layer reads and makes: its inputs on some images, its mean input map over the fit
+    images, the reference a weight that a label leaves out reads, and the real pooled outputs."""
 
     layer: str
     conv: nn.Conv2d
@@ -37,13 +41,15 @@ class LayerRecord:
     inputs: torch.Tensor  # [N, Cin, H, W] scored images
     mean: torch.Tensor  # [Cin, H, W] over the fit images
     real: torch.Tensor  # [N, Cout, h, w] relu + max-pool of the real output on the scored images
+    reference: torch.Tensor  # [1, Cin, H, W] the mean map, or [N, Cin, H, W] each image's resampled inputs
 
 
 @torch.no_grad()
 def record_layer(
-    net: nn.Module, layer: str, fit_images: torch.Tensor, scored_images: torch.Tensor
+    net: nn.Module, layer: str, fit_images: torch.Tensor, scored_images: torch.Tensor, ablation: str = "mean"
 ) -> tuple[LayerRecord, LayerRecord]:
-    """The layer's records on the fit images and on the scored images, both against the fit images' mean map."""
+    """The layer's records on the fit images and on the scored images. Their reference is the fit images'
+    mean map (ablation="mean"), or each image's inputs on another image of the same set ("resample")."""
     conv = getattr(net, layer)
     pool = pool_after(net, layer)
     records = []
@@ -51,7 +57,21 @@ def record_layer(
         inputs, outputs = record_in_out(net, images, layer)
         records.append((inputs, F.max_pool2d(outputs.relu(), pool)))
     mean = records[0][0].mean(dim=0)
-    return tuple(LayerRecord(layer, conv, pool, inputs, mean, real) for inputs, real in records)
+    return tuple(
+        LayerRecord(layer, conv, pool, inputs, mean, real, reference_inputs(inputs, mean, ablation))
+        for inputs, real in records
+    )
+
+
+def reference_inputs(inputs: torch.Tensor, mean: torch.Tensor, ablation: str) -> torch.Tensor:
+    """[1, Cin, H, W] the mean map, or [N, Cin, H, W] the inputs of a seeded derangement of the images
+    (image p[i] reads image p[i+1]: never its own)."""
+    if ablation == "mean":
+        return mean[None]
+    order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(0)).to(inputs.device)
+    reference = torch.empty_like(inputs)
+    reference[order] = inputs[order.roll(-1)]
+    return reference
 
 
 def centred_r(simulated: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -71,7 +91,7 @@ def term_outputs(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tensor:
     """The pre-activations [N, T, H', W'] that each term t of unit k adds on the scored images:
     the weights masks[t] [Cin, kh, kw] (0/1) of its grid applied to the inputs minus their mean map."""
     w = rec.conv.weight.detach()[k]  # [Cin, kh, kw]
-    centred = rec.inputs - rec.mean
+    centred = rec.inputs - rec.reference
     conv = rec.conv
     per_input = masks.sum(dim=(-2, -1))  # [T, Cin] cells each term keeps on each input
     whole_inputs = ((per_input == 0) | (per_input == w[0].numel())).all() and bool((per_input > 0).sum(1).eq(1).all())
@@ -81,25 +101,23 @@ def term_outputs(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tensor:
     return F.conv2d(centred, masks * w, padding=conv.padding, stride=conv.stride)
 
 
-def mean_output(rec: LayerRecord, k: int) -> torch.Tensor:
-    """Unit k's pre-activation [H', W'] when every input is at its mean map (the empty label)."""
+def reference_output(rec: LayerRecord, k: int) -> torch.Tensor:
+    """Unit k's pre-activation [1 or N, 1, H', W'] when every input is at its reference (the empty label)."""
     conv = rec.conv
     bias = conv.bias.detach()[k : k + 1] if conv.bias is not None else None
-    return F.conv2d(rec.mean[None], conv.weight.detach()[k : k + 1], bias, padding=conv.padding, stride=conv.stride)[
-        0, 0
-    ]
+    return F.conv2d(rec.reference, conv.weight.detach()[k : k + 1], bias, padding=conv.padding, stride=conv.stride)
 
 
 def prefix_fidelity(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tensor:
     """r of unit k's label grown term by term: masks [T, Cin, kh, kw] in the label's order -> [T],
     entry t the fidelity of the label made of terms 0..t."""
-    pre = mean_output(rec, k) + term_outputs(rec, k, masks).cumsum(dim=1)
+    pre = reference_output(rec, k) + term_outputs(rec, k, masks).cumsum(dim=1)
     return centred_r(F.max_pool2d(pre.relu(), rec.pool), rec.real[:, k])
 
 
 def label_fidelity(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tensor:
     """r of unit k simulated from each label masks [M, Cin, kh, kw] (1 where the label keeps a weight) -> [M]."""
-    pre = mean_output(rec, k) + term_outputs(rec, k, masks)
+    pre = reference_output(rec, k) + term_outputs(rec, k, masks)
     return centred_r(F.max_pool2d(pre.relu(), rec.pool), rec.real[:, k])
 
 

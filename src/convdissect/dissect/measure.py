@@ -68,13 +68,15 @@ def measure(
     scored_images: torch.Tensor | None = None,
     digits: torch.Tensor | None = None,
     programs: bool = True,
+    ablation: str = "mean",
 ) -> Measurements:
     """All measurements of a SimpleConvNet on normalised images [N, 1, 28, 28] and on probes; the
     labels' programs are fitted on `images` and scored on `scored_images` (default: the second half
     of `images`, the first half fitting). for_labels=False (a null net) skips what only the labels
     and the report read: conv1's and conv2's position/pattern sweeps and the responses to the images.
     `digits` (the images' classes) adds fc4's class means; programs=False skips the labels' programs
-    (what the claim statistics alone do not read)."""
+    (what the claim statistics alone do not read); `ablation` is what a weight the label leaves out
+    reads (analysis.fidelity.ABLATIONS)."""
     net.eval()
     images = images.to(next(net.parameters()).device)
     if scored_images is None:
@@ -100,9 +102,9 @@ def measure(
     if programs:
         label_programs = {"conv1": conv1_programs(net, conv1_fit, fit_images, scored_images, shuffled=for_labels)}
         label_programs |= {
-            layer: layer_programs(net, layer, fit_images, scored_images, shuffled=for_labels) for layer in inner
+            layer: layer_programs(net, layer, fit_images, scored_images, for_labels, ablation) for layer in inner
         }
-        label_programs["fc4"] = fc4_programs(net, fit_images, scored_images, shuffled=for_labels)
+        label_programs["fc4"] = fc4_programs(net, fit_images, scored_images, for_labels, ablation)
     return Measurements(
         widths=list(net.widths),
         layers=layers,

@@ -28,6 +28,7 @@ from convdissect.analysis.fidelity import (
     label_fidelity,
     prefix_fidelity,
     record_layer,
+    reference_inputs,
 )
 from convdissect.analysis.fits import LineFit
 
@@ -146,12 +147,18 @@ def printed_length(curve_fit: torch.Tensor, layer: str) -> int:
 
 
 def layer_programs(
-    net: nn.Module, layer: str, fit_images: torch.Tensor, scored_images: torch.Tensor, shuffled: bool = True
+    net: nn.Module,
+    layer: str,
+    fit_images: torch.Tensor,
+    scored_images: torch.Tensor,
+    shuffled: bool = True,
+    ablation: str = "mean",
 ) -> LayerPrograms:
-    """The programs of every unit of conv2 or conv3, with their shuffled null (unless shuffled=False)."""
+    """The programs of every unit of conv2 or conv3, with their shuffled null (unless shuffled=False);
+    the weights a label leaves out read the `ablation` reference (fidelity.ABLATIONS)."""
     weight = getattr(net, layer).weight.detach().cpu()
     contributions = signed_contributions(net, layer, fit_images)
-    fit, scored = record_layer(net, layer, fit_images, scored_images)
+    fit, scored = record_layer(net, layer, fit_images, scored_images, ablation)
     cin = weight.shape[1]
     terms = [unit_terms(layer, weight[k], contributions, k) for k in range(len(weight))]
     masks = [term_masks(t, cin).to(scored.inputs.dtype) for t in terms]
@@ -256,10 +263,15 @@ class ProgramLinear(nn.Module):
 
 @torch.no_grad()
 def fc4_programs(
-    net: nn.Module, fit_images: torch.Tensor, scored_images: torch.Tensor, shuffled: bool = True
+    net: nn.Module,
+    fit_images: torch.Tensor,
+    scored_images: torch.Tensor,
+    shuffled: bool = True,
+    ablation: str = "mean",
 ) -> LayerPrograms:
     """fc4's units as programs over conv3's pooled features: a term is one conv3 unit, ranked by its
-    signed contribution (w_kj (x_j - x_j on the blank image), where the unit survives its ReLU)."""
+    signed contribution (w_kj (x_j - x_j on the blank image), where the unit survives its ReLU). The
+    features a label leaves out read their mean, or another image's (ablation="resample")."""
     fc4, act = net.fc4, net.fc4_act
     x_fit, x_scored = net.features(fit_images), net.features(scored_images)
     x_blank = net.features(blank_image(fit_images))
@@ -268,10 +280,13 @@ def fc4_programs(
     contributions = torch.einsum("nk,kj,nj->kj", survives, weight, x_fit - x_blank) / len(x_fit)  # [Cout, Cin]
     mean = x_fit.mean(dim=0)
     real_fit, real_scored = act(fc4(x_fit)), act(fc4(x_scored))
+    references = {id(x): reference_inputs(x, mean, ablation) for x in (x_fit, x_scored)}
 
     def prefix(x, k, order):
-        pre = (weight[k] @ mean + fc4.bias[k]) + ((x - mean)[:, order] * weight[k, order]).cumsum(dim=1)
-        return pre
+        reference = references[id(x)]  # [1 or N, Cin]
+        return (reference @ weight[k] + fc4.bias[k])[:, None] + ((x - reference)[:, order] * weight[k, order]).cumsum(
+            dim=1
+        )
 
     units, labels = [], []
     for k in range(len(weight)):
@@ -285,7 +300,8 @@ def fc4_programs(
     if shuffled:
         for k, unit in enumerate(units):
             others = [j for j in range(len(units)) if j != k]
-            pre = torch.stack([(weight[k] * m) @ (x_scored - mean).T for m in (labels[j] for j in others)], dim=1)
-            pre = pre + weight[k] @ mean + fc4.bias[k]
+            reference = references[id(x_scored)]
+            pre = torch.stack([(weight[k] * m) @ (x_scored - reference).T for m in (labels[j] for j in others)], dim=1)
+            pre = pre + (reference @ weight[k] + fc4.bias[k])[:, None]
             unit.shuffled = float(centred_r(act(pre)[:, :, None, None], real_scored[:, k, None, None]).nanmean())
     return LayerPrograms("fc4", units, means=mean, contributions=contributions)

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from convdissect.analysis.ablation import ablation
+from convdissect.analysis.fidelity import ABLATIONS
 from convdissect.analysis.projections import projections, stage_activations, subsample
 from convdissect.analysis.superstimuli import Superstimuli, best_image_objective, standard_transforms, superstimuli
 from convdissect.config import instantiate
@@ -64,6 +65,8 @@ def check_settings(cfg: DictConfig) -> None:
             f"report.projection_points={points!r}: must be an integer >= {MIN_PROJECTION_POINTS} "
             "(the PCA / t-SNE subsample needs images of several digits)"
         )
+    if cfg.fidelity.ablation not in ABLATIONS:
+        raise UserInputError(f"fidelity.ablation={cfg.fidelity.ablation!r}: allowed {list(ABLATIONS)}")
     unknown = [layer for layer in cfg.superstimulus.layers if layer not in LAYERS]
     if unknown:
         raise UserInputError(f"superstimulus.layers: {unknown} unknown; allowed {list(LAYERS)}")
@@ -111,9 +114,10 @@ class SimpleConvNetDissection:
         """Measure the net and its nulls; write labels.json and claims.json; return the labels."""
         cfg, net = self.cfg, self.net
         scored, scored_digits = instantiate(cfg.data).tensors("test", cfg.fidelity.images)
-        self.measured = measure(net, self.images, scored_images=scored, digits=self.digits)
+        left_out = cfg.fidelity.ablation  # what a weight a label leaves out reads
+        self.measured = measure(net, self.images, scored_images=scored, digits=self.digits, ablation=left_out)
         untrained_nets = [untrained_like(net, UNTRAINED_SEED_BASE + i) for i in range(cfg.claims.untrained_seeds)]
-        untrained = [measure(u, self.images, False, scored, self.digits) for u in untrained_nets]
+        untrained = [measure(u, self.images, False, scored, self.digits, ablation=left_out) for u in untrained_nets]
         ablated, ablated_untrained = None, None
         if cfg.claims.ablation and "conv2" in self.measured.layers:
             test_images, test_digits = instantiate(cfg.data).tensors("test", cfg.claims.ablation_images)
@@ -125,6 +129,7 @@ class SimpleConvNetDissection:
             ]
         claims = claim_statistics(self.measured, untrained, cfg.claims, cfg.seed, ablated, ablated_untrained)
         claims["fidelity"] = fidelity_record(self.measured, untrained)
+        claims["fidelity_ablation"] = left_out
         claims["label_net"] = label_net_record(net, self.measured, scored, scored_digits)
         claims["class_selectivity"] = class_selectivity_record(self.measured, untrained)
         self.claims = claims
