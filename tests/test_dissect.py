@@ -57,7 +57,9 @@ def test_cli_on_a_lightning_checkpoint(trained, data_dir, tmp_path):
     assert {"bursts", "drivers", "inhibitors", "position_index", "pattern_index", "interaction_index"} <= set(conv3)
     claims = json.loads((tmp_path / "claims.json").read_text())
     assert {"conv2_top_share", "ablation_top1", "conv3_interaction_omega2"} <= set(claims)
-    statistics = {name: c for name, c in claims.items() if name not in ("fidelity", "label_net", "class_selectivity")}
+    statistics = {
+        name: c for name, c in claims.items() if name not in ("fidelity", "label_net", "class_selectivity", "settings")
+    }
     assert all(c["holds"] in ("supported", "not supported", "reversed") for c in statistics.values())
     assert set(claims["fidelity"]) == {"conv1", "conv2", "conv3", "fc4"}
     assert {"median", "shuffled", "untrained", "median_terms_for_r90", "curve"} <= set(claims["fidelity"]["conv2"])
@@ -68,7 +70,7 @@ def test_cli_on_a_lightning_checkpoint(trained, data_dir, tmp_path):
         in table
     )
     # the label net on the HandNet frontier: with every term it reads every parameter but conv1's,
-    # whose labels are 6 numbers each
+    # whose labels are 5 numbers per line/edge term, 1 for the brightness, and a bias
     plot = tmp_path / "frontier.png"
     frontier = tables.render(
         [
@@ -83,8 +85,13 @@ def test_cli_on_a_lightning_checkpoint(trained, data_dir, tmp_path):
     )
     net = load_net(trained / "model_state.pt")
     every_parameter = sum(p.numel() for p in net.parameters()) - sum(p.numel() for p in net.conv1.parameters())
-    assert claims["label_net"]["all"]["numbers"] == every_parameter + 6 * 4
-    assert f"| all | {100 * claims['label_net']['all']['accuracy']:.2f} | {every_parameter + 24} |" in frontier
+    labels = json.loads((tmp_path / "labels.json").read_text())
+    conv1 = [u["terms"] for u in labels["units"] if u["layer"] == "conv1"]
+    conv1_numbers = sum(sum((5, 1, 5)[:terms]) + 1 for terms in conv1)
+    assert claims["label_net"]["all"]["numbers"] == every_parameter + conv1_numbers
+    assert (
+        f"| all | {100 * claims['label_net']['all']['accuracy']:.2f} | {every_parameter + conv1_numbers} |" in frontier
+    )
     assert plot.stat().st_size > 10_000
     assert claims["class_selectivity"]["fc4"]["median"] >= 0
     # each unit's superstimulus next to the best dissection image on the same objective, here

@@ -129,6 +129,10 @@ def test_secondary_orientation_of_a_cross(labels):
     assert angle_gap(cross["orientation_deg"], 0) < 10
     assert cross["secondary_orientation_deg"] is not None and angle_gap(cross["secondary_orientation_deg"], 90) < 10
     assert "secondary vertical" in cross["label"]
+    # its label runs both lines: the horizontal one alone does not reach r 0.95, so it grows to the
+    # residual's line, which is the planted vertical one
+    assert cross["label_terms"][0] == "horizontal line" and cross["label_terms"][-1] == "vertical line"
+    assert cross["label"].startswith("horizontal line + ") and cross["fidelity"] > 0.99
 
 
 @pytest.mark.slow

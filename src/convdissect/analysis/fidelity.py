@@ -3,8 +3,9 @@
 A label of a conv2/conv3 unit names some of the weights of its grids (whole inputs, or bursts: sets
 of cells of one input's grid); the simulated unit keeps those weights and reads every other weight
 against a reference input: the mean input map over the fit images (mean ablation, the default), or
-another image's inputs (resample ablation). A conv1 label names a fitted
-line/edge kernel; its gain and bias are fitted by least squares. Fidelity is the Pearson r of the
+another image's inputs (resample ablation). A conv1 label names up to
+three kernels (a fitted line/edge, the local brightness, a second line/edge); their gains and bias are
+fitted by least squares. Fidelity is the Pearson r of the
 simulated unit's pooled, post-ReLU output with the real unit's over images and cells, after
 subtracting each cell's mean over the images from both (docs/measures.md, "Fidelity").
 """
@@ -128,35 +129,50 @@ def input_masks(cin: int, size: int, inputs: list[int]) -> torch.Tensor:
     return masks
 
 
+def least_squares(templates: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The gains [T] and bias that best fit target [N, H, W] by templates [N, T, H, W] (in float64)."""
+    x = templates.double().transpose(0, 1).flatten(1)  # [T, P]
+    y = target.double().flatten()
+    x_mean, y_mean = x.mean(dim=1, keepdim=True), y.mean()
+    x = x - x_mean
+    gram = x @ x.T
+    ridge = 1e-9 * gram.diagonal().sum().clamp_min(1e-30) * torch.eye(len(x), dtype=x.dtype)
+    gains = torch.linalg.solve(gram + ridge, x @ (y - y_mean))
+    return gains.float(), float(y_mean - gains @ x_mean[:, 0])
+
+
+@dataclass
+class Conv1Record:
+    """conv1's term templates (each term kernel applied to the images) and the real units, on the fit
+    and the scored images."""
+
+    pool: int
+    fit_templates: torch.Tensor  # [N, M, H, W]
+    fit_real: torch.Tensor  # [N, C, H, W] pre-activations
+    scored_templates: torch.Tensor
+    scored_real: torch.Tensor  # [N, C, h, w] relu + max-pool
+
+    def fidelity(self, c: int, terms: list[int], fit: bool = False) -> tuple[float, torch.Tensor, float]:
+        """Unit c simulated by the kernels `terms`, gains and bias fitted by least squares on the fit
+        images: (r on the scored images, or on the fit images with fit=True; the gains; the bias)."""
+        gains, bias = least_squares(self.fit_templates[:, terms], self.fit_real[:, c])
+        templates = self.fit_templates if fit else self.scored_templates
+        real = F.max_pool2d(self.fit_real[:, c].relu(), self.pool) if fit else self.scored_real[:, c]
+        simulated = (templates[:, terms] * gains[:, None, None]).sum(dim=1, keepdim=True) + bias
+        return float(centred_r(F.max_pool2d(simulated.relu(), self.pool), real)[0]), gains, bias
+
+
 @torch.no_grad()
-def conv1_fidelity(
-    net: nn.Module, kernels: torch.Tensor, fit_images: torch.Tensor, scored_images: torch.Tensor, pairs: bool = True
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """conv1's units simulated by kernels [C, k, k]: entry [c, j] is unit c run with kernel j, its gain
-    and bias fitted by least squares to unit c's pre-activations on the fit images. Returns (fidelity
-    [C, C] on the scored images, gain [C, C], bias [C, C], the real pooled outputs [N, C, h, w]); the
-    diagonal is each unit's own label. pairs=False scores the diagonal only (the rest of r is NaN)."""
+def record_conv1(net: nn.Module, kernels: torch.Tensor, fit_images: torch.Tensor, scored_images: torch.Tensor):
+    """conv1's record for term kernels [M, k, k]."""
     conv = net.conv1
-    pool = pool_after(net, "conv1")
     kernels = kernels.to(conv.weight.dtype)[:, None]
-
-    def templates_and_real(images):
-        return F.conv2d(images, kernels, padding=conv.padding), conv(images)
-
-    template, real = templates_and_real(fit_images)  # [N, C, H, W] each
-    t = template.transpose(0, 1).flatten(1)  # [C(j), N*H*W]
-    y = real.transpose(0, 1).flatten(1)  # [C(c), N*H*W]
-    t, t_mean = t - t.mean(dim=1, keepdim=True), t.mean(dim=1)
-    y_mean = y.mean(dim=1)
-    var = t.square().sum(dim=1)  # [C(j)]
-    gain = (y - y_mean[:, None]) @ t.T / var.clamp_min(1e-30)  # [C(c), C(j)]
-    gain = torch.where(var > 0, gain, torch.zeros_like(gain))
-    bias = y_mean[:, None] - gain * t_mean[None]
-    template, real = templates_and_real(scored_images)
-    real = F.max_pool2d(real.relu(), pool)
-    r = torch.full_like(gain, float("nan"))
-    for c in range(len(r)):
-        js = torch.arange(len(r)) if pairs else torch.tensor([c])
-        simulated = template[:, js] * gain[c, js, None, None] + bias[c, js, None, None]
-        r[c, js] = centred_r(F.max_pool2d(simulated.relu(), pool), real[:, c])
-    return r, gain, bias, real
+    pool = pool_after(net, "conv1")
+    scored_real = F.max_pool2d(conv(scored_images).relu(), pool)
+    return Conv1Record(
+        pool,
+        F.conv2d(fit_images, kernels, padding=conv.padding),
+        conv(fit_images),
+        F.conv2d(scored_images, kernels, padding=conv.padding),
+        scored_real,
+    )

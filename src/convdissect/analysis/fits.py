@@ -144,10 +144,11 @@ def _refine(centred, energy, theta, sigma, offset, is_edge, r2_start, steps: int
             share[idx] = (unit * centred[idx]).sum(dim=(-2, -1)).square() / energy[idx]
         return share
 
-    for _ in range(steps):
-        optimiser.zero_grad()
-        (-explained(*params).sum()).backward()
-        optimiser.step()
+    with torch.enable_grad():  # a gradient ascent, also when called under no_grad
+        for _ in range(steps):
+            optimiser.zero_grad()
+            (-explained(*params).sum()).backward()
+            optimiser.step()
     with torch.no_grad():
         t, log_s, o = params
         better = explained(t, log_s, o) > r2_start

@@ -17,13 +17,11 @@ from torch import nn
 
 from convdissect.analysis.selectivity import selectivity_index
 from convdissect.dissect.measure import Measurements
-from convdissect.dissect.programs import CURVE_TERMS, LayerPrograms, label_net
+from convdissect.dissect.programs import CONV1_TERM_NUMBERS, CURVE_TERMS, LayerPrograms, label_net
 
 # Label-net lengths: k terms per conv2/conv3 unit; the labels reaching these fidelities on the fit images.
 LABEL_NET_TERMS = (1, 2, 3, 5, 10, 20)
 LABEL_NET_FIDELITIES = (0.95, 0.98, 0.99)
-# Numbers a reader reads per conv1 label: angle, width, offset, kind (line, edge and its side), gain, bias.
-CONV1_LABEL_NUMBERS = 6
 
 
 def _median(values: list[float]) -> float | None:
@@ -55,12 +53,11 @@ def layer_fidelity(programs: LayerPrograms, untrained: list[LayerPrograms]) -> d
         "untrained_sd": _sd(untrained_medians),
         "median_terms": _median([float(u.printed) for u in programs.units]),
     }
-    if programs.layer != "conv1":
-        record["median_terms_for_r90"] = _median([float(n) for n in r90 if n is not None])
-        record["units_never_r90"] = sum(n is None for n in r90)
-        record["curve"] = {str(t): curve_at(programs, t) for t in CURVE_TERMS} | {
-            "all": _median([float(u.curve[-1]) for u in programs.units if len(u.curve)])
-        }
+    record["median_terms_for_r90"] = _median([float(n) for n in r90 if n is not None])
+    record["units_never_r90"] = sum(n is None for n in r90)
+    record["curve"] = {str(t): curve_at(programs, t) for t in CURVE_TERMS} | {
+        "all": _median([float(u.curve[-1]) for u in programs.units if len(u.curve)])
+    }
     gap = (record["median"] or 0.0) - (record["shuffled"] or 0.0)
     record["above_shuffled"] = bool(record["median"] is not None and gap > (record["shuffled_sd"] or 0.0))
     return record
@@ -102,7 +99,7 @@ def label_net_record(net: nn.Module, m: Measurements, images: torch.Tensor, digi
         record[name] = {
             "accuracy": round(float((predicted == digits).float().mean()), 4),
             "agreement": round(float((predicted == real).float().mean()), 4),
-            "terms": len(m.programs["conv1"].units) + sum(sum(p.lengths(**length)) for p in inner),
+            "terms": sum(m.programs["conv1"].lengths()) + sum(sum(p.lengths(**length)) for p in inner),
             "numbers": label_net_numbers(net, m.programs, length),
         }
     return record
@@ -112,7 +109,7 @@ def label_net_numbers(net: nn.Module, programs: dict[str, LayerPrograms], length
     """Numbers a reader reads to run the label net (the HandNet frontier's x axis): conv1's fitted
     kernels, the weights each label keeps and one bias per unit (the left-out inputs' mean maps
     are the images' own, not numbers of the net), and every parameter of the layers not labelled."""
-    numbers = CONV1_LABEL_NUMBERS * len(programs["conv1"].units)
+    numbers = sum(sum(CONV1_TERM_NUMBERS[: u.printed]) + 1 for u in programs["conv1"].units)
     for layer, p in programs.items():
         if layer != "conv1":
             numbers += int(p.masks(getattr(net, layer).weight.shape, p.lengths(**length)).sum()) + len(p.units)

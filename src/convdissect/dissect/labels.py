@@ -107,9 +107,11 @@ def describe_conv1(m: Measurements) -> list[dict]:
         others = [p for p in peaks if angle_gap(p, theta) >= SECONDARY_MIN_GAP_DEG]
         secondary = others[0] if len(peaks) > 1 and others else None
         oriented = float(depth[i]) >= UNORIENTED_DEPTH
-        text = label if fit.r2[i] >= NOISY_R2 else f"noisy; closest: {label}"
+        terms = programs.texts[i] if programs else [label]
+        printed = " + ".join([label, *terms[1:]])  # the first term's sign is the fit's own
+        text = printed if fit.r2[i] >= NOISY_R2 else f"noisy; closest: {printed}"
         if not oriented:
-            text = f"unoriented (blob); closest: {label}"
+            text = f"unoriented (blob); closest: {printed}"
         if secondary is not None and oriented:
             text += f", secondary {orientation_name(secondary)}"
         text = inactive(program) or text
@@ -120,6 +122,7 @@ def describe_conv1(m: Measurements) -> list[dict]:
                 "name": unit_name("conv1", i + 1),
                 "label": with_fidelity(text, program),
                 "pattern": label,
+                "label_terms": terms,
                 "orientation_deg": round(theta, 2),
                 "kind": fit.kind[i],
                 "side": fit.side[i],

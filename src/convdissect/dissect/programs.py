@@ -1,7 +1,8 @@
 """Every conv unit's label as a program: its terms ranked by signed contribution, grown until the
 simulated unit reproduces the real one, scored on held-out images (docs/measures.md, "Fidelity").
 
-- conv1: one term, the fitted line/edge kernel (gain and bias by least squares);
+- conv1: up to three terms: the fitted line/edge kernel, the local brightness (a flat kernel), and a
+  line/edge fitted to what the first two leave of the kernel (gains and bias by least squares);
 - conv2: a term is one input (its whole grid);
 - conv3: a term is one burst: a connected set of same-sign cells of one input's grid;
 - fc4: a term is one conv3 unit (its pooled output).
@@ -24,17 +25,23 @@ from convdissect.analysis.contributions import SignedContributions, blank_image,
 from convdissect.analysis.fidelity import (
     LayerRecord,
     centred_r,
-    conv1_fidelity,
     label_fidelity,
     prefix_fidelity,
+    record_conv1,
     record_layer,
     reference_inputs,
 )
-from convdissect.analysis.fits import LineFit
+from convdissect.analysis.fits import LineFit, fit_lines
+from convdissect.conventions import stroke_label
 
-# The printed label grows until its fidelity on the fit images reaches this, at most MAX_PRINTED terms.
+# The printed label grows until its fidelity on the fit images reaches PRINTED_R (conv1: PRINTED_R_CONV1,
+# its terms being few and whole kernels), at most MAX_PRINTED terms.
 PRINTED_R = 0.9
-MAX_PRINTED = {"conv2": 6, "conv3": 8, "fc4": 6}
+PRINTED_R_CONV1 = 0.95
+MAX_PRINTED = {"conv1": 3, "conv2": 6, "conv3": 8, "fc4": 6}
+# The numbers a reader reads per conv1 term: a line/edge (angle, width, offset, kind, gain); the
+# brightness (its gain). Each conv1 label adds its bias.
+CONV1_TERM_NUMBERS = (5, 1, 5)
 # The description length: the terms a label needs to reach this fidelity.
 DESCRIPTION_R = 0.9
 # The curve of fidelity against the number of terms is reported at these lengths (and all).
@@ -83,6 +90,7 @@ class LayerPrograms:
     units: list[UnitProgram]
     means: torch.Tensor | None = None  # [Cin, H, W] the mean input map a left-out weight reads
     conv1: tuple[torch.Tensor, torch.Tensor] | None = None  # conv1: its labels' (weight, bias), gain included
+    texts: list[list[str]] | None = None  # conv1: each unit's terms in words, its printed ones signed by their gains
     contributions: torch.Tensor | None = None  # fc4: [Cout, Cin] the signed contributions of its inputs
 
     def lengths(self, terms: int | None = None, fidelity: float | None = None) -> list[int]:
@@ -140,9 +148,10 @@ def activity(real: torch.Tensor) -> str:
 
 
 def printed_length(curve_fit: torch.Tensor, layer: str) -> int:
-    """The shortest prefix reaching PRINTED_R on the fit images, at most MAX_PRINTED[layer] terms."""
+    """The shortest prefix reaching PRINTED_R (conv1: PRINTED_R_CONV1) on the fit images, at most
+    MAX_PRINTED[layer] terms."""
     cap = min(MAX_PRINTED[layer], len(curve_fit))
-    reached = (curve_fit[:cap] >= PRINTED_R).nonzero()
+    reached = (curve_fit[:cap] >= (PRINTED_R_CONV1 if layer == "conv1" else PRINTED_R)).nonzero()
     return int(reached[0]) + 1 if len(reached) else cap
 
 
@@ -185,26 +194,64 @@ def shuffled_fidelity(rec: LayerRecord, k: int, labels: torch.Tensor) -> float:
     return float(label_fidelity(rec, k, labels[others].to(rec.inputs.dtype)).nanmean())
 
 
+def conv1_term_kernels(weight: torch.Tensor, fit: LineFit) -> tuple[torch.Tensor, LineFit]:
+    """conv1's term kernels [2C + 1, k, k] for its kernels weight [C, k, k]: the C fitted lines/edges,
+    one flat kernel (the local brightness), the C lines/edges fitted to the residuals; and that fit."""
+    first = fit.kernels()
+    residual_fit = fit_lines(weight - weight.mean(dim=(1, 2), keepdim=True) - first)
+    flat = torch.ones(1, *weight.shape[1:])
+    return torch.cat([first, flat, residual_fit.kernels()]), residual_fit
+
+
+def conv1_term_texts(fit: LineFit, residual_fit: LineFit, c: int, gains: torch.Tensor) -> list[str]:
+    """Unit c's terms in words, each read with the sign of its fitted gain."""
+    texts = []
+    for t, gain in enumerate(gains.tolist()):
+        if t == 1:
+            texts.append("brightness" if gain >= 0 else "darkness")
+        else:
+            f = fit if t == 0 else residual_fit
+            texts.append(stroke_label(f.kind[c], float(f.theta_deg[c]), float(f.amplitude[c]) * gain))
+    return texts
+
+
+@torch.no_grad()
 def conv1_programs(
     net: nn.Module, fit: LineFit, fit_images: torch.Tensor, scored_images: torch.Tensor, shuffled: bool = True
 ) -> LayerPrograms:
-    """conv1's labels run as their fitted kernels; the shuffled null runs each unit with the others' kernels."""
-    kernels = fit.kernels()
-    r, gain, bias, real = conv1_fidelity(net, kernels, fit_images, scored_images, pairs=shuffled)
-    off_diagonal = ~torch.eye(len(r), dtype=torch.bool)
-    units = [
-        UnitProgram(
-            [],
-            r[c, c : c + 1],
-            r[c, c : c + 1],
-            1,
-            float(r[c][off_diagonal[c]].nanmean()) if len(r) > 1 else float("nan"),
-            activity(real[:, c]),
+    """conv1's labels run as their term kernels, gains and bias fitted by least squares; the shuffled
+    null runs each unit with the other units' printed terms (their gains refitted to this unit)."""
+    weight = net.conv1.weight.detach()[:, 0].cpu()
+    n = len(weight)
+    kernels, residual_fit = conv1_term_kernels(weight, fit)
+    rec = record_conv1(net, kernels.to(fit_images.device), fit_images, scored_images)
+    units, printed_weights, biases, texts = [], [], [], []
+    for c in range(n):
+        terms = [c, n, n + 1 + c]  # the unit's line/edge, the flat kernel, its residual's line/edge
+        curve = torch.tensor([rec.fidelity(c, terms[: t + 1])[0] for t in range(len(terms))])
+        fit_curve = torch.tensor([rec.fidelity(c, terms[: t + 1], fit=True)[0] for t in range(len(terms))])
+        printed = printed_length(fit_curve, "conv1")
+        _, gains, bias = rec.fidelity(c, terms[:printed])
+        printed_weights.append((gains[:, None, None] * kernels[terms[:printed]]).sum(dim=0))
+        biases.append(bias)
+        texts.append(conv1_term_texts(fit, residual_fit, c, gains))
+        full = torch.ones(weight.shape[1:], dtype=torch.bool)
+        units.append(
+            UnitProgram(
+                [Term(0, full, float(g)) for g in gains],
+                curve,
+                fit_curve,
+                printed,
+                float("nan"),
+                activity(rec.scored_real[:, c]),
+            )
         )
-        for c in range(len(r))
-    ]
-    weight = (gain.diagonal()[:, None, None] * kernels)[:, None]
-    return LayerPrograms("conv1", units, conv1=(weight, bias.diagonal()))
+    if shuffled and n > 1:
+        printed_terms = [[c, n, n + 1 + c][: u.printed] for c, u in enumerate(units)]
+        for c, unit in enumerate(units):
+            unit.shuffled = sum(rec.fidelity(c, printed_terms[j])[0] for j in range(n) if j != c) / (n - 1)
+    weight = torch.stack(printed_weights)[:, None]
+    return LayerPrograms("conv1", units, conv1=(weight, torch.tensor(biases)), texts=texts)
 
 
 class ProgramConv(nn.Module):

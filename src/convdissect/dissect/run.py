@@ -129,7 +129,7 @@ class SimpleConvNetDissection:
             ]
         claims = claim_statistics(self.measured, untrained, cfg.claims, cfg.seed, ablated, ablated_untrained)
         claims["fidelity"] = fidelity_record(self.measured, untrained)
-        claims["fidelity_ablation"] = left_out
+        claims["settings"] = {"fidelity_ablation": left_out}
         claims["label_net"] = label_net_record(net, self.measured, scored, scored_digits)
         claims["class_selectivity"] = class_selectivity_record(self.measured, untrained)
         self.claims = claims
