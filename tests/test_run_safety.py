@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
-from convdissect.runs import atomic_write
+from convdissect.runs import LOCK, atomic_write
 from convdissect.tables.common import training_runs
 from convdissect.train import train
 from tests.helpers import CHECKOUT, TINY, compose_cfg, run_python
@@ -250,3 +250,23 @@ def test_sigterm_during_the_test_exits_143(tmp_path):
     assert proc.returncode == 143, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith("stopped by SIGTERM during the test: no metrics.json; test ")
     assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_a_run_dir_held_by_a_live_job_is_refused_and_a_dead_jobs_lock_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK).write_text(str(holder.pid))
+        refused = run_python("eval.py", f"ckpt_path={tmp_path / 'missing.pt'}", f"hydra.run.dir={tmp_path}")
+        assert refused.returncode == 2
+        assert refused.stderr.strip() == (
+            f"error: hydra.run.dir={tmp_path} is being written by another job (pid {holder.pid}, "
+            f"{tmp_path / LOCK}); pick another dir, or wait for that job to end"
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is taken over, the run gets as far as its own checks, and its lock goes with it
+    taken = run_python("eval.py", f"ckpt_path={tmp_path / 'missing.pt'}", f"hydra.run.dir={tmp_path}")
+    assert taken.returncode == 2 and "no such file" in taken.stderr and "being written" not in taken.stderr
+    assert not (tmp_path / LOCK).exists()

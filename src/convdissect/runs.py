@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ SWEEP_SUMMARY = "sweep_summary.json"
 FINISHED = "metrics.json"  # written last by a run: its presence means the dir holds a finished run
 # What a run writes (conf/callbacks/model_checkpoint.yaml, conf/logger/*): replaced on overwrite=true.
 OUTPUTS = ("metrics.json", "model_state.pt", "checkpoints", "tensorboard", "csv", "pruning_accuracy.png")
+LOCK = ".convdissect.lock"  # the pid of the job writing a run dir, removed when it exits
 
 
 def check_writable(run_dir: Path) -> None:
@@ -49,6 +51,50 @@ def check_run_dir(run_dir: Path, overwrite: bool, resuming: bool) -> None:
             f"hydra.run.dir={run_dir} already holds a finished run ({FINISHED}); pick another dir, "
             "add overwrite=true to replace its outputs, or ckpt_path=CKPT to resume"
         )
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Take the dir for this process until it exits: refused while another live process holds it (two
+    jobs into one explicit hydra.run.dir would mix their outputs); a lock whose process is gone is taken over."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK
+    mine = run_dir / f"{LOCK}.{os.getpid()}"
+    mine.write_text(str(os.getpid()))
+    try:
+        while True:
+            try:
+                os.link(mine, lock)  # atomic, and fails where a lock exists: the lock is never half-written
+            except FileExistsError:
+                holder = _lock_holder(lock)
+                if holder is not None and holder != os.getpid() and _alive(holder):
+                    raise UserInputError(
+                        f"hydra.run.dir={run_dir} is being written by another job (pid {holder}, {lock}); "
+                        "pick another dir, or wait for that job to end"
+                    ) from None
+                lock.unlink(missing_ok=True)  # left by a job that ended without removing it
+                continue
+            atexit.register(lock.unlink, missing_ok=True)
+            return
+    finally:
+        mine.unlink()
+
+
+def _lock_holder(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None  # unreadable: taken over
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def clear_outputs(run_dir: Path, keep: Iterable[str | Path | None] = ()) -> None:
@@ -106,6 +152,7 @@ class RunDirGuard(Callback):
                 check_run_dir(Path(config.hydra.run.dir), bool(config.overwrite), resuming)
             else:
                 check_writable(Path(config.hydra.run.dir))
+            lock_run_dir(Path(config.hydra.run.dir))
         except UserInputError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
