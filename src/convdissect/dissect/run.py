@@ -25,6 +25,7 @@ from convdissect.analysis.projections import projections, stage_activations, sub
 from convdissect.analysis.superstimuli import Superstimuli, best_image_objective, standard_transforms, superstimuli
 from convdissect.config import instantiate
 from convdissect.conventions import unit_name
+from convdissect.dissect.any_net import AnyConvNetDissection
 from convdissect.dissect.claims import check_claim_settings, claim_statistics
 from convdissect.dissect.label_scores import class_selectivity_record, fidelity_record, label_net_record
 from convdissect.dissect.labels import add_original_names, describe, write_labels
@@ -181,8 +182,11 @@ class HandNetDissection:
 
 def strategy_for(net, cfg: DictConfig, images: torch.Tensor, digits: torch.Tensor):
     """The one place a net's kind picks how it is dissected."""
-    kind = HandNetDissection if isinstance(net, HandNet) else SimpleConvNetDissection
-    return kind(net, cfg, images, digits)
+    if isinstance(net, HandNet):
+        return HandNetDissection(net, cfg, images, digits)
+    if isinstance(net, SimpleConvNet):
+        return SimpleConvNetDissection(net, cfg, images, digits)
+    return AnyConvNetDissection(net, cfg, images, digits)
 
 
 def untrained_like(net: SimpleConvNet, seed: int) -> SimpleConvNet:
