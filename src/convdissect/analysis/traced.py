@@ -95,9 +95,10 @@ def trace(net: nn.Module, images: torch.Tensor) -> list[TracedLayer]:
     net.eval()
     images = images.to(next(net.parameters()).dtype)
     calls = module_calls(net, images)
-    blank = {
-        name: x for name, module, x, _ in module_calls(net, blank_image(images)) if isinstance(module, LAYER_TYPES)
-    }
+    blank = {}  # each layer's input on the blank image, at its first call as in `layers`
+    for name, module, x, _ in module_calls(net, blank_image(images)):
+        if isinstance(module, LAYER_TYPES):
+            blank.setdefault(name, x)
     layers: dict[str, TracedLayer] = {}
     origin: dict[int, str] = {}  # id of a tensor -> the traced layer whose channels it holds
     made_by: dict[int, TracedLayer] = {}  # id of a layer's (or its folded BatchNorm's) output -> the layer
