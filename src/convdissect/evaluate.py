@@ -1,6 +1,7 @@
 """Test a checkpoint's own weights: python eval.py ckpt_path=PATH (or train.py fit=false ckpt_path=PATH).
 
-PATH is a Lightning .ckpt of any of our nets, pruned or not, or a model_state.pt. The net is rebuilt
+PATH is a Lightning .ckpt or a model_state.pt of any net train.py trained, pruned or not (another class than
+ours is rebuilt from its run dir: docs/own_net.md). The net is rebuilt
 at the widths its tensors have, so a pruned checkpoint tests the pruned net.
 """
 
