@@ -137,6 +137,7 @@ def test_planted_truth_is_found(runs, name, tmp_path):
     units = {u["name"]: u for u in labels["units"]}
     line = units[f"{first}_1"]
     assert "vertical line" in line["label"] and line["fit_r2"] > 0.99
+    assert abs(line["tuned_orientation_deg"] - 90.0) <= 10.0  # its strongest response: a near-vertical stroke
     copy = units[f"{later}_1"]
     source = first if name != "residual" else "left.in"
     assert copy["drivers"][0]["input"] == f"{source}_{copied + 1}" and copy["drivers"][0]["share"] == 1.0

@@ -16,9 +16,10 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
+from convdissect.analysis.selectivity import OrientationTuning, orientation_selectivity, orientation_tuning
 from convdissect.analysis.traced import trace, untrained_copy
 from convdissect.analysis.traced_measures import LayerMeasures, measure_layers
-from convdissect.conventions import unit_name
+from convdissect.conventions import orientation_name, unit_name
 from convdissect.dissect.claims import CLAIMS
 from convdissect.dissect.labels import add_original_names, digits_phrase, short_pattern, signed_phrase
 from convdissect.dissect.report import figures
@@ -54,10 +55,11 @@ def ranked(m: LayerMeasures, k: int) -> tuple[list[dict], list[dict]]:
     )
 
 
-def fit_fields(m: LayerMeasures, k: int) -> dict:
+def fit_fields(m: LayerMeasures, k: int, tuning: OrientationTuning | None) -> dict:
+    """The first conv's unit k: its fitted pattern with R², and the stroke orientation it responds to most."""
     fit = m.fit
     pattern, r2 = fit.labels()[k], float(fit.r2[k])
-    return {
+    fields = {
         "label": f"{pattern} (R² {r2:.2f})",
         "pattern": pattern,
         "kind": fit.kind[k],
@@ -65,6 +67,13 @@ def fit_fields(m: LayerMeasures, k: int) -> dict:
         "orientation_deg": round(float(fit.theta_deg[k]), 2),
         "fit_r2": _number(r2, 4),
     }
+    if tuning is not None:
+        curves = next(iter(tuning.responses.values()))
+        preferred = float(tuning.angles_deg[curves[:, k].argmax()])
+        selectivity = float(orientation_selectivity(curves[:, k : k + 1], tuning.angles_deg)[0])
+        fields |= {"tuned_orientation_deg": preferred, "orientation_selectivity": _number(selectivity)}
+        fields["label"] += f", tuned to {orientation_name(preferred)} strokes (selectivity {selectivity:.2f})"
+    return fields
 
 
 def contribution_fields(m: LayerMeasures, k: int, patterns: dict[str, str]) -> dict:
@@ -86,15 +95,15 @@ def class_fields(m: LayerMeasures, k: int) -> dict:
     return {**classes, "label_digits": digits_phrase(classes)}
 
 
-def describe(measured: list[LayerMeasures]) -> list[dict]:
-    """labels.json's units of every traced layer, in call order."""
+def describe(measured: list[LayerMeasures], tuning: OrientationTuning | None = None) -> list[dict]:
+    """labels.json's units of every traced layer, in call order; `tuning`: the first conv's curves."""
     units, patterns = [], {}
     for m in measured:
         t = m.traced
         for k in range(t.outputs.shape[1]):
             unit = {"layer": t.name, "index": k + 1, "name": unit_name(t.name, k + 1), "nonlinearity": t.nonlinearity}
             if m.fit is not None:
-                unit |= fit_fields(m, k)
+                unit |= fit_fields(m, k, tuning)
                 patterns[unit["name"]] = short_pattern(unit["pattern"])
             elif m.contributions is not None:
                 unit |= contribution_fields(m, k, patterns)
@@ -152,10 +161,15 @@ class AnyConvNetDissection:
             "class": type(self.net).__name__,
             "layers": [m.name for m in self.measured],
             "widths": [m.traced.outputs.shape[1] for m in self.measured],
-            "units": describe(self.measured),
+            "units": describe(self.measured, self._first_conv_tuning()),
         }
         add_original_names(labels, pruned_channels(self.cfg.ckpt_path))
         return labels
+
+    def _first_conv_tuning(self) -> OrientationTuning | None:
+        """The first conv's responses (its BatchNorm's, when folded) to line strokes at every orientation."""
+        first = next((m.traced for m in self.measured if m.fit is not None), None)
+        return None if first is None else orientation_tuning(self.net, [first.folded or first.name])
 
     def figures(self, labels: dict, stimuli: dict, writer: SummaryWriter, out_dir: Path):
         return self._kernel_figures(labels), [], " Measured through forward hooks (docs/own_net.md)."

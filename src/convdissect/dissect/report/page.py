@@ -96,6 +96,7 @@ ANY_NET_COLUMNS = [
     ("label", "label"),
     ("nonlinearity", "nonlinearity"),
     ("fit_r2", "fit R²"),
+    ("orientation_selectivity", "orientation selectivity"),
     ("drivers", "drivers"),
     ("inhibitors", "inhibitors"),
     ("fidelity", "fidelity r"),
