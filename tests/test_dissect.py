@@ -57,7 +57,11 @@ def test_cli_on_a_lightning_checkpoint(trained, data_dir, tmp_path):
     assert {"bursts", "drivers", "inhibitors", "position_index", "pattern_index", "interaction_index"} <= set(conv3)
     claims = json.loads((tmp_path / "claims.json").read_text())
     assert {"conv2_top_share", "ablation_top1", "conv3_interaction_omega2"} <= set(claims)
-    statistics = {name: c for name, c in claims.items() if name not in ("fidelity", "label_net", "class_selectivity")}
+    statistics = {
+        name: c
+        for name, c in claims.items()
+        if name not in ("fidelity", "fidelity_ablation", "label_net", "class_selectivity")
+    }
     assert all(c["holds"] in ("supported", "not supported", "reversed") for c in statistics.values())
     assert set(claims["fidelity"]) == {"conv1", "conv2", "conv3", "fc4"}
     assert {"median", "shuffled", "untrained", "median_terms_for_r90", "curve"} <= set(claims["fidelity"]["conv2"])
