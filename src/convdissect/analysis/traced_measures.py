@@ -3,8 +3,9 @@
 - the first conv (one input channel): its kernels fitted by the line/edge family at their own size;
 - every later conv: the signed, blank-subtracted contributions of its inputs (summed over the cells
   where the unit's output is positive), the inputs its label names (drivers and inhibitors), and the
-  label's fidelity: the unit rebuilt from those inputs only, every other input at its mean map
-  (analysis.fidelity), scored against the real unit; the same with another unit's label (shuffled);
+  label's fidelity: the unit rebuilt from those inputs only, every other input at its mean map (or
+  another image's inputs: analysis.fidelity), scored against the real unit; the same with another
+  unit's label (shuffled);
 - every Linear: the contributions of its source's channels (a flattened conv map: a block of
   positions per channel); the last one's class selectivity.
 docs/own_net.md defines each; docs/measures.md the measures they reuse.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from convdissect.analysis.contributions import SignedContributions, masked_contributions
-from convdissect.analysis.fidelity import LayerRecord, label_fidelity
+from convdissect.analysis.fidelity import LayerRecord, label_fidelity, reference_inputs
 from convdissect.analysis.fits import LineFit, fit_lines
 from convdissect.analysis.selectivity import response_class_means, selectivity_index
 from convdissect.analysis.traced import TracedLayer
@@ -98,11 +99,14 @@ def label_masks(conv: torch.nn.Conv2d, labels: list[list[int]]) -> torch.Tensor:
     return masks
 
 
-def conv_fidelity(t: TracedLayer, labels: list[list[int]], units: list[int]) -> torch.Tensor:
-    """[len(units)] r of each unit units[i] rebuilt from the inputs labels[i] names (mean ablation of
-    the others, over the images), against the real unit; both ReLU'd, each cell's mean over the images removed."""
+def conv_fidelity(t: TracedLayer, labels: list[list[int]], units: list[int], ablation: str = "mean") -> torch.Tensor:
+    """[len(units)] r of each unit units[i] rebuilt from the inputs labels[i] names (the others at their
+    mean map over the images, or another image's inputs: `ablation`), against the real unit; both
+    ReLU'd, each cell's mean over the images removed."""
     conv = t.layer
-    record = LayerRecord(t.name, conv, 1, t.inputs, t.inputs.mean(dim=0), t.outputs.relu())
+    mean = t.inputs.mean(dim=0)
+    reference = reference_inputs(t.inputs, mean, ablation)
+    record = LayerRecord(t.name, conv, 1, t.inputs, mean, t.outputs.relu(), reference)
     masks = label_masks(conv, labels)
     return torch.stack([label_fidelity(record, k, masks[i : i + 1])[0] for i, k in enumerate(units)]).cpu()
 
@@ -123,9 +127,14 @@ def source_channels(t: TracedLayer, sizes: dict[str, int]) -> int:
 
 @torch.no_grad()
 def measure_layers(
-    traced: list[TracedLayer], digits: torch.Tensor | None = None, seed: int = 0, shuffled: bool = True
+    traced: list[TracedLayer],
+    digits: torch.Tensor | None = None,
+    seed: int = 0,
+    shuffled: bool = True,
+    ablation: str = "mean",
 ) -> list[LayerMeasures]:
-    """LayerMeasures of every traced layer; the shuffled labels are a fixed permutation per layer (seed)."""
+    """LayerMeasures of every traced layer; the shuffled labels are a fixed permutation per layer (seed);
+    `ablation` is what an input a label leaves out reads (analysis.fidelity.ABLATIONS)."""
     sizes = {t.name: t.outputs.shape[1] for t in traced}
     measured = []
     for i, t in enumerate(traced):
@@ -138,9 +147,9 @@ def measure_layers(
             m.contributions = conv_contributions(t)
             m.named = [named_inputs(m.contributions, k) for k in range(sizes[t.name])]
             units = list(range(sizes[t.name]))
-            m.fidelity = conv_fidelity(t, m.named, units)
+            m.fidelity = conv_fidelity(t, m.named, units, ablation)
             if shuffled and len(units) > 1:
-                m.shuffled = conv_fidelity(t, [m.named[j] for j in shifted(len(units), seed + i)], units)
+                m.shuffled = conv_fidelity(t, [m.named[j] for j in shifted(len(units), seed + i)], units, ablation)
         elif not t.is_conv:
             m.contributions = linear_contributions(t, channels)
             m.named = [named_inputs(m.contributions, k) for k in range(sizes[t.name])]

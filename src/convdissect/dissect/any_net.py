@@ -150,11 +150,11 @@ class AnyConvNetDissection:
 
     def label(self, out_dir: Path) -> dict:
         """Measure the net and its untrained copy; write claims.json; return the labels."""
-        seed = self.cfg.seed
-        self.measured = measure_layers(trace(self.net, self.images), self.digits, seed)
+        seed, ablation = self.cfg.seed, self.cfg.fidelity.ablation
+        self.measured = measure_layers(trace(self.net, self.images), self.digits, seed, ablation=ablation)
         copy = untrained_copy(self.net, UNTRAINED_SEED)
-        untrained = measure_layers(trace(copy, self.images), self.digits, seed, shuffled=False)
-        self.claims = claims_record(self.measured, untrained, UNTRAINED_SEED)
+        untrained = measure_layers(trace(copy, self.images), self.digits, seed, shuffled=False, ablation=ablation)
+        self.claims = claims_record(self.measured, untrained, UNTRAINED_SEED) | {"fidelity_ablation": ablation}
         (out_dir / "claims.json").write_text(json.dumps(self.claims, indent=2, ensure_ascii=False) + "\n")
         labels = {
             "net": ANY_NET,
