@@ -25,11 +25,11 @@ from tests.helpers import REPORT_FAST, TINY, Page, compose_cfg
 
 LENET = "convdissect.models.zoo.LeNet5"
 RESIDUAL = "convdissect.models.zoo.ResidualNet"
-# A few hundred steps' worth of tiny training, then one pruning step and one epoch of retraining.
+# 200 steps of tiny training: 100 before one pruning step, 100 retraining after it.
 QUICK = [o for o in TINY if not o.startswith("model.")] + [
     "callbacks=pruning",
     "trainer.max_epochs=2",
-    "trainer.limit_train_batches=40",
+    "trainer.limit_train_batches=100",
     "callbacks.pruning.iterations=1",
     "callbacks.pruning.pretrain_epochs=1",
     "callbacks.pruning.calibration_size=200",
