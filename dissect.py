@@ -1,4 +1,5 @@
-"""Dissect a trained SimpleConvNet, or explain a HandNet: python dissect.py ckpt_path=PATH [key=value ...]
+"""Dissect a trained net (any ConvNet from its run dir: docs/own_net.md), or explain a HandNet:
+python dissect.py ckpt_path=PATH [key=value ...]
 (installed: convdissect-dissect)."""
 
 from pathlib import Path

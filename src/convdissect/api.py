@@ -56,7 +56,8 @@ def dissect_net(
     out_dir: str | Path = "dissection",
     overrides: list[str] = (),
 ) -> Dissection:
-    """Dissect `net` (a SimpleConvNet or a HandNet) into out_dir: labels with their fidelity,
+    """Dissect `net` (a SimpleConvNet, a HandNet or any other ConvNet, measured through forward hooks:
+    docs/own_net.md) into out_dir: labels with their fidelity,
     the claims next to their nulls and, unless `report.enabled=false` is among the overrides, the
     report. images [N, 1, 28, 28], normalised as the net was trained, with their digits [N]; by
     default the data set's val images (`n_images`, `data=`). Fidelity and the ablation are

@@ -1,6 +1,7 @@
 """Test a checkpoint's own weights: python eval.py ckpt_path=PATH (or train.py fit=false ckpt_path=PATH).
 
-PATH is a Lightning .ckpt of any of our nets, pruned or not, or a model_state.pt. The net is rebuilt
+PATH is a Lightning .ckpt or a model_state.pt of any net train.py trained, pruned or not (another class than
+ours is rebuilt from its run dir: docs/own_net.md). The net is rebuilt
 at the widths its tensors have, so a pruned checkpoint tests the pruned net.
 """
 
@@ -21,8 +22,8 @@ from omegaconf import DictConfig
 
 from convdissect.config import check_config, instantiate, set_threads
 from convdissect.errors import UserInputError
-from convdissect.models.checkpoint import load_net_and_spec
 from convdissect.models.lit_module import LitClassifier
+from convdissect.pruning.rebuild import load_trained_net
 from convdissect.runs import atomic_write, check_run_dir
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,9 @@ log = logging.getLogger(__name__)
 
 def load_module(path: str | Path) -> LitClassifier:
     """A LightningModule holding the checkpoint's net and weights (one-line errors for bad files)."""
-    net, spec = load_net_and_spec(path)
+    net, spec = load_trained_net(path)
     module = LitClassifier(net=spec, optimizer=None)
-    module.net.load_state_dict(net.state_dict())
+    module.net = net  # a pruned net is narrower than its spec builds
     return module
 
 

@@ -140,10 +140,25 @@ def signed_contributions(net: nn.Module, layer: str, images: torch.Tensor) -> Si
     mask = (
         torch.zeros_like(y).flatten(2).scatter_(2, winners.flatten(2), (pooled > 0).to(y.dtype).flatten(2)).view_as(y)
     )
+    return masked_contributions(layer, conv, seen, seen_blank, y, y_blank, mask)
+
+
+@torch.no_grad()
+def masked_contributions(
+    layer: str,
+    conv: nn.Conv2d,
+    seen: torch.Tensor,
+    seen_blank: torch.Tensor,
+    y: torch.Tensor,
+    y_blank: torch.Tensor,
+    mask: torch.Tensor,
+) -> SignedContributions:
+    """SignedContributions of a conv from its inputs [N, Cin, H, W] and outputs [N, Cout, H', W'] on the
+    images and on the blank image ([1, ...]), the surviving cells being mask's ones [N, Cout, H', W']."""
     grad = torch.nn.grad.conv2d_weight(
         seen - seen_blank, conv.weight.shape, mask, stride=conv.stride, padding=conv.padding
     )
-    n = len(images)
+    n = len(seen)
     cells = grad * conv.weight.detach() / n
     baseline = (mask * y_blank).sum(dim=(0, 2, 3)) / n
     output = (mask * y).sum(dim=(0, 2, 3)) / n

@@ -20,13 +20,15 @@ N_CLASSES = 10
 
 def class_means(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, layers) -> dict[str, torch.Tensor]:
     """Class-conditional mean ReLU'd response per channel: {layer: [10, C]} (NaN for a class absent)."""
-    out = {}
-    for layer, resp in channel_responses(net, images, layers).items():
-        resp = resp.relu()
-        sums = torch.zeros(N_CLASSES, resp.shape[1], device=resp.device).index_add_(0, labels, resp)
-        counts = torch.bincount(labels, minlength=N_CLASSES).to(resp.dtype)
-        out[layer] = sums / counts[:, None]
-    return out
+    return {layer: response_class_means(resp, labels) for layer, resp in channel_responses(net, images, layers).items()}
+
+
+def response_class_means(resp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Class-conditional mean ReLU'd response [10, C] of responses [N, C] (NaN for a class absent)."""
+    resp = resp.relu()
+    sums = torch.zeros(N_CLASSES, resp.shape[1], device=resp.device).index_add_(0, labels, resp)
+    counts = torch.bincount(labels, minlength=N_CLASSES).to(resp.dtype)
+    return sums / counts[:, None]
 
 
 def selectivity_index(means: torch.Tensor) -> torch.Tensor:

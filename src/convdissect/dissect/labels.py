@@ -1,8 +1,8 @@
 """Machine-written labels for every conv unit, with the numbers behind them (labels.json), read
 from one Measurements object (docs/measures.md says what each number is).
 
-- conv1: the best-fitting line-family member (orientation, kind, edge side, R²) and a
-  secondary orientation where the tuning curve on line probes has a second peak;
+- conv1: its program's terms (a line/edge with orientation, kind, side and R², then brightness and a
+  second line/edge where needed) and a secondary orientation where its tuning has a second peak;
 - conv2: the inputs its program keeps (dissect/programs.py), drivers and inhibitors with their
   share, and whether the grid on the main driver is a bright line along that input's orientation
   (a copy: the article's "conv2 only amplifies conv1");
@@ -30,8 +30,7 @@ from convdissect.dissect.programs import Term, UnitProgram
 
 # A conv1 kernel whose line fit explains less than this share of its energy is called noisy.
 NOISY_R2 = 0.5
-# A conv2 grid copies its main driver when it is a bright line (fit R² at least COPY_MIN_R2)
-# within COPY_MAX_GAP_DEG of the driver's orientation.
+# A conv2 grid copies its main driver: a bright line (fit R² ≥ COPY_MIN_R2) within COPY_MAX_GAP_DEG of its angle.
 COPY_MIN_R2 = 0.4
 COPY_MAX_GAP_DEG = 22.5
 # Labels name an input by its pattern without the slope (labels.json keeps the whole pattern).
@@ -96,19 +95,18 @@ def _at(clock: str) -> str:
 
 
 def describe_conv1(m: Measurements) -> list[dict]:
-    fit, tuning = m.conv1_fit, m.tuning
-    programs = m.programs.get("conv1")
+    fit, tuning, programs = m.conv1_fit, m.tuning, m.programs.get("conv1")
     depth = tuning_depth(tuning.responses["conv1"])
     units = []
     for i, label in enumerate(fit.labels()):
         program = programs.units[i] if programs else None
         theta = float(fit.theta_deg[i])
         peaks = tuning_peaks(tuning.responses["conv1"][:, i], tuning.angles_deg, min_gap_deg=SECONDARY_MIN_GAP_DEG)
-        others = [p for p in peaks if angle_gap(p, theta) >= SECONDARY_MIN_GAP_DEG]
-        secondary = others[0] if len(peaks) > 1 and others else None
+        others = [p for p in peaks if angle_gap(p, theta) >= SECONDARY_MIN_GAP_DEG] if len(peaks) > 1 else []
+        secondary = others[0] if others else None
         oriented = float(depth[i]) >= UNORIENTED_DEPTH
         terms = programs.texts[i] if programs else [label]
-        printed = " + ".join([label, *terms[1:]])  # the first term's sign is the fit's own
+        printed = " + ".join([label, *terms[1:]])
         text = printed if fit.r2[i] >= NOISY_R2 else f"noisy; closest: {printed}"
         if not oriented:
             text = f"unoriented (blob); closest: {printed}"

@@ -25,6 +25,7 @@ from convdissect.analysis.projections import projections, stage_activations, sub
 from convdissect.analysis.superstimuli import Superstimuli, best_image_objective, standard_transforms, superstimuli
 from convdissect.config import instantiate
 from convdissect.conventions import unit_name
+from convdissect.dissect.any_net import AnyConvNetDissection
 from convdissect.dissect.claims import check_claim_settings, claim_statistics
 from convdissect.dissect.label_scores import class_selectivity_record, fidelity_record, label_net_record
 from convdissect.dissect.labels import add_original_names, describe, write_labels
@@ -35,8 +36,9 @@ from convdissect.dissect.report.page import write_report
 from convdissect.errors import UserInputError
 from convdissect.handnet.explanation import explain, explanation_markdown
 from convdissect.handnet.net import HandNet
-from convdissect.models.checkpoint import load_any_net
+from convdissect.models.checkpoint import pruned_channels, training_run_dir
 from convdissect.models.simple_convnet import SimpleConvNet
+from convdissect.pruning.rebuild import load_trained_net
 
 log = logging.getLogger(__name__)
 
@@ -180,37 +182,17 @@ class HandNetDissection:
 
 def strategy_for(net, cfg: DictConfig, images: torch.Tensor, digits: torch.Tensor):
     """The one place a net's kind picks how it is dissected."""
-    kind = HandNetDissection if isinstance(net, HandNet) else SimpleConvNetDissection
-    return kind(net, cfg, images, digits)
+    if isinstance(net, HandNet):
+        return HandNetDissection(net, cfg, images, digits)
+    if isinstance(net, SimpleConvNet):
+        return SimpleConvNetDissection(net, cfg, images, digits)
+    return AnyConvNetDissection(net, cfg, images, digits)
 
 
 def untrained_like(net: SimpleConvNet, seed: int) -> SimpleConvNet:
     """A freshly initialised SimpleConvNet of the same widths (the null of "learned")."""
     torch.manual_seed(seed)
     return SimpleConvNet(net.widths, conv2=net.has_conv2).to(next(net.parameters()).device).eval()
-
-
-def training_run_dir(ckpt_path: str | Path | None) -> Path | None:
-    """The training run a checkpoint lies in (RUN/checkpoints/x.ckpt or RUN/model_state.pt: a dir
-    whose .hydra/config.yaml has a trainer), or None (also for a net given in Python, no checkpoint)."""
-    if ckpt_path is None:
-        return None
-    for parent in list(Path(ckpt_path).resolve().parents)[:3]:
-        config = parent / ".hydra" / "config.yaml"
-        if config.is_file() and "trainer" in OmegaConf.load(config):
-            return parent
-    return None
-
-
-def pruned_channels(ckpt_path: str | Path) -> dict[str, list[int]]:
-    """{layer: the 1-based channel numbers the net kept from the net it was pruned from}, read from its
-    training run's metrics.json (the last pruning step); {} for a net that was not pruned."""
-    run = training_run_dir(ckpt_path)
-    metrics = run / "metrics.json" if run is not None else None
-    if metrics is None or not metrics.is_file():
-        return {}
-    history = json.loads(metrics.read_text()).get("pruning_history") or [{}]
-    return history[-1].get("kept_channels", {})
 
 
 def tensorboard_dir(cfg: DictConfig, out_dir: Path) -> Path:
@@ -240,7 +222,7 @@ def dissect(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     check_settings(cfg)
-    net = (load_any_net(cfg.ckpt_path) if net is None else net).eval()
+    net = (load_trained_net(cfg.ckpt_path)[0] if net is None else net).eval()
     if images is None:
         images, digits = instantiate(cfg.data).tensors(cfg.split, cfg.n_images)
     elif len(images) == 0 or digits is None or len(digits) != len(images):

@@ -1,6 +1,7 @@
 """Load a net to dissect: a Lightning checkpoint of ours or a plain state_dict .pt.
 
-`load_any_net` is dissect.py's entry: a SimpleConvNet (`load_net`) or a HandNet (`load_handnet`).
+`load_any_net` reads a SimpleConvNet (`load_net`) or a HandNet (`load_handnet`); any other net is
+rebuilt from its training run (convdissect.pruning.rebuild, dissect.py's and eval.py's entry).
 Files load with torch.load(weights_only=True), so a file from elsewhere never runs code. A
 SimpleConvNet is built from the tensors' shapes (a pruned checkpoint is smaller than its
 hyperparameters say); a HandNet from its net spec: the Lightning checkpoint's hparams, or for a
@@ -185,10 +186,64 @@ def load_any_net(path: str | Path) -> nn.Module:
 def load_net_and_spec(path: str | Path) -> tuple[nn.Module, dict]:
     """The SimpleConvNet or HandNet of a checkpoint (eval mode, CPU) and the net spec that rebuilds
     it at its own widths ({"_target_": ..., **kwargs}, as in conf/model/)."""
-    state, hparams = load_state(path)
+    return known_net_and_spec(path, *load_state(path))
+
+
+def known_net_and_spec(path: str | Path, state: dict[str, torch.Tensor], hparams: dict) -> tuple[nn.Module, dict]:
+    """load_net_and_spec of a state_dict and its hparams already read; a state_dict of another net
+    is refused with the two ways that do dissect it."""
     if _is_handnet(hparams) or (not hparams and HANDNET_KEY in state):
         return _handnet(path, state, hparams)
+    if not hparams and not {f"{layer}.weight" for layer in ("conv1", "conv3", "fc4", "fc5")} <= set(state):
+        raise UserInputError(
+            f"ckpt_path={path}: the state_dict of a net other than a SimpleConvNet or HandNet (keys "
+            f"{list(state)[:4]}...), outside a training run dir; pass the net in Python "
+            "(convdissect.dissect_net(net)) or point ckpt_path at the model_state.pt inside its run dir"
+        )
     return _simple_convnet(path, state, hparams)
+
+
+def training_run_dir(path: str | Path | None) -> Path | None:
+    """The training run a checkpoint lies in (RUN/checkpoints/x.ckpt or RUN/model_state.pt: a dir
+    whose .hydra/config.yaml has a trainer), or None (also for a net given in Python, no checkpoint)."""
+    if path is None:
+        return None
+    for parent in list(Path(path).resolve().parents)[:3]:
+        config = parent / ".hydra" / "config.yaml"
+        if config.is_file() and "trainer" in OmegaConf.load(config):
+            return parent
+    return None
+
+
+def pruning_history(path: str | Path | None) -> list[dict]:
+    """The pruning steps of the training run a checkpoint lies in (its metrics.json's pruning_history,
+    each step's kept_channels 1-based in the unpruned net); [] for a net that was not pruned."""
+    run = training_run_dir(path)
+    metrics = run / "metrics.json" if run is not None else None
+    if metrics is None or not metrics.is_file():
+        return []
+    return json.loads(metrics.read_text()).get("pruning_history") or []
+
+
+def pruned_channels(path: str | Path | None) -> dict[str, list[int]]:
+    """{layer: the 1-based channel numbers the net kept from the net it was pruned from}, read from its
+    training run's metrics.json (the last pruning step); {} for a net that was not pruned."""
+    history = pruning_history(path) or [{}]
+    return history[-1].get("kept_channels", {})
+
+
+def run_model_spec(path: str | Path) -> dict:
+    """The net spec of the training run a checkpoint lies in (the `model` node of its
+    .hydra/config.yaml, as train.py's build_module converts it), or {} outside a run dir."""
+    run = training_run_dir(path)
+    if run is None:
+        return {}
+    config = run / ".hydra" / "config.yaml"
+    try:
+        return split_model_config(OmegaConf.to_container(OmegaConf.load(config).model, resolve=True))[0]
+    except (OmegaConfBaseException, OSError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserInputError(f"ckpt_path={path}: no readable model node in {config} ({reason})") from None
 
 
 def load_handnet(path: str | Path, state: dict[str, torch.Tensor], spec: dict) -> nn.Module:

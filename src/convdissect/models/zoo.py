@@ -1,6 +1,6 @@
 """Small nets of other shapes than the SimpleConvNet, built through Hydra like any user's net
 (model._target_=convdissect.models.zoo.SmallConvNet): plain logits, BatchNorm, a residual add, a
-concatenation and a flatten of a 2x2 map into a Linear."""
+concatenation and a flatten of a 2x2 map into a Linear; LeNet-5's tanh and average pooling."""
 
 from __future__ import annotations
 
@@ -50,3 +50,30 @@ class ResidualNet(nn.Module):
         x = F.relu(x + self.block(x))
         x = F.relu(torch.cat([self.left(x), self.right(x)], dim=1))
         return self.fc(F.adaptive_avg_pool2d(F.relu(self.mix(x)), 2).flatten(1))
+
+
+class LeNet5(nn.Module):
+    """LeCun et al. 1998 on 28x28 images: conv 5x5 (6, padded) -> tanh -> 2x2 average pool -> conv 5x5 (16)
+    -> tanh -> 2x2 average pool -> flatten (16 x 5 x 5) -> 120 -> tanh -> 84 -> tanh -> logits."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 5, padding=2),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(16 * 5 * 5, 120),
+            nn.Tanh(),
+            nn.Linear(120, 84),
+            nn.Tanh(),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))

@@ -50,6 +50,8 @@ def page(
     """The HTML page: the claims and the labels' fidelity (when given), then a section per layer with
     its figures and its label table (a HandNet's: its explanation)."""
     e = html.escape
+    if labels["net"] == ANY_NET:
+        return any_net_page(entries, labels, header, claims)
     if labels["net"] == "handnet":
         sections, intros, columns, tables = (
             EXPLANATION_TITLES,
@@ -85,6 +87,52 @@ def page(
         if rows:
             parts.append(f"<h3>{key} {tables}</h3>" + _label_table(rows, columns[key]))
         parts.append("</section>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+ANY_NET = "any_convnet"  # labels.json's "net" of a net dissected through forward hooks (dissect/any_net.py)
+ANY_NET_COLUMNS = [
+    ("label", "label"),
+    ("nonlinearity", "nonlinearity"),
+    ("fit_r2", "fit R²"),
+    ("orientation_selectivity", "orientation selectivity"),
+    ("drivers", "drivers"),
+    ("inhibitors", "inhibitors"),
+    ("fidelity", "fidelity r"),
+    ("fidelity_shuffled", "shuffled label's r"),
+    ("class_selectivity", "class selectivity"),
+]
+
+
+def any_net_page(entries: list[ReportFigure], labels: dict, header: str, claims: dict | None) -> str:
+    """Any ConvNet's page: the labels' fidelity per layer next to its nulls, then a section per traced
+    layer with its figures and its label table (the columns it has)."""
+    e = html.escape
+    title = f"Dissection of {labels['class']}, widths {labels['widths']}"
+    parts = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title><style>{CSS}</style></head>",
+        f"<body><h1>{e(title)}</h1><p>{e(header)}</p>",
+        "<nav>" + " · ".join(f"<a href='#{e(layer)}'>{e(layer)}</a>" for layer in labels["layers"]) + "</nav>",
+    ]
+    if claims:
+        rows = [
+            [layer, f["median"], f["shuffled"], f["untrained"], f["units"]] for layer, f in claims["fidelity"].items()
+        ]
+        header_row = ["layer", "median fidelity r", "shuffled labels", "untrained copy", "units"]
+        parts.append("<section id='claims'><h2>Fidelity of the labels</h2>" + _html_table(header_row, rows))
+        verdicts = [[number, c["claim"], c["verdict"]] for number, c in claims["article_claims"].items()]
+        parts.append("<h3>The article's claims</h3>" + _html_table(["claim", "", "verdict"], verdicts) + "</section>")
+    for layer in labels["layers"]:
+        parts.append(f"<section id='{e(layer)}'><h2>{e(layer)}</h2>")
+        for entry in (entry for entry in entries if entry.section == layer):
+            parts.append(
+                f"<figure><a href='{e(entry.name)}.png'><img src='{e(entry.name)}.png' alt='{e(entry.title)}'></a>"
+                f"<figcaption><b>{e(entry.title)}.</b> {e(entry.caption)}</figcaption></figure>"
+            )
+        units = [u for u in labels["units"] if u["layer"] == layer]
+        columns = [(key, name) for key, name in ANY_NET_COLUMNS if any(key in u for u in units)]
+        parts.append(f"<h3>{e(layer)} labels (labels.json)</h3>" + _label_table(units, columns) + "</section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 

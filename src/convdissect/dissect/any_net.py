@@ -1,0 +1,196 @@
+"""Any ConvNet other than ours, dissected through forward hooks (convdissect.analysis.traced): every
+Conv2d and Linear labelled from its measures (analysis.traced_measures), the labels' fidelity per
+layer next to two nulls (the labels shuffled among the layer's units; an untrained copy of the net
+labelled and scored the same way), and a report of the labels per layer and the first conv's
+kernels beside their fitted patterns. docs/own_net.md says what each number is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from convdissect.analysis.selectivity import OrientationTuning, orientation_selectivity, orientation_tuning
+from convdissect.analysis.traced import trace, untrained_copy
+from convdissect.analysis.traced_measures import LayerMeasures, measure_layers
+from convdissect.conventions import orientation_name, unit_name
+from convdissect.dissect.claims import CLAIMS
+from convdissect.dissect.labels import add_original_names, digits_phrase, short_pattern, signed_phrase
+from convdissect.dissect.report import figures
+from convdissect.dissect.report.figure import ReportFigure
+from convdissect.dissect.report.page import ANY_NET
+from convdissect.models.checkpoint import pruned_channels
+
+# The untrained copy's seed (re-initialised by each module's reset_parameters), far from training seeds.
+UNTRAINED_SEED = 1000
+# A label's digits: those the last Linear's unit responds to most.
+PREFERRED_DIGITS = 2
+NOT_APPLICABLE = "not applicable: the article's claims are about the SimpleConvNet's conv1 -> conv2 -> conv3"
+
+
+def _number(value, digits: int = 3):
+    value = float(value)
+    return None if math.isnan(value) else round(value, digits)
+
+
+def _median(values: torch.Tensor | None) -> float | None:
+    if values is None:
+        return None
+    values = values[~values.isnan()]
+    return _number(values.median()) if len(values) else None
+
+
+def ranked(m: LayerMeasures, k: int) -> tuple[list[dict], list[dict]]:
+    """labels.json's `drivers` and `inhibitors` of unit k: every input with its share, strongest first."""
+    c = m.contributions
+    return tuple(
+        [{"input": m.input_names[j], "share": _number(share)} for j, share in shares]
+        for shares in (c.drivers(k), c.inhibitors(k))
+    )
+
+
+def fit_fields(m: LayerMeasures, k: int, tuning: OrientationTuning | None) -> dict:
+    """The first conv's unit k: its fitted pattern with R², and the stroke orientation it responds to most."""
+    fit = m.fit
+    pattern, r2 = fit.labels()[k], float(fit.r2[k])
+    fields = {
+        "label": f"{pattern} (R² {r2:.2f})",
+        "pattern": pattern,
+        "kind": fit.kind[k],
+        "side": fit.side[k],
+        "orientation_deg": round(float(fit.theta_deg[k]), 2),
+        "fit_r2": _number(r2, 4),
+    }
+    if tuning is not None:
+        curves = next(iter(tuning.responses.values()))
+        preferred = float(tuning.angles_deg[curves[:, k].argmax()])
+        selectivity = float(orientation_selectivity(curves[:, k : k + 1], tuning.angles_deg)[0])
+        fields |= {"tuned_orientation_deg": preferred, "orientation_selectivity": _number(selectivity)}
+        fields["label"] += f", tuned to {orientation_name(preferred)} strokes (selectivity {selectivity:.2f})"
+    return fields
+
+
+def contribution_fields(m: LayerMeasures, k: int, patterns: dict[str, str]) -> dict:
+    drivers, inhibitors = ranked(m, k)
+    named = [m.input_names[j] for j in m.named[k]]
+    text = signed_phrase(drivers, inhibitors, named, patterns)
+    fields = {"drivers": drivers, "inhibitors": inhibitors, "label_inputs": named}
+    if m.fidelity is not None:
+        fidelity = _number(m.fidelity[k])
+        fields |= {"fidelity": fidelity, "fidelity_shuffled": None if m.shuffled is None else _number(m.shuffled[k])}
+        text += f" (r {fidelity:.2f})" if fidelity is not None else " (constant on the images)"
+    return {"label": text, **fields}
+
+
+def class_fields(m: LayerMeasures, k: int) -> dict:
+    means = m.class_means[:, k].nan_to_num(-math.inf)
+    preferred = means.argsort(descending=True)[:PREFERRED_DIGITS].tolist()
+    classes = {"preferred_digits": preferred, "class_selectivity": _number(m.selectivity[k])}
+    return {**classes, "label_digits": digits_phrase(classes)}
+
+
+def describe(measured: list[LayerMeasures], tuning: OrientationTuning | None = None) -> list[dict]:
+    """labels.json's units of every traced layer, in call order; `tuning`: the first conv's curves."""
+    units, patterns = [], {}
+    for m in measured:
+        t = m.traced
+        for k in range(t.outputs.shape[1]):
+            unit = {"layer": t.name, "index": k + 1, "name": unit_name(t.name, k + 1), "nonlinearity": t.nonlinearity}
+            if m.fit is not None:
+                unit |= fit_fields(m, k, tuning)
+                patterns[unit["name"]] = short_pattern(unit["pattern"])
+            elif m.contributions is not None:
+                unit |= contribution_fields(m, k, patterns)
+            else:
+                unit["label"] = "not measured (a grouped, dilated or non-zero-padded conv)"
+            if m.selectivity is not None:
+                unit |= class_fields(m, k)
+                unit["label"] += unit.pop("label_digits")
+            units.append(unit)
+    return units
+
+
+def claims_record(measured: list[LayerMeasures], untrained: list[LayerMeasures], seed: int) -> dict:
+    """claims.json: per measured layer the median fidelity next to its two nulls; the article's claims not applicable."""
+    null = {m.name: m for m in untrained}
+    fidelity = {
+        m.name: {
+            "median": _median(m.fidelity),
+            "shuffled": _median(m.shuffled),
+            "untrained": _median(null[m.name].fidelity) if m.name in null else None,
+            "units": len(m.fidelity),
+        }
+        for m in measured
+        if m.fidelity is not None
+    }
+    return {
+        "net": ANY_NET,
+        "fidelity": fidelity,
+        "untrained_seed": seed,
+        "article_claims": {str(number): {"claim": text, "verdict": NOT_APPLICABLE} for number, text in CLAIMS.items()},
+    }
+
+
+class AnyConvNetDissection:
+    """Measured through forward hooks: any convolutional classifier other than a SimpleConvNet or HandNet."""
+
+    def __init__(self, net: nn.Module, cfg: DictConfig, images: torch.Tensor, digits: torch.Tensor):
+        self.net, self.cfg, self.images, self.digits = net, cfg, images, digits
+        self.measured: list[LayerMeasures] = []
+        self.claims: dict | None = None
+
+    def check(self) -> None:
+        pass  # the report's channel choices pick a SimpleConvNet's units; this report shows every layer
+
+    def label(self, out_dir: Path) -> dict:
+        """Measure the net and its untrained copy; write claims.json; return the labels."""
+        seed, ablation = self.cfg.seed, self.cfg.fidelity.ablation
+        self.measured = measure_layers(trace(self.net, self.images), self.digits, seed, ablation=ablation)
+        copy = untrained_copy(self.net, UNTRAINED_SEED)
+        untrained = measure_layers(trace(copy, self.images), self.digits, seed, shuffled=False, ablation=ablation)
+        self.claims = claims_record(self.measured, untrained, UNTRAINED_SEED) | {
+            "settings": {"fidelity_ablation": ablation}
+        }
+        (out_dir / "claims.json").write_text(json.dumps(self.claims, indent=2, ensure_ascii=False) + "\n")
+        labels = {
+            "net": ANY_NET,
+            "class": type(self.net).__name__,
+            "layers": [m.name for m in self.measured],
+            "widths": [m.traced.outputs.shape[1] for m in self.measured],
+            "units": describe(self.measured, self._first_conv_tuning()),
+        }
+        add_original_names(labels, pruned_channels(self.cfg.ckpt_path))
+        return labels
+
+    def _first_conv_tuning(self) -> OrientationTuning | None:
+        """The first conv's responses (its BatchNorm's, when folded) to line strokes at every orientation."""
+        first = next((m.traced for m in self.measured if m.fit is not None), None)
+        return None if first is None else orientation_tuning(self.net, [first.folded or first.name])
+
+    def figures(self, labels: dict, stimuli: dict, writer: SummaryWriter, out_dir: Path):
+        return self._kernel_figures(labels), [], " Measured through forward hooks (docs/own_net.md)."
+
+    def _kernel_figures(self, labels: dict):
+        """The first conv's kernels, each beside its fitted line/edge pattern."""
+        for m in self.measured:
+            if m.fit is None:
+                continue
+            kernels = m.traced.layer.weight.detach().cpu()[:, 0]
+            grids = torch.stack([kernels, m.fit.kernels()], dim=1).flatten(0, 1)
+            units = [u for u in labels["units"] if u["layer"] == m.name]
+            names = [name for u in units for name in (u["name"], "fit")]
+            texts = [text for u in units for text in ("", u["label"])]
+            title = f"{m.name}: kernels and their fitted line/edge patterns"
+            entry = ReportFigure(
+                m.name,
+                f"{m.name}_kernels",
+                title,
+                "Each kernel (left) beside the line-family member fitted to it (right), with its R².",
+            )
+            yield entry, figures.weight_grids(grids, names, texts, title)

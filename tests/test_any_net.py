@@ -1,0 +1,191 @@
+"""Any ConvNet, dissected: loaded from its run dir (rebuilt from the run's model node and cut to its
+pruning's kept channels), measured through forward hooks, labelled, scored and reported. The nets
+are ones we did not write for the article: LeNet-5, the ResidualNet and the YAML nn.Sequential."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf, open_dict
+
+from convdissect.analysis.activations import record
+from convdissect.analysis.families import line_kernels
+from convdissect.analysis.traced import trace
+from convdissect.analysis.traced_measures import measure_layers
+from convdissect.api import dissect_net
+from convdissect.data.mnist import MNISTDataModule
+from convdissect.dissect.run import dissect
+from convdissect.errors import UserInputError
+from convdissect.evaluate import evaluate
+from convdissect.models.zoo import LeNet5
+from convdissect.pruning.rebuild import load_trained_net
+from convdissect.train import train
+from tests.helpers import REPORT_FAST, TINY, Page, compose_cfg
+
+LENET = "convdissect.models.zoo.LeNet5"
+RESIDUAL = "convdissect.models.zoo.ResidualNet"
+# 200 steps of tiny training: 100 before one pruning step, 100 retraining after it.
+QUICK = [o for o in TINY if not o.startswith("model.")] + [
+    "callbacks=pruning",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=100",
+    "callbacks.pruning.iterations=1",
+    "callbacks.pruning.pretrain_epochs=1",
+    "callbacks.pruning.calibration_size=200",
+    "callbacks.pruning.eval_size=400",
+]
+# Each net's model config and the target widths of its prunable layers.
+NETS = {
+    "lenet": ({"_target_": LENET}, [4, 12, 60, 42]),
+    "residual": ({"_target_": RESIDUAL}, [12]),
+    "sequential": ("sequential", [12, 24]),
+}
+
+
+def train_run(out, name: str):
+    """A short real run of NETS[name] into out, its config saved as the Hydra app saves it: (out, metrics)."""
+    model, widths = NETS[name]
+    overrides = QUICK + [f"callbacks.pruning.target_widths=[{','.join(map(str, widths))}]"]
+    if isinstance(model, str):
+        overrides.append(f"model={model}")
+    cfg = compose_cfg("train", overrides, out)
+    if isinstance(model, dict):  # a class by its dotted path, in place of the model config
+        with open_dict(cfg):
+            cfg.model = OmegaConf.create(model)
+    metrics = train(cfg)
+    (out / ".hydra").mkdir()
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    return out, metrics
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Each net trained, pruned by one step and retrained in a short real run: {name: (run dir, metrics)}."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {}
+    for name in NETS:
+        out[name] = train_run(tmp_path_factory.mktemp(name), name)
+    torch.set_num_threads(threads)
+    return out
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_a_pruned_net_of_any_class_loads_from_its_run_and_tests_as_it_trained(runs, name, tmp_path):
+    run_dir, metrics = runs[name]
+    net, spec = load_trained_net(run_dir / "model_state.pt")
+    assert sum(p.numel() for p in net.parameters()) == metrics["pruning_history"][-1]["n_params"]
+    same_test = ["trainer.limit_test_batches=2", "data.eval_batch_size=200", "threads=1"]  # the run's test images
+    again = evaluate(compose_cfg("eval", [f"ckpt_path={run_dir / 'model_state.pt'}", *same_test], tmp_path))
+    assert again["test/acc"] == metrics["test/acc"]
+
+
+def test_an_unknown_state_dict_outside_a_run_dir_says_how_to_dissect_it(tmp_path):
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)).state_dict(), tmp_path / "net.pt")
+    with pytest.raises(UserInputError, match=r"pass the net in Python \(convdissect.dissect_net\(net\)\)") as err:
+        load_trained_net(tmp_path / "net.pt")
+    assert "\n" not in str(err.value)
+
+
+def dissect_run(run_dir, out_dir, net=None, report: bool = True) -> dict:
+    """dissect.py's path on a run's model_state.pt (its config composed, the dissect function run), or
+    on `net` (the run's net, changed) in its place."""
+    overrides = [f"ckpt_path={run_dir / 'model_state.pt'}", *REPORT_FAST, "threads=1"]
+    return dissect(compose_cfg("dissect", overrides + ["report.enabled=false"] * (not report), out_dir), net)
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_any_net_is_dissected_from_its_run_dir_with_a_report(runs, name, tmp_path):
+    run_dir, metrics = runs[name]
+    labels = dissect_run(run_dir, tmp_path)
+    net, _ = load_trained_net(run_dir / "model_state.pt")
+    layers = [n for n, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert labels["layers"] == layers and len(labels["units"]) == sum(labels["widths"])
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    assert set(claims["fidelity"]) == {n for n in layers if n in claims["fidelity"]} and claims["fidelity"]
+    assert all(c["verdict"].startswith("not applicable") for c in claims["article_claims"].values())
+    page = Page((tmp_path / "report.html").read_text())
+    assert page.sections[1:] == layers and f"{layers[0]}_kernels.png" in page.images
+
+
+# Each net's first conv and a later conv whose input channels are its source's channels (the
+# ResidualNet's `left` reads the residual sum: its inputs are named left.in_j).
+PLANTED = {"lenet": ("features.0", "features.3"), "residual": ("stem.0", "left"), "sequential": ("0", "3")}
+
+
+def planted_net(run_dir, name: str, copied: int):
+    """The run's net with its first conv's unit 1 an exact vertical line of the family, and its later
+    conv's unit 1 a copy of input channel `copied` (the identity kernel on it, zeros elsewhere, no bias)."""
+    net, _ = load_trained_net(run_dir / "model_state.pt")
+    first, later = (net.get_submodule(layer) for layer in PLANTED[name])
+    size = first.kernel_size[0]
+    with torch.no_grad():
+        first.weight[0, 0] = line_kernels(torch.tensor(torch.pi / 2), 0.45, 0.0, 1.0, "line", size)
+        later.weight[0] = 0.0
+        later.weight[0, copied, later.kernel_size[0] // 2, later.kernel_size[1] // 2] = 1.0
+        later.bias[0] = 0.0
+    return net
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_planted_truth_is_found(runs, name, tmp_path):
+    run_dir, _ = runs[name]
+    copied = 1
+    labels = dissect_run(run_dir, tmp_path, planted_net(run_dir, name, copied), report=False)
+    first, later = PLANTED[name]
+    units = {u["name"]: u for u in labels["units"]}
+    line = units[f"{first}_1"]
+    assert "vertical line" in line["label"] and line["fit_r2"] > 0.99
+    assert abs(line["tuned_orientation_deg"] - 90.0) <= 10.0  # its strongest response: a near-vertical stroke
+    copy = units[f"{later}_1"]
+    source = first if name != "residual" else "left.in"
+    assert copy["drivers"][0]["input"] == f"{source}_{copied + 1}" and copy["drivers"][0]["share"] == 1.0
+    assert copy["fidelity"] >= 0.99
+
+
+def hand_fidelity(layer, inputs: torch.Tensor, outputs: torch.Tensor, k: int, named: list[int]) -> float:
+    """Unit k rebuilt from its named inputs, every other input at its mean map over the images, written
+    out input by input; Pearson r of its ReLU'd output with the real one after removing each cell's mean."""
+    mean = inputs.mean(dim=0, keepdim=True)
+    simulated = torch.full_like(outputs[:, k], float(layer.bias[k]))
+    for j in range(inputs.shape[1]):
+        x = inputs[:, j : j + 1] if j in named else mean[:, j : j + 1].expand(len(inputs), -1, -1, -1)
+        w = layer.weight[k : k + 1, j : j + 1]
+        simulated += F.conv2d(x, w, stride=layer.stride, padding=layer.padding)[:, 0]
+    s, r = simulated.relu(), outputs[:, k].relu()
+    s, r = s - s.mean(dim=0), r - r.mean(dim=0)
+    return float((s * r).sum() / (s.square().sum() * r.square().sum()).sqrt())
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_fidelity_agrees_with_a_hand_written_loop(runs, name, data_dir):
+    run_dir, _ = runs[name]
+    net, _ = load_trained_net(run_dir / "model_state.pt")
+    images = MNISTDataModule(data_dir=data_dir).tensors("val", 200)[0]
+    measured = [m for m in measure_layers(trace(net, images)) if m.fidelity is not None][0]
+    t, k = measured.traced, 2
+    with torch.no_grad():
+        expected = hand_fidelity(t.layer, t.inputs, t.outputs, k, measured.named[k])
+    assert float(measured.fidelity[k]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_batchnorm_folding_matches_the_unfolded_net(runs, data_dir):
+    net, _ = load_trained_net(runs["residual"][0] / "model_state.pt")
+    images = MNISTDataModule(data_dir=data_dir).tensors("val", 100)[0]
+    traced = {t.name: t for t in trace(net, images)}
+    recorded = record(net, images, ["stem.1", "block.1", "block.4"])  # the BatchNorms' own outputs
+    for conv, bn in (("stem.0", "stem.1"), ("block.0", "block.1"), ("block.3", "block.4")):
+        t = traced[conv]
+        assert t.folded == bn
+        with torch.no_grad():
+            torch.testing.assert_close(t.layer(t.inputs), recorded[bn], rtol=0, atol=1e-5)
+
+
+def test_dissect_net_takes_any_net_in_python(tmp_path, data_dir, one_thread):
+    torch.manual_seed(0)
+    net = LeNet5()  # untrained: the API needs no run dir
+    images, digits = MNISTDataModule(data_dir=data_dir).tensors("val", 200)
+    d = dissect_net(net, images, digits, tmp_path, overrides=[*REPORT_FAST, "threads=1"])
+    assert d.labels["class"] == "LeNet5" and set(d.claims["fidelity"]) == {"features.3"}
+    assert d.report is not None and (tmp_path / "features.0_kernels.png").is_file()
