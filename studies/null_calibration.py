@@ -29,7 +29,7 @@ from convdissect.config import CONFIG_DIR
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.dissect.claims import STATISTICS, claim_statistics
 from convdissect.dissect.measure import Measurements, measure
-from convdissect.dissect.run import UNTRAINED_SEED_BASE, untrained_like
+from convdissect.dissection import UNTRAINED_SEED_BASE, untrained_like
 from convdissect.models.simple_convnet import SimpleConvNet
 
 # The nets judged here are far from dissect's own null seeds (UNTRAINED_SEED_BASE + i).

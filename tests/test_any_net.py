@@ -15,7 +15,7 @@ from convdissect.analysis.traced import trace
 from convdissect.analysis.traced_measures import measure_layers
 from convdissect.api import dissect_net
 from convdissect.data.mnist import MNISTDataModule
-from convdissect.dissect.run import dissect
+from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
 from convdissect.models.zoo import LeNet5

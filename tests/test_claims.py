@@ -20,7 +20,7 @@ from convdissect.data.mnist import MNISTDataModule
 from convdissect.dissect.claims import STATISTICS, claim_statistics, verdict
 from convdissect.dissect.labels import describe
 from convdissect.dissect.measure import measure
-from convdissect.dissect.run import dissect, untrained_like
+from convdissect.dissection import dissect, untrained_like
 from convdissect.models.simple_convnet import SimpleConvNet
 from tests.helpers import FAST_NULLS, TINY_TWO_EPOCHS, compose_cfg
 

@@ -11,7 +11,7 @@ from convdissect.analysis.contributions import inner_contributions, signed_contr
 from convdissect.analysis.selectivity import class_means, omega_squared, selectivity_index, tuning_peaks
 from convdissect.analysis.superstimuli import channel_objective, superstimuli
 from convdissect.data.mnist import MNISTDataModule
-from convdissect.dissect.run import dissect
+from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
 from convdissect.models.checkpoint import load_any_net, load_net
 from convdissect.models.simple_convnet import SimpleConvNet

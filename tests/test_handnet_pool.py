@@ -12,12 +12,12 @@ import yaml
 from convdissect.conventions import REGION_NAMES
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.data.probes import stroke_images
-from convdissect.dissect.report.page import page
 from convdissect.errors import UserInputError
 from convdissect.handnet.explanation import explain
 from convdissect.handnet.learned_recipes import learned_recipes
 from convdissect.handnet.net import HandNet
 from convdissect.handnet.recipes import Part
+from convdissect.report.page import page
 from tests.helpers import EXPLAINABLE_RUN, check_round_trip, short_run
 
 SHORTER = [*EXPLAINABLE_RUN, "trainer.limit_train_batches=30"]

@@ -12,7 +12,7 @@ from convdissect.analysis.contributions import inner_contributions
 from convdissect.analysis.families import burst_grids, line_kernels
 from convdissect.analysis.superstimuli import superstimuli
 from convdissect.conventions import edge_side, xy_from_clock
-from convdissect.dissect.run import dissect
+from convdissect.dissection import dissect
 from convdissect.models.simple_convnet import SimpleConvNet
 from tests.helpers import FAST_NULLS, compose_cfg
 

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from convdissect.analysis.families import line_kernels
 from convdissect.analysis.projections import separation
-from convdissect.dissect.run import dissect
+from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
 from tests.helpers import REPORT_FAST, Page, compose_cfg

@@ -18,9 +18,9 @@ from convdissect.analysis.untangle_measures import (
     window_radius,
 )
 from convdissect.data.mnist import MNISTDataModule
-from convdissect.dissect.report.untangle import position_maps_figure
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
+from convdissect.report.untangle import position_maps_figure
 from convdissect.tables import render
 
 P, Q, R, K = 4, 25, 2, 8

@@ -21,7 +21,7 @@ from omegaconf import open_dict
 from torch import nn
 
 from convdissect.config import CONFIG_DIR
-from convdissect.dissect.run import dissect
+from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
 from convdissect.models.surgery import layer_width, producer_consumer_table
 from convdissect.pruning.criteria import Calibration, parse_criterion, score_layer

@@ -98,7 +98,7 @@ def run_train(cfg: DictConfig) -> float | None:
 
 
 def run_dissect(cfg: DictConfig) -> None:
-    from convdissect.dissect.run import dissect
+    from convdissect.dissection import dissect
 
     check_dissect_config(cfg)
     dissect(cfg)

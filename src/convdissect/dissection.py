@@ -22,23 +22,28 @@ from torch.utils.tensorboard import SummaryWriter
 from convdissect.analysis.ablation import ablation
 from convdissect.analysis.fidelity import ABLATIONS
 from convdissect.analysis.projections import projections, stage_activations, subsample
+from convdissect.analysis.selectivity import OrientationTuning, orientation_tuning
 from convdissect.analysis.superstimuli import Superstimuli, best_image_objective, standard_transforms, superstimuli
+from convdissect.analysis.traced import trace, untrained_copy
+from convdissect.analysis.traced_measures import LayerMeasures, measure_layers
 from convdissect.config import instantiate
 from convdissect.conventions import unit_name
-from convdissect.dissect.any_net import AnyConvNetDissection
+from convdissect.dissect import any_net
 from convdissect.dissect.claims import check_claim_settings, claim_statistics
 from convdissect.dissect.label_scores import class_selectivity_record, fidelity_record, label_net_record
 from convdissect.dissect.labels import add_original_names, describe, write_labels
 from convdissect.dissect.measure import Measurements, measure
-from convdissect.dissect.report.assemble import handnet_figures, raw, report_figures
-from convdissect.dissect.report.choices import check_report_settings, labels_markdown
-from convdissect.dissect.report.page import write_report
 from convdissect.errors import UserInputError
 from convdissect.handnet.explanation import explain, explanation_markdown
 from convdissect.handnet.net import HandNet
 from convdissect.models.checkpoint import pruned_channels, training_run_dir
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.pruning.rebuild import load_trained_net
+from convdissect.report import figures
+from convdissect.report.assemble import handnet_figures, raw, report_figures
+from convdissect.report.choices import check_report_settings, labels_markdown
+from convdissect.report.figure import ReportFigure
+from convdissect.report.page import write_report
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +183,65 @@ class HandNetDissection:
             [],
             " Explained from its parameters.",
         )
+
+
+class AnyConvNetDissection:
+    """Measured through forward hooks: any convolutional classifier other than a SimpleConvNet or HandNet."""
+
+    def __init__(self, net: nn.Module, cfg: DictConfig, images: torch.Tensor, digits: torch.Tensor):
+        self.net, self.cfg, self.images, self.digits = net, cfg, images, digits
+        self.measured: list[LayerMeasures] = []
+        self.claims: dict | None = None
+
+    def check(self) -> None:
+        pass  # the report's channel choices pick a SimpleConvNet's units; this report shows every layer
+
+    def label(self, out_dir: Path) -> dict:
+        """Measure the net and its untrained copy; write claims.json; return the labels."""
+        seed, ablation = self.cfg.seed, self.cfg.fidelity.ablation
+        self.measured = measure_layers(trace(self.net, self.images), self.digits, seed, ablation=ablation)
+        copy = untrained_copy(self.net, any_net.UNTRAINED_SEED)
+        untrained = measure_layers(trace(copy, self.images), self.digits, seed, shuffled=False, ablation=ablation)
+        self.claims = any_net.claims_record(self.measured, untrained, any_net.UNTRAINED_SEED) | {
+            "settings": {"fidelity_ablation": ablation}
+        }
+        (out_dir / "claims.json").write_text(json.dumps(self.claims, indent=2, ensure_ascii=False) + "\n")
+        labels = {
+            "net": any_net.ANY_NET,
+            "class": type(self.net).__name__,
+            "layers": [m.name for m in self.measured],
+            "widths": [m.traced.outputs.shape[1] for m in self.measured],
+            "units": any_net.describe(self.measured, self._first_conv_tuning()),
+        }
+        add_original_names(labels, pruned_channels(self.cfg.ckpt_path))
+        return labels
+
+    def _first_conv_tuning(self) -> OrientationTuning | None:
+        """The first conv's responses (its BatchNorm's, when folded) to line strokes at every orientation."""
+        first = next((m.traced for m in self.measured if m.fit is not None), None)
+        return None if first is None else orientation_tuning(self.net, [first.folded or first.name])
+
+    def figures(self, labels: dict, stimuli: dict, writer: SummaryWriter, out_dir: Path):
+        return self._kernel_figures(labels), [], " Measured through forward hooks (docs/own_net.md)."
+
+    def _kernel_figures(self, labels: dict):
+        """The first conv's kernels, each beside its fitted line/edge pattern."""
+        for m in self.measured:
+            if m.fit is None:
+                continue
+            kernels = m.traced.layer.weight.detach().cpu()[:, 0]
+            grids = torch.stack([kernels, m.fit.kernels()], dim=1).flatten(0, 1)
+            units = [u for u in labels["units"] if u["layer"] == m.name]
+            names = [name for u in units for name in (u["name"], "fit")]
+            texts = [text for u in units for text in ("", u["label"])]
+            title = f"{m.name}: kernels and their fitted line/edge patterns"
+            entry = ReportFigure(
+                m.name,
+                f"{m.name}_kernels",
+                title,
+                "Each kernel (left) beside the line-family member fitted to it (right), with its R².",
+            )
+            yield entry, figures.weight_grids(grids, names, texts, title)
 
 
 def strategy_for(net, cfg: DictConfig, images: torch.Tensor, digits: torch.Tensor):

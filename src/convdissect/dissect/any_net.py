@@ -2,31 +2,22 @@
 Conv2d and Linear labelled from its measures (analysis.traced_measures), the labels' fidelity per
 layer next to two nulls (the labels shuffled among the layer's units; an untrained copy of the net
 labelled and scored the same way), and a report of the labels per layer and the first conv's
-kernels beside their fitted patterns. docs/own_net.md says what each number is.
+kernels beside their fitted patterns (convdissect.dissection draws it). docs/own_net.md says what each number is.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
-from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 
-from convdissect.analysis.selectivity import OrientationTuning, orientation_selectivity, orientation_tuning
-from convdissect.analysis.traced import trace, untrained_copy
-from convdissect.analysis.traced_measures import LayerMeasures, measure_layers
+from convdissect.analysis.selectivity import OrientationTuning, orientation_selectivity
+from convdissect.analysis.traced_measures import LayerMeasures
 from convdissect.conventions import orientation_name, unit_name
 from convdissect.dissect.claims import CLAIMS
-from convdissect.dissect.labels import add_original_names, digits_phrase, short_pattern, signed_phrase
-from convdissect.dissect.report import figures
-from convdissect.dissect.report.figure import ReportFigure
-from convdissect.dissect.report.page import ANY_NET
-from convdissect.models.checkpoint import pruned_channels
+from convdissect.dissect.labels import digits_phrase, short_pattern, signed_phrase
 
+ANY_NET = "any_convnet"  # labels.json's "net" of a net dissected through forward hooks
 # The untrained copy's seed (re-initialised by each module's reset_parameters), far from training seeds.
 UNTRAINED_SEED = 1000
 # A label's digits: those the last Linear's unit responds to most.
@@ -135,62 +126,3 @@ def claims_record(measured: list[LayerMeasures], untrained: list[LayerMeasures],
         "untrained_seed": seed,
         "article_claims": {str(number): {"claim": text, "verdict": NOT_APPLICABLE} for number, text in CLAIMS.items()},
     }
-
-
-class AnyConvNetDissection:
-    """Measured through forward hooks: any convolutional classifier other than a SimpleConvNet or HandNet."""
-
-    def __init__(self, net: nn.Module, cfg: DictConfig, images: torch.Tensor, digits: torch.Tensor):
-        self.net, self.cfg, self.images, self.digits = net, cfg, images, digits
-        self.measured: list[LayerMeasures] = []
-        self.claims: dict | None = None
-
-    def check(self) -> None:
-        pass  # the report's channel choices pick a SimpleConvNet's units; this report shows every layer
-
-    def label(self, out_dir: Path) -> dict:
-        """Measure the net and its untrained copy; write claims.json; return the labels."""
-        seed, ablation = self.cfg.seed, self.cfg.fidelity.ablation
-        self.measured = measure_layers(trace(self.net, self.images), self.digits, seed, ablation=ablation)
-        copy = untrained_copy(self.net, UNTRAINED_SEED)
-        untrained = measure_layers(trace(copy, self.images), self.digits, seed, shuffled=False, ablation=ablation)
-        self.claims = claims_record(self.measured, untrained, UNTRAINED_SEED) | {
-            "settings": {"fidelity_ablation": ablation}
-        }
-        (out_dir / "claims.json").write_text(json.dumps(self.claims, indent=2, ensure_ascii=False) + "\n")
-        labels = {
-            "net": ANY_NET,
-            "class": type(self.net).__name__,
-            "layers": [m.name for m in self.measured],
-            "widths": [m.traced.outputs.shape[1] for m in self.measured],
-            "units": describe(self.measured, self._first_conv_tuning()),
-        }
-        add_original_names(labels, pruned_channels(self.cfg.ckpt_path))
-        return labels
-
-    def _first_conv_tuning(self) -> OrientationTuning | None:
-        """The first conv's responses (its BatchNorm's, when folded) to line strokes at every orientation."""
-        first = next((m.traced for m in self.measured if m.fit is not None), None)
-        return None if first is None else orientation_tuning(self.net, [first.folded or first.name])
-
-    def figures(self, labels: dict, stimuli: dict, writer: SummaryWriter, out_dir: Path):
-        return self._kernel_figures(labels), [], " Measured through forward hooks (docs/own_net.md)."
-
-    def _kernel_figures(self, labels: dict):
-        """The first conv's kernels, each beside its fitted line/edge pattern."""
-        for m in self.measured:
-            if m.fit is None:
-                continue
-            kernels = m.traced.layer.weight.detach().cpu()[:, 0]
-            grids = torch.stack([kernels, m.fit.kernels()], dim=1).flatten(0, 1)
-            units = [u for u in labels["units"] if u["layer"] == m.name]
-            names = [name for u in units for name in (u["name"], "fit")]
-            texts = [text for u in units for text in ("", u["label"])]
-            title = f"{m.name}: kernels and their fitted line/edge patterns"
-            entry = ReportFigure(
-                m.name,
-                f"{m.name}_kernels",
-                title,
-                "Each kernel (left) beside the line-family member fitted to it (right), with its R².",
-            )
-            yield entry, figures.weight_grids(grids, names, texts, title)

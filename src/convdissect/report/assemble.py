@@ -16,9 +16,9 @@ from convdissect.conventions import ANGLE_SYMBOLS, edge_side, orientation_bin, p
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
 from convdissect.data.probes import normalise, stroke_images
 from convdissect.dissect.measure import Measurements
-from convdissect.dissect.report import figures, untangle
-from convdissect.dissect.report.choices import best_image, most_copying_conv2, strongest_on
-from convdissect.dissect.report.figure import ReportFigure
+from convdissect.report import figures, untangle
+from convdissect.report.choices import best_image, most_copying_conv2, strongest_on
+from convdissect.report.figure import ReportFigure
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from convdissect.analysis.projections import Projection
-from convdissect.dissect.report.figure import ReportFigure, save_figure
-from convdissect.dissect.report.sections import HANDNET_COLUMNS, INTROS, SECTIONS, TABLE_COLUMNS, handnet_intros
+from convdissect.dissect.any_net import ANY_NET
 from convdissect.handnet.explanation import EXPLANATION_TITLES
+from convdissect.report.figure import ReportFigure, save_figure
+from convdissect.report.sections import HANDNET_COLUMNS, INTROS, SECTIONS, TABLE_COLUMNS, handnet_intros
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,6 @@ def page(
     return "\n".join(parts)
 
 
-ANY_NET = "any_convnet"  # labels.json's "net" of a net dissected through forward hooks (dissect/any_net.py)
 ANY_NET_COLUMNS = [
     ("label", "label"),
     ("nonlinearity", "nonlinearity"),

@@ -10,8 +10,8 @@ from torch import nn
 
 from convdissect.analysis.selectivity import PositionPattern
 from convdissect.analysis.untangle import PROBE_METHODS, RAW, Untangled, interaction_cells, unit_label, untangle
-from convdissect.dissect.report.figure import ReportFigure
 from convdissect.errors import UserInputError
+from convdissect.report.figure import ReportFigure
 
 
 def position_maps_figure(untangled: Untangled, method: str, n_units: int = 8):

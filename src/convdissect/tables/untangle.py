@@ -23,10 +23,10 @@ import torch
 
 from convdissect.analysis.untangle import METHODS, PROBE_METHODS, RAW, Units, untangle
 from convdissect.data.mnist import MNISTDataModule
-from convdissect.dissect.report.untangle import position_maps_figure
 from convdissect.errors import UserInputError
 from convdissect.models.checkpoint import load_net
 from convdissect.models.simple_convnet import SimpleConvNet
+from convdissect.report.untangle import position_maps_figure
 from convdissect.tables.common import existing_dirs, mean_sd
 
 GOAL_RATIO, GOAL_POINTS = 2.0, 0.1
