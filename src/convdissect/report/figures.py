@@ -68,12 +68,14 @@ def _columns(n: int) -> int:
 
 def weight_grids(grids: torch.Tensor, names: list[str], labels: list[str] | None = None, title: str = "") -> Figure:
     """One grid per panel [N, k, k], each on its own symmetric scale, titled by name, its label below."""
-    fig, axes = _panels(len(grids), _columns(len(grids)), cell=1.35, text_height=0.75 if labels else 0.1)
+    texts = [_wrap(label, 20) for label in labels] if labels else []
+    lines = max((text.count("\n") + 1 for text in texts), default=0)  # the tallest label sets the rows' gap
+    fig, axes = _panels(len(grids), _columns(len(grids)), cell=1.35, text_height=0.15 + 0.12 * lines)
     for i, ax in enumerate(axes):
         _signed(ax, grids[i])
         ax.set_title(names[i], fontsize=8)
-        if labels:
-            ax.text(0.5, -0.04, _wrap(labels[i], 20), transform=ax.transAxes, fontsize=6.5, ha="center", va="top")
+        if texts:
+            ax.text(0.5, -0.04, texts[i], transform=ax.transAxes, fontsize=6.5, ha="center", va="top")
     fig.suptitle(title)
     return fig
 
