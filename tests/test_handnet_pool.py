@@ -170,3 +170,20 @@ def test_the_report_page_introductions_describe_the_nets_pooling(cell_pixels, fi
     assert conv3_says in intro["conv3"] and f"max-pooled in {cell_pixels}x{cell_pixels} blocks" in intro["conv3"]
     assert fc_says in intro["fc"]
     assert "7x7" not in text and ("region" in intro["fc"]) == (final_pool > 1)
+
+
+@pytest.mark.parametrize(
+    "where, key, message",
+    [
+        ("lines", "sigma", r"conv1_1: sigma=0\.0: allowed a number > 0$"),
+        ("units", "sigma_x", r"conv3_1, burst 1: sigma_x=-1\.0: allowed a number > 0$"),
+    ],
+)
+def test_a_width_of_zero_or_below_in_a_learned_file_is_a_one_line_error(where, key, message, tmp_path):
+    recipes = learned_recipes(HandNet(n_bursts=2, extra_detectors=2))
+    entry = recipes[where][0] if where == "lines" else recipes[where][0]["bursts"][0]
+    entry[key] = 0.0 if key == "sigma" else -1.0
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(recipes, sort_keys=False, allow_unicode=True))
+    with pytest.raises(UserInputError, match=message) as err:
+        HandNet(recipes=str(tmp_path / "bad.yaml"))
+    assert "\n" not in str(err.value)

@@ -190,6 +190,9 @@ def _numbers(entry, keys: tuple[str, ...], where: str) -> dict:
         raise UserInputError(f"{where}: {list(keys)} must be numbers, got {entry!r}") from None
     if not all(math.isfinite(v) for v in values.values()):
         raise UserInputError(f"{where}: numbers must be finite, got {values}")
+    for key, value in values.items():  # a width: 0 divides by zero, a negative one acts as its absolute
+        if key.startswith("sigma") and value <= 0:
+            raise UserInputError(f"{where}: {key}={value}: allowed a number > 0")
     return values
 
 
