@@ -6,6 +6,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
 from convdissect import dissect_net, prune_net
 from convdissect.data.mnist import MNISTDataModule
@@ -41,6 +43,13 @@ def test_dissect_net_takes_the_users_images_and_refuses_them_without_digits(tiny
     assert torch.equal(
         MNISTDataModule(data_dir=data_dir).tensors("train", 150)[1], digits
     )  # the caller's tensors untouched
+    # into the user's own SummaryWriter, read back from its event file
+    with SummaryWriter(tmp_path / "events") as writer:
+        d.to_tensorboard(writer)
+    events = EventAccumulator(str(tmp_path / "events"), size_guidance={"tensors": 0, "scalars": 0}).Reload()
+    assert events.Scalars("dissect/fidelity/conv2")[0].value == pytest.approx(d.claims["fidelity"]["conv2"]["median"])
+    text = events.Tensors("dissect/labels/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert conv2[0]["label"] in text
 
 
 def test_prune_net_keeps_the_channels_of_largest_variance_with_their_weights(data_dir, one_thread):

@@ -4,6 +4,7 @@ on a net you hold instead of a checkpoint; `prune_net` is one pruning step for y
     from convdissect import dissect_net, prune_net
     d = dissect_net(net, out_dir="my_dissection")          # MNIST's val images, like dissect.py
     d.labels["units"][0]["label"], d.claims["fidelity"], d.report   # report.html's path
+    d.to_tensorboard(writer)                               # labels and fidelity into your SummaryWriter
     kept = prune_net(net, images, labels, {"conv2": 16}, "activation_variance")   # then retrain
 
 The settings are dissect.py's (conf/dissect.yaml), changed with Hydra override strings.
@@ -19,6 +20,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 
 from convdissect.config import CONFIG_DIR
 from convdissect.dissection import dissect
@@ -27,6 +29,7 @@ from convdissect.models.surgery import layer_width, producer_consumer_table
 from convdissect.pruning.criteria import Calibration, parse_criterion, score_layer
 from convdissect.pruning.cut import cut_channels
 from convdissect.pruning.schedule import best
+from convdissect.report.choices import labels_markdown
 
 
 @dataclass
@@ -47,6 +50,15 @@ class Dissection:
     def tensorboard_dir(self) -> Path:
         """The dissection's TensorBoard events (its figures, labels and embeddings)."""
         return self.out_dir / "tensorboard"
+
+    def to_tensorboard(self, writer: SummaryWriter, step: int = 0) -> None:
+        """Into your own SummaryWriter: the labels as one text table (`dissect/labels`) and each layer's
+        median fidelity next to its shuffled null (`dissect/fidelity/<layer>`, `.../shuffled`)."""
+        writer.add_text("dissect/labels", labels_markdown(self.labels), step)
+        for layer, record in ((self.claims or {}).get("fidelity") or {}).items():
+            for key, tag in (("median", layer), ("shuffled", f"{layer}/shuffled")):
+                if record.get(key) is not None:
+                    writer.add_scalar(f"dissect/fidelity/{tag}", record[key], step)
 
 
 def dissect_net(
