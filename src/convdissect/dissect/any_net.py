@@ -15,7 +15,8 @@ from convdissect.analysis.selectivity import OrientationTuning, orientation_sele
 from convdissect.analysis.traced_measures import LayerMeasures
 from convdissect.conventions import orientation_name, unit_name
 from convdissect.dissect.claims import CLAIMS
-from convdissect.dissect.labels import digits_phrase, short_pattern, signed_phrase
+from convdissect.dissect.label_scores import json_median
+from convdissect.dissect.labels import digits_phrase, json_number, short_pattern, signed_phrase
 
 ANY_NET = "any_convnet"  # labels.json's "net" of a net dissected through forward hooks
 # The untrained copy's seed (re-initialised by each module's reset_parameters), far from training seeds.
@@ -26,15 +27,11 @@ NOT_APPLICABLE = "not applicable: the article's claims are about the SimpleConvN
 
 
 def _number(value, digits: int = 3):
-    value = float(value)
-    return None if math.isnan(value) else round(value, digits)
+    return json_number(value, digits)
 
 
 def _median(values: torch.Tensor | None) -> float | None:
-    if values is None:
-        return None
-    values = values[~values.isnan()]
-    return _number(values.median()) if len(values) else None
+    return None if values is None else json_median(values.tolist())
 
 
 def ranked(m: LayerMeasures, k: int) -> tuple[list[dict], list[dict]]:

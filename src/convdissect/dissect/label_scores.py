@@ -24,7 +24,7 @@ LABEL_NET_TERMS = (1, 2, 3, 5, 10, 20)
 LABEL_NET_FIDELITIES = (0.95, 0.98, 0.99)
 
 
-def _median(values: list[float]) -> float | None:
+def json_median(values: list[float]) -> float | None:
     values = [v for v in values if v is not None and v == v]  # drop NaN (units that never vary)
     return round(statistics.median(values), 4) if values else None
 
@@ -36,27 +36,27 @@ def _sd(values: list[float]) -> float | None:
 
 def curve_at(programs: LayerPrograms, terms: int) -> float | None:
     """Median over units of the fidelity of their first `terms` terms (all of them where a unit has fewer)."""
-    return _median([float(u.curve[min(terms, len(u.curve)) - 1]) for u in programs.units if len(u.curve)])
+    return json_median([float(u.curve[min(terms, len(u.curve)) - 1]) for u in programs.units if len(u.curve)])
 
 
 def layer_fidelity(programs: LayerPrograms, untrained: list[LayerPrograms]) -> dict:
     """One layer's fidelity record: medians of the printed labels, their nulls, the description length."""
     fidelity = [u.fidelity for u in programs.units]
     shuffled = [u.shuffled for u in programs.units]
-    untrained_medians = [_median([u.fidelity for u in p.units]) for p in untrained]
+    untrained_medians = [json_median([u.fidelity for u in p.units]) for p in untrained]
     r90 = [u.terms_for_r90 for u in programs.units if len(u.curve)]
     record = {
-        "median": _median(fidelity),
-        "shuffled": _median(shuffled),
+        "median": json_median(fidelity),
+        "shuffled": json_median(shuffled),
         "shuffled_sd": _sd(shuffled),
-        "untrained": _median(untrained_medians),
+        "untrained": json_median(untrained_medians),
         "untrained_sd": _sd(untrained_medians),
-        "median_terms": _median([float(u.printed) for u in programs.units]),
+        "median_terms": json_median([float(u.printed) for u in programs.units]),
     }
-    record["median_terms_for_r90"] = _median([float(n) for n in r90 if n is not None])
+    record["median_terms_for_r90"] = json_median([float(n) for n in r90 if n is not None])
     record["units_never_r90"] = sum(n is None for n in r90)
     record["curve"] = {str(t): curve_at(programs, t) for t in CURVE_TERMS} | {
-        "all": _median([float(u.curve[-1]) for u in programs.units if len(u.curve)])
+        "all": json_median([float(u.curve[-1]) for u in programs.units if len(u.curve)])
     }
     gap = (record["median"] or 0.0) - (record["shuffled"] or 0.0)
     record["above_shuffled"] = bool(record["median"] is not None and gap > (record["shuffled_sd"] or 0.0))
@@ -74,10 +74,10 @@ def class_selectivity_record(m: Measurements, untrained: list[Measurements]) -> 
     record = {}
     for layer, means in m.class_means.items():
         present = ~means[:, 0].isnan()  # digits absent from the images have no mean
-        nulls = [_median(selectivity_index(u.class_means[layer][present]).tolist()) for u in untrained]
+        nulls = [json_median(selectivity_index(u.class_means[layer][present]).tolist()) for u in untrained]
         record[layer] = {
-            "median": _median(selectivity_index(means[present]).tolist()),
-            "untrained": _median(nulls),
+            "median": json_median(selectivity_index(means[present]).tolist()),
+            "untrained": json_median(nulls),
             "untrained_sd": _sd(nulls),
         }
     return record

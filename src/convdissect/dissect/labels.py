@@ -48,7 +48,7 @@ SECONDARY_MIN_GAP_DEG = 30.0
 PREFERRED_DIGITS = 2
 
 
-def _number(value, digits: int = 4):
+def json_number(value, digits: int = 4):
     """A JSON-safe rounded float; NaN becomes null."""
     value = float(value)
     return None if math.isnan(value) else round(value, digits)
@@ -78,11 +78,11 @@ def program_fields(program: UnitProgram | None) -> dict:
         return {}
     return {
         "activity": program.activity,
-        "fidelity": _number(program.fidelity, 3),
-        "fidelity_shuffled": _number(program.shuffled, 3),
+        "fidelity": json_number(program.fidelity, 3),
+        "fidelity_shuffled": json_number(program.shuffled, 3),
         "terms": program.printed,
         "terms_for_r90": program.terms_for_r90,
-        "fidelity_curve": [_number(r, 3) for r in program.curve.tolist()],
+        "fidelity_curve": [json_number(r, 3) for r in program.curve.tolist()],
         "long_terms": program.length_for(LONG_LABEL_R) if program.terms else None,
     }
 
@@ -124,9 +124,9 @@ def describe_conv1(m: Measurements) -> list[dict]:
                 "orientation_deg": round(theta, 2),
                 "kind": fit.kind[i],
                 "side": fit.side[i],
-                "fit_r2": _number(fit.r2[i]),
+                "fit_r2": json_number(fit.r2[i]),
                 "secondary_orientation_deg": secondary,
-                "tuning_depth": _number(depth[i], 3),
+                "tuning_depth": json_number(depth[i], 3),
                 "oriented": oriented,
                 **program_fields(program),
             }
@@ -139,7 +139,7 @@ def drivers_and_inhibitors(m: Measurements, layer: str, k: int) -> tuple[list[di
     source = source_layer(m, layer)
     contributions = m.contributions[layer]
     return tuple(
-        [{"input": unit_name(source, j + 1), "share": _number(share, 3)} for j, share in ranked]
+        [{"input": unit_name(source, j + 1), "share": json_number(share, 3)} for j, share in ranked]
         for ranked in (contributions.drivers(k), contributions.inhibitors(k))
     )
 
@@ -227,9 +227,9 @@ def describe_conv2(m: Measurements, conv1_units: list[dict]) -> list[dict]:
                 "kept_inputs": kept,
                 "long_label": long_inputs(program, "conv1"),
                 "copies_input": bool(copies),
-                "grid_orientation_deg": _number(fit.theta_deg[k], 2) if j >= 0 else None,
+                "grid_orientation_deg": json_number(fit.theta_deg[k], 2) if j >= 0 else None,
                 "grid_kind": fit.kind[k] if j >= 0 else None,
-                "grid_fit_r2": _number(fit.r2[k]) if j >= 0 else None,
+                "grid_fit_r2": json_number(fit.r2[k]) if j >= 0 else None,
                 **program_fields(program),
             }
         )
@@ -249,13 +249,13 @@ def burst_entry(term: Term, grid: torch.Tensor, source: dict) -> dict:
     return {
         "sign": "+" if sign > 0 else "-",
         "clock": clock,
-        "distance": _number(distance, 3),
+        "distance": json_number(distance, 3),
         "cells": int(term.cells.sum()),
         "input": source["name"],
         "input_label": source["pattern"],
         "anywhere": anywhere,
         "notation": f"{'+' if sign > 0 else '-'}[anywhere]" if anywhere else format_burst(sign, clock, distance),
-        "contribution": _number(term.contribution),
+        "contribution": json_number(term.contribution),
     }
 
 
@@ -308,7 +308,7 @@ def preferred_digits(means: torch.Tensor | None, k: int) -> dict:
     digits, column = present.nonzero()[:, 0], means[present, k]
     order = column.argsort(descending=True)[:PREFERRED_DIGITS]
     return {
-        "class_selectivity": _number(float(selectivity_index(column[:, None])[0]), 3),
+        "class_selectivity": json_number(float(selectivity_index(column[:, None])[0]), 3),
         "preferred_digits": [int(digits[i]) for i in order if column[i] > 0],
     }
 
@@ -329,7 +329,7 @@ def describe_fc4(m: Measurements) -> list[dict]:
         positive, negative = row.clamp_min(0), (-row).clamp_min(0)
         drivers, inhibitors = (
             [
-                {"input": unit_name("conv3", j + 1), "share": _number(float(part[j] / part.sum()), 3)}
+                {"input": unit_name("conv3", j + 1), "share": json_number(float(part[j] / part.sum()), 3)}
                 for j in part.argsort(descending=True).tolist()
                 if part[j] > 0
             ]
@@ -361,9 +361,9 @@ def add_position_pattern(m: Measurements, layer: str, units: list[dict]) -> None
     pp = m.position_pattern[layer]
     for unit, pos, pat, inter in zip(units, pp.position_index, pp.pattern_index, pp.interaction_index):
         unit["position_index"], unit["pattern_index"], unit["interaction_index"] = (
-            _number(pos),
-            _number(pat),
-            _number(inter),
+            json_number(pos),
+            json_number(pat),
+            json_number(inter),
         )
 
 
@@ -376,7 +376,7 @@ def describe(net: nn.Module, m: Measurements) -> dict:
     for layer, entries in units.items():
         add_position_pattern(m, layer, entries)
     units["fc4"] = describe_fc4(m)
-    grids = {layer: {k: _number(v) for k, v in stats.summary().items()} for layer, stats in m.grids.items()}
+    grids = {layer: {k: json_number(v) for k, v in stats.summary().items()} for layer, stats in m.grids.items()}
     return {
         "net": "simple_convnet",
         "widths": list(m.widths),
