@@ -22,8 +22,8 @@ import torch
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.models.checkpoint import load_net
+from convdissect.models.prunable import producer_consumer_table
 from convdissect.models.simple_convnet import SimpleConvNet
-from convdissect.models.surgery import producer_consumer_table
 from convdissect.pruning.criteria import Calibration, superstimulus_contrast
 
 

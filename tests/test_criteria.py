@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
+from convdissect.models.prunable import producer_consumer_table
 from convdissect.models.simple_convnet import SimpleConvNet
-from convdissect.models.surgery import producer_consumer_table
 from convdissect.pruning.callback import PruningCallback
 from convdissect.pruning.criteria import Calibration, score_layer
 from convdissect.pruning.schedule import Schedule

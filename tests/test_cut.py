@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from convdissect.errors import UserInputError
+from convdissect.models.prunable import producer_consumer_table
 from convdissect.models.simple_convnet import SimpleConvNet
-from convdissect.models.surgery import producer_consumer_table
 from convdissect.models.zoo import ResidualNet
 from convdissect.pruning.cut import cut_channels
 from convdissect.train import train

@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
+from convdissect.models.prunable import producer_consumer_table
 from convdissect.models.simple_convnet import SimpleConvNet
-from convdissect.models.surgery import producer_consumer_table
 from convdissect.pruning.callback import PruningCallback
 from convdissect.pruning.criteria import CRITERIA, Calibration, parse_normalise, score_layer
 from convdissect.tables import render

@@ -16,8 +16,8 @@ from convdissect.config import CONFIG_DIR
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.models.lit_module import LitClassifier
+from convdissect.models.prunable import producer_consumer_table
 from convdissect.models.simple_convnet import SimpleConvNet
-from convdissect.models.surgery import producer_consumer_table
 from convdissect.pruning.callback import PruningCallback
 from convdissect.pruning.cost import flops_per_image
 from convdissect.pruning.criteria import CRITERIA, Calibration, parse_criterion, score_layer

@@ -25,7 +25,7 @@ from torch.utils.tensorboard import SummaryWriter
 from convdissect.config import CONFIG_DIR
 from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
-from convdissect.models.surgery import layer_width, producer_consumer_table
+from convdissect.models.prunable import layer_width, producer_consumer_table
 from convdissect.pruning.criteria import Calibration, parse_criterion, score_layer
 from convdissect.pruning.cut import cut_channels
 from convdissect.pruning.schedule import best

@@ -24,7 +24,7 @@ from convdissect.conventions import unit_name
 from convdissect.errors import UserInputError
 from convdissect.models import build_net
 from convdissect.models.lit_module import Distillation, parse_distill
-from convdissect.models.surgery import layer_width, producer_consumer_table
+from convdissect.models.prunable import layer_width, producer_consumer_table
 from convdissect.pruning.cost import accuracy, flops_per_image
 from convdissect.pruning.criteria import SUPERSTIMULUS_STEPS, Calibration, parse_criterion, parse_normalise, score_layer
 from convdissect.pruning.cut import cut_channels

@@ -32,7 +32,7 @@ from torch import nn
 from convdissect.analysis.fits import fit_lines, peak_energy_share
 from convdissect.data.mnist import MNIST_MEAN, MNIST_STD
 from convdissect.errors import UserInputError
-from convdissect.models.surgery import layer_width
+from convdissect.models.prunable import layer_width
 
 # Pixel range of an image normalised like the data.
 PIXEL_LOW, PIXEL_HIGH = -MNIST_MEAN / MNIST_STD, (1.0 - MNIST_MEAN) / MNIST_STD

@@ -11,7 +11,7 @@ import torch_pruning as tp
 from torch import nn
 
 from convdissect.errors import UserInputError
-from convdissect.models.surgery import LAYER_TYPES, layer_width, prunable_layers
+from convdissect.models.prunable import LAYER_TYPES, layer_width, prunable_layers
 
 OUT_CHANNEL_CUTS = {nn.Conv2d: tp.prune_conv_out_channels, nn.Linear: tp.prune_linear_out_channels}
 

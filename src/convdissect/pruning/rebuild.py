@@ -16,7 +16,7 @@ from torch import nn
 from convdissect.errors import UserInputError
 from convdissect.models import build_net, net_class
 from convdissect.models.checkpoint import known_net_and_spec, load_state, pruning_history, run_model_spec
-from convdissect.models.surgery import layer_width, prunable_layers
+from convdissect.models.prunable import layer_width, prunable_layers
 from convdissect.pruning.cut import cut_channels
 
 # The nets convdissect.models.checkpoint reads by their own rules.

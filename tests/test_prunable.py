@@ -2,8 +2,8 @@
 
 import torch
 
+from convdissect.models.prunable import producer_consumer_table, prunable_layers
 from convdissect.models.simple_convnet import SimpleConvNet
-from convdissect.models.surgery import producer_consumer_table, prunable_layers
 
 VARIANTS = {
     "conv2": dict(widths=[6, 8, 10, 12], conv2=True),
