@@ -14,12 +14,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
+from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.runs import LOCK, atomic_write
 from convdissect.tables.common import training_runs
 from convdissect.train import train
-from tests.helpers import CHECKOUT, TINY, compose_cfg, run_python
+from tests.helpers import CHECKOUT, FAST_NULLS, TINY, compose_cfg, run_python
 
 # TINY for the command line, on one thread
 TINY_ARGS = [arg for arg in TINY if not arg.startswith("~")] + ["threads=1"]
@@ -270,3 +272,31 @@ def test_a_run_dir_held_by_a_live_job_is_refused_and_a_dead_jobs_lock_taken_over
     taken = run_python("eval.py", f"ckpt_path={tmp_path / 'missing.pt'}", f"hydra.run.dir={tmp_path}")
     assert taken.returncode == 2 and "no such file" in taken.stderr and "being written" not in taken.stderr
     assert not (tmp_path / LOCK).exists()
+
+
+@pytest.mark.slow
+def test_a_second_dissection_into_one_dir_is_refused_or_replaces_every_file_of_the_first(tmp_path, one_thread):
+    torch.manual_seed(0)
+    state = tmp_path / "net.pt"
+    torch.save(SimpleConvNet([4, 8, 8, 8]).state_dict(), state)
+    out = tmp_path / "dissection"
+    out.mkdir()
+    for name in ("labels.json", "claims.json", "report.html", "conv1_weights.png"):  # another net's dissection
+        (out / name).write_text("the first net's")
+    refused = run_python("dissect.py", f"ckpt_path={state}", f"hydra.run.dir={out}", "threads=1")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"error: hydra.run.dir={out} already holds a finished run (labels.json); pick another dir, "
+        "add overwrite=true to replace its outputs"
+    )
+    quick = [
+        "n_images=200",
+        "superstimulus.enabled=false",
+        "report.enabled=false",
+        "claims.ablation=false",
+        *FAST_NULLS,
+    ]
+    dissect(compose_cfg("dissect", [f"ckpt_path={state}", "overwrite=true", *quick], out))
+    assert not (out / "report.html").exists() and not (out / "conv1_weights.png").exists()
+    assert json.loads((out / "labels.json").read_text())["units"][0]["name"] == "conv1_1"
+    assert json.loads((out / "claims.json").read_text())["fidelity"]

@@ -44,6 +44,7 @@ from convdissect.report.assemble import handnet_figures, raw, report_figures
 from convdissect.report.choices import check_report_settings, labels_markdown
 from convdissect.report.figure import ReportFigure
 from convdissect.report.page import write_report
+from convdissect.runs import DISSECTED, check_run_dir, clear_outputs
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,16 @@ LAYERS = ("conv1", "conv2", "conv3", "fc4", "fc5")
 ALIASES = {"fc5": "readout"}  # a HandNet's classes
 # Seeds of the untrained nets (the nulls), far from the seeds runs are trained with.
 UNTRAINED_SEED_BASE = 1000
+# What a dissection writes besides its figures (*.png): removed first when overwrite=true.
+DISSECTION_OUTPUTS = (
+    "labels.json",
+    "claims.json",
+    "report.html",
+    "superstimuli.pt",
+    "separation.json",
+    "explanation.md",
+    "tensorboard",
+)
 
 
 MIN_PROJECTION_POINTS = 10
@@ -284,8 +295,12 @@ def dissect(
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
     check_settings(cfg)
+    if cfg.get("overwrite"):  # none of a previous dissection's files may pass for this one's
+        previous = [p.name for p in out_dir.iterdir() if p.suffix == ".png" or p.name in DISSECTION_OUTPUTS]
+        clear_outputs(out_dir, keep=[cfg.ckpt_path], outputs=previous)
+    elif (out_dir / DISSECTED).exists():  # a dir named in Python (dissect_net); dissect.py checks it earlier
+        check_run_dir(out_dir, overwrite=False, resuming=False)
     net = (load_trained_net(cfg.ckpt_path)[0] if net is None else net).eval()
     if images is None:
         images, digits = instantiate(cfg.data).tensors(cfg.split, cfg.n_images)

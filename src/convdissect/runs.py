@@ -21,6 +21,7 @@ from convdissect.errors import UserInputError
 ERROR = "error.txt"  # a sweep job's error line, in its dir (sweep_summary.json lists the failed jobs)
 SWEEP_SUMMARY = "sweep_summary.json"
 FINISHED = "metrics.json"  # written last by a run: its presence means the dir holds a finished run
+DISSECTED = "labels.json"  # written by a dissection: the dir holds one
 # What a run writes (conf/callbacks/model_checkpoint.yaml, conf/logger/*): replaced on overwrite=true.
 OUTPUTS = ("metrics.json", "model_state.pt", "checkpoints", "tensorboard", "csv", "pruning_accuracy.png")
 LOCK = ".convdissect.lock"  # the pid of the job writing a run dir, removed when it exits
@@ -46,10 +47,12 @@ def check_run_dir(run_dir: Path, overwrite: bool, resuming: bool) -> None:
     the run resumes (ckpt_path=)."""
     run_dir = Path(run_dir)
     check_writable(run_dir)
-    if (run_dir / FINISHED).exists() and not overwrite and not resuming:
+    held = [name for name in (FINISHED, DISSECTED) if (run_dir / name).exists()]
+    if held and not overwrite and not resuming:
         raise UserInputError(
-            f"hydra.run.dir={run_dir} already holds a finished run ({FINISHED}); pick another dir, "
-            "add overwrite=true to replace its outputs, or ckpt_path=CKPT to resume"
+            f"hydra.run.dir={run_dir} already holds a finished run ({held[0]}); pick another dir, "
+            "add overwrite=true to replace its outputs"
+            + (", or ckpt_path=CKPT to resume" if held[0] == FINISHED else "")
         )
 
 
@@ -97,11 +100,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clear_outputs(run_dir: Path, keep: Iterable[str | Path | None] = ()) -> None:
+def clear_outputs(run_dir: Path, keep: Iterable[str | Path | None] = (), outputs: Iterable[str] = OUTPUTS) -> None:
     """Remove a previous run's outputs (overwrite=true), so none of them is mistaken for the new run's;
     an output that is or holds a file in `keep` (one this run reads, e.g. its ckpt_path) stays."""
     kept = [Path(path).resolve() for path in keep if path]
-    for name in OUTPUTS:
+    for name in outputs:
         path = (Path(run_dir) / name).resolve()
         if any(file == path or path in file.parents for file in kept):
             continue
