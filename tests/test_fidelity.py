@@ -22,20 +22,35 @@ def images(n: int, seed: int) -> torch.Tensor:
     return (x - 0.1307) / 0.3081
 
 
-def by_hand(net: SimpleConvNet, fit: torch.Tensor, scored: torch.Tensor, k: int, kept: list[int]) -> float:
-    """conv2 unit k with only the inputs `kept`, every other input replaced by its mean map over the
-    fit images; relu, max-pool 2, then Pearson r with each cell's mean over the images removed."""
+def conv2_inputs(net: SimpleConvNet, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        seen_fit = F.max_pool2d(F.relu(net.conv1(fit)), 2).double()
-        seen = F.max_pool2d(F.relu(net.conv1(scored)), 2).double()
-        mean = seen_fit.mean(dim=0)
-        ablated = mean.expand_as(seen).clone()
-        ablated[:, kept] = seen[:, kept]
+        return F.max_pool2d(F.relu(net.conv1(images)), 2).double()
+
+
+def r_on(net: SimpleConvNet, k: int, seen: torch.Tensor, ablated: torch.Tensor, kept: list[int]) -> float:
+    """conv2 unit k run on `ablated` inputs with the inputs `kept` put back from `seen`; relu, max-pool 2,
+    then Pearson r with the real unit, each cell's mean over the images removed."""
+    ablated = ablated.clone()
+    ablated[:, kept] = seen[:, kept]
+    with torch.no_grad():
         w, b = net.conv2.weight[k : k + 1].double(), net.conv2.bias[k : k + 1].double()
         simulated = F.max_pool2d(F.relu(F.conv2d(ablated, w, b, padding=2)), 2)[:, 0].flatten(1)
         real = F.max_pool2d(F.relu(F.conv2d(seen, w, b, padding=2)), 2)[:, 0].flatten(1)
     s, r = simulated - simulated.mean(dim=0), real - real.mean(dim=0)
     return float((s * r).sum() / math.sqrt(float((s * s).sum() * (r * r).sum())))
+
+
+def by_hand(net: SimpleConvNet, fit: torch.Tensor, scored: torch.Tensor, k: int, kept: list[int]) -> float:
+    """Every input not kept replaced by its mean map over the fit images."""
+    seen = conv2_inputs(net, scored)
+    return r_on(net, k, seen, conv2_inputs(net, fit).mean(dim=0).expand_as(seen), kept)
+
+
+def input_masks(kept_sets: list[list[int]]) -> torch.Tensor:
+    masks = torch.zeros(len(kept_sets), 6, 5, 5)
+    for m, kept in enumerate(kept_sets):
+        masks[m, kept] = 1.0
+    return masks
 
 
 def test_fidelity_agrees_with_a_hand_written_loop():
@@ -44,9 +59,7 @@ def test_fidelity_agrees_with_a_hand_written_loop():
     fit, scored = images(60, 1), images(80, 2)
     _, rec = record_layer(net, "conv2", fit, scored)
     kept_sets = [[0], [2, 4], [0, 1, 3, 5]]
-    masks = torch.zeros(len(kept_sets), 6, 5, 5)
-    for m, kept in enumerate(kept_sets):
-        masks[m, kept] = 1.0
+    masks = input_masks(kept_sets)
     for k in range(5):
         ours = label_fidelity(rec, k, masks)
         for m, kept in enumerate(kept_sets):
@@ -54,19 +67,12 @@ def test_fidelity_agrees_with_a_hand_written_loop():
 
 
 def resampled_by_hand(net: SimpleConvNet, scored: torch.Tensor, k: int, kept: list[int]) -> float:
-    """conv2 unit k run on composite inputs: the inputs `kept` from each image, every other input from
-    its partner image (a seeded shuffle, each image read by the one before it); relu, pool, centred r."""
-    with torch.no_grad():
-        seen = F.max_pool2d(F.relu(net.conv1(scored)), 2).double()
-        order = torch.randperm(len(seen), generator=torch.Generator().manual_seed(0)).tolist()
-        partner = {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
-        composite = torch.stack([seen[partner[n]] for n in range(len(seen))])
-        composite[:, kept] = seen[:, kept]
-        w, b = net.conv2.weight[k : k + 1].double(), net.conv2.bias[k : k + 1].double()
-        simulated = F.max_pool2d(F.relu(F.conv2d(composite, w, b, padding=2)), 2)[:, 0].flatten(1)
-        real = F.max_pool2d(F.relu(F.conv2d(seen, w, b, padding=2)), 2)[:, 0].flatten(1)
-    s, r = simulated - simulated.mean(dim=0), real - real.mean(dim=0)
-    return float((s * r).sum() / math.sqrt(float((s * s).sum() * (r * r).sum())))
+    """Composite inputs: every input not kept from the image's partner (a seeded shuffle, each image
+    read by the one before it)."""
+    seen = conv2_inputs(net, scored)
+    order = torch.randperm(len(seen), generator=torch.Generator().manual_seed(0)).tolist()
+    partner = {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
+    return r_on(net, k, seen, torch.stack([seen[partner[n]] for n in range(len(seen))]), kept)
 
 
 def test_resample_ablation_agrees_with_composite_inputs_built_by_hand():
@@ -76,9 +82,7 @@ def test_resample_ablation_agrees_with_composite_inputs_built_by_hand():
     _, resampled = record_layer(net, "conv2", fit, scored, ablation="resample")
     _, averaged = record_layer(net, "conv2", fit, scored)
     kept_sets = [[0], [2, 4], [0, 1, 3, 5], list(range(6))]
-    masks = torch.zeros(len(kept_sets), 6, 5, 5)
-    for m, kept in enumerate(kept_sets):
-        masks[m, kept] = 1.0
+    masks = input_masks(kept_sets)
     for k in range(5):
         ours = label_fidelity(resampled, k, masks)
         for m, kept in enumerate(kept_sets):
