@@ -252,6 +252,11 @@ CASES = {
         ["ckpt_path={files}/model_state.pt", "report.top_k=0"],
         ["report.top_k=0", "allowed an integer >= 1"],
     ),
+    "prune_distill_without_teacher": (
+        "train.py",
+        ["+experiment=prune_distill", "threads=1"],
+        ["model.teacher: missing; give a trained SimpleConvNet, model.teacher=RUN/model_state.pt"],
+    ),
     "dissect_ablation_median": (
         "dissect.py",
         ["ckpt_path={files}/model_state.pt", "fidelity.ablation=median"],

@@ -67,11 +67,11 @@ def test_the_defaults_leave_prune_7iters_the_articles_recipe():
     cfg = compose_cfg("train", ["+experiment=prune_7iters"])
     assert cfg.callbacks.pruning.distill.weight == 0 and cfg.callbacks.pruning.final_epochs is None
     assert cfg.model.label_smoothing == 0 and cfg.data.random_shift == 0
-    distilled = compose_cfg("train", ["+experiment=prune_distill"])
+    distilled = compose_cfg("train", ["+experiment=prune_distill", "model.teacher=run/model_state.pt"])
     for key in ("target_widths", "iterations", "pretrain_epochs", "every_n_epochs", "criterion", "mode"):
         assert distilled.callbacks.pruning[key] == cfg.callbacks.pruning[key]
     assert distilled.trainer.max_epochs == cfg.trainer.max_epochs
-    assert distilled.callbacks.pruning.distill.weight > 0
+    assert distilled.model.distill.weight > 0 and distilled.callbacks.pruning.distill.weight == 0
     handnet = compose_cfg("train", ["+experiment=handnet_distill", "model.teacher=run/model_state.pt"])
     explainable = compose_cfg("train", ["+experiment=handnet_explainable"])
     assert (

@@ -4,6 +4,7 @@ or distilled from a teacher), accuracy, optimizer and schedule from config."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -91,6 +92,12 @@ class LitClassifier(L.LightningModule):
             )
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise UserInputError(f"model.num_classes={num_classes!r}: must be an integer >= 2")
+        if teacher == "???":  # an experiment that needs one (prune_distill, handnet_distill)
+            raise UserInputError(
+                "model.teacher: missing; give a trained SimpleConvNet, model.teacher=RUN/model_state.pt"
+            )
+        if teacher and not Path(teacher).is_file():
+            raise UserInputError(f"model.teacher={teacher}: no such file")
         if teacher and parse_distill(distill, "model.distill") is None:
             raise UserInputError(f"model.teacher={teacher} needs model.distill.weight > 0 (it is off)")
         # optimizer None: a module that is only tested (python eval.py)
