@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from convdissect.config import CONFIG_DIR
+from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.train import build_module
 from tests.helpers import compose_cfg
 
@@ -42,6 +43,9 @@ def test_every_option_composes(group, option, tmp_path):
     if group == "debug":
         assert cfg.trainer.detect_anomaly and cfg.trainer.accelerator == "cpu"
     if group in ("model", "experiment", "hparams_search"):
+        if OmegaConf.is_missing(cfg.model, "teacher"):  # prune_distill, handnet_distill ask for a teacher's file
+            torch.save(SimpleConvNet([4, 8, 8, 8]).state_dict(), tmp_path / "teacher.pt")
+            cfg.model.teacher = str(tmp_path / "teacher.pt")
         net = build_module(cfg).net
         assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)  # the composed net runs on MNIST-sized input
 
