@@ -71,6 +71,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NETS)
 def test_a_pruned_net_of_any_class_loads_from_its_run_and_tests_as_it_trained(runs, name, tmp_path):
     run_dir, metrics = runs[name]
@@ -95,6 +96,7 @@ def dissect_run(run_dir, out_dir, net=None, report: bool = True) -> dict:
     return dissect(compose_cfg("dissect", overrides + ["report.enabled=false"] * (not report), out_dir), net)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NETS)
 def test_any_net_is_dissected_from_its_run_dir_with_a_report(runs, name, tmp_path):
     run_dir, metrics = runs[name]
@@ -128,6 +130,7 @@ def planted_net(run_dir, name: str, copied: int):
     return net
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NETS)
 def test_planted_truth_is_found(runs, name, tmp_path):
     run_dir, _ = runs[name]
@@ -158,6 +161,7 @@ def hand_fidelity(layer, inputs: torch.Tensor, outputs: torch.Tensor, k: int, na
     return float((s * r).sum() / (s.square().sum() * r.square().sum()).sqrt())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NETS)
 def test_fidelity_agrees_with_a_hand_written_loop(runs, name, data_dir):
     run_dir, _ = runs[name]
@@ -170,6 +174,7 @@ def test_fidelity_agrees_with_a_hand_written_loop(runs, name, data_dir):
     assert float(measured.fidelity[k]) == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_batchnorm_folding_matches_the_unfolded_net(runs, data_dir):
     net, _ = load_trained_net(runs["residual"][0] / "model_state.pt")
     images = MNISTDataModule(data_dir=data_dir).tensors("val", 100)[0]

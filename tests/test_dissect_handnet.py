@@ -61,6 +61,7 @@ def test_a_handnet_lightning_checkpoint_is_explained(handnet_finetuned, tmp_path
     assert "readout_superstimuli.png" in Page((tmp_path / "report.html").read_text()).images
 
 
+@pytest.mark.slow
 def test_a_handcrafted_model_state_dissects_with_its_run_config(tmp_path):
     run = tmp_path / "run"
     # edges: 12 kernels where the model config's defaults give 4 (8 orientations with edges, 24, cost 2.4x the time)

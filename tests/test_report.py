@@ -41,6 +41,7 @@ def run(tmp_path_factory):
     return out, labels
 
 
+@pytest.mark.slow
 def test_every_image_of_the_page_is_a_png_in_the_run_dir(run):
     out, _ = run
     page = Page((out / "report.html").read_text())
@@ -52,6 +53,7 @@ def test_every_image_of_the_page_is_a_png_in_the_run_dir(run):
     assert sorted(page.images) == sorted(p.name for p in out.glob("*.png"))
 
 
+@pytest.mark.slow  # the module's dissection with its report: ~14 s
 def test_the_page_has_every_section_and_the_label_tables(run):
     out, labels = run
     text = (out / "report.html").read_text()
@@ -64,6 +66,7 @@ def test_the_page_has_every_section_and_the_label_tables(run):
     assert "conv1_2" in text and "kNN accuracy" in text
 
 
+@pytest.mark.slow  # the module's dissection with its report: ~14 s
 def test_default_dissections_are_the_copying_conv2_channel_and_one_conv3_channel_on_5_and_7(run):
     out, labels = run
     conv2_3 = next(u for u in labels["units"] if u["name"] == "conv2_3")
@@ -74,6 +77,7 @@ def test_default_dissections_are_the_copying_conv2_channel_and_one_conv3_channel
     assert len(fives) == len(sevens) == 1 and fives[0].replace("digit5", "digit7") == sevens[0]
 
 
+@pytest.mark.slow  # the module's dissection with its report: ~14 s
 def test_figures_are_in_tensorboard(run):
     out, _ = run
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
@@ -87,6 +91,7 @@ def test_figures_are_in_tensorboard(run):
         assert (image.width, image.height) == png.size
 
 
+@pytest.mark.slow  # the module's dissection with its report: ~14 s
 def test_labels_are_a_text_table_in_tensorboard(run):
     out, labels = run
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0})
@@ -98,6 +103,7 @@ def test_labels_are_a_text_table_in_tensorboard(run):
     assert f"| conv2_3 | {conv2_3['label']} |" in rows
 
 
+@pytest.mark.slow  # the module's dissection with its report: ~14 s
 def test_projector_embeddings_are_written(run):
     out, _ = run
     config = (out / "tensorboard" / "projector_config.pbtxt").read_text()
@@ -112,6 +118,7 @@ def test_projector_embeddings_are_written(run):
             assert sprite.size == (28 * 11, 28 * 11)  # ceil(sqrt(120)) thumbnails a side
 
 
+@pytest.mark.slow
 def test_chosen_channels_and_the_no_conv2_variant(tmp_path):
     torch.manual_seed(1)
     torch.save(SimpleConvNet([4, 6, 8], conv2=False).state_dict(), tmp_path / "no_conv2.pt")
@@ -158,6 +165,7 @@ def test_separation_scores_tell_separated_classes_from_mixed_ones():
     assert sil_mixed < 0.1 and acc_mixed < 0.35
 
 
+@pytest.mark.slow  # the module's dissection with its report: ~14 s
 def test_separation_scores_are_written_per_stage(run):
     out, _ = run
     scores = json.loads((out / "separation.json").read_text())

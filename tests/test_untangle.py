@@ -206,6 +206,7 @@ def test_unknown_method_is_a_one_line_error():
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_on_a_real_net_invertible_maps_keep_the_readout(data_dir, one_thread):
     torch.manual_seed(0)
     net = SimpleConvNet([4, 8, 8, 8])
