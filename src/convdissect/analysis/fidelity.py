@@ -129,50 +129,67 @@ def input_masks(cin: int, size: int, inputs: list[int]) -> torch.Tensor:
     return masks
 
 
-def least_squares(templates: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """The gains [T] and bias that best fit target [N, H, W] by templates [N, T, H, W] (in float64)."""
-    x = templates.double().transpose(0, 1).flatten(1)  # [T, P]
-    y = target.double().flatten()
-    x_mean, y_mean = x.mean(dim=1, keepdim=True), y.mean()
-    x = x - x_mean
-    gram = x @ x.T
-    ridge = 1e-9 * gram.diagonal().sum().clamp_min(1e-30) * torch.eye(len(x), dtype=x.dtype)
-    gains = torch.linalg.solve(gram + ridge, x @ (y - y_mean))
-    return gains.float(), float(y_mean - gains @ x_mean[:, 0])
-
-
 @dataclass
 class Conv1Record:
-    """conv1's term templates (each term kernel applied to the images) and the real units, on the fit
-    and the scored images."""
+    """conv1's term templates (each term kernel applied to the images) and the real units: on the
+    scored images in full; on the fit images as the sums a least-squares fit reads (the centred
+    cross products of every template with every template and with every unit, in float64)."""
 
     pool: int
+    gram: torch.Tensor  # [M, M] templates x templates, centred, over the fit images' pixels
+    cross: torch.Tensor  # [M, C] templates x units' pre-activations, centred
+    template_mean: torch.Tensor  # [M]
+    unit_mean: torch.Tensor  # [C]
     fit_templates: torch.Tensor  # [N, M, H, W]
-    fit_real: torch.Tensor  # [N, C, H, W] pre-activations
+    fit_real: torch.Tensor  # [N, C, h, w] relu + max-pool
     scored_templates: torch.Tensor
-    scored_real: torch.Tensor  # [N, C, h, w] relu + max-pool
+    scored_real: torch.Tensor
+
+    def least_squares(self, c: int, terms: list[int]) -> tuple[torch.Tensor, float]:
+        """The gains [T] and bias that best fit unit c's pre-activations on the fit images by the templates `terms`."""
+        gram = self.gram[terms][:, terms]
+        ridge = 1e-9 * gram.diagonal().sum().clamp_min(1e-30) * torch.eye(len(terms), dtype=gram.dtype)
+        gains = torch.linalg.solve(gram + ridge, self.cross[terms, c])
+        return gains.float(), float(self.unit_mean[c] - gains @ self.template_mean[terms])
 
     def fidelity(self, c: int, terms: list[int], fit: bool = False) -> tuple[float, torch.Tensor, float]:
         """Unit c simulated by the kernels `terms`, gains and bias fitted by least squares on the fit
         images: (r on the scored images, or on the fit images with fit=True; the gains; the bias)."""
-        gains, bias = least_squares(self.fit_templates[:, terms], self.fit_real[:, c])
-        templates = self.fit_templates if fit else self.scored_templates
-        real = F.max_pool2d(self.fit_real[:, c].relu(), self.pool) if fit else self.scored_real[:, c]
-        simulated = (templates[:, terms] * gains[:, None, None]).sum(dim=1, keepdim=True) + bias
-        return float(centred_r(F.max_pool2d(simulated.relu(), self.pool), real)[0]), gains, bias
+        gains, bias = self.least_squares(c, terms)
+        templates, real = (self.fit_templates, self.fit_real) if fit else (self.scored_templates, self.scored_real)
+        simulated = sum(templates[:, t : t + 1] * g for t, g in zip(terms, gains.tolist())) + bias
+        return float(centred_r(F.max_pool2d(simulated.relu(), self.pool), real[:, c])[0]), gains, bias
 
 
 @torch.no_grad()
-def record_conv1(net: nn.Module, kernels: torch.Tensor, fit_images: torch.Tensor, scored_images: torch.Tensor):
-    """conv1's record for term kernels [M, k, k]."""
+def record_conv1(
+    net: nn.Module, kernels: torch.Tensor, fit_images: torch.Tensor, scored_images: torch.Tensor, chunk: int = 100
+) -> Conv1Record:
+    """conv1's record for term kernels [M, k, k]; the fit images' sums are taken `chunk` images at a time."""
     conv = net.conv1
     kernels = kernels.to(conv.weight.dtype)[:, None]
     pool = pool_after(net, "conv1")
-    scored_real = F.max_pool2d(conv(scored_images).relu(), pool)
+    m, c = len(kernels), conv.out_channels
+    gram, cross = torch.zeros(m, m, dtype=torch.float64), torch.zeros(m, c, dtype=torch.float64)
+    template_sum, unit_sum, pixels = torch.zeros(m, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    for start in range(0, len(fit_images), chunk):
+        images = fit_images[start : start + chunk]
+        x = F.conv2d(images, kernels, padding=conv.padding).double().transpose(0, 1).flatten(1).cpu()  # [M, P]
+        y = conv(images).double().transpose(0, 1).flatten(1).cpu()  # [C, P]
+        gram += x @ x.T
+        cross += x @ y.T
+        template_sum += x.sum(dim=1)
+        unit_sum += y.sum(dim=1)
+        pixels += x.shape[1]
+    template_mean, unit_mean = template_sum / pixels, unit_sum / pixels
     return Conv1Record(
         pool,
+        gram - pixels * template_mean[:, None] * template_mean[None],
+        cross - pixels * template_mean[:, None] * unit_mean[None],
+        template_mean,
+        unit_mean,
         F.conv2d(fit_images, kernels, padding=conv.padding),
-        conv(fit_images),
+        F.max_pool2d(conv(fit_images).relu(), pool),
         F.conv2d(scored_images, kernels, padding=conv.padding),
-        scored_real,
+        F.max_pool2d(conv(scored_images).relu(), pool),
     )
