@@ -172,10 +172,13 @@ def record_conv1(
     m, c = len(kernels), conv.out_channels
     gram, cross = torch.zeros(m, m, dtype=torch.float64), torch.zeros(m, c, dtype=torch.float64)
     template_sum, unit_sum, pixels = torch.zeros(m, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    templates, units = [], []
     for start in range(0, len(fit_images), chunk):
         images = fit_images[start : start + chunk]
-        x = F.conv2d(images, kernels, padding=conv.padding).double().transpose(0, 1).flatten(1).cpu()  # [M, P]
-        y = conv(images).double().transpose(0, 1).flatten(1).cpu()  # [C, P]
+        templates.append(F.conv2d(images, kernels, padding=conv.padding))
+        units.append(conv(images))
+        x = templates[-1].double().transpose(0, 1).flatten(1).cpu()  # [M, P]
+        y = units[-1].double().transpose(0, 1).flatten(1).cpu()  # [C, P]
         gram += x @ x.T
         cross += x @ y.T
         template_sum += x.sum(dim=1)
@@ -188,8 +191,8 @@ def record_conv1(
         cross - pixels * template_mean[:, None] * unit_mean[None],
         template_mean,
         unit_mean,
-        F.conv2d(fit_images, kernels, padding=conv.padding),
-        F.max_pool2d(conv(fit_images).relu(), pool),
+        torch.cat(templates),
+        F.max_pool2d(torch.cat(units).relu(), pool),
         F.conv2d(scored_images, kernels, padding=conv.padding),
         F.max_pool2d(conv(scored_images).relu(), pool),
     )

@@ -231,7 +231,7 @@ def conv1_programs(
         curve = torch.tensor([rec.fidelity(c, terms[: t + 1])[0] for t in range(len(terms))])
         fit_curve = torch.tensor([rec.fidelity(c, terms[: t + 1], fit=True)[0] for t in range(len(terms))])
         printed = printed_length(fit_curve, "conv1")
-        _, gains, bias = rec.fidelity(c, terms[:printed])
+        gains, bias = rec.least_squares(c, terms[:printed])
         printed_weights.append((gains[:, None, None] * kernels[terms[:printed]]).sum(dim=0))
         biases.append(bias)
         texts.append(conv1_term_texts(fit, residual_fit, c, gains))
