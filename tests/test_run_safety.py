@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
+from convdissect.models.checkpoint import read_checkpoint
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.runs import LOCK, atomic_write
 from convdissect.tables.common import training_runs
@@ -222,6 +223,18 @@ def test_model_state_hash_recorded_and_a_changed_file_warned(tmp_path, one_threa
 
 
 @pytest.mark.slow
+def test_a_damaged_file_is_refused_where_torch_load_would_read_other_weights(tmp_path):
+    weight = torch.arange(1000, dtype=torch.float32)
+    path = tmp_path / "model_state.pt"
+    torch.save({"conv1.weight": weight}, path)
+    data = bytearray(path.read_bytes())
+    data[data.find(weight.numpy().tobytes()) + 2001] ^= 0xFF  # one bit pattern inside the tensor's record
+    path.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(path, weights_only=True)["conv1.weight"], weight)  # what a load would use
+    with pytest.raises(UserInputError, match=r"^ckpt_path=.*: damaged, its record .*data/0 fails its CRC-32 check"):
+        read_checkpoint(path)
+
+
 def test_debug_runs_are_marked_and_left_out_of_the_tables(tmp_path, one_thread):
     run_dir = tmp_path / "fdr"
     metrics = train(compose_cfg("train", ["debug=fdr", "model.widths=[4,8,8,8]", "data.eval_batch_size=200"], run_dir))

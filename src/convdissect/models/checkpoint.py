@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -73,6 +74,7 @@ def read_checkpoint(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"ckpt_path={path}: no such file")
+    check_intact(path)
     warn_if_changed(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -86,6 +88,23 @@ def read_checkpoint(path: str | Path):
     except Exception as err:  # text or other files: the unpickler fails with KeyError, IndexError, EOFError ...
         reason = f"{type(err).__name__}: {_reason(err)}"
         raise UserInputError(f"ckpt_path={path}: not a readable PyTorch file ({reason})") from None
+
+
+def check_intact(path: Path) -> None:
+    """torch.save writes a zip whose records carry CRC-32 sums, which torch.load does not check: a file
+    damaged after it was written (a bad copy, flipped bits) would load and give other numbers."""
+    if not zipfile.is_zipfile(path):
+        return  # torch's legacy format or not a PyTorch file: torch.load says which
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise UserInputError(f"ckpt_path={path}: a damaged archive ({type(err).__name__}: {err})") from None
+    if damaged is not None:
+        raise UserInputError(
+            f"ckpt_path={path}: damaged, its record {damaged} fails its CRC-32 check "
+            "(the file changed after it was written); use an intact copy"
+        )
 
 
 def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
