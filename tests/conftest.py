@@ -11,6 +11,8 @@ from tests.helpers import CHECKOUT, HANDNET_FINETUNE, PRUNE, TINY_TWO_EPOCHS, co
 
 DATA_DIR = os.environ.get("CONVDISSECT_DATA_DIR") or str(CHECKOUT / "data")
 os.environ["CONVDISSECT_DATA_DIR"] = DATA_DIR  # so ${paths.data_dir} resolves there everywhere
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: each worker on one core, not N workers on all of them
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -153,11 +153,11 @@ def test_twenty_untrained_nets_are_never_reported_as_having_learned(images, data
         }
     )
     template = SimpleConvNet([8, 16, 24, 16])
-    nulls = [measure(untrained_like(template, 1000 + i), images, for_labels=False) for i in range(8)]
+    nulls = [measure(untrained_like(template, 1000 + i), images, False, programs=False) for i in range(8)]
     learned, beats_noise = [], []
     for seed in range(11, 31):
         claims = claim_statistics(
-            measure(untrained_like(template, seed), images, for_labels=False), nulls, settings, seed
+            measure(untrained_like(template, seed), images, False, programs=False), nulls, settings, seed
         )
         assert {name for name in STATISTICS if not name.startswith("ablation")} == set(claims)
         learned += [(seed, name) for name, c in claims.items() if c["learned"] == "supported"]
