@@ -49,14 +49,23 @@ class LayerRecord:
 def record_layer(
     net: nn.Module, layer: str, fit_images: torch.Tensor, scored_images: torch.Tensor, ablation: str = "mean"
 ) -> tuple[LayerRecord, LayerRecord]:
-    """The layer's records on the fit images and on the scored images. Their reference is the fit images'
-    mean map (ablation="mean"), or each image's inputs on another image of the same set ("resample")."""
-    conv = getattr(net, layer)
-    pool = pool_after(net, layer)
-    records = []
-    for images in (fit_images, scored_images):
-        inputs, outputs = record_in_out(net, images, layer)
-        records.append((inputs, F.max_pool2d(outputs.relu(), pool)))
+    """A SimpleConvNet layer's records on the fit images and on the scored images (layer_records)."""
+    recorded = [record_in_out(net, images, layer) for images in (fit_images, scored_images)]
+    return layer_records(layer, getattr(net, layer), pool_after(net, layer), *recorded, ablation)
+
+
+def layer_records(
+    layer: str,
+    conv: nn.Conv2d,
+    pool: int,
+    fit: tuple[torch.Tensor, torch.Tensor],
+    scored: tuple[torch.Tensor, torch.Tensor],
+    ablation: str = "mean",
+) -> tuple[LayerRecord, LayerRecord]:
+    """A conv's records from its (inputs, outputs) on the fit and on the scored images, its outputs
+    ReLU'd and max-pooled by `pool`. Their reference is the fit images' mean map (ablation="mean"), or
+    each image's inputs on another image of the same set ("resample")."""
+    records = [(inputs, F.max_pool2d(outputs.relu(), pool)) for inputs, outputs in (fit, scored)]
     mean = records[0][0].mean(dim=0)
     return tuple(
         LayerRecord(layer, conv, pool, inputs, mean, real, reference_inputs(inputs, mean, ablation))
@@ -162,20 +171,24 @@ class Conv1Record:
 
 
 @torch.no_grad()
-def record_conv1(
-    net: nn.Module, kernels: torch.Tensor, fit_images: torch.Tensor, scored_images: torch.Tensor, chunk: int = 100
+def record_first_conv(
+    conv: nn.Conv2d,
+    pool: int,
+    kernels: torch.Tensor,
+    fit_images: torch.Tensor,
+    scored_images: torch.Tensor,
+    chunk: int = 100,
 ) -> Conv1Record:
-    """conv1's record for term kernels [M, k, k]; the fit images' sums are taken `chunk` images at a time."""
-    conv = net.conv1
+    """A first conv's record for term kernels [M, k, k] (its outputs max-pooled by `pool`); the fit
+    images' sums are taken `chunk` images at a time."""
     kernels = kernels.to(conv.weight.dtype)[:, None]
-    pool = pool_after(net, "conv1")
     m, c = len(kernels), conv.out_channels
     gram, cross = torch.zeros(m, m, dtype=torch.float64), torch.zeros(m, c, dtype=torch.float64)
     template_sum, unit_sum, pixels = torch.zeros(m, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
     templates, units = [], []
     for start in range(0, len(fit_images), chunk):
         images = fit_images[start : start + chunk]
-        templates.append(F.conv2d(images, kernels, padding=conv.padding))
+        templates.append(F.conv2d(images, kernels, padding=conv.padding, stride=conv.stride))
         units.append(conv(images))
         x = templates[-1].double().transpose(0, 1).flatten(1).cpu()  # [M, P]
         y = units[-1].double().transpose(0, 1).flatten(1).cpu()  # [C, P]
@@ -193,6 +206,6 @@ def record_conv1(
         unit_mean,
         torch.cat(templates),
         F.max_pool2d(torch.cat(units).relu(), pool),
-        F.conv2d(scored_images, kernels, padding=conv.padding),
+        F.conv2d(scored_images, kernels, padding=conv.padding, stride=conv.stride),
         F.max_pool2d(conv(scored_images).relu(), pool),
     )
