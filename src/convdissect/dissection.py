@@ -208,11 +208,16 @@ class AnyConvNetDissection:
         pass  # the report's channel choices pick a SimpleConvNet's units; this report shows every layer
 
     def label(self, out_dir: Path) -> dict:
-        """Measure the net and its untrained copy; write claims.json; return the labels."""
-        seed, ablation = self.cfg.seed, self.cfg.fidelity.ablation
-        self.measured = measure_layers(trace(self.net, self.images), self.digits, seed, ablation=ablation)
+        """Measure the net and its untrained copy, labels fitted on the dissection images and scored on
+        cfg.fidelity.images test images (as a SimpleConvNet's); write claims.json; return the labels."""
+        cfg, ablation = self.cfg, self.cfg.fidelity.ablation
+        scored = instantiate(cfg.data).tensors("test", cfg.fidelity.images)[0].to(self.images.device)
+        self.measured = measure_layers(
+            trace(self.net, self.images), trace(self.net, scored), self.digits, ablation=ablation
+        )
         copy = untrained_copy(self.net, any_net.UNTRAINED_SEED)
-        untrained = measure_layers(trace(copy, self.images), self.digits, seed, shuffled=False, ablation=ablation)
+        traced_copy = (trace(copy, self.images), trace(copy, scored))
+        untrained = measure_layers(*traced_copy, self.digits, shuffled=False, ablation=ablation)
         self.claims = any_net.claims_record(self.measured, untrained, any_net.UNTRAINED_SEED) | {
             "settings": {"fidelity_ablation": ablation}
         }
