@@ -16,6 +16,7 @@ from convdissect.analysis.traced import trace
 from convdissect.analysis.traced_measures import measure_layers
 from convdissect.api import dissect_net
 from convdissect.data.mnist import MNISTDataModule
+from convdissect.dissect.any_net import OMEGA_SQUARED as OMEGA
 from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
@@ -235,3 +236,40 @@ def test_dissect_net_takes_any_net_in_python(tmp_path, data_dir, one_thread):
     d = dissect_net(net, images, digits, tmp_path, overrides=[*REPORT_FAST, "threads=1"])
     assert d.labels["class"] == "LeNet5" and set(d.claims["fidelity"]) == set(d.labels["layers"])
     assert d.report is not None and (tmp_path / "features.0_kernels.png").is_file()
+
+
+def swept_net(responds_to: str) -> torch.nn.Sequential:
+    """A first conv, then a later conv whose one unit responds only to `responds_to` of a short stroke:
+    "pattern": a vertical line detector copied by a 1x1 conv, read at its maximum over the map (anywhere);
+    "position": the local brightness weighed by a ramp in x over the whole 28x28 map (one output cell)."""
+    size = 1 if responds_to == "pattern" else 28
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 1, 5, padding=2),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(1, 1, size),
+        torch.nn.Flatten(),
+        torch.nn.Linear((29 - size) ** 2, 10),
+    )
+    with torch.no_grad():
+        net[0].bias.zero_()
+        net[2].bias.zero_()
+        if responds_to == "pattern":
+            net[0].weight[0, 0] = line_kernels(torch.tensor(torch.pi / 2), 0.45, 0.0, 1.0, "line", 5)
+            net[2].weight.fill_(1.0)
+        else:
+            net[0].weight.fill_(1 / 25)
+            net[2].weight[0, 0] = torch.linspace(-1, 1, size)[None].expand(size, -1)
+    return net.eval()
+
+
+@pytest.mark.parametrize("responds_to", ["pattern", "position"])
+def test_omega_squared_of_a_planted_unit(responds_to, tmp_path, data_dir, one_thread):
+    torch.manual_seed(0)
+    images, digits = MNISTDataModule(data_dir=data_dir).tensors("val", 100)
+    overrides = ["n_images=100", "fidelity.images=100", "report.enabled=false", "superstimulus.enabled=false"]
+    d = dissect_net(swept_net(responds_to), images, digits, tmp_path, overrides=[*overrides, "threads=1"])
+    unit = next(u for u in d.labels["units"] if u["layer"] == "2")
+    other = "position" if responds_to == "pattern" else "pattern"
+    assert unit[f"{responds_to}_index"] > 0.9 and abs(unit[f"{other}_index"]) < 0.05
+    medians = d.claims["position_pattern"]["2"]
+    assert medians[responds_to] == unit[f"{responds_to}_index"] and set(medians["untrained"]) == set(OMEGA)

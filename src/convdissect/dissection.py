@@ -25,7 +25,7 @@ from convdissect.analysis.projections import projections, stage_activations, sub
 from convdissect.analysis.selectivity import OrientationTuning, orientation_tuning
 from convdissect.analysis.superstimuli import Superstimuli, best_image_objective, standard_transforms, superstimuli
 from convdissect.analysis.traced import trace, untrained_copy
-from convdissect.analysis.traced_measures import LayerMeasures, measure_layers
+from convdissect.analysis.traced_measures import LayerMeasures, measure_layers, sweep_position_pattern
 from convdissect.config import instantiate
 from convdissect.conventions import unit_name
 from convdissect.dissect import any_net
@@ -218,6 +218,8 @@ class AnyConvNetDissection:
         copy = untrained_copy(self.net, any_net.UNTRAINED_SEED)
         traced_copy = (trace(copy, self.images), trace(copy, scored))
         untrained = measure_layers(*traced_copy, self.digits, shuffled=False, ablation=ablation)
+        sweep_position_pattern(self.net, self.measured)
+        sweep_position_pattern(copy, untrained)
         self.claims = any_net.claims_record(self.measured, untrained, any_net.UNTRAINED_SEED) | {
             "settings": {"fidelity_ablation": ablation}
         }

@@ -22,7 +22,7 @@ from torch import nn
 from convdissect.analysis.contributions import SignedContributions, masked_contributions
 from convdissect.analysis.fidelity import layer_records
 from convdissect.analysis.fits import LineFit, fit_lines
-from convdissect.analysis.selectivity import response_class_means, selectivity_index
+from convdissect.analysis.selectivity import PositionPattern, position_pattern, response_class_means, selectivity_index
 from convdissect.analysis.traced import TracedLayer
 from convdissect.analysis.unit_programs import (
     MAX_PRINTED,
@@ -46,6 +46,7 @@ class LayerMeasures:
     fit: LineFit | None = None  # the first conv: its kernels as lines/edges
     contributions: SignedContributions | None = None  # later convs and Linears
     programs: LayerPrograms | None = None  # every measured layer: each unit's label as a program
+    position_pattern: PositionPattern | None = None  # later convs: omega² of position, pattern, interaction
     selectivity: torch.Tensor | None = None  # [Cout] the last Linear: class selectivity
     class_means: torch.Tensor | None = None  # [10, Cout]
 
@@ -139,3 +140,12 @@ def measure_layers(
             m.selectivity = selectivity_index(m.class_means)
         measured.append(m)
     return measured
+
+
+def sweep_position_pattern(net: nn.Module, measured: list[LayerMeasures]) -> None:
+    """Every later conv's omega² of position, pattern and their interaction on the stroke sweep
+    (analysis.selectivity.position_pattern), its responses read by a hook on the layer's output (on
+    its folded BatchNorm's, when folded)."""
+    for m in measured:
+        if m.traced.is_conv and m.contributions is not None:
+            m.position_pattern = position_pattern(net, m.traced.folded or m.name)

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from convdissect.analysis.selectivity import OrientationTuning, orientation_selectivity
+from convdissect.analysis.selectivity import OrientationTuning, PositionPattern, orientation_selectivity
 from convdissect.analysis.traced_measures import LayerMeasures
 from convdissect.conventions import orientation_name, unit_name
 from convdissect.dissect.claims import CLAIMS
@@ -102,6 +102,19 @@ def linear_fields(m: LayerMeasures, k: int, patterns: dict[str, str]) -> dict:
     return {"label": with_fidelity(inactive(program) or text, program), **fields}
 
 
+OMEGA_SQUARED = ("position", "pattern", "interaction")
+
+
+def omega_fields(pp: PositionPattern, k: int) -> dict:
+    """labels.json's omega² of position, pattern and their interaction on the stroke sweep."""
+    return {f"{what}_index": _number(getattr(pp, f"{what}_index")[k], 4) for what in OMEGA_SQUARED}
+
+
+def omega_medians(m: LayerMeasures | None) -> dict | None:
+    pp = None if m is None else m.position_pattern
+    return None if pp is None else {what: _median(getattr(pp, f"{what}_index")) for what in OMEGA_SQUARED}
+
+
 def class_fields(m: LayerMeasures, k: int) -> dict:
     means = m.class_means[:, k].nan_to_num(-math.inf)
     preferred = means.argsort(descending=True)[:PREFERRED_DIGITS].tolist()
@@ -123,6 +136,8 @@ def describe(measured: list[LayerMeasures], tuning: OrientationTuning | None = N
                 unit |= (burst_fields if t.is_conv else linear_fields)(m, k, patterns)
             else:
                 unit["label"] = "not measured (a grouped, dilated or non-zero-padded conv)"
+            if m.position_pattern is not None:
+                unit |= omega_fields(m.position_pattern, k)
             if m.selectivity is not None:
                 unit |= class_fields(m, k)
                 digits = unit.pop("label_digits")
@@ -132,7 +147,8 @@ def describe(measured: list[LayerMeasures], tuning: OrientationTuning | None = N
 
 
 def claims_record(measured: list[LayerMeasures], untrained: list[LayerMeasures], seed: int) -> dict:
-    """claims.json: per measured layer the median fidelity next to its two nulls; the article's claims not applicable."""
+    """claims.json: per measured layer the median fidelity next to its two nulls, per later conv the median
+    omega² of position, pattern and interaction next to the untrained copy's; the article's claims not applicable."""
     null = {m.name: m for m in untrained}
     fidelity = {
         m.name: {
@@ -144,9 +160,15 @@ def claims_record(measured: list[LayerMeasures], untrained: list[LayerMeasures],
         for m in measured
         if m.fidelity is not None
     }
+    omega = {
+        m.name: omega_medians(m) | {"untrained": omega_medians(null.get(m.name))}
+        for m in measured
+        if m.position_pattern is not None
+    }
     return {
         "net": ANY_NET,
         "fidelity": fidelity,
+        "position_pattern": omega,
         "untrained_seed": seed,
         "article_claims": {str(number): {"claim": text, "verdict": NOT_APPLICABLE} for number, text in CLAIMS.items()},
     }
