@@ -20,7 +20,7 @@ from convdissect.dissect.any_net import OMEGA_SQUARED as OMEGA
 from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
-from convdissect.models.zoo import LeNet5
+from convdissect.models.zoo import LeNet5, ResidualNet
 from convdissect.pruning.rebuild import load_trained_net
 from convdissect.train import train
 from tests.helpers import REPORT_FAST, TINY, Page, compose_cfg
@@ -114,7 +114,7 @@ def test_any_net_is_dissected_from_its_run_dir_with_a_report(runs, name, tmp_pat
 
 
 # Each net's first conv and a later conv whose input channels are its source's channels (the
-# ResidualNet's `left` reads the residual sum: its inputs are named left.in_j).
+# ResidualNet's `left` reads the residual sum: its inputs are named stem.0_j+block.3_j).
 PLANTED = {"lenet": ("features.0", "features.3"), "residual": ("stem.0", "left"), "sequential": ("0", "3")}
 
 
@@ -150,10 +150,10 @@ def test_planted_truth_is_found(runs, name, tmp_path):
     assert line["fit_r2"] > 0.99 and line["fidelity"] > 0.99 and line["fidelity_shuffled"] < line["fidelity"]
     assert abs(line["tuned_orientation_deg"] - 90.0) <= 10.0  # its strongest response: a near-vertical stroke
     copy = units[f"{later}_1"]
-    source = first if name != "residual" else "left.in"
-    assert copy["drivers"][0]["input"] == f"{source}_{copied + 1}" and copy["drivers"][0]["share"] == 1.0
-    assert [(b["input"], b["notation"]) for b in copy["bursts"]] == [(f"{source}_{copied + 1}", "+[centre]")]
-    assert copy["fidelity"] >= 0.99 and copy["label"].startswith(f"{source}_{copied + 1}")
+    source = f"{first}_{copied + 1}" if name != "residual" else f"stem.0_{copied + 1}+block.3_{copied + 1}"
+    assert copy["drivers"][0]["input"] == source and copy["drivers"][0]["share"] == 1.0
+    assert [(b["input"], b["notation"]) for b in copy["bursts"]] == [(source, "+[centre]")]
+    assert copy["fidelity"] >= 0.99 and copy["label"].startswith(source)
     claims = json.loads((tmp_path / "claims.json").read_text())["fidelity"][first]
     assert claims["units"] == len([u for u in units.values() if u["layer"] == first])
     assert claims["shuffled"] is not None and claims["untrained"] is not None
@@ -216,6 +216,15 @@ def test_fidelity_agrees_with_a_hand_written_loop(runs, name, data_dir):
             assert unit.fidelity == pytest.approx(expected, abs=1e-4)
 
 
+def test_inputs_after_an_add_or_a_concatenation_are_named_by_their_sources():
+    torch.manual_seed(0)
+    traced = {t.name: t for t in trace(ResidualNet(width=2), torch.randn(4, 1, 28, 28))}
+    assert traced["block.0"].input_channels == ["stem.0_1", "stem.0_2"]  # through BatchNorm and ReLU modules
+    assert traced["left"].input_channels == ["stem.0_1+block.3_1", "stem.0_2+block.3_2"]  # F.relu(x + block(x))
+    assert traced["mix"].input_channels == ["left_1", "left_2", "right_1", "right_2", "right_3", "right_4"]
+    assert traced["fc"].input_channels == [f"mix_{c}" for c in range(1, 5)]  # F.adaptive_avg_pool2d, flatten
+
+
 @pytest.mark.slow
 def test_batchnorm_folding_matches_the_unfolded_net(runs, data_dir):
     net, _ = load_trained_net(runs["residual"][0] / "model_state.pt")
@@ -229,6 +238,7 @@ def test_batchnorm_folding_matches_the_unfolded_net(runs, data_dir):
             torch.testing.assert_close(t.layer(t.inputs), recorded[bn], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dissect_net_takes_any_net_in_python(tmp_path, data_dir, one_thread):
     torch.manual_seed(0)
     net = LeNet5()  # untrained: the API needs no run dir

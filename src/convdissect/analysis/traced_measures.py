@@ -93,17 +93,17 @@ def linear_contributions(t: TracedLayer, channels: int) -> SignedContributions:
     return SignedContributions(t.name, cells.reshape(len(cells), channels, -1, 1).cpu(), baseline.cpu(), output.cpu())
 
 
-def input_names(t: TracedLayer, sizes: dict[str, int], channels: int) -> list[str]:
-    """Input j is its source's unit (module path, 1-based channel); without a known source, 'LAYER.in_j'."""
-    if t.source is not None and sizes.get(t.source) == channels:
-        return [unit_name(t.source, j + 1) for j in range(channels)]
+def input_names(t: TracedLayer, channels: int) -> list[str]:
+    """Input j's name where the trace shows where it comes from (traced.ChannelNames), else 'LAYER.in_j'."""
+    if t.input_channels is not None and len(t.input_channels) == channels:
+        return t.input_channels
     return [unit_name(f"{t.name}.in", j + 1) for j in range(channels)]
 
 
-def source_channels(t: TracedLayer, sizes: dict[str, int]) -> int:
+def source_channels(t: TracedLayer) -> int:
     """How many channels a layer's inputs hold: a Linear reading a flattened map of C channels, C blocks."""
     width = t.inputs.shape[1]
-    size = sizes.get(t.source) if t.source is not None else None
+    size = len(t.input_channels) if t.input_channels is not None else None
     return size if size and width % size == 0 else width
 
 
@@ -118,11 +118,10 @@ def measure_layers(
     """LayerMeasures of every layer traced on the fit images (`traced`, whose `digits` are known), its
     labels scored on the same layers traced on held-out images (`scored`); `shuffled` adds each label's
     shuffled null; `ablation` is what an input a label leaves out reads (analysis.fidelity.ABLATIONS)."""
-    sizes = {t.name: t.outputs.shape[1] for t in traced}
     measured = []
     for i, (t, s) in enumerate(zip(traced, scored, strict=True)):
-        channels = source_channels(t, sizes)
-        m = LayerMeasures(t, input_names(t, sizes, channels))
+        channels = source_channels(t)
+        m = LayerMeasures(t, input_names(t, channels))
         if t.is_conv and first_conv(t) and i == 0:
             with torch.enable_grad():  # the fit's refinement is a gradient ascent
                 m.fit = fit_lines(t.layer.weight.detach()[:, 0])
