@@ -32,7 +32,7 @@ from convdissect.dissect import any_net
 from convdissect.dissect.claims import check_claim_settings, claim_statistics
 from convdissect.dissect.label_scores import class_selectivity_record, fidelity_record, label_net_record
 from convdissect.dissect.labels import add_original_names, describe, write_labels
-from convdissect.dissect.measure import Measurements, measure
+from convdissect.dissect.measure import NULL_NET_IMAGES, Measurements, measure
 from convdissect.errors import UserInputError
 from convdissect.handnet.explanation import explain, explanation_markdown
 from convdissect.handnet.net import HandNet
@@ -216,8 +216,9 @@ class AnyConvNetDissection:
             trace(self.net, self.images), trace(self.net, scored), self.digits, ablation=ablation
         )
         copy = untrained_copy(self.net, any_net.UNTRAINED_SEED)
-        traced_copy = (trace(copy, self.images), trace(copy, scored))
-        untrained = measure_layers(*traced_copy, self.digits, shuffled=False, ablation=ablation)
+        n = NULL_NET_IMAGES  # as a SimpleConvNet's null nets: fitted and scored on fewer images
+        traced_copy = (trace(copy, self.images[:n]), trace(copy, scored[:n]))
+        untrained = measure_layers(*traced_copy, self.digits[:n], shuffled=False, ablation=ablation)
         sweep_position_pattern(self.net, self.measured)
         sweep_position_pattern(copy, untrained)
         self.claims = any_net.claims_record(self.measured, untrained, any_net.UNTRAINED_SEED) | {

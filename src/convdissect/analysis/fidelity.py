@@ -65,12 +65,17 @@ def layer_records(
     """A conv's records from its (inputs, outputs) on the fit and on the scored images, its outputs
     ReLU'd and max-pooled by `pool`. Their reference is the fit images' mean map (ablation="mean"), or
     each image's inputs on another image of the same set ("resample")."""
-    records = [(inputs, F.max_pool2d(outputs.relu(), pool)) for inputs, outputs in (fit, scored)]
+    records = [(inputs, relu_pooled(outputs, pool)) for inputs, outputs in (fit, scored)]
     mean = records[0][0].mean(dim=0)
     return tuple(
         LayerRecord(layer, conv, pool, inputs, mean, real, reference_inputs(inputs, mean, ablation))
         for inputs, real in records
     )
+
+
+def relu_pooled(x: torch.Tensor, pool: int) -> torch.Tensor:
+    """ReLU then max-pool by `pool` (1: no pooling, a no-op that costs as much as the rest)."""
+    return F.max_pool2d(x.relu(), pool) if pool > 1 else x.relu()
 
 
 def reference_inputs(inputs: torch.Tensor, mean: torch.Tensor, ablation: str) -> torch.Tensor:
@@ -104,10 +109,15 @@ def term_outputs(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tensor:
     centred = rec.inputs - rec.reference
     conv = rec.conv
     per_input = masks.sum(dim=(-2, -1))  # [T, Cin] cells each term keeps on each input
-    whole_inputs = ((per_input == 0) | (per_input == w[0].numel())).all() and bool((per_input > 0).sum(1).eq(1).all())
-    if whole_inputs:  # each term one whole input: one depthwise conv, Cin times cheaper
+    one_input = bool((per_input > 0).sum(1).eq(1).all())
+    inputs = per_input.argmax(dim=1)  # [T] each term's input, where it has one
+    if one_input and ((per_input == 0) | (per_input == w[0].numel())).all():
+        # each term one whole input: one depthwise conv, Cin times cheaper
         a = F.conv2d(centred, w[:, None], padding=conv.padding, stride=conv.stride, groups=len(w))
-        return a[:, per_input.argmax(dim=1)]
+        return a[:, inputs]
+    if one_input:  # each term cells of one input (a burst): a grouped conv over its input, Cin times cheaper
+        kernels = (masks * w)[torch.arange(len(masks)), inputs][:, None]  # [T, 1, kh, kw]
+        return F.conv2d(centred[:, inputs], kernels, padding=conv.padding, stride=conv.stride, groups=len(masks))
     return F.conv2d(centred, masks * w, padding=conv.padding, stride=conv.stride)
 
 
@@ -122,13 +132,13 @@ def prefix_fidelity(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tens
     """r of unit k's label grown term by term: masks [T, Cin, kh, kw] in the label's order -> [T],
     entry t the fidelity of the label made of terms 0..t."""
     pre = reference_output(rec, k) + term_outputs(rec, k, masks).cumsum(dim=1)
-    return centred_r(F.max_pool2d(pre.relu(), rec.pool), rec.real[:, k])
+    return centred_r(relu_pooled(pre, rec.pool), rec.real[:, k])
 
 
 def label_fidelity(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tensor:
     """r of unit k simulated from each label masks [M, Cin, kh, kw] (1 where the label keeps a weight) -> [M]."""
     pre = reference_output(rec, k) + term_outputs(rec, k, masks)
-    return centred_r(F.max_pool2d(pre.relu(), rec.pool), rec.real[:, k])
+    return centred_r(relu_pooled(pre, rec.pool), rec.real[:, k])
 
 
 def input_masks(cin: int, size: int, inputs: list[int]) -> torch.Tensor:
@@ -167,7 +177,7 @@ class Conv1Record:
         gains, bias = self.least_squares(c, terms)
         templates, real = (self.fit_templates, self.fit_real) if fit else (self.scored_templates, self.scored_real)
         simulated = sum(templates[:, t : t + 1] * g for t, g in zip(terms, gains.tolist())) + bias
-        return float(centred_r(F.max_pool2d(simulated.relu(), self.pool), real[:, c])[0]), gains, bias
+        return float(centred_r(relu_pooled(simulated, self.pool), real[:, c])[0]), gains, bias
 
 
 @torch.no_grad()
@@ -205,7 +215,7 @@ def record_first_conv(
         template_mean,
         unit_mean,
         torch.cat(templates),
-        F.max_pool2d(torch.cat(units).relu(), pool),
+        relu_pooled(torch.cat(units), pool),
         F.conv2d(scored_images, kernels, padding=conv.padding, stride=conv.stride),
-        F.max_pool2d(conv(scored_images).relu(), pool),
+        relu_pooled(conv(scored_images), pool),
     )
