@@ -114,7 +114,7 @@ def test_any_net_is_dissected_from_its_run_dir_with_a_report(runs, name, tmp_pat
 
 
 # Each net's first conv and a later conv whose input channels are its source's channels (the
-# ResidualNet's `left` reads the residual sum: its inputs are named stem.0_j+block.3_j).
+# ResidualNet's `left` reads the residual sum: its inputs are named (stem.0_j+block.3_j)).
 PLANTED = {"lenet": ("features.0", "features.3"), "residual": ("stem.0", "left"), "sequential": ("0", "3")}
 
 
@@ -150,7 +150,7 @@ def test_planted_truth_is_found(runs, name, tmp_path):
     assert line["fit_r2"] > 0.99 and line["fidelity"] > 0.99 and line["fidelity_shuffled"] < line["fidelity"]
     assert abs(line["tuned_orientation_deg"] - 90.0) <= 10.0  # its strongest response: a near-vertical stroke
     copy = units[f"{later}_1"]
-    source = f"{first}_{copied + 1}" if name != "residual" else f"stem.0_{copied + 1}+block.3_{copied + 1}"
+    source = f"{first}_{copied + 1}" if name != "residual" else f"(stem.0_{copied + 1}+block.3_{copied + 1})"
     assert copy["drivers"][0]["input"] == source and copy["drivers"][0]["share"] == 1.0
     assert [(b["input"], b["notation"]) for b in copy["bursts"]] == [(source, "+[centre]")]
     assert copy["fidelity"] >= 0.99 and copy["label"].startswith(source)
@@ -220,7 +220,7 @@ def test_inputs_after_an_add_or_a_concatenation_are_named_by_their_sources():
     torch.manual_seed(0)
     traced = {t.name: t for t in trace(ResidualNet(width=2), torch.randn(4, 1, 28, 28))}
     assert traced["block.0"].input_channels == ["stem.0_1", "stem.0_2"]  # through BatchNorm and ReLU modules
-    assert traced["left"].input_channels == ["stem.0_1+block.3_1", "stem.0_2+block.3_2"]  # F.relu(x + block(x))
+    assert traced["left"].input_channels == ["(stem.0_1+block.3_1)", "(stem.0_2+block.3_2)"]  # F.relu(x + block(x))
     assert traced["mix"].input_channels == ["left_1", "left_2", "right_1", "right_2", "right_3", "right_4"]
     assert traced["fc"].input_channels == [f"mix_{c}" for c in range(1, 5)]  # F.adaptive_avg_pool2d, flatten
 

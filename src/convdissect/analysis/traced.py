@@ -7,7 +7,7 @@ Conv2d and Linear, in the order the net calls them (docs/own_net.md).
   net does something else (a functional relu, an add), it is unknown and measured as a ReLU;
 - each input channel is named by where it comes from (ChannelNames watches every op of the forward
   pass): a traced layer's unit through ops that keep channels (activations, pooling, dropout, flatten,
-  as modules or functions), "a_3+b_3" after an add of two named tensors, each part's names after a
+  as modules or functions), "(a_3+b_3)" after an add of two named tensors, each part's names after a
   concatenation along channels; unknown after any other op, except for a Linear: then the last conv
   before it whose width divides its in_features names its blocks.
 A module called more than once (a shared layer) is traced at its first call only.
@@ -87,7 +87,7 @@ CONCATENATIONS = {"cat", "concat", "concatenate"}
 
 class ChannelNames(TorchFunctionMode):
     """While active, names each channel of every tensor made from a named one: the same names through a
-    channel-keeping function, 'a+b' per channel through an add of two named tensors of one shape, the
+    channel-keeping function, '(a+b)' per channel through an add of two named tensors of one shape, the
     parts' names in order through a concatenation along channels. Forward hooks name the traced layers'
     outputs (module_calls)."""
 
@@ -123,7 +123,7 @@ class ChannelNames(TorchFunctionMode):
         if function in ADDS and len(args) > 1:
             second = self.of(args[1])
             same = first is not None and second is not None and args[0].shape == args[1].shape == out.shape
-            return [f"{a}+{b}" for a, b in zip(first, second)] if same and len(first) == len(second) else None
+            return [f"({a}+{b})" for a, b in zip(first, second)] if same and len(first) == len(second) else None
         if function in CHANNEL_KEEPING_FUNCTIONS and first is not None and out.shape[1] % len(first) == 0:
             return first
         return None
