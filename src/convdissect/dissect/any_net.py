@@ -1,7 +1,8 @@
 """Any ConvNet other than ours, dissected through forward hooks (convdissect.analysis.traced): every
-Conv2d and Linear labelled from its measures (analysis.traced_measures), the labels' fidelity per
-layer next to two nulls (the labels shuffled among the layer's units; an untrained copy of the net
-labelled and scored the same way), and a report of the labels per layer and the first conv's
+Conv2d and Linear labelled from its measures (analysis.traced_measures), each label a program whose
+fidelity is reported per layer next to two nulls (the other units' labels run on each unit; an
+untrained copy of the net labelled and scored the same way), later convs' omega² of position and
+pattern, and a report of the labels per layer and the first conv's
 kernels beside their fitted patterns (convdissect.dissection draws it). docs/own_net.md says what each number is.
 """
 
