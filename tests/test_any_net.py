@@ -2,6 +2,7 @@
 pruning's kept channels), measured through forward hooks, labelled, scored and reported. The nets
 are ones we did not write for the article: LeNet-5, the ResidualNet and the YAML nn.Sequential."""
 
+import itertools
 import json
 
 import pytest
@@ -15,10 +16,11 @@ from convdissect.analysis.traced import trace
 from convdissect.analysis.traced_measures import measure_layers
 from convdissect.api import dissect_net
 from convdissect.data.mnist import MNISTDataModule
+from convdissect.dissect.any_net import OMEGA_SQUARED as OMEGA
 from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
-from convdissect.models.zoo import LeNet5
+from convdissect.models.zoo import LeNet5, ResidualNet
 from convdissect.pruning.rebuild import load_trained_net
 from convdissect.train import train
 from tests.helpers import REPORT_FAST, TINY, Page, compose_cfg
@@ -112,18 +114,23 @@ def test_any_net_is_dissected_from_its_run_dir_with_a_report(runs, name, tmp_pat
 
 
 # Each net's first conv and a later conv whose input channels are its source's channels (the
-# ResidualNet's `left` reads the residual sum: its inputs are named left.in_j).
+# ResidualNet's `left` reads the residual sum: its inputs are named (stem.0_j+block.3_j)).
 PLANTED = {"lenet": ("features.0", "features.3"), "residual": ("stem.0", "left"), "sequential": ("0", "3")}
 
 
+# The planted first conv's flat offset per cell: the line alone does not reach its printed fidelity.
+OFFSET = 0.1
+
+
 def planted_net(run_dir, name: str, copied: int):
-    """The run's net with its first conv's unit 1 an exact vertical line of the family, and its later
-    conv's unit 1 a copy of input channel `copied` (the identity kernel on it, zeros elsewhere, no bias)."""
+    """The run's net with its first conv's unit 1 an exact vertical line of the family plus a flat offset,
+    and its later conv's unit 1 a copy of input channel `copied` (the identity kernel on it, zeros elsewhere,
+    no bias)."""
     net, _ = load_trained_net(run_dir / "model_state.pt")
     first, later = (net.get_submodule(layer) for layer in PLANTED[name])
     size = first.kernel_size[0]
     with torch.no_grad():
-        first.weight[0, 0] = line_kernels(torch.tensor(torch.pi / 2), 0.45, 0.0, 1.0, "line", size)
+        first.weight[0, 0] = line_kernels(torch.tensor(torch.pi / 2), 0.45, 0.0, 1.0, "line", size) + OFFSET
         later.weight[0] = 0.0
         later.weight[0, copied, later.kernel_size[0] // 2, later.kernel_size[1] // 2] = 1.0
         later.bias[0] = 0.0
@@ -139,24 +146,46 @@ def test_planted_truth_is_found(runs, name, tmp_path):
     first, later = PLANTED[name]
     units = {u["name"]: u for u in labels["units"]}
     line = units[f"{first}_1"]
-    assert "vertical line" in line["label"] and line["fit_r2"] > 0.99
+    assert line["label_terms"] == ["vertical line", "brightness"] and line["label"].startswith("vertical line + bright")
+    assert line["fit_r2"] > 0.99 and line["fidelity"] > 0.99 and line["fidelity_shuffled"] < line["fidelity"]
     assert abs(line["tuned_orientation_deg"] - 90.0) <= 10.0  # its strongest response: a near-vertical stroke
     copy = units[f"{later}_1"]
-    source = first if name != "residual" else "left.in"
-    assert copy["drivers"][0]["input"] == f"{source}_{copied + 1}" and copy["drivers"][0]["share"] == 1.0
-    assert copy["fidelity"] >= 0.99
+    source = f"{first}_{copied + 1}" if name != "residual" else f"(stem.0_{copied + 1}+block.3_{copied + 1})"
+    assert copy["drivers"][0]["input"] == source and copy["drivers"][0]["share"] == 1.0
+    assert [(b["input"], b["notation"]) for b in copy["bursts"]] == [(source, "+[centre]")]
+    assert copy["fidelity"] >= 0.99 and copy["label"].startswith(source)
+    claims = json.loads((tmp_path / "claims.json").read_text())["fidelity"][first]
+    assert claims["units"] == len([u for u in units.values() if u["layer"] == first])
+    assert claims["shuffled"] is not None and claims["untrained"] is not None
 
 
-def hand_fidelity(layer, inputs: torch.Tensor, outputs: torch.Tensor, k: int, named: list[int]) -> float:
-    """Unit k rebuilt from its named inputs, every other input at its mean map over the images, written
-    out input by input; Pearson r of its ReLU'd output with the real one after removing each cell's mean."""
-    mean = inputs.mean(dim=0, keepdim=True)
+def hand_conv_fidelity(layer, fit: tuple, scored: tuple, k: int, kept: torch.Tensor) -> float:
+    """Unit k rebuilt cell by cell from the weights `kept` [Cin, kh, kw] keeps, each other weight reading
+    its input's mean map over the fit images; Pearson r on the scored images of its ReLU'd output with the
+    real one after removing each cell's mean over the images."""
+    inputs, outputs = scored
+    mean = fit[0].mean(dim=0, keepdim=True).expand(len(inputs), -1, -1, -1)
     simulated = torch.full_like(outputs[:, k], float(layer.bias[k]))
-    for j in range(inputs.shape[1]):
-        x = inputs[:, j : j + 1] if j in named else mean[:, j : j + 1].expand(len(inputs), -1, -1, -1)
-        w = layer.weight[k : k + 1, j : j + 1]
+    for j, a, b in itertools.product(*(range(n) for n in kept.shape)):
+        x = inputs[:, j : j + 1] if kept[j, a, b] else mean[:, j : j + 1]
+        w = torch.zeros_like(layer.weight[k : k + 1, :1])
+        w[0, 0, a, b] = layer.weight[k, j, a, b]
         simulated += F.conv2d(x, w, stride=layer.stride, padding=layer.padding)[:, 0]
-    s, r = simulated.relu(), outputs[:, k].relu()
+    return centred_pearson(simulated.relu(), outputs[:, k].relu())
+
+
+def hand_linear_fidelity(layer, fit: torch.Tensor, scored: tuple, k: int, kept: list[int], blocks: int) -> float:
+    """A Linear's unit k rebuilt from the blocks `kept` of its inputs, every other feature at its mean
+    over the fit images, written out feature by feature; Pearson r of the ReLU'd outputs on the scored images."""
+    inputs, outputs = scored
+    mean, size = fit.mean(dim=0), inputs.shape[1] // blocks
+    simulated = torch.full((len(inputs),), float(layer.bias[k]))
+    for f in range(inputs.shape[1]):
+        simulated += layer.weight[k, f] * (inputs[:, f] if f // size in kept else mean[f])
+    return centred_pearson(simulated.relu(), outputs[:, k].relu())
+
+
+def centred_pearson(s: torch.Tensor, r: torch.Tensor) -> float:
     s, r = s - s.mean(dim=0), r - r.mean(dim=0)
     return float((s * r).sum() / (s.square().sum() * r.square().sum()).sqrt())
 
@@ -167,11 +196,33 @@ def test_fidelity_agrees_with_a_hand_written_loop(runs, name, data_dir):
     run_dir, _ = runs[name]
     net, _ = load_trained_net(run_dir / "model_state.pt")
     images = MNISTDataModule(data_dir=data_dir).tensors("val", 200)[0]
-    measured = [m for m in measure_layers(trace(net, images)) if m.fidelity is not None][0]
-    t, k = measured.traced, 2
+    fit, scored = trace(net, images[:100]), trace(net, images[100:])
+    measured = measure_layers(fit, scored)
+    conv = next(i for i, m in enumerate(measured) if m.contributions is not None and m.traced.is_conv)
+    linear = next(i for i, m in enumerate(measured) if not m.traced.is_conv)
     with torch.no_grad():
-        expected = hand_fidelity(t.layer, t.inputs, t.outputs, k, measured.named[k])
-    assert float(measured.fidelity[k]) == pytest.approx(expected, abs=1e-4)
+        for i, hand in ((conv, hand_conv_fidelity), (linear, hand_linear_fidelity)):
+            m, t, s = measured[i], fit[i], scored[i]
+            k = next(k for k, u in enumerate(m.programs.units) if u.activity == "varies")
+            unit = m.programs.units[k]
+            if hand is hand_conv_fidelity:
+                kept = torch.zeros(t.layer.weight.shape[1:], dtype=torch.bool)
+                for term in unit.terms[: unit.printed]:
+                    kept[term.input] |= term.cells
+                expected = hand(t.layer, (t.inputs, t.outputs), (s.inputs, s.outputs), k, kept)
+            else:
+                kept = [term.input for term in unit.terms[: unit.printed]]
+                expected = hand(t.layer, t.inputs, (s.inputs, s.outputs), k, kept, len(m.input_names))
+            assert unit.fidelity == pytest.approx(expected, abs=1e-4)
+
+
+def test_inputs_after_an_add_or_a_concatenation_are_named_by_their_sources():
+    torch.manual_seed(0)
+    traced = {t.name: t for t in trace(ResidualNet(width=2), torch.randn(4, 1, 28, 28))}
+    assert traced["block.0"].input_channels == ["stem.0_1", "stem.0_2"]  # through BatchNorm and ReLU modules
+    assert traced["left"].input_channels == ["(stem.0_1+block.3_1)", "(stem.0_2+block.3_2)"]  # F.relu(x + block(x))
+    assert traced["mix"].input_channels == ["left_1", "left_2", "right_1", "right_2", "right_3", "right_4"]
+    assert traced["fc"].input_channels == [f"mix_{c}" for c in range(1, 5)]  # F.adaptive_avg_pool2d, flatten
 
 
 @pytest.mark.slow
@@ -187,10 +238,48 @@ def test_batchnorm_folding_matches_the_unfolded_net(runs, data_dir):
             torch.testing.assert_close(t.layer(t.inputs), recorded[bn], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dissect_net_takes_any_net_in_python(tmp_path, data_dir, one_thread):
     torch.manual_seed(0)
     net = LeNet5()  # untrained: the API needs no run dir
     images, digits = MNISTDataModule(data_dir=data_dir).tensors("val", 200)
     d = dissect_net(net, images, digits, tmp_path, overrides=[*REPORT_FAST, "threads=1"])
-    assert d.labels["class"] == "LeNet5" and set(d.claims["fidelity"]) == {"features.3"}
+    assert d.labels["class"] == "LeNet5" and set(d.claims["fidelity"]) == set(d.labels["layers"])
     assert d.report is not None and (tmp_path / "features.0_kernels.png").is_file()
+
+
+def swept_net(responds_to: str) -> torch.nn.Sequential:
+    """A first conv, then a later conv whose one unit responds only to `responds_to` of a short stroke:
+    "pattern": a vertical line detector copied by a 1x1 conv, read at its maximum over the map (anywhere);
+    "position": the local brightness weighed by a ramp in x over the whole 28x28 map (one output cell)."""
+    size = 1 if responds_to == "pattern" else 28
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 1, 5, padding=2),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(1, 1, size),
+        torch.nn.Flatten(),
+        torch.nn.Linear((29 - size) ** 2, 10),
+    )
+    with torch.no_grad():
+        net[0].bias.zero_()
+        net[2].bias.zero_()
+        if responds_to == "pattern":
+            net[0].weight[0, 0] = line_kernels(torch.tensor(torch.pi / 2), 0.45, 0.0, 1.0, "line", 5)
+            net[2].weight.fill_(1.0)
+        else:
+            net[0].weight.fill_(1 / 25)
+            net[2].weight[0, 0] = torch.linspace(-1, 1, size)[None].expand(size, -1)
+    return net.eval()
+
+
+@pytest.mark.parametrize("responds_to", ["pattern", "position"])
+def test_omega_squared_of_a_planted_unit(responds_to, tmp_path, data_dir, one_thread):
+    torch.manual_seed(0)
+    images, digits = MNISTDataModule(data_dir=data_dir).tensors("val", 100)
+    overrides = ["n_images=100", "fidelity.images=100", "report.enabled=false", "superstimulus.enabled=false"]
+    d = dissect_net(swept_net(responds_to), images, digits, tmp_path, overrides=[*overrides, "threads=1"])
+    unit = next(u for u in d.labels["units"] if u["layer"] == "2")
+    other = "position" if responds_to == "pattern" else "pattern"
+    assert unit[f"{responds_to}_index"] > 0.9 and abs(unit[f"{other}_index"]) < 0.05
+    medians = d.claims["position_pattern"]["2"]
+    assert medians[responds_to] == unit[f"{responds_to}_index"] and set(medians["untrained"]) == set(OMEGA)

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from convdissect.analysis.families import burst_grids
 from convdissect.analysis.fidelity import centred_r, label_fidelity, prefix_fidelity, record_layer
+from convdissect.analysis.unit_programs import connected_bursts
 from convdissect.conventions import xy_from_clock
-from convdissect.dissect.programs import connected_bursts, label_net, layer_programs
+from convdissect.dissect.programs import label_net, layer_programs
 from convdissect.models.simple_convnet import SimpleConvNet
 
 

@@ -25,14 +25,14 @@ from convdissect.analysis.projections import projections, stage_activations, sub
 from convdissect.analysis.selectivity import OrientationTuning, orientation_tuning
 from convdissect.analysis.superstimuli import Superstimuli, best_image_objective, standard_transforms, superstimuli
 from convdissect.analysis.traced import trace, untrained_copy
-from convdissect.analysis.traced_measures import LayerMeasures, measure_layers
+from convdissect.analysis.traced_measures import LayerMeasures, measure_layers, sweep_position_pattern
 from convdissect.config import instantiate
 from convdissect.conventions import unit_name
 from convdissect.dissect import any_net
 from convdissect.dissect.claims import check_claim_settings, claim_statistics
 from convdissect.dissect.label_scores import class_selectivity_record, fidelity_record, label_net_record
 from convdissect.dissect.labels import add_original_names, describe, write_labels
-from convdissect.dissect.measure import Measurements, measure
+from convdissect.dissect.measure import NULL_NET_IMAGES, Measurements, measure
 from convdissect.errors import UserInputError
 from convdissect.handnet.explanation import explain, explanation_markdown
 from convdissect.handnet.net import HandNet
@@ -208,11 +208,19 @@ class AnyConvNetDissection:
         pass  # the report's channel choices pick a SimpleConvNet's units; this report shows every layer
 
     def label(self, out_dir: Path) -> dict:
-        """Measure the net and its untrained copy; write claims.json; return the labels."""
-        seed, ablation = self.cfg.seed, self.cfg.fidelity.ablation
-        self.measured = measure_layers(trace(self.net, self.images), self.digits, seed, ablation=ablation)
+        """Measure the net and its untrained copy, labels fitted on the dissection images and scored on
+        cfg.fidelity.images test images (as a SimpleConvNet's); write claims.json; return the labels."""
+        cfg, ablation = self.cfg, self.cfg.fidelity.ablation
+        scored = instantiate(cfg.data).tensors("test", cfg.fidelity.images)[0].to(self.images.device)
+        self.measured = measure_layers(
+            trace(self.net, self.images), trace(self.net, scored), self.digits, ablation=ablation
+        )
         copy = untrained_copy(self.net, any_net.UNTRAINED_SEED)
-        untrained = measure_layers(trace(copy, self.images), self.digits, seed, shuffled=False, ablation=ablation)
+        n = NULL_NET_IMAGES  # as a SimpleConvNet's null nets: fitted and scored on fewer images
+        traced_copy = (trace(copy, self.images[:n]), trace(copy, scored[:n]))
+        untrained = measure_layers(*traced_copy, self.digits[:n], shuffled=False, ablation=ablation)
+        sweep_position_pattern(self.net, self.measured)
+        sweep_position_pattern(copy, untrained)
         self.claims = any_net.claims_record(self.measured, untrained, any_net.UNTRAINED_SEED) | {
             "settings": {"fidelity_ablation": ablation}
         }

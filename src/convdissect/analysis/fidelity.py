@@ -49,19 +49,33 @@ class LayerRecord:
 def record_layer(
     net: nn.Module, layer: str, fit_images: torch.Tensor, scored_images: torch.Tensor, ablation: str = "mean"
 ) -> tuple[LayerRecord, LayerRecord]:
-    """The layer's records on the fit images and on the scored images. Their reference is the fit images'
-    mean map (ablation="mean"), or each image's inputs on another image of the same set ("resample")."""
-    conv = getattr(net, layer)
-    pool = pool_after(net, layer)
-    records = []
-    for images in (fit_images, scored_images):
-        inputs, outputs = record_in_out(net, images, layer)
-        records.append((inputs, F.max_pool2d(outputs.relu(), pool)))
+    """A SimpleConvNet layer's records on the fit images and on the scored images (layer_records)."""
+    recorded = [record_in_out(net, images, layer) for images in (fit_images, scored_images)]
+    return layer_records(layer, getattr(net, layer), pool_after(net, layer), *recorded, ablation)
+
+
+def layer_records(
+    layer: str,
+    conv: nn.Conv2d,
+    pool: int,
+    fit: tuple[torch.Tensor, torch.Tensor],
+    scored: tuple[torch.Tensor, torch.Tensor],
+    ablation: str = "mean",
+) -> tuple[LayerRecord, LayerRecord]:
+    """A conv's records from its (inputs, outputs) on the fit and on the scored images, its outputs
+    ReLU'd and max-pooled by `pool`. Their reference is the fit images' mean map (ablation="mean"), or
+    each image's inputs on another image of the same set ("resample")."""
+    records = [(inputs, relu_pooled(outputs, pool)) for inputs, outputs in (fit, scored)]
     mean = records[0][0].mean(dim=0)
     return tuple(
         LayerRecord(layer, conv, pool, inputs, mean, real, reference_inputs(inputs, mean, ablation))
         for inputs, real in records
     )
+
+
+def relu_pooled(x: torch.Tensor, pool: int) -> torch.Tensor:
+    """ReLU then max-pool by `pool` (1: no pooling, a no-op that costs as much as the rest)."""
+    return F.max_pool2d(x.relu(), pool) if pool > 1 else x.relu()
 
 
 def reference_inputs(inputs: torch.Tensor, mean: torch.Tensor, ablation: str) -> torch.Tensor:
@@ -95,10 +109,15 @@ def term_outputs(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tensor:
     centred = rec.inputs - rec.reference
     conv = rec.conv
     per_input = masks.sum(dim=(-2, -1))  # [T, Cin] cells each term keeps on each input
-    whole_inputs = ((per_input == 0) | (per_input == w[0].numel())).all() and bool((per_input > 0).sum(1).eq(1).all())
-    if whole_inputs:  # each term one whole input: one depthwise conv, Cin times cheaper
+    one_input = bool((per_input > 0).sum(1).eq(1).all())
+    inputs = per_input.argmax(dim=1)  # [T] each term's input, where it has one
+    if one_input and ((per_input == 0) | (per_input == w[0].numel())).all():
+        # each term one whole input: one depthwise conv, Cin times cheaper
         a = F.conv2d(centred, w[:, None], padding=conv.padding, stride=conv.stride, groups=len(w))
-        return a[:, per_input.argmax(dim=1)]
+        return a[:, inputs]
+    if one_input:  # each term cells of one input (a burst): a grouped conv over its input, Cin times cheaper
+        kernels = (masks * w)[torch.arange(len(masks)), inputs][:, None]  # [T, 1, kh, kw]
+        return F.conv2d(centred[:, inputs], kernels, padding=conv.padding, stride=conv.stride, groups=len(masks))
     return F.conv2d(centred, masks * w, padding=conv.padding, stride=conv.stride)
 
 
@@ -113,13 +132,13 @@ def prefix_fidelity(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tens
     """r of unit k's label grown term by term: masks [T, Cin, kh, kw] in the label's order -> [T],
     entry t the fidelity of the label made of terms 0..t."""
     pre = reference_output(rec, k) + term_outputs(rec, k, masks).cumsum(dim=1)
-    return centred_r(F.max_pool2d(pre.relu(), rec.pool), rec.real[:, k])
+    return centred_r(relu_pooled(pre, rec.pool), rec.real[:, k])
 
 
 def label_fidelity(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tensor:
     """r of unit k simulated from each label masks [M, Cin, kh, kw] (1 where the label keeps a weight) -> [M]."""
     pre = reference_output(rec, k) + term_outputs(rec, k, masks)
-    return centred_r(F.max_pool2d(pre.relu(), rec.pool), rec.real[:, k])
+    return centred_r(relu_pooled(pre, rec.pool), rec.real[:, k])
 
 
 def input_masks(cin: int, size: int, inputs: list[int]) -> torch.Tensor:
@@ -158,24 +177,28 @@ class Conv1Record:
         gains, bias = self.least_squares(c, terms)
         templates, real = (self.fit_templates, self.fit_real) if fit else (self.scored_templates, self.scored_real)
         simulated = sum(templates[:, t : t + 1] * g for t, g in zip(terms, gains.tolist())) + bias
-        return float(centred_r(F.max_pool2d(simulated.relu(), self.pool), real[:, c])[0]), gains, bias
+        return float(centred_r(relu_pooled(simulated, self.pool), real[:, c])[0]), gains, bias
 
 
 @torch.no_grad()
-def record_conv1(
-    net: nn.Module, kernels: torch.Tensor, fit_images: torch.Tensor, scored_images: torch.Tensor, chunk: int = 100
+def record_first_conv(
+    conv: nn.Conv2d,
+    pool: int,
+    kernels: torch.Tensor,
+    fit_images: torch.Tensor,
+    scored_images: torch.Tensor,
+    chunk: int = 100,
 ) -> Conv1Record:
-    """conv1's record for term kernels [M, k, k]; the fit images' sums are taken `chunk` images at a time."""
-    conv = net.conv1
+    """A first conv's record for term kernels [M, k, k] (its outputs max-pooled by `pool`); the fit
+    images' sums are taken `chunk` images at a time."""
     kernels = kernels.to(conv.weight.dtype)[:, None]
-    pool = pool_after(net, "conv1")
     m, c = len(kernels), conv.out_channels
     gram, cross = torch.zeros(m, m, dtype=torch.float64), torch.zeros(m, c, dtype=torch.float64)
     template_sum, unit_sum, pixels = torch.zeros(m, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
     templates, units = [], []
     for start in range(0, len(fit_images), chunk):
         images = fit_images[start : start + chunk]
-        templates.append(F.conv2d(images, kernels, padding=conv.padding))
+        templates.append(F.conv2d(images, kernels, padding=conv.padding, stride=conv.stride))
         units.append(conv(images))
         x = templates[-1].double().transpose(0, 1).flatten(1).cpu()  # [M, P]
         y = units[-1].double().transpose(0, 1).flatten(1).cpu()  # [C, P]
@@ -192,7 +215,7 @@ def record_conv1(
         template_mean,
         unit_mean,
         torch.cat(templates),
-        F.max_pool2d(torch.cat(units).relu(), pool),
-        F.conv2d(scored_images, kernels, padding=conv.padding),
-        F.max_pool2d(conv(scored_images).relu(), pool),
+        relu_pooled(torch.cat(units), pool),
+        F.conv2d(scored_images, kernels, padding=conv.padding, stride=conv.stride),
+        relu_pooled(conv(scored_images), pool),
     )

@@ -1,7 +1,8 @@
 """Any ConvNet other than ours, dissected through forward hooks (convdissect.analysis.traced): every
-Conv2d and Linear labelled from its measures (analysis.traced_measures), the labels' fidelity per
-layer next to two nulls (the labels shuffled among the layer's units; an untrained copy of the net
-labelled and scored the same way), and a report of the labels per layer and the first conv's
+Conv2d and Linear labelled from its measures (analysis.traced_measures), each label a program whose
+fidelity is reported per layer next to two nulls (the other units' labels run on each unit; an
+untrained copy of the net labelled and scored the same way), later convs' omega² of position and
+pattern, and a report of the labels per layer and the first conv's
 kernels beside their fitted patterns (convdissect.dissection draws it). docs/own_net.md says what each number is.
 """
 
@@ -11,12 +12,22 @@ import math
 
 import torch
 
-from convdissect.analysis.selectivity import OrientationTuning, orientation_selectivity
+from convdissect.analysis.selectivity import OrientationTuning, PositionPattern, orientation_selectivity
 from convdissect.analysis.traced_measures import LayerMeasures
 from convdissect.conventions import orientation_name, unit_name
 from convdissect.dissect.claims import CLAIMS
 from convdissect.dissect.label_scores import json_median
-from convdissect.dissect.labels import digits_phrase, json_number, short_pattern, signed_phrase
+from convdissect.dissect.labels import (
+    burst_entry,
+    burst_phrase,
+    digits_phrase,
+    inactive,
+    json_number,
+    program_fields,
+    short_pattern,
+    signed_phrase,
+    with_fidelity,
+)
 
 ANY_NET = "any_convnet"  # labels.json's "net" of a net dissected through forward hooks
 # The untrained copy's seed (re-initialised by each module's reset_parameters), far from training seeds.
@@ -43,37 +54,66 @@ def ranked(m: LayerMeasures, k: int) -> tuple[list[dict], list[dict]]:
     )
 
 
-def fit_fields(m: LayerMeasures, k: int, tuning: OrientationTuning | None) -> dict:
-    """The first conv's unit k: its fitted pattern with R², and the stroke orientation it responds to most."""
-    fit = m.fit
+def first_conv_fields(m: LayerMeasures, k: int, tuning: OrientationTuning | None) -> dict:
+    """The first conv's unit k: its program's terms (the fitted pattern with R², then brightness and a
+    residual line/edge where needed), and the stroke orientation it responds to most."""
+    fit, program, terms = m.fit, m.programs.units[k], m.programs.texts[k]
     pattern, r2 = fit.labels()[k], float(fit.r2[k])
     fields = {
-        "label": f"{pattern} (R² {r2:.2f})",
         "pattern": pattern,
+        "label_terms": terms,
         "kind": fit.kind[k],
         "side": fit.side[k],
         "orientation_deg": round(float(fit.theta_deg[k]), 2),
         "fit_r2": _number(r2, 4),
     }
+    text = f"{' + '.join([pattern, *terms[1:]])} (R² {r2:.2f})"
     if tuning is not None:
         curves = next(iter(tuning.responses.values()))
         preferred = float(tuning.angles_deg[curves[:, k].argmax()])
         selectivity = float(orientation_selectivity(curves[:, k : k + 1], tuning.angles_deg)[0])
         fields |= {"tuned_orientation_deg": preferred, "orientation_selectivity": _number(selectivity)}
-        fields["label"] += f", tuned to {orientation_name(preferred)} strokes (selectivity {selectivity:.2f})"
-    return fields
+        text += f", tuned to {orientation_name(preferred)} strokes (selectivity {selectivity:.2f})"
+    return {"label": with_fidelity(inactive(program) or text, program), **fields, **program_fields(program)}
 
 
-def contribution_fields(m: LayerMeasures, k: int, patterns: dict[str, str]) -> dict:
+def burst_fields(m: LayerMeasures, k: int, patterns: dict[str, str]) -> dict:
+    """A later conv's unit k: the bursts its printed label keeps, in clock notation, strongest first."""
+    program, weight = m.programs.units[k], m.traced.layer.weight.detach().cpu()[k]
+    sources = [{"name": name, "pattern": patterns.get(name, name)} for name in m.input_names]
+    bursts = [burst_entry(t, weight[t.input], sources[t.input]) for t in program.terms[: program.printed]]
     drivers, inhibitors = ranked(m, k)
-    named = [m.input_names[j] for j in m.named[k]]
-    text = signed_phrase(drivers, inhibitors, named, patterns)
-    fields = {"drivers": drivers, "inhibitors": inhibitors, "label_inputs": named}
-    if m.fidelity is not None:
-        fidelity = _number(m.fidelity[k])
-        fields |= {"fidelity": fidelity, "fidelity_shuffled": None if m.shuffled is None else _number(m.shuffled[k])}
-        text += f" (r {fidelity:.2f})" if fidelity is not None else " (constant on the images)"
-    return {"label": text, **fields}
+    text = ", ".join(burst_phrase(b, i == 0) for i, b in enumerate(bursts)) if drivers else "silent on the images"
+    return {
+        "label": with_fidelity(inactive(program) or text, program),
+        "bursts": bursts,
+        "drivers": drivers,
+        "inhibitors": inhibitors,
+        **program_fields(program),
+    }
+
+
+def linear_fields(m: LayerMeasures, k: int, patterns: dict[str, str]) -> dict:
+    """A Linear's unit k: the inputs (source channels) its printed label keeps, with their shares."""
+    program = m.programs.units[k]
+    drivers, inhibitors = ranked(m, k)
+    kept = list(dict.fromkeys(m.input_names[t.input] for t in program.terms[: program.printed]))
+    text = signed_phrase(drivers, inhibitors, kept, patterns)
+    fields = {"drivers": drivers, "inhibitors": inhibitors, "kept_inputs": kept, **program_fields(program)}
+    return {"label": with_fidelity(inactive(program) or text, program), **fields}
+
+
+OMEGA_SQUARED = ("position", "pattern", "interaction")
+
+
+def omega_fields(pp: PositionPattern, k: int) -> dict:
+    """labels.json's omega² of position, pattern and their interaction on the stroke sweep."""
+    return {f"{what}_index": _number(getattr(pp, f"{what}_index")[k], 4) for what in OMEGA_SQUARED}
+
+
+def omega_medians(m: LayerMeasures | None) -> dict | None:
+    pp = None if m is None else m.position_pattern
+    return None if pp is None else {what: _median(getattr(pp, f"{what}_index")) for what in OMEGA_SQUARED}
 
 
 def class_fields(m: LayerMeasures, k: int) -> dict:
@@ -91,21 +131,25 @@ def describe(measured: list[LayerMeasures], tuning: OrientationTuning | None = N
         for k in range(t.outputs.shape[1]):
             unit = {"layer": t.name, "index": k + 1, "name": unit_name(t.name, k + 1), "nonlinearity": t.nonlinearity}
             if m.fit is not None:
-                unit |= fit_fields(m, k, tuning)
+                unit |= first_conv_fields(m, k, tuning)
                 patterns[unit["name"]] = short_pattern(unit["pattern"])
             elif m.contributions is not None:
-                unit |= contribution_fields(m, k, patterns)
+                unit |= (burst_fields if t.is_conv else linear_fields)(m, k, patterns)
             else:
                 unit["label"] = "not measured (a grouped, dilated or non-zero-padded conv)"
+            if m.position_pattern is not None:
+                unit |= omega_fields(m.position_pattern, k)
             if m.selectivity is not None:
                 unit |= class_fields(m, k)
-                unit["label"] += unit.pop("label_digits")
+                digits = unit.pop("label_digits")
+                unit["label"] += digits if unit.get("activity", "varies") == "varies" else ""
             units.append(unit)
     return units
 
 
 def claims_record(measured: list[LayerMeasures], untrained: list[LayerMeasures], seed: int) -> dict:
-    """claims.json: per measured layer the median fidelity next to its two nulls; the article's claims not applicable."""
+    """claims.json: per measured layer the median fidelity next to its two nulls, per later conv the median
+    omega² of position, pattern and interaction next to the untrained copy's; the article's claims not applicable."""
     null = {m.name: m for m in untrained}
     fidelity = {
         m.name: {
@@ -117,9 +161,15 @@ def claims_record(measured: list[LayerMeasures], untrained: list[LayerMeasures],
         for m in measured
         if m.fidelity is not None
     }
+    omega = {
+        m.name: omega_medians(m) | {"untrained": omega_medians(null.get(m.name))}
+        for m in measured
+        if m.position_pattern is not None
+    }
     return {
         "net": ANY_NET,
         "fidelity": fidelity,
+        "position_pattern": omega,
         "untrained_seed": seed,
         "article_claims": {str(number): {"claim": text, "verdict": NOT_APPLICABLE} for number, text in CLAIMS.items()},
     }

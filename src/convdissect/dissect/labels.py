@@ -24,9 +24,9 @@ from torch import nn
 
 from convdissect.analysis.families import grid_xy
 from convdissect.analysis.selectivity import selectivity_index, tuning_depth, tuning_peaks
+from convdissect.analysis.unit_programs import Term, UnitProgram
 from convdissect.conventions import CENTRE, angle_gap, clock_from_xy, format_burst, orientation_name, unit_name
 from convdissect.dissect.measure import Measurements, source_layer
-from convdissect.dissect.programs import Term, UnitProgram
 
 # A conv1 kernel whose line fit explains less than this share of its energy is called noisy.
 NOISY_R2 = 0.5

@@ -101,6 +101,8 @@ ANY_NET_COLUMNS = [
     ("inhibitors", "inhibitors"),
     ("fidelity", "fidelity r"),
     ("fidelity_shuffled", "shuffled label's r"),
+    ("position_index", "ω² position"),
+    ("pattern_index", "ω² pattern"),
     ("class_selectivity", "class selectivity"),
 ]
 
