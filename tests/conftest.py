@@ -50,3 +50,13 @@ def handnet_finetuned(tmp_path_factory):
     callback wrote labels.json for the tested weights. Its run dir and metrics."""
     out = tmp_path_factory.mktemp("handnet_finetuned")
     return out, train(compose_cfg("train", HANDNET_FINETUNE, out))
+
+
+def pytest_collection_modifyitems(items):
+    """The modules with the most slow tests first, each module's tests in their order: pytest -n gives
+    each worker the next module as it finishes one, so the long ones start early and none is left to
+    run alone at the end."""
+    slow = {}
+    for item in items:
+        slow[item.module] = slow.get(item.module, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.module])
