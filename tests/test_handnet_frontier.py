@@ -6,7 +6,7 @@ import json
 import pytest
 
 from convdissect.tables import render
-from tests.helpers import run_python
+from tests.helpers import CHECKOUT, run_python
 
 TINY_HANDNET = [
     "model.n_bursts=1,2",
@@ -66,3 +66,9 @@ def test_frontier_table_and_plot_from_a_real_sweep(tiny_run, tmp_path):
     reference_row = next(line for line in table.splitlines() if line.startswith("| train |"))
     assert f"| {simple['n_params']} |" in reference_row
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
+    # the stored frontier drawn alone, then with these runs as points of their own
+    stored = CHECKOUT / "docs" / "results" / "frontier.json"
+    alone, with_runs = tmp_path / "stored.png", tmp_path / "stored_and_runs.png"
+    render(["frontier", "--stored", str(stored), "--plot", str(alone)])
+    render(["frontier", "--stored", str(stored), str(sweep), "--plot", str(with_runs)])
+    assert with_runs.read_bytes() != alone.read_bytes()

@@ -6,7 +6,7 @@ per digit) and experiment are averaged over their seeds (mean ± sd). `--referen
 dense fine-tuned HandNet, handnet_finetune, and the pruned SimpleConvNet, prune_7iters) are marked
 on the plot; a net without an explanation counts every parameter as a number to read.
 `--stored FILE` draws the points of a stored frontier table (docs/results/frontier.json) instead of
-runs. `--label-net DIRS` adds the curve of SimpleConvNets run from their labels (dissect's
+runs, and the runs given beside it as points of their own (e.g. handnet_distill). `--label-net DIRS` adds the curve of SimpleConvNets run from their labels (dissect's
 claims.json below DIRS, averaged over nets): accuracy against the numbers those labels keep.
 """
 
@@ -25,6 +25,8 @@ from convdissect.errors import UserInputError
 from convdissect.tables.common import existing_dirs, metrics_of, seed_of, training_runs
 from convdissect.tables.stored import load
 
+# The experiment of the frontier sweep's points; a point of another experiment is named on the plot.
+FRONTIER_EXPERIMENT = "handnet_explainable"
 # The label net's lengths in the order of its curve (claims.json's label_net), from short to long.
 LABEL_NET_LENGTHS = ("1", "2", "3", "printed", "5", "10", "r0.95", "20", "r0.98", "r0.99", "all")
 
@@ -41,6 +43,7 @@ NOT_A_VARIANT = (
     "+experiment=",
     "model.n_bursts=",
     "model.terms=",
+    "model.teacher=",  # where the teacher's file is (the experiment says there is one)
 )
 
 
@@ -145,7 +148,9 @@ def stored_rows(path: Path) -> tuple[list[dict], list[dict]]:
     for row in stored["rows"]:
         cell = dict(zip(stored["columns"], row))
         point = {
-            "experiment": cell["K"].replace(", reference)", ")").removesuffix(" (reference)"),
+            "experiment": cell["K"].replace(", reference)", ")").removesuffix(" (reference)")
+            if "reference" in cell["K"]
+            else FRONTIER_EXPERIMENT,
             "K": None if "reference" in cell["K"] else int(cell["K"]),
             "T": cell["T"],
             "variant": cell["variant"],
@@ -183,10 +188,22 @@ def plot(rows: list[dict], references: list[dict], path: Path, label_net: list[d
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    for k, variant in sorted({(r["K"], r["variant"]) for r in rows}):  # a line per K (and per option measured)
-        points = sorted((r for r in rows if (r["K"], r["variant"]) == (k, variant)), key=lambda r: r["numbers"])
-        label = f"K={k} bursts per unit" + (f", {variant}" if variant else "")
-        ax.plot([r["numbers"] for r in points], [r["acc"] for r in points], "o-" if not variant else "x--", label=label)
+    series = sorted({(r["K"], r["experiment"], r["variant"]) for r in rows})
+    for k, experiment, variant in series:  # a line per K (and per experiment and option measured)
+        points = sorted(
+            (r for r in rows if (r["K"], r["experiment"], r["variant"]) == (k, experiment, variant)),
+            key=lambda r: r["numbers"],
+        )
+        other = experiment != FRONTIER_EXPERIMENT
+        label = f"K={k} bursts per unit" + (f", {experiment}" if other else "") + (f", {variant}" if variant else "")
+        style = "*" if other else "o-" if not variant else "x--"
+        ax.plot(
+            [r["numbers"] for r in points],
+            [r["acc"] for r in points],
+            style,
+            markersize=10 if other else 6,
+            label=label,
+        )
         for r in points:
             ax.annotate(
                 f"T={r['T']}", (r["numbers"], r["acc"]), textcoords="offset points", xytext=(4, -10), fontsize=7
@@ -232,6 +249,7 @@ def render(args: argparse.Namespace) -> str:
     label_net = label_net_points(existing_dirs(args.label_net, "--label-net")) if args.label_net else []
     if args.stored:
         rows, references = stored_rows(args.stored)
+        rows += group(load_runs(existing_dirs(args.run_dirs))) if args.run_dirs else []
         plot(rows, references, args.plot, label_net)
         return label_net_table(label_net) + f"\n\nplot: {args.plot}"
     rows = group(load_runs(existing_dirs(args.run_dirs)))
