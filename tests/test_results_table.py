@@ -3,9 +3,11 @@
 import shutil
 
 import pytest
+from omegaconf import OmegaConf
 
+from convdissect.dissection import dissect
 from convdissect.tables import render
-from tests.helpers import FAST_NULLS, TINY, run_python
+from tests.helpers import FAST_NULLS, TINY, compose_cfg, run_python
 
 
 @pytest.mark.slow
@@ -17,17 +19,12 @@ def test_table_has_a_row_per_experiment_and_per_net_claims_and_names_broken_runs
     assert made.returncode == 0, made.stderr[-2000:]
     broken = sweep / "2"
     shutil.copytree(sweep / "0" / ".hydra", broken / ".hydra")  # a run that died before metrics.json
-    dissected = run_python(
-        "dissect.py",
-        f"ckpt_path={sweep / '0' / 'model_state.pt'}",
-        f"hydra.run.dir={sweep / '0' / 'dissect'}",
-        "n_images=200",
-        "superstimulus.enabled=false",
-        "report.enabled=false",
-        *FAST_NULLS,
-        timeout=300,
-    )
-    assert dissected.returncode == 0, dissected.stderr[-2000:]
+    overrides = [f"ckpt_path={sweep / '0' / 'model_state.pt'}", "n_images=200", "threads=1", *FAST_NULLS]
+    out = sweep / "0" / "dissect"
+    cfg = compose_cfg("dissect", [*overrides, "superstimulus.enabled=false", "report.enabled=false"], out)
+    dissect(cfg)
+    (out / ".hydra").mkdir()
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")  # as dissect.py's Hydra app saves it
 
     table = render(["results", str(sweep)])
     rows = [
