@@ -5,11 +5,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf, open_dict
+from torch import nn
 
+from convdissect.api import dissect_net
+from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
+from convdissect.models.checkpoint import load_net
 from convdissect.models.lit_module import LitClassifier
+from convdissect.models.simple_convnet import SimpleConvNet, equivalent_simple_convnet
+from convdissect.models.zoo import LeNet5
 from convdissect.train import train
-from tests.helpers import TINY, compose_cfg
+from tests.helpers import FAST_NULLS, TINY, compose_cfg
 
 # TINY without the SimpleConvNet's widths, three epochs of 30 batches: far above chance, in seconds.
 SHORT = [o for o in TINY if not o.startswith("model.")] + [
@@ -85,3 +91,37 @@ def test_a_net_with_another_number_of_outputs_than_num_classes_is_refused_on_its
     batch = (torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long))
     with pytest.raises(UserInputError, match=r"model.num_classes=5: the net's outputs have shape \[4, 10\]"):
         module.training_step(batch, 0)
+
+
+def article_net_as_sequential(net: SimpleConvNet, pool: type[nn.Module] = nn.MaxPool2d) -> nn.Sequential:
+    """The SimpleConvNet's layers written as a user would write them, its weights copied."""
+    c1, c2, c3, f4 = net.widths
+    sequential = nn.Sequential(
+        *(nn.Conv2d(1, c1, 5, padding=2), nn.ReLU(), pool(2)),
+        *(nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), pool(2)),
+        *(nn.Conv2d(c2, c3, 5), nn.ReLU(), pool(3)),
+        *(nn.Flatten(), nn.Linear(c3, f4), nn.ReLU(), nn.Linear(f4, 10)),
+    )
+    sequential.load_state_dict(dict(zip(sequential.state_dict(), net.state_dict().values())))
+    return sequential
+
+
+def test_a_sequential_computing_the_article_net_is_read_as_it_and_no_other(data_dir):
+    torch.manual_seed(0)
+    net = SimpleConvNet([4, 8, 8, 8])
+    images = MNISTDataModule(data_dir=data_dir).tensors("val", 64)[0]
+    found = equivalent_simple_convnet(article_net_as_sequential(net), images)
+    assert found.widths == [4, 8, 8, 8] and found.state_dict().keys() == net.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(found.state_dict().values(), net.state_dict().values()))
+    assert equivalent_simple_convnet(article_net_as_sequential(net, nn.AvgPool2d), images) is None
+    assert equivalent_simple_convnet(LeNet5(), images) is None
+
+
+@pytest.mark.slow
+def test_the_article_net_as_a_sequential_gets_the_article_nets_labels_and_claims(tiny_run, tmp_path, one_thread):
+    net = load_net(tiny_run[0] / "model_state.pt")
+    quick = ["n_images=200", "fidelity.images=200", "superstimulus.enabled=false", "report.enabled=false"]
+    expected = dissect_net(net, out_dir=tmp_path / "simple", overrides=[*quick, *FAST_NULLS])
+    found = dissect_net(article_net_as_sequential(net), out_dir=tmp_path / "seq", overrides=[*quick, *FAST_NULLS])
+    assert [u["label"] for u in found.labels["units"]] == [u["label"] for u in expected.labels["units"]]
+    assert found.claims == expected.claims  # the article's claims, judged as for the net itself

@@ -37,7 +37,7 @@ from convdissect.errors import UserInputError
 from convdissect.handnet.explanation import explain, explanation_markdown
 from convdissect.handnet.net import HandNet
 from convdissect.models.checkpoint import pruned_channels, training_run_dir
-from convdissect.models.simple_convnet import SimpleConvNet
+from convdissect.models.simple_convnet import SimpleConvNet, equivalent_simple_convnet
 from convdissect.pruning.rebuild import load_trained_net
 from convdissect.report import figures
 from convdissect.report.assemble import handnet_figures, raw, report_figures
@@ -54,6 +54,8 @@ LAYERS = ("conv1", "conv2", "conv3", "fc4", "fc5")
 ALIASES = {"fc5": "readout"}  # a HandNet's classes
 # Seeds of the untrained nets (the nulls), far from the seeds runs are trained with.
 UNTRAINED_SEED_BASE = 1000
+# The images on which a net of another class is compared with the SimpleConvNet of its weights.
+EQUIVALENCE_IMAGES = 64
 # What a dissection writes besides its figures (*.png): removed first when overwrite=true.
 DISSECTION_OUTPUTS = (
     "labels.json",
@@ -269,6 +271,10 @@ def strategy_for(net, cfg: DictConfig, images: torch.Tensor, digits: torch.Tenso
         return HandNetDissection(net, cfg, images, digits)
     if isinstance(net, SimpleConvNet):
         return SimpleConvNetDissection(net, cfg, images, digits)
+    equivalent = equivalent_simple_convnet(net, images[:EQUIVALENCE_IMAGES])
+    if equivalent is not None:
+        log.info("the net computes the SimpleConvNet %s: dissected as it (conv1 ... fc5)", equivalent.widths)
+        return SimpleConvNetDissection(equivalent, cfg, images, digits)
     return AnyConvNetDissection(net, cfg, images, digits)
 
 

@@ -70,3 +70,28 @@ class SimpleConvNet(nn.Module):
         conv2 = "conv2.weight" in state_dict
         names = ["conv1", "conv2", "conv3", "fc4"] if conv2 else ["conv1", "conv3", "fc4"]
         return [int(state_dict[f"{n}.weight"].shape[0]) for n in names], conv2
+
+
+@torch.no_grad()
+def equivalent_simple_convnet(net: nn.Module, images: torch.Tensor) -> SimpleConvNet | None:
+    """The SimpleConvNet that computes what `net` computes, or None: net's Conv2d and Linear modules (in
+    the order they were registered) read as conv1 (conv2) conv3 fc4 fc5 where their shapes fit, and the
+    two nets' log-probabilities compared on `images` (a user's nn.Sequential of the article's net is then
+    dissected as it, the article's claims included)."""
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if len(convs) not in (2, 3) or len(linears) != 2 or any(m.bias is None for m in convs + linears):
+        return None
+    widths = [conv.out_channels for conv in convs] + [linears[0].out_features]
+    theirs = [p for m in convs + linears for p in (m.weight, m.bias)]
+    expected = F.log_softmax(net.eval()(images), dim=1)
+    for activation in ACTIVATIONS:
+        candidate = SimpleConvNet(widths, conv2=len(convs) == 3, fc4_activation=activation).to(images.device)
+        ours = list(candidate.parameters())
+        if any(a.shape != b.shape for a, b in zip(ours, theirs)):
+            return None
+        for a, b in zip(ours, theirs):
+            a.copy_(b)
+        if expected.shape == (len(images), 10) and torch.allclose(candidate.eval()(images), expected, atol=1e-4):
+            return candidate
+    return None
