@@ -214,6 +214,34 @@ def test_resumed_run_equals_the_uninterrupted_one(uninterrupted, boundary, tmp_p
     assert resumed["test/acc"] == full["test/acc"] and resumed["steps"] == full["steps"]
 
 
+@pytest.mark.slow
+def test_a_run_resumed_mid_epoch_equals_the_uninterrupted_one(tmp_path, one_thread):
+    """A checkpoint every 5 steps (Lightning's every_n_train_steps), resumed 5 steps into the second of two
+    20-step epochs: the same weights, bit for bit, as the run never stopped (Lightning warns that our
+    loader is not resumable; measured, the resumed epoch trains the batches the stopped one had left)."""
+    every_5_steps = TINY + [
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=20",
+        "+callbacks.model_checkpoint.every_n_train_steps=5",
+        "+callbacks.model_checkpoint.save_top_k=-1",
+        "callbacks.model_checkpoint.filename='s{step:03d}'",
+    ]
+    train(compose_cfg("train", every_5_steps, tmp_path / "full"))
+    mid_epoch = tmp_path / "full" / "checkpoints" / "s025.ckpt"
+    assert torch.load(mid_epoch, weights_only=True)["epoch"] == 1
+    train(compose_cfg("train", every_5_steps + [f"ckpt_path={mid_epoch}"], tmp_path / "resumed"))
+    a, b, c = (
+        torch.load(path, weights_only=True)["state_dict"]
+        for path in (
+            tmp_path / "full" / "checkpoints" / "last.ckpt",
+            tmp_path / "resumed" / "checkpoints" / "last.ckpt",
+            mid_epoch,
+        )
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(c["net.fc5.weight"], a["net.fc5.weight"])  # the resumed run did train on
+
+
 def test_fit_false_with_nothing_to_load_is_an_error(tmp_path):
     with pytest.raises(
         UserInputError, match="fit=false with nothing to load: the net would be tested at its random initialisation"

@@ -190,8 +190,9 @@ class TensorBatches:
     and each rank takes its own strided share of it (so ranks see distinct data). With
     current_epoch (the trainer's counter), each epoch asks it when it starts: a resumed run's
     loader is built before the counter is restored, so a count fixed then would replay the
-    shuffle from epoch 0. Without it, epochs count up from 0. With random_shift N, each image of a
-    batch is moved by its own random whole-pixel shift in [-N, N] along each axis (augmentation).
+    shuffle from epoch 0. Without it, epochs count up from 0. With resume_at (the batches of the
+    epoch a run resumed mid-epoch has already trained), the epoch starts after them. With random_shift
+    N, each image of a batch is moved by its own random whole-pixel shift in [-N, N] along each axis.
     """
 
     def __init__(
@@ -205,6 +206,7 @@ class TensorBatches:
         world_size=1,
         drop_last=False,
         current_epoch: Callable[[], int] | None = None,
+        resume_at: Callable[[], int] | None = None,
         mean: float = MNIST_MEAN,
         std: float = MNIST_STD,
         random_shift: int = 0,
@@ -214,7 +216,7 @@ class TensorBatches:
         self.mean, self.std = mean, std
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.epoch, self.current_epoch = 0, current_epoch
+        self.epoch, self.current_epoch, self.resume_at = 0, current_epoch, resume_at
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
@@ -233,10 +235,11 @@ class TensorBatches:
     def __iter__(self):
         if self.current_epoch is not None:
             self.epoch = self.current_epoch()
+        start = self.resume_at() if self.resume_at is not None else 0
         idx = self._indices()
         shifts = self._shifts(len(idx)) if self.random_shift else None
         self.epoch += 1
-        for b in range(len(self)):
+        for b in range(start, len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
             images = self.images[sel]
             if shifts is not None:
@@ -326,10 +329,18 @@ class MNISTDataModule(L.LightningDataModule):
             world_size=world,
             drop_last=shuffle,
             current_epoch=(lambda: self.trainer.current_epoch) if self.trainer else None,
+            resume_at=self._trained_in_resumed_epoch if self.trainer and shuffle else None,
             mean=self.spec.mean,
             std=self.spec.std,
             random_shift=self.random_shift if shuffle else 0,  # training batches only
         )
+
+    def _trained_in_resumed_epoch(self) -> int:
+        """The batches of the current epoch a run resumed mid-epoch has trained (else 0): Lightning restores
+        its loop's progress but not a plain loader's position, and would train the epoch's first batches again."""
+        fit_loop = self.trainer.fit_loop
+        fit_loop.update_restart_stage()  # from the restored progress (Lightning does it again after the loader starts)
+        return fit_loop.epoch_loop.batch_progress.current.processed if fit_loop.restarted_mid_epoch else 0
 
     def train_dataloader(self):
         batches = self._batches("train", shuffle=True)
