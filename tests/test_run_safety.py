@@ -235,6 +235,27 @@ def test_a_damaged_file_is_refused_where_torch_load_would_read_other_weights(tmp
         read_checkpoint(path)
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB file system (a tmpfs: needs root, else the test is skipped), unmounted afterwards."""
+    disk = tmp_path / "small_disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs needs root: {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(small_disk, one_thread):
+    # the full-width net's checkpoint (3.1 MB with its optimizer state) does not fit
+    overrides = [*TINY, "model.widths=[32,64,128,128]", "trainer.limit_train_batches=4"]
+    with pytest.raises(UserInputError, match=r"^\S+/checkpoints/epoch_000.ckpt: no space left on its device;"):
+        train(compose_cfg("train", overrides, small_disk / "run"))
+    assert list((small_disk / "run" / "checkpoints").iterdir()) == []  # no truncated file, no temporary one
+
+
 def test_debug_runs_are_marked_and_left_out_of_the_tables(tmp_path, one_thread):
     run_dir = tmp_path / "fdr"
     metrics = train(compose_cfg("train", ["debug=fdr", "model.widths=[4,8,8,8]", "data.eval_batch_size=200"], run_dir))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import os
 import shutil
@@ -127,18 +128,24 @@ def check_not_a_training_run(run_dir: Path, config: DictConfig) -> None:
         )
 
 
-def atomic_write(path: str | Path, content: str | Callable[[Path], object]) -> None:
+def atomic_write(path: str | Path, content: str | bytes | Callable[[Path], object]) -> None:
     """Write path whole or not at all: the text, or `content(tmp)` (e.g. a torch.save), goes to a temporary
     file in the same dir, which then replaces path in one step (os.replace); a crash or kill mid-write leaves
-    the previous file, never a truncated one that looks finished."""
+    the previous file, never a truncated one that looks finished; a full disk is one UserInputError line."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         if isinstance(content, str):
             tmp.write_text(content)
+        elif isinstance(content, bytes):
+            tmp.write_bytes(content)
         else:
             content(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise UserInputError(f"{path}: no space left on its device; free some, or pick another hydra.run.dir") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -18,7 +18,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from convdissect.callbacks.run_safety import RunInterrupted, SaveOnSignal, StoreConfig, check_same_config, leaves
+from convdissect.callbacks.run_safety import (
+    AtomicCheckpointIO,
+    RunInterrupted,
+    SaveOnSignal,
+    StoreConfig,
+    check_same_config,
+    leaves,
+    saved_bytes,
+)
 from convdissect.config import check_config, instantiate, set_threads
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate, finite_test_metrics
@@ -231,7 +239,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> L.Trainer:
     callbacks.append(
         SaveOnSignal(Path(checkpoint_dirs[0] if checkpoint_dirs else out_dir / "checkpoints") / "last.ckpt")
     )
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
 
 def fit_net(cfg: DictConfig, trainer: L.Trainer, module: LitClassifier, datamodule) -> dict:
@@ -276,7 +284,7 @@ def test_net(trainer: L.Trainer, stopper: SaveOnSignal, module: LitClassifier, d
 def write_outputs(cfg: DictConfig, trainer: L.Trainer, module: LitClassifier, metrics: dict, out_dir: Path) -> None:
     """model_state.pt (its sha256 in metrics), metrics.json last (a finished run), the loggers' hparams."""
     state = module.net.state_dict()
-    atomic_write(out_dir / "model_state.pt", lambda tmp: torch.save(state, tmp))
+    atomic_write(out_dir / "model_state.pt", saved_bytes(state))
     metrics[STATE_HASH_KEY] = file_sha256(out_dir / "model_state.pt")
     atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     # Lightning writes these at step 0: val/acc stays out, so its curve keeps only its epochs.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import signal
 import threading
@@ -10,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from convdissect.errors import UserInputError
@@ -130,3 +133,22 @@ class SaveOnSignal(L.Callback):
         self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.ckpt_path, trainer.save_checkpoint)  # a second signal or a kill mid-save keeps the old one
         raise RunInterrupted(self.signum, self.ckpt_path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoints written as our other outputs are (runs.atomic_write: a temporary file in the
+    checkpoint's own dir, then renamed): Lightning's own writes it in the system's temporary dir and copies
+    it over, which on a full disk leaves a truncated checkpoint and a traceback."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, saved_bytes(checkpoint))
+
+
+def saved_bytes(obj) -> bytes:
+    """torch.save's bytes, made in memory: written by Python's own file writes, a full disk is then an
+    OSError that atomic_write reports in one line (torch.save's writer raises a bare RuntimeError)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
