@@ -16,6 +16,7 @@ from convdissect.analysis.traced import trace
 from convdissect.analysis.traced_measures import measure_layers
 from convdissect.api import dissect_net
 from convdissect.data.mnist import MNISTDataModule
+from convdissect.data.probes import stroke_images
 from convdissect.dissect.any_net import OMEGA_SQUARED as OMEGA
 from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
@@ -111,6 +112,8 @@ def test_any_net_is_dissected_from_its_run_dir_with_a_report(runs, name, tmp_pat
     assert all(c["verdict"].startswith("not applicable") for c in claims["article_claims"].values())
     page = Page((tmp_path / "report.html").read_text())
     assert page.sections[1:] == layers and f"{layers[0]}_kernels.png" in page.images
+    assert all(f"{layer}_superstimuli.png" in page.images for layer in layers)
+    assert set(torch.load(tmp_path / "superstimuli.pt")) == set(layers)
 
 
 # Each net's first conv and a later conv whose input channels are its source's channels (the
@@ -283,3 +286,42 @@ def test_omega_squared_of_a_planted_unit(responds_to, tmp_path, data_dir, one_th
     assert unit[f"{responds_to}_index"] > 0.9 and abs(unit[f"{other}_index"]) < 0.05
     medians = d.claims["position_pattern"]["2"]
     assert medians[responds_to] == unit[f"{responds_to}_index"] and set(medians["untrained"]) == set(OMEGA)
+
+
+def stroke_r2(image: torch.Tensor, angle_deg: float) -> float:
+    """R² of a raw image [1, 28, 28] fitted (least squares) as a sum of 1-pixel strokes at angle_deg, one at
+    every offset across the image: near 1 for stripes along that angle, near 0 across it."""
+    strokes = stroke_images(angle_deg, thickness=1.0, offset=torch.arange(-14.0, 15.0), raw=True).flatten(1).T
+    strokes = torch.cat([strokes, torch.ones(len(strokes), 1)], dim=1).double()
+    y = image.flatten().double()
+    fitted = strokes @ torch.linalg.lstsq(strokes, y[:, None]).solution
+    return float(1 - (y - fitted[:, 0]).square().sum() / (y - y.mean()).square().sum())
+
+
+def test_a_planted_line_units_superstimulus_is_made_of_strokes_along_its_line(tmp_path, data_dir, one_thread):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 5, padding=2),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(4, 6, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(24, 10),
+    )
+    with torch.no_grad():  # unit 1 a vertical line, unit 2 a horizontal one
+        for k, angle in enumerate((torch.pi / 2, 0.0)):
+            net[0].weight[k, 0] = line_kernels(torch.tensor(angle), 0.45, 0.0, 1.0, "line", 5)
+            net[0].bias[k] = 0.0
+    images, digits = MNISTDataModule(data_dir=data_dir).tensors("val", 100)
+    overrides = ["n_images=100", "fidelity.images=100", "report.enabled=false", "superstimulus.steps=64"]
+    d = dissect_net(net.eval(), images, digits, tmp_path, overrides=[*overrides, "threads=1"])
+    stimuli = torch.load(tmp_path / "superstimuli.pt")
+    assert list(stimuli) == ["0", "3", "7"] and [len(s) for s in stimuli.values()] == [4, 6, 10]
+    # its superstimulus: stripes along the unit's line (the objective is the mean over positions)
+    for k, (along, across) in enumerate(((90.0, 0.0), (0.0, 90.0))):
+        assert stroke_r2(stimuli["0"][k], along) > 0.2 > 0.1 > stroke_r2(stimuli["0"][k], across)
+    units = {u["name"]: u for u in d.labels["units"]}
+    assert units["0_1"]["superstimulus_objective"] > units["0_1"]["best_image_objective"]
+    assert all("superstimulus_objective" in u for u in units.values())
