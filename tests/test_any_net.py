@@ -2,13 +2,10 @@
 pruning's kept channels), measured through forward hooks, labelled, scored and reported. The nets
 are ones we did not write for the article: LeNet-5, the ResidualNet and the YAML nn.Sequential."""
 
-import itertools
 import json
 
 import pytest
 import torch
-import torch.nn.functional as F
-from omegaconf import OmegaConf, open_dict
 
 from convdissect.analysis.activations import record
 from convdissect.analysis.families import line_kernels
@@ -18,48 +15,28 @@ from convdissect.api import dissect_net
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.data.probes import stroke_images
 from convdissect.dissect.any_net import OMEGA_SQUARED as OMEGA
-from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
 from convdissect.models.zoo import LeNet5, ResidualNet
 from convdissect.pruning.rebuild import load_trained_net
-from convdissect.train import train
-from tests.helpers import REPORT_FAST, TINY, Page, compose_cfg
+from tests.helpers import (
+    REPORT_FAST,
+    Page,
+    centred_pearson,
+    compose_cfg,
+    dissect_zoo_run,
+    hand_conv_fidelity,
+    train_zoo_run,
+)
 
 LENET = "convdissect.models.zoo.LeNet5"
 RESIDUAL = "convdissect.models.zoo.ResidualNet"
-# 200 steps of tiny training: 100 before one pruning step, 100 retraining after it.
-QUICK = [o for o in TINY if not o.startswith("model.")] + [
-    "callbacks=pruning",
-    "trainer.max_epochs=2",
-    "trainer.limit_train_batches=100",
-    "callbacks.pruning.iterations=1",
-    "callbacks.pruning.pretrain_epochs=1",
-    "callbacks.pruning.calibration_size=200",
-    "callbacks.pruning.eval_size=400",
-]
 # Each net's model config and the target widths of its prunable layers.
 NETS = {
     "lenet": ({"_target_": LENET}, [4, 12, 60, 42]),
     "residual": ({"_target_": RESIDUAL}, [12]),
     "sequential": ("sequential", [12, 24]),
 }
-
-
-def train_run(out, name: str):
-    """A short real run of NETS[name] into out, its config saved as the Hydra app saves it: (out, metrics)."""
-    model, widths = NETS[name]
-    overrides = QUICK + [f"callbacks.pruning.target_widths=[{','.join(map(str, widths))}]"]
-    if isinstance(model, str):
-        overrides.append(f"model={model}")
-    cfg = compose_cfg("train", overrides, out)
-    if isinstance(model, dict):  # a class by its dotted path, in place of the model config
-        with open_dict(cfg):
-            cfg.model = OmegaConf.create(model)
-    metrics = train(cfg)
-    (out / ".hydra").mkdir()
-    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
-    return out, metrics
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +46,7 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)
     out = {}
     for name in NETS:
-        out[name] = train_run(tmp_path_factory.mktemp(name), name)
+        out[name] = train_zoo_run(tmp_path_factory.mktemp(name), *NETS[name])
     torch.set_num_threads(threads)
     return out
 
@@ -92,18 +69,11 @@ def test_an_unknown_state_dict_outside_a_run_dir_says_how_to_dissect_it(tmp_path
     assert "\n" not in str(err.value)
 
 
-def dissect_run(run_dir, out_dir, net=None, report: bool = True) -> dict:
-    """dissect.py's path on a run's model_state.pt (its config composed, the dissect function run), or
-    on `net` (the run's net, changed) in its place."""
-    overrides = [f"ckpt_path={run_dir / 'model_state.pt'}", *REPORT_FAST, "threads=1"]
-    return dissect(compose_cfg("dissect", overrides + ["report.enabled=false"] * (not report), out_dir), net)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NETS)
 def test_any_net_is_dissected_from_its_run_dir_with_a_report(runs, name, tmp_path):
     run_dir, metrics = runs[name]
-    labels = dissect_run(run_dir, tmp_path)
+    labels = dissect_zoo_run(run_dir, tmp_path)
     net, _ = load_trained_net(run_dir / "model_state.pt")
     layers = [n for n, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     assert labels["layers"] == layers and len(labels["units"]) == sum(labels["widths"])
@@ -145,7 +115,7 @@ def planted_net(run_dir, name: str, copied: int):
 def test_planted_truth_is_found(runs, name, tmp_path):
     run_dir, _ = runs[name]
     copied = 1
-    labels = dissect_run(run_dir, tmp_path, planted_net(run_dir, name, copied), report=False)
+    labels = dissect_zoo_run(run_dir, tmp_path, planted_net(run_dir, name, copied), report=False)
     first, later = PLANTED[name]
     units = {u["name"]: u for u in labels["units"]}
     line = units[f"{first}_1"]
@@ -162,21 +132,6 @@ def test_planted_truth_is_found(runs, name, tmp_path):
     assert claims["shuffled"] is not None and claims["untrained"] is not None
 
 
-def hand_conv_fidelity(layer, fit: tuple, scored: tuple, k: int, kept: torch.Tensor) -> float:
-    """Unit k rebuilt cell by cell from the weights `kept` [Cin, kh, kw] keeps, each other weight reading
-    its input's mean map over the fit images; Pearson r on the scored images of its ReLU'd output with the
-    real one after removing each cell's mean over the images."""
-    inputs, outputs = scored
-    mean = fit[0].mean(dim=0, keepdim=True).expand(len(inputs), -1, -1, -1)
-    simulated = torch.full_like(outputs[:, k], float(layer.bias[k]))
-    for j, a, b in itertools.product(*(range(n) for n in kept.shape)):
-        x = inputs[:, j : j + 1] if kept[j, a, b] else mean[:, j : j + 1]
-        w = torch.zeros_like(layer.weight[k : k + 1, :1])
-        w[0, 0, a, b] = layer.weight[k, j, a, b]
-        simulated += F.conv2d(x, w, stride=layer.stride, padding=layer.padding)[:, 0]
-    return centred_pearson(simulated.relu(), outputs[:, k].relu())
-
-
 def hand_linear_fidelity(layer, fit: torch.Tensor, scored: tuple, k: int, kept: list[int], blocks: int) -> float:
     """A Linear's unit k rebuilt from the blocks `kept` of its inputs, every other feature at its mean
     over the fit images, written out feature by feature; Pearson r of the ReLU'd outputs on the scored images."""
@@ -186,11 +141,6 @@ def hand_linear_fidelity(layer, fit: torch.Tensor, scored: tuple, k: int, kept: 
     for f in range(inputs.shape[1]):
         simulated += layer.weight[k, f] * (inputs[:, f] if f // size in kept else mean[f])
     return centred_pearson(simulated.relu(), outputs[:, k].relu())
-
-
-def centred_pearson(s: torch.Tensor, r: torch.Tensor) -> float:
-    s, r = s - s.mean(dim=0), r - r.mean(dim=0)
-    return float((s * r).sum() / (s.square().sum() * r.square().sum()).sqrt())
 
 
 @pytest.mark.slow

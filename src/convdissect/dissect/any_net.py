@@ -136,7 +136,7 @@ def describe(measured: list[LayerMeasures], tuning: OrientationTuning | None = N
             elif m.contributions is not None:
                 unit |= (burst_fields if t.is_conv else linear_fields)(m, k, patterns)
             else:
-                unit["label"] = "not measured (a grouped, dilated or non-zero-padded conv)"
+                unit["label"] = "not measured (a conv padded other than by zeros)"
             if m.position_pattern is not None:
                 unit |= omega_fields(m.position_pattern, k)
             if m.selectivity is not None:
