@@ -2,12 +2,14 @@
 the checkout, the report page's parser and the explainable HandNet's short run. Test files import
 from here (or use conftest's fixtures), never from one another."""
 
+import itertools
 import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -15,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from convdissect.analysis.contributions import blank_image
 from convdissect.config import CONFIG_DIR
 from convdissect.data.mnist import MNISTDataModule
+from convdissect.dissection import dissect
 from convdissect.handnet.net import HandNet
 from convdissect.train import train
 
@@ -84,6 +87,17 @@ REPORT_FAST = [
     "report.projection_points=120",
     "report.dissection_rows=4",
     *FAST_NULLS,
+]
+
+# A zoo net's short run (tests/test_any_net.py): 200 steps of tiny training: 100 before one pruning step, 100 retraining after it.
+ZOO_QUICK = [o for o in TINY if not o.startswith("model.")] + [
+    "callbacks=pruning",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=100",
+    "callbacks.pruning.iterations=1",
+    "callbacks.pruning.pretrain_epochs=1",
+    "callbacks.pruning.calibration_size=200",
+    "callbacks.pruning.eval_size=400",
 ]
 
 
@@ -195,3 +209,49 @@ def conductance_drivers(net, images: torch.Tensor, n_steps: int = 32) -> torch.T
         conductance = LayerConductance(unit, first).attribute(images, baselines=blank_image(images), n_steps=n_steps)
         rows.append(conductance.sum(dim=(0, 2, 3)).detach())
     return torch.stack(rows)
+
+
+def train_zoo_run(out, model, widths: list[int] | None = None):
+    """A short real run (ZOO_QUICK) of `model` (a model config's name, or a model node: a class by its
+    dotted path) pruned to `widths` (None: not pruned), its config saved as the Hydra app saves it: (out, metrics)."""
+    if widths is None:
+        overrides = [o for o in ZOO_QUICK if "pruning" not in o]
+    else:
+        overrides = ZOO_QUICK + [f"callbacks.pruning.target_widths=[{','.join(map(str, widths))}]"]
+    if isinstance(model, str):
+        overrides.append(f"model={model}")
+    cfg = compose_cfg("train", overrides, out)
+    if isinstance(model, dict):  # a class by its dotted path, in place of the model config
+        with open_dict(cfg):
+            cfg.model = OmegaConf.create(model)
+    metrics = train(cfg)
+    (out / ".hydra").mkdir()
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    return out, metrics
+
+
+def dissect_zoo_run(run_dir, out_dir, net=None, report: bool = True) -> dict:
+    """dissect.py's path on a run's model_state.pt (its config composed, the dissect function run), or
+    on `net` (the run's net, changed) in its place."""
+    overrides = [f"ckpt_path={run_dir / 'model_state.pt'}", *REPORT_FAST, "threads=1"]
+    return dissect(compose_cfg("dissect", overrides + ["report.enabled=false"] * (not report), out_dir), net)
+
+
+def hand_conv_fidelity(layer, fit: tuple, scored: tuple, k: int, kept: torch.Tensor) -> float:
+    """Unit k rebuilt cell by cell from the weights `kept` [Cin, kh, kw] keeps, each other weight reading
+    its input's mean map over the fit images (at the conv's dilated offsets); Pearson r on the scored images of its ReLU'd output with the
+    real one after removing each cell's mean over the images."""
+    inputs, outputs = scored
+    mean = fit[0].mean(dim=0, keepdim=True).expand(len(inputs), -1, -1, -1)
+    simulated = torch.full_like(outputs[:, k], float(layer.bias[k]))
+    for j, a, b in itertools.product(*(range(n) for n in kept.shape)):
+        x = inputs[:, j : j + 1] if kept[j, a, b] else mean[:, j : j + 1]
+        w = torch.zeros_like(layer.weight[k : k + 1, :1])
+        w[0, 0, a, b] = layer.weight[k, j, a, b]
+        simulated += F.conv2d(x, w, stride=layer.stride, padding=layer.padding, dilation=layer.dilation)[:, 0]
+    return centred_pearson(simulated.relu(), outputs[:, k].relu())
+
+
+def centred_pearson(s: torch.Tensor, r: torch.Tensor) -> float:
+    s, r = s - s.mean(dim=0), r - r.mean(dim=0)
+    return float((s * r).sum() / (s.square().sum() * r.square().sum()).sqrt())

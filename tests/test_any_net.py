@@ -2,13 +2,10 @@
 pruning's kept channels), measured through forward hooks, labelled, scored and reported. The nets
 are ones we did not write for the article: LeNet-5, the ResidualNet and the YAML nn.Sequential."""
 
-import itertools
 import json
 
 import pytest
 import torch
-import torch.nn.functional as F
-from omegaconf import OmegaConf, open_dict
 
 from convdissect.analysis.activations import record
 from convdissect.analysis.families import line_kernels
@@ -16,49 +13,30 @@ from convdissect.analysis.traced import trace
 from convdissect.analysis.traced_measures import measure_layers
 from convdissect.api import dissect_net
 from convdissect.data.mnist import MNISTDataModule
+from convdissect.data.probes import stroke_images
 from convdissect.dissect.any_net import OMEGA_SQUARED as OMEGA
-from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
 from convdissect.evaluate import evaluate
 from convdissect.models.zoo import LeNet5, ResidualNet
 from convdissect.pruning.rebuild import load_trained_net
-from convdissect.train import train
-from tests.helpers import REPORT_FAST, TINY, Page, compose_cfg
+from tests.helpers import (
+    REPORT_FAST,
+    Page,
+    centred_pearson,
+    compose_cfg,
+    dissect_zoo_run,
+    hand_conv_fidelity,
+    train_zoo_run,
+)
 
 LENET = "convdissect.models.zoo.LeNet5"
 RESIDUAL = "convdissect.models.zoo.ResidualNet"
-# 200 steps of tiny training: 100 before one pruning step, 100 retraining after it.
-QUICK = [o for o in TINY if not o.startswith("model.")] + [
-    "callbacks=pruning",
-    "trainer.max_epochs=2",
-    "trainer.limit_train_batches=100",
-    "callbacks.pruning.iterations=1",
-    "callbacks.pruning.pretrain_epochs=1",
-    "callbacks.pruning.calibration_size=200",
-    "callbacks.pruning.eval_size=400",
-]
 # Each net's model config and the target widths of its prunable layers.
 NETS = {
     "lenet": ({"_target_": LENET}, [4, 12, 60, 42]),
     "residual": ({"_target_": RESIDUAL}, [12]),
     "sequential": ("sequential", [12, 24]),
 }
-
-
-def train_run(out, name: str):
-    """A short real run of NETS[name] into out, its config saved as the Hydra app saves it: (out, metrics)."""
-    model, widths = NETS[name]
-    overrides = QUICK + [f"callbacks.pruning.target_widths=[{','.join(map(str, widths))}]"]
-    if isinstance(model, str):
-        overrides.append(f"model={model}")
-    cfg = compose_cfg("train", overrides, out)
-    if isinstance(model, dict):  # a class by its dotted path, in place of the model config
-        with open_dict(cfg):
-            cfg.model = OmegaConf.create(model)
-    metrics = train(cfg)
-    (out / ".hydra").mkdir()
-    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
-    return out, metrics
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +46,7 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)
     out = {}
     for name in NETS:
-        out[name] = train_run(tmp_path_factory.mktemp(name), name)
+        out[name] = train_zoo_run(tmp_path_factory.mktemp(name), *NETS[name])
     torch.set_num_threads(threads)
     return out
 
@@ -91,18 +69,11 @@ def test_an_unknown_state_dict_outside_a_run_dir_says_how_to_dissect_it(tmp_path
     assert "\n" not in str(err.value)
 
 
-def dissect_run(run_dir, out_dir, net=None, report: bool = True) -> dict:
-    """dissect.py's path on a run's model_state.pt (its config composed, the dissect function run), or
-    on `net` (the run's net, changed) in its place."""
-    overrides = [f"ckpt_path={run_dir / 'model_state.pt'}", *REPORT_FAST, "threads=1"]
-    return dissect(compose_cfg("dissect", overrides + ["report.enabled=false"] * (not report), out_dir), net)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NETS)
 def test_any_net_is_dissected_from_its_run_dir_with_a_report(runs, name, tmp_path):
     run_dir, metrics = runs[name]
-    labels = dissect_run(run_dir, tmp_path)
+    labels = dissect_zoo_run(run_dir, tmp_path)
     net, _ = load_trained_net(run_dir / "model_state.pt")
     layers = [n for n, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     assert labels["layers"] == layers and len(labels["units"]) == sum(labels["widths"])
@@ -111,6 +82,8 @@ def test_any_net_is_dissected_from_its_run_dir_with_a_report(runs, name, tmp_pat
     assert all(c["verdict"].startswith("not applicable") for c in claims["article_claims"].values())
     page = Page((tmp_path / "report.html").read_text())
     assert page.sections[1:] == layers and f"{layers[0]}_kernels.png" in page.images
+    assert all(f"{layer}_superstimuli.png" in page.images for layer in layers)
+    assert set(torch.load(tmp_path / "superstimuli.pt")) == set(layers)
 
 
 # Each net's first conv and a later conv whose input channels are its source's channels (the
@@ -142,7 +115,7 @@ def planted_net(run_dir, name: str, copied: int):
 def test_planted_truth_is_found(runs, name, tmp_path):
     run_dir, _ = runs[name]
     copied = 1
-    labels = dissect_run(run_dir, tmp_path, planted_net(run_dir, name, copied), report=False)
+    labels = dissect_zoo_run(run_dir, tmp_path, planted_net(run_dir, name, copied), report=False)
     first, later = PLANTED[name]
     units = {u["name"]: u for u in labels["units"]}
     line = units[f"{first}_1"]
@@ -159,21 +132,6 @@ def test_planted_truth_is_found(runs, name, tmp_path):
     assert claims["shuffled"] is not None and claims["untrained"] is not None
 
 
-def hand_conv_fidelity(layer, fit: tuple, scored: tuple, k: int, kept: torch.Tensor) -> float:
-    """Unit k rebuilt cell by cell from the weights `kept` [Cin, kh, kw] keeps, each other weight reading
-    its input's mean map over the fit images; Pearson r on the scored images of its ReLU'd output with the
-    real one after removing each cell's mean over the images."""
-    inputs, outputs = scored
-    mean = fit[0].mean(dim=0, keepdim=True).expand(len(inputs), -1, -1, -1)
-    simulated = torch.full_like(outputs[:, k], float(layer.bias[k]))
-    for j, a, b in itertools.product(*(range(n) for n in kept.shape)):
-        x = inputs[:, j : j + 1] if kept[j, a, b] else mean[:, j : j + 1]
-        w = torch.zeros_like(layer.weight[k : k + 1, :1])
-        w[0, 0, a, b] = layer.weight[k, j, a, b]
-        simulated += F.conv2d(x, w, stride=layer.stride, padding=layer.padding)[:, 0]
-    return centred_pearson(simulated.relu(), outputs[:, k].relu())
-
-
 def hand_linear_fidelity(layer, fit: torch.Tensor, scored: tuple, k: int, kept: list[int], blocks: int) -> float:
     """A Linear's unit k rebuilt from the blocks `kept` of its inputs, every other feature at its mean
     over the fit images, written out feature by feature; Pearson r of the ReLU'd outputs on the scored images."""
@@ -183,11 +141,6 @@ def hand_linear_fidelity(layer, fit: torch.Tensor, scored: tuple, k: int, kept: 
     for f in range(inputs.shape[1]):
         simulated += layer.weight[k, f] * (inputs[:, f] if f // size in kept else mean[f])
     return centred_pearson(simulated.relu(), outputs[:, k].relu())
-
-
-def centred_pearson(s: torch.Tensor, r: torch.Tensor) -> float:
-    s, r = s - s.mean(dim=0), r - r.mean(dim=0)
-    return float((s * r).sum() / (s.square().sum() * r.square().sum()).sqrt())
 
 
 @pytest.mark.slow
@@ -283,3 +236,42 @@ def test_omega_squared_of_a_planted_unit(responds_to, tmp_path, data_dir, one_th
     assert unit[f"{responds_to}_index"] > 0.9 and abs(unit[f"{other}_index"]) < 0.05
     medians = d.claims["position_pattern"]["2"]
     assert medians[responds_to] == unit[f"{responds_to}_index"] and set(medians["untrained"]) == set(OMEGA)
+
+
+def stroke_r2(image: torch.Tensor, angle_deg: float) -> float:
+    """R² of a raw image [1, 28, 28] fitted (least squares) as a sum of 1-pixel strokes at angle_deg, one at
+    every offset across the image: near 1 for stripes along that angle, near 0 across it."""
+    strokes = stroke_images(angle_deg, thickness=1.0, offset=torch.arange(-14.0, 15.0), raw=True).flatten(1).T
+    strokes = torch.cat([strokes, torch.ones(len(strokes), 1)], dim=1).double()
+    y = image.flatten().double()
+    fitted = strokes @ torch.linalg.lstsq(strokes, y[:, None]).solution
+    return float(1 - (y - fitted[:, 0]).square().sum() / (y - y.mean()).square().sum())
+
+
+def test_a_planted_line_units_superstimulus_is_made_of_strokes_along_its_line(tmp_path, data_dir, one_thread):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 5, padding=2),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(4, 6, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(24, 10),
+    )
+    with torch.no_grad():  # unit 1 a vertical line, unit 2 a horizontal one
+        for k, angle in enumerate((torch.pi / 2, 0.0)):
+            net[0].weight[k, 0] = line_kernels(torch.tensor(angle), 0.45, 0.0, 1.0, "line", 5)
+            net[0].bias[k] = 0.0
+    images, digits = MNISTDataModule(data_dir=data_dir).tensors("val", 100)
+    overrides = ["n_images=100", "fidelity.images=100", "report.enabled=false", "superstimulus.steps=64"]
+    d = dissect_net(net.eval(), images, digits, tmp_path, overrides=[*overrides, "threads=1"])
+    stimuli = torch.load(tmp_path / "superstimuli.pt")
+    assert list(stimuli) == ["0", "3", "7"] and [len(s) for s in stimuli.values()] == [4, 6, 10]
+    # its superstimulus: stripes along the unit's line (the objective is the mean over positions)
+    for k, (along, across) in enumerate(((90.0, 0.0), (0.0, 90.0))):
+        assert stroke_r2(stimuli["0"][k], along) > 0.2 > 0.1 > stroke_r2(stimuli["0"][k], across)
+    units = {u["name"]: u for u in d.labels["units"]}
+    assert units["0_1"]["superstimulus_objective"] > units["0_1"]["best_image_objective"]
+    assert all("superstimulus_objective" in u for u in units.values())

@@ -8,6 +8,7 @@ explained from its parameters instead (also written as explanation.md).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -40,7 +41,7 @@ from convdissect.models.checkpoint import pruned_channels, training_run_dir
 from convdissect.models.simple_convnet import SimpleConvNet, equivalent_simple_convnet
 from convdissect.pruning.rebuild import load_trained_net
 from convdissect.report import figures
-from convdissect.report.assemble import handnet_figures, raw, report_figures
+from convdissect.report.assemble import handnet_figures, raw, report_figures, superstimulus_figure
 from convdissect.report.choices import check_report_settings, labels_markdown
 from convdissect.report.figure import ReportFigure
 from convdissect.report.page import write_report
@@ -69,6 +70,8 @@ DISSECTION_OUTPUTS = (
 
 
 MIN_PROJECTION_POINTS = 10
+# An any net's report shows the superstimuli of each layer's first units (all are in superstimuli.pt).
+SHOWN_SUPERSTIMULI = 32
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -93,17 +96,23 @@ def check_settings(cfg: DictConfig) -> None:
     check_claim_settings(cfg.claims)
 
 
-def compute_superstimuli(net, cfg: DictConfig) -> dict[str, Superstimuli]:
-    """{layer: Superstimuli} for every layer of cfg.superstimulus.layers the net has (conv2 is
-    skipped for the no_conv2 variant and a HandNet; fc5 is a HandNet's readout)."""
-    s = cfg.superstimulus
+def configured_superstimulus_layers(net, cfg: DictConfig) -> dict[str, str]:
+    """{layer: layer} of cfg.superstimulus.layers the net has (conv2 is skipped for the no_conv2 variant
+    and a HandNet; fc5 is a HandNet's readout)."""
     modules = dict(net.named_modules())
+    layers = [layer if layer in modules else ALIASES.get(layer) for layer in cfg.superstimulus.layers]
+    return {layer: layer for layer in layers if layer in modules}
+
+
+def compute_superstimuli(net, cfg: DictConfig, layers: dict[str, str]) -> dict[str, Superstimuli]:
+    """{layer: Superstimuli} of every unit of each labelled layer, its objective read by a forward hook
+    on the module `layers` maps it to (an any net's conv: its folded BatchNorm, when folded)."""
+    s = cfg.superstimulus
     transforms = standard_transforms(s.jitter, s.scale, s.rotate_deg)
-    layers = [layer if layer in modules else ALIASES.get(layer) for layer in s.layers]
     return {
         layer: superstimuli(
             net,
-            layer,
+            module,
             steps=s.steps,
             lr=s.lr,
             param=s.param,
@@ -113,8 +122,7 @@ def compute_superstimuli(net, cfg: DictConfig) -> dict[str, Superstimuli]:
             seed=cfg.seed,
             progress=True,
         )
-        for layer in layers
-        if layer in modules
+        for layer, module in layers.items()
     }
 
 
@@ -129,6 +137,9 @@ class SimpleConvNetDissection:
     def check(self) -> None:
         if self.cfg.report.enabled:
             check_report_settings(self.cfg.report, self.net, self.digits)
+
+    def superstimulus_layers(self) -> dict[str, str]:
+        return configured_superstimulus_layers(self.net, self.cfg)
 
     def label(self, out_dir: Path) -> dict:
         """Measure the net and its nulls; write labels.json and claims.json; return the labels."""
@@ -184,6 +195,9 @@ class HandNetDissection:
     def check(self) -> None:
         pass  # the report's channel choices pick dissections, which a HandNet does not get
 
+    def superstimulus_layers(self) -> dict[str, str]:
+        return configured_superstimulus_layers(self.net, self.cfg)
+
     def label(self, out_dir: Path) -> dict:
         labels = explain(self.net)
         (out_dir / "explanation.md").write_text(explanation_markdown(labels))
@@ -237,13 +251,19 @@ class AnyConvNetDissection:
         add_original_names(labels, pruned_channels(self.cfg.ckpt_path))
         return labels
 
+    def superstimulus_layers(self) -> dict[str, str]:
+        """Every traced layer, read where its labels read it (a conv's folded BatchNorm)."""
+        return {m.name: m.traced.folded or m.name for m in self.measured}
+
     def _first_conv_tuning(self) -> OrientationTuning | None:
         """The first conv's responses (its BatchNorm's, when folded) to line strokes at every orientation."""
         first = next((m.traced for m in self.measured if m.fit is not None), None)
         return None if first is None else orientation_tuning(self.net, [first.folded or first.name])
 
     def figures(self, labels: dict, stimuli: dict, writer: SummaryWriter, out_dir: Path):
-        return self._kernel_figures(labels), [], " Measured through forward hooks (docs/own_net.md)."
+        superstimuli = (superstimulus_figure(m.name, stimuli, m.name, SHOWN_SUPERSTIMULI) for m in self.measured)
+        kernels = self._kernel_figures(labels)
+        return itertools.chain(kernels, *superstimuli), [], " Measured through forward hooks (docs/own_net.md)."
 
     def _kernel_figures(self, labels: dict):
         """The first conv's kernels, each beside its fitted line/edge pattern."""
@@ -328,7 +348,7 @@ def dissect(
     log.info("%d units measured and labelled in %.1f s", len(labels["units"]), time.perf_counter() - start)
 
     start = time.perf_counter()
-    found = compute_superstimuli(net, cfg) if cfg.superstimulus.enabled else {}
+    found = compute_superstimuli(net, cfg, strategy.superstimulus_layers()) if cfg.superstimulus.enabled else {}
     stimuli = {layer: s.images.cpu() for layer, s in found.items()}
     if stimuli:
         torch.save(stimuli, out_dir / "superstimuli.pt")
@@ -356,7 +376,7 @@ def add_superstimulus_strength(labels: dict, net, found: dict[str, Superstimuli]
     maximum scores above every image (labels.json's `superstimulus_objective`, `best_image_objective`)."""
     units = {u["name"]: u for u in labels["units"]}
     for layer, s in found.items():
-        best = best_image_objective(net, layer, images.to(next(net.parameters()).device)).cpu()
+        best = best_image_objective(net, s.layer, images.to(next(net.parameters()).device)).cpu()
         for channel, value in zip(s.channels, s.activation.tolist()):
             unit = units.get(unit_name(layer, channel + 1))
             if unit is not None:

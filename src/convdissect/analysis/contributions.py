@@ -156,7 +156,7 @@ def masked_contributions(
     """SignedContributions of a conv from its inputs [N, Cin, H, W] and outputs [N, Cout, H', W'] on the
     images and on the blank image ([1, ...]), the surviving cells being mask's ones [N, Cout, H', W']."""
     grad = torch.nn.grad.conv2d_weight(
-        seen - seen_blank, conv.weight.shape, mask, stride=conv.stride, padding=conv.padding
+        seen - seen_blank, conv.weight.shape, mask, stride=conv.stride, padding=conv.padding, dilation=conv.dilation
     )
     n = len(seen)
     cells = grad * conv.weight.detach() / n

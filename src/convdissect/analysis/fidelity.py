@@ -113,19 +113,23 @@ def term_outputs(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tensor:
     inputs = per_input.argmax(dim=1)  # [T] each term's input, where it has one
     if one_input and ((per_input == 0) | (per_input == w[0].numel())).all():
         # each term one whole input: one depthwise conv, Cin times cheaper
-        a = F.conv2d(centred, w[:, None], padding=conv.padding, stride=conv.stride, groups=len(w))
+        a = F.conv2d(
+            centred, w[:, None], padding=conv.padding, stride=conv.stride, dilation=conv.dilation, groups=len(w)
+        )
         return a[:, inputs]
     if one_input:  # each term cells of one input (a burst): a grouped conv over its input, Cin times cheaper
         kernels = (masks * w)[torch.arange(len(masks)), inputs][:, None]  # [T, 1, kh, kw]
-        return F.conv2d(centred[:, inputs], kernels, padding=conv.padding, stride=conv.stride, groups=len(masks))
-    return F.conv2d(centred, masks * w, padding=conv.padding, stride=conv.stride)
+        geometry = {"padding": conv.padding, "stride": conv.stride, "dilation": conv.dilation}
+        return F.conv2d(centred[:, inputs], kernels, groups=len(masks), **geometry)
+    return F.conv2d(centred, masks * w, padding=conv.padding, stride=conv.stride, dilation=conv.dilation)
 
 
 def reference_output(rec: LayerRecord, k: int) -> torch.Tensor:
     """Unit k's pre-activation [1 or N, 1, H', W'] when every input is at its reference (the empty label)."""
     conv = rec.conv
     bias = conv.bias.detach()[k : k + 1] if conv.bias is not None else None
-    return F.conv2d(rec.reference, conv.weight.detach()[k : k + 1], bias, padding=conv.padding, stride=conv.stride)
+    weight = conv.weight.detach()[k : k + 1]
+    return F.conv2d(rec.reference, weight, bias, padding=conv.padding, stride=conv.stride, dilation=conv.dilation)
 
 
 def prefix_fidelity(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tensor:

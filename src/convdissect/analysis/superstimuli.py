@@ -261,6 +261,8 @@ def _out_channels(module: nn.Module) -> int:
         return module.out_channels
     if isinstance(module, nn.Linear):
         return module.out_features
+    if isinstance(module, nn.BatchNorm2d):  # an any net's conv, read where its BatchNorm is folded in
+        return module.num_features
     if isinstance(
         getattr(module, "bias", None), nn.Parameter
     ):  # HandNet's LineConv2d, BurstConv2d: a bias per out channel

@@ -3,6 +3,8 @@ Conv2d and Linear, in the order the net calls them (docs/own_net.md).
 
 - A BatchNorm2d whose input is a conv's output is folded into that conv (eval mode: its running
   statistics), so the layer's output is the BatchNorm's;
+- a grouped conv (depthwise included) is measured as its ungrouped equivalent: each unit's grids on the
+  inputs outside its group are zeros, so its drivers and labels name only its group's inputs;
 - the layer's nonlinearity is the activation module the net applies next to that output; where the
   net does something else (a functional relu, an add), it is unknown and measured as a ReLU;
 - each input channel is named by where it comes from (ChannelNames watches every op of the forward
@@ -44,7 +46,7 @@ class TracedLayer:
     """One Conv2d or Linear of a net, as the net ran it on the images."""
 
     name: str  # its module path, e.g. "features.3"
-    layer: nn.Module  # the Conv2d or Linear, with a BatchNorm2d reading its output folded in
+    layer: nn.Module  # the Conv2d (ungrouped) or Linear, with a BatchNorm2d reading its output folded in
     inputs: torch.Tensor  # [N, Cin, H, W] or [N, F]
     outputs: torch.Tensor  # [N, Cout, H', W'] or [N, Cout]: the (folded) layer's pre-activations
     blank_inputs: torch.Tensor  # [1, ...] its inputs on the blank image
@@ -74,6 +76,20 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     folded.weight = nn.Parameter(conv.weight.detach() * scale[:, None, None, None], requires_grad=False)
     folded.bias = nn.Parameter((bias - bn.running_mean) * scale + shift, requires_grad=False)
     return folded
+
+
+def ungrouped(conv: nn.Conv2d) -> nn.Conv2d:
+    """A copy of a grouped conv computing the same with groups=1: unit k's grids on the input channels
+    outside its group are zeros."""
+    dense = copy.deepcopy(conv).eval()
+    cout, per_group = conv.out_channels, conv.in_channels // conv.groups
+    weight = torch.zeros(cout, conv.in_channels, *conv.kernel_size, dtype=conv.weight.dtype)
+    group = torch.arange(cout) // (cout // conv.groups)  # each unit's group
+    inputs = group[:, None] * per_group + torch.arange(per_group)  # [Cout, per_group] the channels it reads
+    weight[torch.arange(cout)[:, None], inputs] = conv.weight.detach()
+    dense.in_channels, dense.groups = conv.in_channels, 1
+    dense.weight = nn.Parameter(weight.to(conv.weight.device), requires_grad=False)
+    return dense
 
 
 # Functions whose output keeps its input's channels (a flatten: one block of positions per channel).
@@ -183,6 +199,9 @@ def trace(net: nn.Module, images: torch.Tensor) -> list[TracedLayer]:
         elif isinstance(module, ACTIVATIONS) and id(x) in made_by and made_by[id(x)].activation is None:
             made_by[id(x)].activation = module
     traced = list(layers.values())
+    for t in traced:
+        if t.is_conv and t.layer.groups > 1:
+            t.layer = ungrouped(t.layer)
     for i, t in enumerate(traced):
         if not t.is_conv and t.input_channels is None:
             t.input_channels = flattened_source(traced[:i], t.layer.in_features)

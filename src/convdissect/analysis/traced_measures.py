@@ -70,9 +70,9 @@ def first_conv(t: TracedLayer) -> bool:
 
 
 def measurable_conv(t: TracedLayer) -> bool:
-    """A conv whose contributions the measures compute: ungrouped, undilated, zero padded."""
-    conv = t.layer
-    return conv.groups == 1 and conv.dilation == (1, 1) and conv.padding_mode == "zeros" and conv.padding != "same"
+    """A conv whose contributions the measures compute: zero padded by a number of cells (grouped ones
+    are traced ungrouped; a dilated one's grids are read at its dilated offsets)."""
+    return t.layer.padding_mode == "zeros" and t.layer.padding != "same"
 
 
 def conv_contributions(t: TracedLayer) -> SignedContributions:

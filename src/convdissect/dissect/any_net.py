@@ -2,8 +2,8 @@
 Conv2d and Linear labelled from its measures (analysis.traced_measures), each label a program whose
 fidelity is reported per layer next to two nulls (the other units' labels run on each unit; an
 untrained copy of the net labelled and scored the same way), later convs' omega² of position and
-pattern, and a report of the labels per layer and the first conv's
-kernels beside their fitted patterns (convdissect.dissection draws it). docs/own_net.md says what each number is.
+pattern, and a report of the labels and superstimuli per layer and the first conv's kernels beside their
+fitted patterns (convdissect.dissection draws it). docs/own_net.md says what each number is.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def describe(measured: list[LayerMeasures], tuning: OrientationTuning | None = N
             elif m.contributions is not None:
                 unit |= (burst_fields if t.is_conv else linear_fields)(m, k, patterns)
             else:
-                unit["label"] = "not measured (a grouped, dilated or non-zero-padded conv)"
+                unit["label"] = "not measured (a conv padded other than by zeros)"
             if m.position_pattern is not None:
                 unit |= omega_fields(m.position_pattern, k)
             if m.selectivity is not None:

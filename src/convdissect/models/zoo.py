@@ -1,6 +1,7 @@
 """Small nets of other shapes than the SimpleConvNet, built through Hydra like any user's net
 (model._target_=convdissect.models.zoo.SmallConvNet): plain logits, BatchNorm, a residual add, a
-concatenation and a flatten of a 2x2 map into a Linear; LeNet-5's tanh and average pooling."""
+concatenation and a flatten of a 2x2 map into a Linear; LeNet-5's tanh and average pooling; a
+depthwise-separable net with a dilated conv."""
 
 from __future__ import annotations
 
@@ -77,3 +78,21 @@ class LeNet5(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+class SeparableNet(nn.Module):
+    """conv 3x3 -> relu -> depthwise 3x3 (groups = width) -> relu -> pointwise 1x1 -> relu -> 2x2 max pool
+    -> dilated conv 3x3 (dilation 2) -> relu -> global average -> linear (logits)."""
+
+    def __init__(self, width: int = 8, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(1, width, 3, padding=1)
+        self.depthwise = nn.Conv2d(width, width, 3, padding=1, groups=width)
+        self.pointwise = nn.Conv2d(width, 2 * width, 1)
+        self.dilated = nn.Conv2d(2 * width, 2 * width, 3, padding=2, dilation=2)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.depthwise(F.relu(self.stem(x))))
+        x = F.max_pool2d(F.relu(self.pointwise(x)), 2)
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.dilated(x)), 1).flatten(1))

@@ -68,7 +68,7 @@ def report_figures(
     )
 
     if "conv2" in m.layers:
-        yield from _superstimulus_figure("conv2", stimuli)
+        yield from superstimulus_figure("conv2", stimuli)
         yield from _conv2_figures(net, m, images, digits, labels, units["conv2"], settings)
     yield from _conv3_figures(
         net,
@@ -82,7 +82,7 @@ def report_figures(
     )
     yield from _conv3_dissections(net, m, images, digits, labels, settings)
     yield untangle.report_figure(net, images, digits, m.position_pattern["conv3"])
-    yield from _superstimulus_figure("fc5", stimuli)
+    yield from superstimulus_figure("fc5", stimuli)
     yield from _projection_figures(projections, projected_digits)
 
 
@@ -187,7 +187,7 @@ def handnet_figures(
     yield from _conv3_figures(
         net, grids, "conv1", images, units["conv3"], stimuli, settings, position_pattern(net, "conv3")
     )
-    yield from _superstimulus_figure("readout", stimuli)
+    yield from superstimulus_figure("readout", stimuli)
 
 
 def _conv1_figures(
@@ -229,7 +229,7 @@ def _conv1_figures(
             "conv1 orientation tuning",
         ),
     )
-    yield from _superstimulus_figure("conv1", stimuli)
+    yield from superstimulus_figure("conv1", stimuli)
 
 
 def _conv1_activation_figures(net, images: torch.Tensor, digits: torch.Tensor, n_images: int, seed: int):
@@ -272,7 +272,7 @@ def _conv3_figures(
     pp: PositionPattern,
 ):
     """conv3's figures but the dissections, from its grids [C3, C_source, 5, 5]."""
-    yield from _superstimulus_figure("conv3", stimuli)
+    yield from superstimulus_figure("conv3", stimuli)
     yield (
         ReportFigure(
             "conv3",
@@ -305,19 +305,22 @@ def _conv3_figures(
     )
 
 
-def _superstimulus_figure(layer: str, stimuli: dict):
+def superstimulus_figure(layer: str, stimuli: dict, section: str | None = None, first: int | None = None):
+    """The layer's superstimuli in the page's `section` (default: the layer's, `fc` for the classes of
+    fc5 or a HandNet's readout), only its `first` units when given."""
     if layer not in stimuli:
         return
-    images = stimuli[layer]
-    if layer in ("fc5", "readout"):  # the classes (a HandNet's readout)
+    images = stimuli[layer][:first]
+    if section is None and layer in ("fc5", "readout"):  # the classes (a HandNet's readout)
         names = [f"{unit_name(layer, c + 1)}: digit {c}" for c in range(len(images))]
         section, what = "fc", f"every {layer} class (its log-softmax input)"
     else:
         names = [unit_name(layer, c + 1) for c in range(len(images))]
-        section, what = layer, f"every {layer} channel"
+        every = len(images) == len(stimuli[layer])
+        what = f"every {layer} channel" if every else f"each of the first {len(images)} {layer} units"
     yield (
         ReportFigure(
-            section,
+            section or layer,
             f"{layer}_superstimuli",
             f"{layer} superstimuli",
             f"The input that maximises {what}, by gradient ascent with jitter/scale/rotation and L2 + TV regularisation (raw, gray).",
