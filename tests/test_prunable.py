@@ -4,6 +4,7 @@ import torch
 
 from convdissect.models.prunable import producer_consumer_table, prunable_layers
 from convdissect.models.simple_convnet import SimpleConvNet
+from convdissect.models.zoo import SeparableNet
 
 VARIANTS = {
     "conv2": dict(widths=[6, 8, 10, 12], conv2=True),
@@ -28,3 +29,11 @@ def test_table_follows_the_forward_pass():
 
 def test_the_logits_layer_is_not_prunable():
     assert prunable_layers(make_net("conv2")) == ["conv1", "conv2", "conv3", "fc4"]
+
+
+def test_a_depthwise_conv_passes_its_inputs_channels_on_and_a_grouped_one_is_not_cut():
+    assert producer_consumer_table(SeparableNet()) == {"stem": "pointwise", "pointwise": "dilated", "dilated": "fc"}
+    grouped = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.Flatten(), torch.nn.Linear(576, 10)
+    )
+    assert producer_consumer_table(grouped) == {}  # the grouped conv's input is tied to it, its output never cut

@@ -1,7 +1,7 @@
 """A depthwise-separable net with a dilated conv (convdissect.models.zoo.SeparableNet), through the same
 steps as the other zoo nets (tests/test_any_net.py): trained, dissected from its run dir with a report,
-its grouped and dilated convs measured like any other conv; pruned by one step (an xfail: its run does
-not reload)."""
+its grouped and dilated convs measured like any other conv; pruned by one step (the depthwise conv
+cut with the stem whose channels it carries) and reloaded from its run."""
 
 import json
 
@@ -11,14 +11,13 @@ import torch
 from convdissect.analysis.traced import trace
 from convdissect.analysis.traced_measures import measure_layers
 from convdissect.data.mnist import MNISTDataModule
-from convdissect.errors import UserInputError
 from convdissect.pruning.rebuild import load_trained_net
 from tests.helpers import Page, dissect_zoo_run, hand_conv_fidelity, train_zoo_run
 
 SEPARABLE = {"_target_": "convdissect.models.zoo.SeparableNet"}
-# Cutting the depthwise conv cuts the stem with it (its channels are the depthwise conv's inputs): the stem
-# keeps its target of 8 and is cut to 6 through the depthwise conv.
-WIDTHS = [8, 6, 12, 12]
+# The prunable layers' target widths: stem (the depthwise conv, whose channels are the stem's, is cut with
+# it), pointwise, dilated.
+WIDTHS = [6, 12, 12]
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +31,6 @@ def run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    raises=UserInputError,
-    strict=True,
-    reason="Torch-Pruning 1.6.0 cuts the stem with the depthwise conv (rightly), but the pruning history keeps "
-    "the stem's 8 kept channels, so load_trained_net finds no step of the saved widths",
-)
 def test_the_pruned_separable_net_loads_from_its_run(tmp_path, one_thread):
     run_dir, metrics = train_zoo_run(tmp_path, SEPARABLE, WIDTHS)
     net, _ = load_trained_net(run_dir / "model_state.pt")

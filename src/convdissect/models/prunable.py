@@ -2,7 +2,9 @@
 traced graph (torch.fx), not written down per net: a producer (Conv2d / Linear) feeds a consumer
 (the next Conv2d / Linear) through channel-wise operations only (activations, pooling, flatten). The SimpleConvNet gives
 conv1 -> conv2 -> conv3 -> fc4 -> fc5, its no_conv2 variant conv1 -> conv3 -> fc4 -> fc5.
-A layer is prunable when it has a consumer; the last layer (the logits) is not.
+A layer is prunable when it has a consumer; the last layer (the logits) is not. A depthwise conv
+(groups = its channels) passes channel c on as c, so it is channel-wise here: cutting its input layer
+cuts it too; another grouped conv mixes channels within its groups and is never cut.
 """
 
 from __future__ import annotations
@@ -40,9 +42,13 @@ CHANNELWISE_FUNCTIONS = {
 CHANNELWISE_METHODS = {"relu", "tanh", "flatten"}
 
 
+def _depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and 1 < module.groups == module.in_channels == module.out_channels
+
+
 def _is_channelwise(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
-        return isinstance(modules[node.target], CHANNELWISE_MODULES)
+        return isinstance(modules[node.target], CHANNELWISE_MODULES) or _depthwise(modules[node.target])
     if node.op == "call_function":
         return node.target in CHANNELWISE_FUNCTIONS
     return node.op == "call_method" and node.target in CHANNELWISE_METHODS
@@ -56,13 +62,15 @@ def producer_consumer_table(net: nn.Module) -> dict[str, str]:
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], LAYER_TYPES):
             continue
+        if getattr(modules[node.target], "groups", 1) > 1:  # a grouped conv's channels are its input's
+            continue
         consumers, frontier = set(), list(node.users)
         while frontier:
             user = frontier.pop()
-            if user.op == "call_module" and isinstance(modules[user.target], LAYER_TYPES):
-                consumers.add(user.target)
-            elif _is_channelwise(user, modules):
+            if _is_channelwise(user, modules):
                 frontier.extend(user.users)
+            elif user.op == "call_module" and isinstance(modules[user.target], LAYER_TYPES):
+                consumers.add(user.target if getattr(modules[user.target], "groups", 1) == 1 else None)
             else:  # the output, or an op that mixes channels (softmax, add, cat): not prunable
                 consumers.add(None)
         if len(consumers) == 1 and None not in consumers:
