@@ -6,6 +6,10 @@
    the sha256 of model_state.pt (CPU, one thread: the same seed gives the same bits).
 2. start two runs in the same second with the default run dirs: each must get its own dir, with
    its own metrics.json and checkpoints.
+3. SIGTERM the same run mid-epoch: exit 143 and one line saying how to resume; resumed, it must equal
+   the uninterrupted run as in 1.
+4. resume with a changed seed: refused, exit 2, one `error:` line.
+5. a full disk (a 3 MB tmpfs; skipped without root): exit 2, one `error:` line, no partial checkpoint.
 
 python benchmarks/fault_check.py [--epoch K] [--out DIR]
 """
@@ -16,6 +20,7 @@ import argparse
 import hashlib
 import json
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -108,6 +113,54 @@ def check_kill_and_resume(out: Path, epoch: int) -> bool:
     return ok_kept and ok_hash
 
 
+def check_sigterm_and_resume(out: Path, epoch: int) -> bool:
+    full, stopped = out / "uninterrupted", out / "sigterm_and_resumed"
+    proc = train(PRUNE + [f"hydra.run.dir={stopped}"])
+    while not (stopped / "checkpoints" / f"epoch_{epoch:03d}.ckpt").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.2, 1.0))  # into the next epoch
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    last = err.strip().splitlines()[-1] if err.strip() else ""
+    ok_exit = report("SIGTERM: exit 143 and how to resume", proc.returncode == 143 and "ckpt_path=" in last, last)
+    ckpt = last.rsplit("ckpt_path=", 1)[-1]
+    finish(train(PRUNE + [f"hydra.run.dir={stopped}", f"ckpt_path={ckpt}"]), "the run resumed after SIGTERM")
+    ha, hb = sha256(full / "model_state.pt"), sha256(stopped / "model_state.pt")
+    ok_same = report(
+        "SIGTERM mid-epoch, resumed: model_state.pt sha256",
+        ha == hb and kept_channels(full) == kept_channels(stopped),
+        f"uninterrupted {ha[:16]}, resumed {hb[:16]}",
+    )
+    return ok_exit and ok_same
+
+
+def one_error_line(proc: subprocess.Popen) -> tuple[bool, str]:
+    _, err = proc.communicate(timeout=600)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    return proc.returncode == 2 and len(errors) == 1 and "Traceback" not in err, (errors or [""])[-1]
+
+
+def check_changed_config_refused(out: Path) -> bool:
+    ckpt = out / "uninterrupted" / "checkpoints" / "epoch_003.ckpt"
+    ok, line = one_error_line(train(PRUNE + ["seed=7", f"ckpt_path={ckpt}", f"hydra.run.dir={out / 'changed'}"]))
+    return report("resume with another seed refused", ok and "seed=0 (now 7)" in line, line)
+
+
+def check_full_disk(out: Path) -> bool:
+    disk = out / "small_disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True).returncode:
+        print("SKIP  full disk: mounting a tmpfs needs root", flush=True)
+        return True
+    try:  # the full-width net's checkpoint (3.1 MB) does not fit
+        run = disk / "run"
+        ok, line = one_error_line(train(TINY + ["model.widths=[32,64,128,128]", f"hydra.run.dir={run}"]))
+        partial = sorted(p.name for p in (run / "checkpoints").glob("*")) if (run / "checkpoints").exists() else []
+        return report("full disk: one line, no partial file", ok and "no space left" in line and not partial, line)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
 def check_same_second(out: Path) -> bool:
     log_dir = out / "same_second"
     procs = [train(TINY + [f"paths.log_dir={log_dir}", f"seed={seed}"]) for seed in (1, 2)]
@@ -138,7 +191,13 @@ def main() -> None:
         args.epoch if args.epoch is not None else random.randrange(0, 9)
     )  # prune_7iters: 10 epochs, epoch 9 is the last
     print(f"runs in {out}; killing after epoch {epoch}", flush=True)
-    results = [check_kill_and_resume(out, epoch), check_same_second(out)]
+    results = [
+        check_kill_and_resume(out, epoch),
+        check_same_second(out),
+        check_sigterm_and_resume(out, epoch),
+        check_changed_config_refused(out),
+        check_full_disk(out),
+    ]
     print("ALL PASS" if all(results) else "SOME FAILED", flush=True)
     sys.exit(0 if all(results) else 1)
 
