@@ -3,6 +3,7 @@ on real (tiny) runs. The other tables are tested beside what they read (test_res
 test_handnet_frontier, test_pruning, test_prune_article, test_untangle)."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -79,6 +80,22 @@ def test_the_result_files_cover_every_table_the_command_made():
     pages = {json.loads(path.read_text())["page"] for path in RESULT_FILES}
     assert pages == {"docs/results.md", "docs/pruning.md", "docs/handnet.md", "docs/article_method.md", "README.md"}
     assert len(RESULT_FILES) == 10
+
+
+# A number a reader quotes: a decimal, or an integer of 3 digits or more (with or without thousands commas).
+QUOTED_NUMBER = r"(?<![\w.])\d[\d,]*\.\d+|(?<![\w.])\d{1,3}(?:,\d{3})+|(?<![\w.\-])\d{3,}(?!\w)"
+
+
+def test_every_number_in_the_readmes_text_is_one_of_its_tables_or_a_stored_result():
+    lines = (CHECKOUT / "README.md").read_text().splitlines()
+    tables = "\n".join(line for line in lines if line.startswith("|"))
+    results = "\n".join(path.read_text() for path in RESULT_FILES)
+    text = [line for line in lines if not line.startswith(("|", "    "))]  # prose, not tables or commands
+    quoted = {number for line in text for number in re.findall(QUOTED_NUMBER, line)}
+    assert len(quoted) >= 10  # the README quotes its results
+    assert [
+        n for n in sorted(quoted) if not {n, n.replace(",", "")} & set(re.findall(r"[\d.,]+", tables + results))
+    ] == []
 
 
 def test_a_result_file_whose_row_is_short_is_one_error_line(tmp_path):
