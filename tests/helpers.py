@@ -237,10 +237,10 @@ def dissect_zoo_run(run_dir, out_dir, net=None, report: bool = True) -> dict:
     return dissect(compose_cfg("dissect", overrides + ["report.enabled=false"] * (not report), out_dir), net)
 
 
-def hand_conv_fidelity(layer, fit: tuple, scored: tuple, k: int, kept: torch.Tensor) -> float:
+def hand_conv_fidelity(layer, fit: tuple, scored: tuple, k: int, kept: torch.Tensor, activation=torch.relu) -> float:
     """Unit k rebuilt cell by cell from the weights `kept` [Cin, kh, kw] keeps, each other weight reading
-    its input's mean map over the fit images (at the conv's dilated offsets); Pearson r on the scored images of its ReLU'd output with the
-    real one after removing each cell's mean over the images."""
+    its input's mean map over the fit images (at the conv's dilated offsets); Pearson r on the scored images
+    of its output through `activation` with the real one's, after removing each cell's mean over the images."""
     inputs, outputs = scored
     mean = fit[0].mean(dim=0, keepdim=True).expand(len(inputs), -1, -1, -1)
     simulated = torch.full_like(outputs[:, k], float(layer.bias[k]))
@@ -249,7 +249,7 @@ def hand_conv_fidelity(layer, fit: tuple, scored: tuple, k: int, kept: torch.Ten
         w = torch.zeros_like(layer.weight[k : k + 1, :1])
         w[0, 0, a, b] = layer.weight[k, j, a, b]
         simulated += F.conv2d(x, w, stride=layer.stride, padding=layer.padding, dilation=layer.dilation)[:, 0]
-    return centred_pearson(simulated.relu(), outputs[:, k].relu())
+    return centred_pearson(activation(simulated), activation(outputs[:, k]))
 
 
 def centred_pearson(s: torch.Tensor, r: torch.Tensor) -> float:

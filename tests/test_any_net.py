@@ -132,15 +132,18 @@ def test_planted_truth_is_found(runs, name, tmp_path):
     assert claims["shuffled"] is not None and claims["untrained"] is not None
 
 
-def hand_linear_fidelity(layer, fit: torch.Tensor, scored: tuple, k: int, kept: list[int], blocks: int) -> float:
+def hand_linear_fidelity(
+    layer, fit: torch.Tensor, scored: tuple, k: int, kept: list[int], blocks: int, activation
+) -> float:
     """A Linear's unit k rebuilt from the blocks `kept` of its inputs, every other feature at its mean
-    over the fit images, written out feature by feature; Pearson r of the ReLU'd outputs on the scored images."""
+    over the fit images, written out feature by feature; Pearson r of the outputs through `activation` on the
+    scored images."""
     inputs, outputs = scored
     mean, size = fit.mean(dim=0), inputs.shape[1] // blocks
     simulated = torch.full((len(inputs),), float(layer.bias[k]))
     for f in range(inputs.shape[1]):
         simulated += layer.weight[k, f] * (inputs[:, f] if f // size in kept else mean[f])
-    return centred_pearson(simulated.relu(), outputs[:, k].relu())
+    return centred_pearson(activation(simulated), activation(outputs[:, k]))
 
 
 @pytest.mark.slow
@@ -162,10 +165,10 @@ def test_fidelity_agrees_with_a_hand_written_loop(runs, name, data_dir):
                 kept = torch.zeros(t.layer.weight.shape[1:], dtype=torch.bool)
                 for term in unit.terms[: unit.printed]:
                     kept[term.input] |= term.cells
-                expected = hand(t.layer, (t.inputs, t.outputs), (s.inputs, s.outputs), k, kept)
+                expected = hand(t.layer, (t.inputs, t.outputs), (s.inputs, s.outputs), k, kept, t.activate)
             else:
                 kept = [term.input for term in unit.terms[: unit.printed]]
-                expected = hand(t.layer, t.inputs, (s.inputs, s.outputs), k, kept, len(m.input_names))
+                expected = hand(t.layer, t.inputs, (s.inputs, s.outputs), k, kept, len(m.input_names), t.activate)
             assert unit.fidelity == pytest.approx(expected, abs=1e-4)
 
 

@@ -41,8 +41,9 @@ class LayerRecord:
     pool: int
     inputs: torch.Tensor  # [N, Cin, H, W] scored images
     mean: torch.Tensor  # [Cin, H, W] over the fit images
-    real: torch.Tensor  # [N, Cout, h, w] relu + max-pool of the real output on the scored images
+    real: torch.Tensor  # [N, Cout, h, w] activation + max-pool of the real output on the scored images
     reference: torch.Tensor  # [1, Cin, H, W] the mean map, or [N, Cin, H, W] each image's resampled inputs
+    activation: nn.Module | None = None  # the units' nonlinearity; None: ReLU
 
 
 @torch.no_grad()
@@ -61,21 +62,23 @@ def layer_records(
     fit: tuple[torch.Tensor, torch.Tensor],
     scored: tuple[torch.Tensor, torch.Tensor],
     ablation: str = "mean",
+    activation: nn.Module | None = None,
 ) -> tuple[LayerRecord, LayerRecord]:
     """A conv's records from its (inputs, outputs) on the fit and on the scored images, its outputs
-    ReLU'd and max-pooled by `pool`. Their reference is the fit images' mean map (ablation="mean"), or
-    each image's inputs on another image of the same set ("resample")."""
-    records = [(inputs, relu_pooled(outputs, pool)) for inputs, outputs in (fit, scored)]
+    through `activation` (None: ReLU) and max-pooled by `pool`. Their reference is the fit images' mean
+    map (ablation="mean"), or each image's inputs on another image of the same set ("resample")."""
+    records = [(inputs, activated_pooled(outputs, pool, activation)) for inputs, outputs in (fit, scored)]
     mean = records[0][0].mean(dim=0)
     return tuple(
-        LayerRecord(layer, conv, pool, inputs, mean, real, reference_inputs(inputs, mean, ablation))
+        LayerRecord(layer, conv, pool, inputs, mean, real, reference_inputs(inputs, mean, ablation), activation)
         for inputs, real in records
     )
 
 
-def relu_pooled(x: torch.Tensor, pool: int) -> torch.Tensor:
-    """ReLU then max-pool by `pool` (1: no pooling, a no-op that costs as much as the rest)."""
-    return F.max_pool2d(x.relu(), pool) if pool > 1 else x.relu()
+def activated_pooled(x: torch.Tensor, pool: int, activation: nn.Module | None = None) -> torch.Tensor:
+    """The activation (None: ReLU), then max-pool by `pool` (1: no pooling, a no-op that costs as much as the rest)."""
+    x = activation(x) if activation is not None else x.relu()
+    return F.max_pool2d(x, pool) if pool > 1 else x
 
 
 def reference_inputs(inputs: torch.Tensor, mean: torch.Tensor, ablation: str) -> torch.Tensor:
@@ -136,13 +139,13 @@ def prefix_fidelity(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tens
     """r of unit k's label grown term by term: masks [T, Cin, kh, kw] in the label's order -> [T],
     entry t the fidelity of the label made of terms 0..t."""
     pre = reference_output(rec, k) + term_outputs(rec, k, masks).cumsum(dim=1)
-    return centred_r(relu_pooled(pre, rec.pool), rec.real[:, k])
+    return centred_r(activated_pooled(pre, rec.pool, rec.activation), rec.real[:, k])
 
 
 def label_fidelity(rec: LayerRecord, k: int, masks: torch.Tensor) -> torch.Tensor:
     """r of unit k simulated from each label masks [M, Cin, kh, kw] (1 where the label keeps a weight) -> [M]."""
     pre = reference_output(rec, k) + term_outputs(rec, k, masks)
-    return centred_r(relu_pooled(pre, rec.pool), rec.real[:, k])
+    return centred_r(activated_pooled(pre, rec.pool, rec.activation), rec.real[:, k])
 
 
 def input_masks(cin: int, size: int, inputs: list[int]) -> torch.Tensor:
@@ -164,9 +167,10 @@ class Conv1Record:
     template_mean: torch.Tensor  # [M]
     unit_mean: torch.Tensor  # [C]
     fit_templates: torch.Tensor  # [N, M, H, W]
-    fit_real: torch.Tensor  # [N, C, h, w] relu + max-pool
+    fit_real: torch.Tensor  # [N, C, h, w] activation + max-pool
     scored_templates: torch.Tensor
     scored_real: torch.Tensor
+    activation: nn.Module | None = None  # the units' nonlinearity; None: ReLU
 
     def least_squares(self, c: int, terms: list[int]) -> tuple[torch.Tensor, float]:
         """The gains [T] and bias that best fit unit c's pre-activations on the fit images by the templates `terms`."""
@@ -181,7 +185,8 @@ class Conv1Record:
         gains, bias = self.least_squares(c, terms)
         templates, real = (self.fit_templates, self.fit_real) if fit else (self.scored_templates, self.scored_real)
         simulated = sum(templates[:, t : t + 1] * g for t, g in zip(terms, gains.tolist())) + bias
-        return float(centred_r(relu_pooled(simulated, self.pool), real[:, c])[0]), gains, bias
+        simulated = activated_pooled(simulated, self.pool, self.activation)
+        return float(centred_r(simulated, real[:, c])[0]), gains, bias
 
 
 @torch.no_grad()
@@ -192,9 +197,10 @@ def record_first_conv(
     fit_images: torch.Tensor,
     scored_images: torch.Tensor,
     chunk: int = 100,
+    activation: nn.Module | None = None,
 ) -> Conv1Record:
-    """A first conv's record for term kernels [M, k, k] (its outputs max-pooled by `pool`); the fit
-    images' sums are taken `chunk` images at a time."""
+    """A first conv's record for term kernels [M, k, k] (its outputs through `activation`, None: ReLU,
+    and max-pooled by `pool`); the fit images' sums are taken `chunk` images at a time."""
     kernels = kernels.to(conv.weight.dtype)[:, None]
     m, c = len(kernels), conv.out_channels
     gram, cross = torch.zeros(m, m, dtype=torch.float64), torch.zeros(m, c, dtype=torch.float64)
@@ -219,7 +225,8 @@ def record_first_conv(
         template_mean,
         unit_mean,
         torch.cat(templates),
-        relu_pooled(torch.cat(units), pool),
+        activated_pooled(torch.cat(units), pool, activation),
         F.conv2d(scored_images, kernels, padding=conv.padding, stride=conv.stride),
-        relu_pooled(conv(scored_images), pool),
+        activated_pooled(conv(scored_images), pool, activation),
+        activation,
     )

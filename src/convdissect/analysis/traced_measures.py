@@ -125,15 +125,17 @@ def measure_layers(
         if t.is_conv and first_conv(t) and i == 0:
             with torch.enable_grad():  # the fit's refinement is a gradient ascent
                 m.fit = fit_lines(t.layer.weight.detach()[:, 0])
-            m.programs = first_conv_programs(t.name, t.layer, 1, m.fit, t.inputs, s.inputs, shuffled)
+            m.programs = first_conv_programs(t.name, t.layer, 1, m.fit, t.inputs, s.inputs, shuffled, t.activation)
         elif t.is_conv and measurable_conv(t):
             m.contributions = conv_contributions(t)
-            fit, held_out = layer_records(t.name, t.layer, 1, (t.inputs, t.outputs), (s.inputs, s.outputs), ablation)
+            recorded = (t.inputs, t.outputs), (s.inputs, s.outputs)
+            fit, held_out = layer_records(t.name, t.layer, 1, *recorded, ablation, t.activation)
             m.programs = conv_programs(t.name, m.contributions, fit, held_out, True, CONV_CAP, shuffled)
         elif not t.is_conv:
             m.contributions = linear_contributions(t, channels)
             inputs = (t.inputs, s.inputs, t.blank_inputs)
-            m.programs = linear_programs(t.name, t.layer, nn.ReLU(), inputs, channels, shuffled, ablation)
+            activation = t.activation if t.activation is not None else nn.ReLU()
+            m.programs = linear_programs(t.name, t.layer, activation, inputs, channels, shuffled, ablation)
         if not t.is_conv and i == len(traced) - 1 and digits is not None:
             m.class_means = response_class_means(t.outputs, digits.to(t.outputs.device)).cpu()
             m.selectivity = selectivity_index(m.class_means)

@@ -219,14 +219,15 @@ def first_conv_programs(
     fit_inputs: torch.Tensor,
     scored_inputs: torch.Tensor,
     shuffled: bool = True,
+    activation: nn.Module | None = None,
 ) -> LayerPrograms:
     """A first conv's labels run as their term kernels on its inputs (the images), gains and bias fitted
-    by least squares, its output ReLU'd and max-pooled by `pool`; the shuffled null runs each unit with
+    by least squares, its output through `activation` (None: ReLU) and max-pooled by `pool`; the shuffled null runs each unit with
     the other units' printed terms (their gains refitted to this unit)."""
     weight = conv.weight.detach()[:, 0].cpu()
     n = len(weight)
     kernels, residual_fit = conv1_term_kernels(weight, fit)
-    rec = record_first_conv(conv, pool, kernels.to(fit_inputs.device), fit_inputs, scored_inputs)
+    rec = record_first_conv(conv, pool, kernels.to(fit_inputs.device), fit_inputs, scored_inputs, activation=activation)
     units, printed_weights, biases, texts = [], [], [], []
     for c in range(n):
         terms = [c, n, n + 1 + c]  # the unit's line/edge, the flat kernel, its residual's line/edge
