@@ -2,6 +2,7 @@
 pruning's kept channels), measured through forward hooks, labelled, scored and reported. The nets
 are ones we did not write for the article: LeNet-5, the ResidualNet and the YAML nn.Sequential."""
 
+import itertools
 import json
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from convdissect.analysis.activations import record
 from convdissect.analysis.families import line_kernels
 from convdissect.analysis.traced import trace
-from convdissect.analysis.traced_measures import measure_layers
+from convdissect.analysis.traced_measures import conv_contributions, measure_layers
 from convdissect.api import dissect_net
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.data.probes import stroke_images
@@ -278,3 +279,26 @@ def test_a_planted_line_units_superstimulus_is_made_of_strokes_along_its_line(tm
     units = {u["name"]: u for u in d.labels["units"]}
     assert units["0_1"]["superstimulus_objective"] > units["0_1"]["best_image_objective"]
     assert all("superstimulus_objective" in u for u in units.values())
+
+
+@pytest.mark.parametrize("activation", [torch.nn.Tanh, torch.nn.ReLU])
+def test_contributions_are_summed_where_the_output_survives_its_nonlinearity(activation, data_dir):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        *(torch.nn.Conv2d(1, 2, 3, padding=1), activation(), torch.nn.Conv2d(2, 2, 3, padding=1), activation()),
+        *(torch.nn.Flatten(), torch.nn.Linear(2 * 28 * 28, 10)),
+    )
+    images = MNISTDataModule(data_dir=data_dir).tensors("val", 20)[0]
+    t = trace(net, images)[1]
+    found = conv_contributions(t).cells.sum(dim=(2, 3))  # [Cout, Cin]
+    # by hand: each input's part of the pre-activation, summed over every cell (Tanh) or the positive ones (ReLU)
+    surviving = torch.ones_like(t.outputs) if activation is torch.nn.Tanh else (t.outputs > 0).float()
+    for k, j in itertools.product(range(2), range(2)):
+        part = torch.nn.functional.conv2d(
+            t.inputs[:, j : j + 1] - t.blank_inputs[:, j : j + 1],
+            net[2].weight.detach()[k : k + 1, j : j + 1],
+            padding=1,
+        )
+        assert float(found[k, j]) == pytest.approx(
+            float((part[:, 0] * surviving[:, k]).sum()) / len(images), rel=1e-4, abs=1e-6
+        )

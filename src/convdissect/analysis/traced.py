@@ -41,6 +41,10 @@ CHANNEL_KEEPING = ACTIVATIONS + (
 )
 
 
+# Activations that pass (almost) nothing below 0: a unit's drive is read where its output is positive.
+RECTIFIERS = (nn.ReLU, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU)
+
+
 @dataclass
 class TracedLayer:
     """One Conv2d or Linear of a net, as the net ran it on the images."""
@@ -61,6 +65,13 @@ class TracedLayer:
 
     def activate(self, x: torch.Tensor) -> torch.Tensor:
         return self.activation(x) if self.activation is not None else x.relu()
+
+    def surviving(self) -> torch.Tensor:
+        """1 where the output survives the nonlinearity, else 0: a rectifier's positive cells (an assumed
+        ReLU's too), every cell of an activation that passes negative values on (Tanh, Sigmoid)."""
+        if self.activation is None or isinstance(self.activation, RECTIFIERS):
+            return (self.outputs > 0).to(self.outputs.dtype)
+        return torch.ones_like(self.outputs)
 
     @property
     def is_conv(self) -> bool:

@@ -5,7 +5,8 @@ images' trace:
 - the first conv (one input channel): its kernels fitted by the line/edge family at their own size;
   its label the fitted line/edge, the brightness and a residual line/edge (least-squares gains);
 - every later conv: the signed, blank-subtracted contributions of its inputs (summed over the cells
-  where the unit's output is positive); its label the bursts of its grids, strongest first;
+  where the unit's output survives its nonlinearity: TracedLayer.surviving); its label the bursts of
+  its grids, strongest first;
 - every Linear: the contributions of its source's channels (a flattened conv map: a block of
   positions per channel); its label those blocks, strongest first; the last one's class selectivity.
 Each label's fidelity comes with a shuffled null (the other units' labels run on the unit).
@@ -77,14 +78,14 @@ def measurable_conv(t: TracedLayer) -> bool:
 
 def conv_contributions(t: TracedLayer) -> SignedContributions:
     y_blank = t.layer(t.blank_inputs)
-    mask = (t.outputs > 0).to(t.outputs.dtype)
+    mask = t.surviving()
     return masked_contributions(t.name, t.layer, t.inputs, t.blank_inputs, t.outputs, y_blank, mask)
 
 
 def linear_contributions(t: TracedLayer, channels: int) -> SignedContributions:
     """A Linear's contributions with its in_features grouped into `channels` blocks (cells [Cout, C, block, 1])."""
     weight = t.layer.weight.detach()
-    mask = (t.outputs > 0).to(t.outputs.dtype)  # [N, Cout]
+    mask = t.surviving()  # [N, Cout]
     n = len(t.inputs)
     cells = (mask.T @ (t.inputs - t.blank_inputs)) * weight / n  # [Cout, F]
     y_blank = t.layer(t.blank_inputs)
