@@ -302,3 +302,18 @@ def test_contributions_are_summed_where_the_output_survives_its_nonlinearity(act
         assert float(found[k, j]) == pytest.approx(
             float((part[:, 0] * surviving[:, k]).sum()) / len(images), rel=1e-4, abs=1e-6
         )
+
+
+def test_a_7x7_first_conv_reads_its_planted_line_as_the_3x3_and_5x5_ones_do(data_dir):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        *(torch.nn.Conv2d(1, 4, 7, padding=3), torch.nn.ReLU(), torch.nn.MaxPool2d(2)),
+        *(torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()),
+        torch.nn.Linear(4, 10),
+    )
+    with torch.no_grad():
+        net[0].weight[0, 0] = line_kernels(torch.tensor(torch.pi / 2), 0.45, 0.0, 1.0, "line", 7)
+    images = MNISTDataModule(data_dir=data_dir).tensors("val", 200)[0]
+    first = measure_layers(trace(net, images[:100]), trace(net, images[100:]))[0]
+    assert first.fit.labels()[0] == "vertical line" and float(first.fit.r2[0]) > 0.99
+    assert first.programs.units[0].fidelity > 0.99
