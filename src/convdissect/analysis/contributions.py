@@ -143,6 +143,18 @@ def signed_contributions(net: nn.Module, layer: str, images: torch.Tensor) -> Si
     return masked_contributions(layer, conv, seen, seen_blank, y, y_blank, mask)
 
 
+# Activations that pass (almost) nothing below 0: a unit's drive is read where its output is positive.
+RECTIFIERS = (nn.ReLU, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU)
+
+
+def surviving(outputs: torch.Tensor, activation: nn.Module | None) -> torch.Tensor:
+    """1 where the outputs survive the activation (None: a ReLU), else 0: a rectifier's positive cells,
+    every cell of an activation that passes negative values on (Tanh, Sigmoid, Identity)."""
+    if activation is None or isinstance(activation, RECTIFIERS):
+        return (outputs > 0).to(outputs.dtype)
+    return torch.ones_like(outputs)
+
+
 @torch.no_grad()
 def masked_contributions(
     layer: str,

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from convdissect.analysis.contributions import blank_image
+from convdissect.analysis.contributions import blank_image, surviving
 from convdissect.conventions import unit_name
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
@@ -39,10 +39,6 @@ CHANNEL_KEEPING = ACTIVATIONS + (
     nn.Identity,
     nn.Flatten,
 )
-
-
-# Activations that pass (almost) nothing below 0: a unit's drive is read where its output is positive.
-RECTIFIERS = (nn.ReLU, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU)
 
 
 @dataclass
@@ -67,11 +63,8 @@ class TracedLayer:
         return self.activation(x) if self.activation is not None else x.relu()
 
     def surviving(self) -> torch.Tensor:
-        """1 where the output survives the nonlinearity, else 0: a rectifier's positive cells (an assumed
-        ReLU's too), every cell of an activation that passes negative values on (Tanh, Sigmoid)."""
-        if self.activation is None or isinstance(self.activation, RECTIFIERS):
-            return (self.outputs > 0).to(self.outputs.dtype)
-        return torch.ones_like(self.outputs)
+        """1 where the output survives the nonlinearity (contributions.surviving), else 0."""
+        return surviving(self.outputs, self.activation)
 
     @property
     def is_conv(self) -> bool:

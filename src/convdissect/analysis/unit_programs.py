@@ -22,7 +22,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from convdissect.analysis.contributions import SignedContributions
+from convdissect.analysis.contributions import SignedContributions, surviving
 from convdissect.analysis.fidelity import (
     LayerRecord,
     centred_r,
@@ -269,13 +269,11 @@ def linear_programs(
 ) -> LayerPrograms:
     """A Linear's units as programs over its inputs (x_fit, x_scored, x_blank) [N, F], the F features
     cut into `blocks` equal blocks (default: one per feature): a term is one block, ranked by its signed
-    contribution (w_kj (x_j - x_j on the blank image) summed over the block, where the unit survives a
-    ReLU `act`). The features a label leaves out read their mean, or another image's (ablation="resample")."""
+    contribution (w_kj (x_j - x_j on the blank image) summed over the block, where the unit survives
+    `act`: contributions.surviving). The features a label leaves out read their mean, or another image's (ablation="resample")."""
     x_fit, x_scored, x_blank = inputs
     n_blocks = blocks or x_fit.shape[1]
-    survives = (
-        (linear(x_fit) > 0).to(x_fit) if isinstance(act, nn.ReLU) else torch.ones(len(x_fit), linear.out_features)
-    )
+    survives = surviving(linear(x_fit), act)
     weight = linear.weight.detach()
     cells = torch.einsum("nk,kj,nj->kj", survives, weight, x_fit - x_blank) / len(x_fit)  # [Cout, F]
     contributions = cells.view(len(weight), n_blocks, -1).sum(dim=2)  # [Cout, blocks]

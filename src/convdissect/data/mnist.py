@@ -339,6 +339,8 @@ class MNISTDataModule(L.LightningDataModule):
         """The batches of the current epoch a run resumed mid-epoch has trained (else 0): Lightning restores
         its loop's progress but not a plain loader's position, and would train the epoch's first batches again."""
         fit_loop = self.trainer.fit_loop
+        if not fit_loop.restarting:  # a fresh epoch: nothing to skip, Lightning's state left alone
+            return 0
         fit_loop.update_restart_stage()  # from the restored progress (Lightning does it again after the loader starts)
         return fit_loop.epoch_loop.batch_progress.current.processed if fit_loop.restarted_mid_epoch else 0
 
