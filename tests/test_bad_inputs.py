@@ -459,6 +459,17 @@ def test_composition_check_passes_good_overrides():
     )
 
 
+def test_a_sweep_configs_values_are_composed_before_any_job_and_the_command_line_wins(tmp_path):
+    config_dir = tmp_path / "conf"
+    shutil.copytree(CONFIG_DIR, config_dir)
+    (config_dir / "sweep" / "typo.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      seed: 0,1\n      trainer.max_epoch: 1,2\n"
+    )
+    with pytest.raises(UserInputError, match=r"^trainer.max_epoch=1: no key trainer.max_epoch .* trainer.max_epochs\?"):
+        check_composition("train", ["+sweep=typo"], str(config_dir), True)
+    check_composition("train", ["+sweep=typo", "+trainer.max_epoch=3"], str(config_dir), True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("app,arg", [("train.py", "+experiment=missing"), ("dissect.py", "report.dpii=50")])
 def test_composition_error_exits_2_with_one_line(app, arg, tmp_path):

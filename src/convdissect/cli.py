@@ -136,17 +136,31 @@ def check_composition(config_name: str, overrides: list[str], config_dir: str, m
             OverridesParser.create().parse_overrides([override])
         except OverrideParseException as err:
             raise UserInputError(f"{override}: not an override Hydra can read ({_one_line(err)})") from None
-    for variant in _sweep_variants(overrides) if multirun else [overrides]:
-        try:
-            _compose(config_name, variant, config_dir)
-        except MissingConfigException as err:
-            raise UserInputError(_missing_config_line(err, variant)) from None
-        except ConfigCompositionException as err:
-            if isinstance(err.__cause__, (ConfigAttributeError, ConfigKeyError)):
-                raise UserInputError(
-                    _unknown_key_line(err.__cause__.full_key, config_name, variant, config_dir)
-                ) from None
-            raise UserInputError(_one_line(err)) from None
+    cfg = _checked_compose(config_name, _sweep_variants(overrides)[0] if multirun else overrides, config_dir)
+    if multirun:
+        for variant in _sweep_variants(overrides + _sweeper_params(cfg, overrides)):
+            _checked_compose(config_name, variant, config_dir)
+
+
+def _checked_compose(config_name: str, overrides: list[str], config_dir: str) -> DictConfig:
+    try:
+        return _compose(config_name, overrides, config_dir)
+    except MissingConfigException as err:
+        raise UserInputError(_missing_config_line(err, overrides)) from None
+    except ConfigCompositionException as err:
+        if isinstance(err.__cause__, (ConfigAttributeError, ConfigKeyError)):
+            raise UserInputError(
+                _unknown_key_line(err.__cause__.full_key, config_name, overrides, config_dir)
+            ) from None
+        raise UserInputError(_one_line(err)) from None
+
+
+def _sweeper_params(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """The sweep a config holds in hydra.sweeper.params (e.g. from +sweep=...) as overrides, less the keys
+    the command line sets: Hydra's sweepers let the command line win."""
+    given = {override.split("=", 1)[0].lstrip("+~") for override in overrides}
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    return [f"{key}={value}" for key, value in params.items() if key.lstrip("+~") not in given]
 
 
 def _sweep_variants(overrides: list[str]) -> list[list[str]]:
