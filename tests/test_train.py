@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -16,13 +17,13 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 from torch.multiprocessing.spawn import ProcessExitedException
 
-from convdissect.config import REPO_ROOT
+from convdissect.config import REPO_ROOT, instantiate
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.models.lit_module import LitClassifier
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.tensorboard_events import accumulators, hparams_of
-from convdissect.train import build_module, train
+from convdissect.train import build_module, build_trainer, train
 from tests.helpers import TINY, compose_cfg, run_python
 
 
@@ -118,7 +119,8 @@ class RecordFirstBatch(L.Callback):
 
 
 def ddp_run(run_dir):
-    cfg = compose_cfg("train", TINY + ["trainer=ddp_sim", "trainer.limit_train_batches=3"], run_dir)
+    overrides = ["trainer=ddp_sim", "trainer.strategy=ddp_fork", "trainer.limit_train_batches=3"]
+    cfg = compose_cfg("train", TINY + overrides, run_dir)
     with open_dict(cfg):
         cfg.callbacks.record = {"_target_": "tests.test_train.RecordFirstBatch", "out_dir": str(run_dir)}
     return train(cfg)
@@ -126,6 +128,10 @@ def ddp_run(run_dir):
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path):
+    """The run forks its 2 ranks: trainer=ddp_sim's spawn re-imports everything in each (12 s more). What
+    spawn sends each rank, the trainer with its callbacks and loggers, the module and the data, must pickle."""
+    spawned = compose_cfg("train", TINY + ["trainer=ddp_sim"], tmp_path / "spawned")
+    pickle.dumps((build_trainer(spawned, tmp_path / "spawned"), build_module(spawned), instantiate(spawned.data)))
     try:
         metrics = ddp_run(tmp_path)
     except ProcessExitedException as err:
