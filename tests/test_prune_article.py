@@ -141,6 +141,8 @@ def test_the_criterion_sweep_runs_and_its_table_has_a_row_per_criterion_with_ver
         timeout=600,
     )
     assert made.returncode == 0, made.stderr[-2000:]
+    with pytest.raises(UserInputError, match=r"^--dissect-overrides n_imagez=200: .*n_imagez"):
+        render(["criteria", str(sweep), "--dissect", "--dissect-overrides", "n_imagez=200"])
     table = render(["criteria", str(sweep), "--dissect", "--dissect-overrides", "n_images=200", *FAST_NULLS])
     rows = {
         line.split(" | ")[0].lstrip("| "): line.split(" | ")
