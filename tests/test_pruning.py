@@ -12,6 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 
+from convdissect.cli import run_train
 from convdissect.config import CONFIG_DIR
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
@@ -356,19 +357,13 @@ def test_sweep_table_averages_the_seeds_of_each_criterion(tmp_path):
         assert f"| {group[0]['flops']:,} |" in row and "[2, 4, 4, 4]" in row
 
 
-@pytest.mark.slow
-def test_entry_point_refuses_a_schedule_too_long_in_one_line(tmp_path):
-    proc = run_python(
-        "train.py",
-        "+experiment=prune_7iters",
-        "trainer.max_epochs=5",
-        "trainer.limit_train_batches=1",
-        f"hydra.run.dir={tmp_path}",
-        timeout=180,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == (
-        "error: trainer.max_epochs=5 cannot hold the pruning schedule: 1 pretrain epochs + 7 iterations x 1 epoch(s) "
+def test_prune_7iters_refuses_a_schedule_too_long_in_one_line(tmp_path):
+    """In-process: test_bad_inputs' subprocess rows show that such an error exits 2 with this one line."""
+    cfg = compose_cfg("train", ["+experiment=prune_7iters", "trainer.max_epochs=5", "threads=1"], tmp_path)
+    with pytest.raises(UserInputError) as raised:
+        run_train(cfg)
+    assert str(raised.value) == (
+        "trainer.max_epochs=5 cannot hold the pruning schedule: 1 pretrain epochs + 7 iterations x 1 epoch(s) "
         "need max_epochs >= 8"
     )
     assert not (tmp_path / "checkpoints").exists()
