@@ -89,11 +89,11 @@ REPORT_FAST = [
     *FAST_NULLS,
 ]
 
-# A zoo net's short run (tests/test_any_net.py): 200 steps of tiny training: 100 before one pruning step, 100 retraining after it.
+# A zoo net's short run (tests/test_any_net.py): 80 steps of tiny training: 40 before one pruning step, 40 retraining after it.
 ZOO_QUICK = [o for o in TINY if not o.startswith("model.")] + [
     "callbacks=pruning",
     "trainer.max_epochs=2",
-    "trainer.limit_train_batches=100",
+    "trainer.limit_train_batches=40",
     "callbacks.pruning.iterations=1",
     "callbacks.pruning.pretrain_epochs=1",
     "callbacks.pruning.calibration_size=200",
