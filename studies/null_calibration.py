@@ -1,4 +1,4 @@
-# Produced: the null-calibration table of docs/measures.md ("How often an untrained net is called learned").
+# Produced: docs/results/null_calibration.json and null_calibration_before_floor.json, the tables of docs/measures.md ("How often an untrained net is called learned").
 """Untrained nets dissected as if trained: how often a claim's verdicts come out "learned".
 
     python studies/null_calibration.py [--nets 100] [--first 0] [--widths 8,16,24,16] [--images 1000] [--ablation-only]

@@ -1,4 +1,4 @@
-# Produced: docs/measures.md, "Grid statistics": the reference grids' table.
+# Produced: docs/results/reference_grids.json, the reference grids' table of docs/measures.md ("Claim 3: grid statistics, bursts vs strokes").
 """The burst-vs-stroke statistics and the line fit on the planted reference grids (the table in
 docs/measures.md, "Grid statistics"): medians per family and the share called burst-like.
 

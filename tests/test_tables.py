@@ -86,7 +86,7 @@ def test_the_result_files_cover_every_table_the_command_made():
         "docs/measures.md",
         "README.md",
     }
-    assert len(RESULT_FILES) == 23
+    assert len(RESULT_FILES) == 27
 
 
 # A number a reader quotes: a decimal, or an integer of 3 digits or more (with or without thousands commas).
@@ -164,6 +164,31 @@ def test_the_prose_check_finds_an_unstored_number_and_passes_a_citation_a_versio
     )
     quoted = {"97.613", "12.5", "1000", "500", "501"}
     assert unexplained_numbers(page, results="") == (quoted, ["97.613", "501", "1000"])
+
+
+# A net's layer widths (32/64/128/128) name an architecture, not a measurement.
+WIDTHS = r"\d+(?:/\d+){3}"
+
+
+def hand_written_tables(page_text: str, printed: set[str]) -> list[str]:
+    """The page's table blocks that quote a number (QUOTED_NUMBER, widths aside) and are not the output of
+    one stored result file (`printed`: what `convdissect tables stored` prints per file)."""
+    blocks = [block.rstrip("\n") for block in re.findall(r"(?:^\|.*\n?)+", page_text, re.MULTILINE)]
+    return [b for b in blocks if b not in printed and re.search(QUOTED_NUMBER, re.sub(WIDTHS, "", b))]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_table_that_quotes_a_number_is_a_stored_result_file_as_the_command_prints_it(page):
+    printed = {render(["stored", str(path)]) for path in RESULT_FILES}
+    assert [block.splitlines()[0] for block in hand_written_tables(page.read_text(), printed)] == []
+
+
+def test_the_table_check_finds_a_hand_written_number_and_passes_words_widths_and_a_stored_table():
+    stored = "| net | acc. |\n|---|---|\n| a | 99.1 |"
+    words = "| command | what it does |\n|---|---|\n| `train.py` | trains 32/64/128/128 for 3 epochs |"
+    hand_written = "| net | acc. |\n|---|---|\n| a | 99.1 |\n| b | 98.7 |"
+    page = f"Text 12.5.\n\n{stored}\n\n{words}\n\n{hand_written}\n"
+    assert hand_written_tables(page, {stored}) == [hand_written]
 
 
 def test_a_result_file_whose_row_is_short_is_one_error_line(tmp_path):
