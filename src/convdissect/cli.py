@@ -21,7 +21,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from convdissect.config import CONFIG_DIR, check_dissect_config
+from convdissect.config import CONFIG_DIR, check_config, check_dissect_config, check_eval_config
 from convdissect.errors import UserInputError
 from convdissect.runs import forget_failed_job, in_multirun, record_failed_job
 
@@ -90,21 +90,27 @@ def check_optimized_metric(cfg: DictConfig) -> None:
             )
 
 
-def run_train(cfg: DictConfig) -> float | None:
-    from convdissect.train import train  # heavy imports after Hydra parsed the command line
+# Each job checks its config before its heavy imports (Lightning alone takes seconds): a bad value is
+# one line at once.
 
+
+def run_train(cfg: DictConfig) -> float | None:
+    check_config(cfg)
     check_optimized_metric(cfg)
+    from convdissect.train import train
+
     return optimized_value(cfg, train(cfg))
 
 
 def run_dissect(cfg: DictConfig) -> None:
+    check_dissect_config(cfg)
     from convdissect.dissection import dissect
 
-    check_dissect_config(cfg)
     dissect(cfg)
 
 
 def run_eval(cfg: DictConfig) -> None:
+    check_eval_config(cfg)
     from convdissect.evaluate import evaluate
 
     evaluate(cfg)

@@ -186,6 +186,15 @@ def check_config(cfg: DictConfig) -> None:
             _check(f"{group}.{key}", node[key], _is_finite(node[key], above=0), "allowed a finite number > 0")
 
 
+def check_eval_config(cfg: DictConfig) -> None:
+    """eval.py's settings: check_config's, and the weights to test."""
+    check_config(cfg)
+    if not cfg.get("ckpt_path"):
+        raise UserInputError(
+            "ckpt_path is not set: python eval.py ckpt_path=PATH (a Lightning .ckpt or a model_state.pt)"
+        )
+
+
 def _is_int(value, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 

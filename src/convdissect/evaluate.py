@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from convdissect.config import check_config, instantiate, set_threads
+from convdissect.config import check_eval_config, instantiate, set_threads
 from convdissect.errors import UserInputError
 from convdissect.models.lit_module import LitClassifier
 from convdissect.pruning.rebuild import load_trained_net
@@ -54,11 +54,7 @@ def finite_test_metrics(test_metrics: dict) -> dict:
 def evaluate(cfg: DictConfig) -> dict:
     """Test ckpt_path's weights on the test split; return the metrics written to <output_dir>/metrics.json."""
     start = time.perf_counter()
-    check_config(cfg)
-    if not cfg.get("ckpt_path"):
-        raise UserInputError(
-            "ckpt_path is not set: python eval.py ckpt_path=PATH (a Lightning .ckpt or a model_state.pt)"
-        )
+    check_eval_config(cfg)
     set_threads(cfg.get("threads"))
     out_dir = Path(cfg.paths.output_dir)
     check_run_dir(out_dir, overwrite=cfg.get("overwrite", False), resuming=False)
