@@ -10,11 +10,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from convdissect import dissect_net, prune_net
+from convdissect.cli import run_dissect
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.errors import UserInputError
 from convdissect.models.checkpoint import load_net
 from convdissect.models.simple_convnet import SimpleConvNet
-from tests.helpers import FAST_NULLS, run_python
+from tests.helpers import FAST_NULLS, compose_cfg
 
 QUICK = ["n_images=200", "fidelity.images=200", "superstimulus.enabled=false", "report.enabled=false", *FAST_NULLS]
 
@@ -22,8 +23,9 @@ QUICK = ["n_images=200", "fidelity.images=200", "superstimulus.enabled=false", "
 @pytest.mark.slow
 def test_dissect_net_labels_a_net_in_memory_as_dissect_py_labels_its_file(tiny_run, tmp_path, one_thread):
     state = tiny_run[0] / "model_state.pt"
-    by_file = run_python("dissect.py", f"ckpt_path={state}", f"hydra.run.dir={tmp_path / 'cli'}", "threads=1", *QUICK)
-    assert by_file.returncode == 0, by_file.stderr[-2000:]
+    run_dissect(
+        compose_cfg("dissect", [f"ckpt_path={state}", "threads=1", *QUICK], tmp_path / "cli")
+    )  # dissect.py's job
     d = dissect_net(load_net(state), out_dir=tmp_path / "api", overrides=QUICK)
     expected = json.loads((tmp_path / "cli" / "labels.json").read_text())
     # the file's run dir names each unit's channel before pruning; a net in memory has no history

@@ -1,5 +1,7 @@
-"""`convdissect tables results` on real (tiny) runs made by the Hydra app, one of them dissected."""
+"""`convdissect tables results` on real (tiny) runs made by the Hydra app (a multirun: each job writes its own
+dir), one of them dissected."""
 
+import json
 import shutil
 
 import pytest
@@ -17,6 +19,9 @@ def test_table_has_a_row_per_experiment_and_per_net_claims_and_names_broken_runs
         "train.py", "-m", "+experiment=baseline,small_scratch", *TINY, f"hydra.sweep.dir={sweep}", timeout=300
     )
     assert made.returncode == 0, made.stderr[-2000:]
+    jobs = [json.loads((sweep / job / "metrics.json").read_text())["overrides"] for job in ("0", "1")]
+    assert [job[0] for job in jobs] == ["+experiment=baseline", "+experiment=small_scratch"]  # each job its own dir
+    assert all((sweep / job / "model_state.pt").exists() for job in ("0", "1"))
     broken = sweep / "2"
     shutil.copytree(sweep / "0" / ".hydra", broken / ".hydra")  # a run that died before metrics.json
     overrides = [f"ckpt_path={sweep / '0' / 'model_state.pt'}", "n_images=200", "threads=1", *FAST_NULLS]

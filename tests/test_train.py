@@ -24,7 +24,7 @@ from convdissect.models.lit_module import LitClassifier
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.tensorboard_events import accumulators, hparams_of
 from convdissect.train import build_module, build_trainer, train
-from tests.helpers import TINY, compose_cfg, run_python
+from tests.helpers import TINY, compose_cfg
 
 
 def scalar_tags(log_dir: Path) -> set[str]:
@@ -151,15 +151,6 @@ def test_bad_widths_are_clear_errors(widths, tmp_path):
     cfg = compose_cfg("train", TINY + [f"model.widths={widths}"], tmp_path)
     with pytest.raises(UserInputError, match=r"model\.widths="):
         train(cfg)
-
-
-@pytest.mark.slow
-def test_multirun_jobs_write_their_own_dirs(tmp_path):
-    proc = run_python("train.py", "-m", *TINY, "seed=1,2", f"hydra.sweep.dir={tmp_path}", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    runs = {job: json.loads((tmp_path / job / "metrics.json").read_text()) for job in ("0", "1")}
-    assert [r["overrides"][-1] for r in runs.values()] == ["seed=1", "seed=2"]
-    assert all((tmp_path / job / "model_state.pt").exists() for job in runs)
 
 
 # ---------------------------------------------------------------------- nothing silently wrong
