@@ -97,6 +97,7 @@ def check_optimized_metric(cfg: DictConfig) -> None:
 def run_train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     check_optimized_metric(cfg)
+    _tidy_lightning_logging()
     from convdissect.train import train
 
     return optimized_value(cfg, train(cfg))
@@ -104,6 +105,7 @@ def run_train(cfg: DictConfig) -> float | None:
 
 def run_dissect(cfg: DictConfig) -> None:
     check_dissect_config(cfg)
+    _tidy_lightning_logging()
     from convdissect.dissection import dissect
 
     dissect(cfg)
@@ -111,6 +113,7 @@ def run_dissect(cfg: DictConfig) -> None:
 
 def run_eval(cfg: DictConfig) -> None:
     check_eval_config(cfg)
+    _tidy_lightning_logging()
     from convdissect.evaluate import evaluate
 
     evaluate(cfg)
@@ -238,7 +241,6 @@ def _hydra_app(job: Callable[[DictConfig], object], config_name: str, config_dir
 
     @hydra.main(version_base="1.3", config_path=config_dir, config_name=config_name)
     def main(cfg: DictConfig):
-        _tidy_lightning_logging()
         if in_multirun():
             forget_failed_job()
         try:
