@@ -1,5 +1,6 @@
 """The pruning callback: short real pruning runs, resume, criteria, schedules and clear errors."""
 
+import itertools
 import json
 import statistics
 from pathlib import Path
@@ -25,7 +26,7 @@ from convdissect.pruning.criteria import CRITERIA, Calibration, parse_criterion,
 from convdissect.pruning.schedule import Schedule, geometric_width
 from convdissect.tables import render
 from convdissect.train import build_module, train
-from tests.helpers import PRUNE, PRUNE_TARGET, TINY, compose_cfg, run_python
+from tests.helpers import PRUNE, PRUNE_TARGET, TINY, compose_cfg
 
 
 def tb(log_dir: Path) -> tuple[dict[str, list], set[str]]:
@@ -329,20 +330,11 @@ def test_threshold_mode_shrinks_every_layer_but_never_below_one(tmp_path):
 @pytest.mark.slow
 def test_sweep_table_averages_the_seeds_of_each_criterion(tmp_path):
     sweep = tmp_path / "sweep"
-    # the multirun a user starts, 2 criteria x 2 seeds, each run tiny
+    # the jobs of the multirun a user starts (2 criteria x 2 seeds, each run tiny), in-process as a sweep runs them
     overrides = [o for o in PRUNE if not o.startswith(("callbacks.pruning.criterion", "+callbacks.model_checkpoint"))]
-    made = run_python(
-        "train.py",
-        "-m",
-        *overrides,
-        "callbacks.pruning.criterion=magnitude,taylor",
-        "seed=0,1",
-        "trainer.limit_train_batches=2",
-        "threads=1",
-        f"hydra.sweep.dir={sweep}",
-        timeout=600,
-    )
-    assert made.returncode == 0, made.stderr[-2000:]
+    for job, (criterion, seed) in enumerate(itertools.product(("magnitude", "taylor"), (0, 1))):
+        job_overrides = [f"callbacks.pruning.criterion={criterion}", f"seed={seed}", "trainer.limit_train_batches=2"]
+        train(compose_cfg("train", [*overrides, *job_overrides, "threads=1"], sweep / str(job)))
     table = render(["pruning", str(sweep)])
     runs = [json.loads(path.read_text()) for path in sorted(sweep.glob("*/metrics.json"))]
     assert len(runs) == 4
