@@ -2,15 +2,12 @@
 shares' documented sums, burst/stroke statistics on planted reference grids, the verdict rule, and
 an untrained net that must never be reported as having learned claims 2-4."""
 
-import json
 import math
-import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from convdissect.analysis.activations import record
 from convdissect.analysis.contributions import blank_image, contributions, signed_contributions
@@ -20,9 +17,8 @@ from convdissect.data.mnist import MNISTDataModule
 from convdissect.dissect.claims import STATISTICS, claim_statistics, verdict
 from convdissect.dissect.labels import describe
 from convdissect.dissect.measure import measure
-from convdissect.dissection import dissect, untrained_like
+from convdissect.dissection import untrained_like
 from convdissect.models.simple_convnet import SimpleConvNet
-from tests.helpers import FAST_NULLS, TINY_TWO_EPOCHS, compose_cfg
 
 COPY, INHIBITED, BACKGROUND = 0, 1, 2  # conv1 channels of the trap net (0-based)
 
@@ -167,27 +163,3 @@ def test_twenty_untrained_nets_are_never_reported_as_having_learned(images, data
             if STATISTICS[name].holds_null == "reference" and c["holds"] == "supported"
         ]
     assert learned == [] and beats_noise == []
-
-
-@pytest.mark.slow
-def test_dissect_events_go_beside_the_training_run(tiny_run, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run[0], run)  # the shared run stays as it was
-    (run / ".hydra").mkdir()
-    cfg = compose_cfg("train", TINY_TWO_EPOCHS, run)
-    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # what the Hydra app leaves in a run dir
-    out = tmp_path / "dissect"
-    overrides = [
-        f"ckpt_path={run / 'model_state.pt'}",
-        "n_images=200",
-        "superstimulus.enabled=false",
-        "report.projection_points=60",
-        *FAST_NULLS,
-    ]
-    labels = dissect(compose_cfg("dissect", overrides, out))
-    events_dirs = [p for p in (run / "tensorboard").iterdir() if p.is_dir() and p.name.startswith("dissect_")]
-    assert len(events_dirs) == 1 and not (out / "tensorboard").exists()
-    events = EventAccumulator(str(events_dirs[0]), size_guidance={"tensors": 0, "images": 0})
-    events.Reload()
-    assert "labels/text_summary" in events.Tags()["tensors"] and "conv1/conv1_weights" in events.Tags()["images"]
-    assert json.loads((out / "labels.json").read_text()) == labels

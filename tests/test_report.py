@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -14,7 +15,7 @@ from convdissect.analysis.projections import separation
 from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
-from tests.helpers import REPORT_FAST, Page, compose_cfg
+from tests.helpers import REPORT_FAST, TINY, Page, compose_cfg
 
 SECTIONS = ("conv1", "conv2", "conv3", "fc")
 STAGES = {"input": 784, "conv3": 8, "fc4": 8, "fc5": 10}
@@ -34,11 +35,35 @@ def planted_net() -> SimpleConvNet:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def training_run(tmp_path_factory):
+    """The planted net's weights in a training run's dir (its .hydra/config.yaml, as the Hydra app leaves it)."""
+    training = tmp_path_factory.mktemp("training_run")
+    (training / ".hydra").mkdir()
+    OmegaConf.save(compose_cfg("train", TINY, training), training / ".hydra" / "config.yaml")
+    torch.save(planted_net().state_dict(), training / "model_state.pt")
+    return training
+
+
+@pytest.fixture(scope="module")
+def run(training_run, tmp_path_factory):
+    """The planted net dissected into a dir of its own, with its report."""
     out = tmp_path_factory.mktemp("dissect")
-    torch.save(planted_net().state_dict(), out / "planted.pt")
-    labels = dissect(compose_cfg("dissect", [f"ckpt_path={out / 'planted.pt'}", *REPORT_FAST], out))
+    labels = dissect(compose_cfg("dissect", [f"ckpt_path={training_run / 'model_state.pt'}", *REPORT_FAST], out))
     return out, labels
+
+
+@pytest.fixture(scope="module")
+def events_dir(training_run, run):
+    """Where the dissection's TensorBoard events are: beside the training run's, one `tensorboard --logdir RUN`."""
+    return training_run / "tensorboard" / f"dissect_{run[0].name}"
+
+
+@pytest.mark.slow  # the module's dissection with its report: ~14 s
+def test_events_go_beside_the_training_run(training_run, run, events_dir):
+    out, labels = run
+    assert list((training_run / "tensorboard").iterdir()) == [events_dir] and events_dir.is_dir()
+    assert not (out / "tensorboard").exists()
+    assert json.loads((out / "labels.json").read_text()) == labels
 
 
 @pytest.mark.slow
@@ -78,9 +103,9 @@ def test_default_dissections_are_the_copying_conv2_channel_and_one_conv3_channel
 
 
 @pytest.mark.slow  # the module's dissection with its report: ~14 s
-def test_figures_are_in_tensorboard(run):
+def test_figures_are_in_tensorboard(run, events_dir):
     out, _ = run
-    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
+    events = EventAccumulator(str(events_dir), size_guidance={"images": 0})
     events.Reload()
     tags = set(events.Tags()["images"])
     stems = {p.stem for p in out.glob("*.png")}
@@ -92,9 +117,9 @@ def test_figures_are_in_tensorboard(run):
 
 
 @pytest.mark.slow  # the module's dissection with its report: ~14 s
-def test_labels_are_a_text_table_in_tensorboard(run):
-    out, labels = run
-    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0})
+def test_labels_are_a_text_table_in_tensorboard(run, events_dir):
+    _, labels = run
+    events = EventAccumulator(str(events_dir), size_guidance={"tensors": 0})
     events.Reload()
     table = events.Tensors("labels/text_summary")[0].tensor_proto.string_val[0].decode()
     rows = table.splitlines()[2:]
@@ -104,11 +129,10 @@ def test_labels_are_a_text_table_in_tensorboard(run):
 
 
 @pytest.mark.slow  # the module's dissection with its report: ~14 s
-def test_projector_embeddings_are_written(run):
-    out, _ = run
-    config = (out / "tensorboard" / "projector_config.pbtxt").read_text()
+def test_projector_embeddings_are_written(events_dir):
+    config = (events_dir / "projector_config.pbtxt").read_text()
     for stage, dims in STAGES.items():
-        folder = out / "tensorboard" / "00000" / stage
+        folder = events_dir / "00000" / stage
         assert f'tensor_name: "{stage}:00000"' in config
         rows = (folder / "tensors.tsv").read_text().splitlines()
         assert len(rows) == 120 and len(rows[0].split("\t")) == dims
