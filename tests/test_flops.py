@@ -4,11 +4,13 @@ import runpy
 import sys
 
 import torch
+from lightning.pytorch.utilities.model_summary import ModelSummary
 
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.pruning.cost import flops_per_image
 from convdissect.pruning.cut import cut_channels
-from tests.helpers import CHECKOUT
+from convdissect.train import build_module
+from tests.helpers import CHECKOUT, compose_cfg
 
 IMAGE = torch.zeros(1, 1, 28, 28)
 
@@ -45,3 +47,10 @@ def test_count_flops_script_agrees_with_the_count_by_hand(monkeypatch, capsys):
     for widths in ([32, 64, 128, 128], [8, 16, 24, 16]):
         macs = macs_by_hand(*widths)
         assert f"by layer shapes: {macs:,} MACs = {2 * macs:,} FLOPs; measure_flops: {2 * macs:,} FLOPs" in printed
+
+
+def test_lightnings_model_summary_shows_the_nets_flops(tmp_path):
+    module = build_module(compose_cfg("train", ["model.widths=[8,16,24,16]"], tmp_path))
+    summary = ModelSummary(module)
+    assert summary.total_flops == 2 * macs_by_hand(8, 16, 24, 16)  # Lightning gave 0 without an example input
+    assert "1.7 M" in str(summary)

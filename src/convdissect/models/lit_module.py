@@ -117,6 +117,8 @@ class LitClassifier(L.LightningModule):
         # Set by whoever holds a teacher (e.g. the PruningCallback): the training loss distils from it.
         self.distillation: Distillation | None = None
         self.net = build_net(dict(net))
+        # one 28x28 image: Lightning's model summary runs it to show each layer's shapes and FLOPs
+        self.example_input_array = torch.zeros(1, 1, 28, 28)
         self.metrics = torch.nn.ModuleDict(
             {s: MulticlassAccuracy(num_classes=num_classes, average="micro") for s in ("val_", "test_")}
         )
