@@ -145,6 +145,14 @@ def test_pruned_checkpoint_reloads_and_the_best_one_is_after_the_last_step(prune
 
 
 @pytest.mark.slow
+def test_a_pruning_run_keeps_last_ckpt_and_the_best_after_its_last_step(tmp_path):
+    """The default checkpointing (save_top_k=1): each step's surgery drops the best file it held."""
+    metrics = train(compose_cfg("train", [o for o in PRUNE if "save_top_k" not in o], tmp_path))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_002.ckpt", "last.ckpt"]
+    assert Path(metrics["tested_checkpoint"]).name == "epoch_002.ckpt"  # the only epoch after the last step
+
+
+@pytest.mark.slow
 def test_resume_mid_schedule_continues_at_the_next_step(pruned_run, tmp_path):
     out, metrics = pruned_run
     # epoch_001.ckpt: the end of epoch 1, after step 1; step 2 is still to come

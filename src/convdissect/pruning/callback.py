@@ -226,7 +226,7 @@ class PruningCallback(L.Callback):
         # New parameters: a new optimizer, and a OneCycle over the remaining steps only.
         trainer.strategy.setup_optimizers(trainer)
         for checkpoint in trainer.checkpoint_callbacks:
-            _forget_best(checkpoint)
+            _forget_best(trainer, checkpoint)
         entry = {
             "iteration": step,
             "epoch": trainer.current_epoch,
@@ -346,9 +346,13 @@ def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
     return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
 
-def _forget_best(checkpoint: ModelCheckpoint) -> None:
+def _forget_best(trainer: L.Trainer, checkpoint: ModelCheckpoint) -> None:
     """After surgery earlier checkpoints hold another net, so "best" is chosen afresh among later
-    ones. Their files stay on disk (they resume a run mid-schedule)."""
+    ones, and the files it kept go (last.ckpt resumes the run; save_top_k=-1 keeps every epoch's)."""
+    if checkpoint.save_top_k != -1:
+        for path in checkpoint.best_k_models:
+            if path != checkpoint.last_model_path:
+                trainer.strategy.remove_checkpoint(path)
     checkpoint.best_k_models = {}
     checkpoint.kth_best_model_path = ""
     checkpoint.best_model_path = ""
