@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from convdissect.config import CONFIG_DIR
+from convdissect.config import compose_for
 from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
 from convdissect.models.prunable import layer_width, producer_consumer_table
@@ -75,11 +73,7 @@ def dissect_net(
     default the data set's val images (`n_images`, `data=`). Fidelity and the ablation are
     scored on the data set's test images either way."""
     out_dir = Path(out_dir)
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(config_name="dissect", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out_dir)
-    labels = dissect(cfg, net, images, digits)
+    labels = dissect(compose_for("dissect", overrides, out_dir), net, images, digits)
     claims = out_dir / "claims.json"
     return Dissection(labels, json.loads(claims.read_text()) if claims.is_file() else None, out_dir)
 

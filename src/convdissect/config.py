@@ -11,7 +11,7 @@ import hydra.utils
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from convdissect.errors import UserInputError
 
@@ -62,6 +62,15 @@ def instantiate(node, **kwargs):
         if isinstance(err.__cause__, UserInputError):
             raise err.__cause__ from None
         raise
+
+
+def compose_for(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """The package's config as its Hydra app composes it, for a job run in Python: paths.output_dir at output_dir."""
+    with hydra.initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = hydra.compose(config_name=config_name, overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
 
 
 def set_threads(threads) -> None:

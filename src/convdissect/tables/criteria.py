@@ -18,11 +18,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
-from convdissect.config import CONFIG_DIR, check_dissect_config
+from convdissect.config import check_dissect_config, compose_for
 from convdissect.dissect.claims import seed_verdicts
 from convdissect.dissection import dissect as dissect_into
 from convdissect.errors import UserInputError
@@ -65,12 +64,9 @@ def dissect(run: Path, overrides: list[str]) -> None:
     print(f"dissecting {run}", file=sys.stderr)
     settings = [f"ckpt_path={run / 'model_state.pt'}", "report.enabled=false", "superstimulus.enabled=false"]
     try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            cfg = compose("dissect", [*settings, *overrides])
+        cfg = compose_for("dissect", [*settings, *overrides], out)
     except HydraException as err:
         raise UserInputError(f"--dissect-overrides {' '.join(overrides)}: {str(err).splitlines()[0]}") from None
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
     check_dissect_config(cfg)
     (out / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
