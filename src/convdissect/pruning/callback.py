@@ -351,8 +351,7 @@ def _forget_best(trainer: L.Trainer, checkpoint: ModelCheckpoint) -> None:
     ones, and the files it kept go (last.ckpt resumes the run; save_top_k=-1 keeps every epoch's)."""
     if checkpoint.save_top_k != -1:
         for path in checkpoint.best_k_models:
-            if path != checkpoint.last_model_path:
-                trainer.strategy.remove_checkpoint(path)
+            trainer.strategy.remove_checkpoint(path)
     checkpoint.best_k_models = {}
     checkpoint.kth_best_model_path = ""
     checkpoint.best_model_path = ""
