@@ -6,13 +6,15 @@ import os
 import pytest
 import torch
 
+from convdissect.config import set_threads
 from convdissect.train import train
 from tests.helpers import CHECKOUT, HANDNET_FINETUNE, PRUNE, TINY_TWO_EPOCHS, compose_cfg
 
 DATA_DIR = os.environ.get("CONVDISSECT_DATA_DIR") or str(CHECKOUT / "data")
 os.environ["CONVDISSECT_DATA_DIR"] = DATA_DIR  # so ${paths.data_dir} resolves there everywhere
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: each worker on one core, not N workers on all of them
-    torch.set_num_threads(1)
+    set_threads(1)  # torch's threads and scikit-learn's OpenMP and BLAS pools, which spin when cores are short
+    os.environ["OMP_NUM_THREADS"] = "1"  # the same for the Python processes a test starts
 
 
 @pytest.fixture(scope="session")
