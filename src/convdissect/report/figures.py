@@ -83,24 +83,32 @@ def weight_grids(grids: torch.Tensor, names: list[str], labels: list[str] | None
 def activation_maps(
     inputs: torch.Tensor, maps: torch.Tensor, layer: str, row_names: list[str], title: str = ""
 ) -> Figure:
-    """Rows: inputs (raw [R, 1, 28, 28], first column); columns: the layer's channels' ReLU'd maps
-    [R, C, H, W]. Each channel column shares one colour scale from 0 to its maximum."""
+    """Rows: inputs (raw [R, 1, h, w], first column); columns: the layer's channels' ReLU'd maps
+    [R, C, H, W]. Each channel column shares one colour scale from 0 to its maximum. One image in one
+    Axes: an Axes per map (660 for conv1 of 32 channels) took seconds to build and lay out."""
+    from matplotlib import colormaps
+
     rows, channels = maps.shape[:2]
-    fig = _figure((channels + 1) * 0.62 + 1.0, rows * 0.66 + 0.9)
-    axes = fig.subplots(rows, channels + 1, squeeze=False)
     maps = maps.relu().cpu()
     top = maps.amax(dim=(0, 2, 3)).clamp_min(1e-12)
-    for r in range(rows):
-        axes[r, 0].imshow(inputs[r, 0].cpu().numpy(), cmap=RAW, vmin=0, vmax=1)
-        axes[r, 0].set_ylabel(row_names[r], fontsize=7, rotation=0, ha="right", va="center")
-        for c in range(channels):
-            axes[r, c + 1].imshow(maps[r, c].numpy(), cmap=ACTIVATION, vmin=0, vmax=float(top[c]))
-            if r == 0:
-                axes[r, c + 1].set_title(unit_name(layer, c + 1), fontsize=6, rotation=90)
-    axes[0, 0].set_title("input", fontsize=7)
-    for ax in axes.flatten():
-        ax.set_xticks([])
-        ax.set_yticks([])
+    coloured = torch.from_numpy(colormaps[ACTIVATION]((maps / top[None, :, None, None]).numpy())[..., :3])
+    grey = inputs.cpu().clamp(0, 1).expand(-1, 3, -1, -1).permute(0, 2, 3, 1)
+    cells = [[grey[r]] + [coloured[r, c].float() for c in range(channels)] for r in range(rows)]
+    size = max(max(grey.shape[1:3]), max(maps.shape[2:]))
+    step = size + 2  # grey 2-pixel frames: a white input (a half-plane) stays a cell
+    canvas = torch.full((rows * step + 2, (channels + 1) * step + 2, 3), 0.6)
+    for r, row in enumerate(cells):
+        for c, cell in enumerate(row):
+            canvas[2 + r * step : 2 + r * step + cell.shape[0], 2 + c * step : 2 + c * step + cell.shape[1]] = cell
+    fig = _figure((channels + 1) * 0.62 + 1.0, rows * 0.62 + 0.9)
+    ax = fig.subplots()
+    ax.imshow(canvas.numpy(), interpolation="nearest")
+    ax.set_axis_off()
+    centre = 2 + size / 2
+    for c, name in enumerate(["input"] + [unit_name(layer, c + 1) for c in range(channels)]):
+        ax.text(centre + c * step, -1, name, fontsize=6 if c else 7, rotation=90 if c else 0, ha="center", va="bottom")
+    for r, name in enumerate(row_names):
+        ax.text(-1, centre + r * step, name, fontsize=7, ha="right", va="center")
     fig.suptitle(title)
     return fig
 
