@@ -3,6 +3,7 @@ on a tiny net with planted units (real Hydra config, real SummaryWriter, read ba
 TensorBoard's EventAccumulator)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from convdissect.analysis.projections import separation
 from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
-from tests.helpers import REPORT_FAST, TINY, Page, compose_cfg
+from tests.helpers import PROJECTION_POINTS, REPORT_FAST, TINY, Page, compose_cfg
 
 SECTIONS = ("conv1", "conv2", "conv3", "fc")
 STAGES = {"input": 784, "conv3": 8, "fc4": 8, "fc5": 10}
@@ -135,11 +136,12 @@ def test_projector_embeddings_are_written(events_dir):
         folder = events_dir / "00000" / stage
         assert f'tensor_name: "{stage}:00000"' in config
         rows = (folder / "tensors.tsv").read_text().splitlines()
-        assert len(rows) == 120 and len(rows[0].split("\t")) == dims
+        assert len(rows) == PROJECTION_POINTS and len(rows[0].split("\t")) == dims
         digits = (folder / "metadata.tsv").read_text().split()
-        assert len(digits) == 120 and set(digits) <= {str(d) for d in range(10)} and len(set(digits)) > 5
+        assert len(digits) == PROJECTION_POINTS and set(digits) <= {str(d) for d in range(10)} and len(set(digits)) > 5
         with Image.open(folder / "sprite.png") as sprite:
-            assert sprite.size == (28 * 11, 28 * 11)  # ceil(sqrt(120)) thumbnails a side
+            side = math.ceil(math.sqrt(PROJECTION_POINTS))  # thumbnails a side
+            assert sprite.size == (28 * side, 28 * side)
 
 
 @pytest.mark.slow
@@ -150,7 +152,6 @@ def test_chosen_channels_and_the_no_conv2_variant(tmp_path):
         f"ckpt_path={tmp_path / 'no_conv2.pt'}",
         *REPORT_FAST,
         "superstimulus.enabled=false",
-        "report.projection_points=60",
         "report.conv3.unit=conv3_2",
         "report.conv3.digits=[3]",
     ]
