@@ -1,5 +1,9 @@
 """Every config group option composes; those a CPU machine can run instantiate."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -9,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from convdissect.config import CONFIG_DIR, set_threads
+from convdissect.config import CONFIG_DIR, threads_within
 from convdissect.models.simple_convnet import SimpleConvNet
 from convdissect.train import build_module
 from tests.helpers import compose_cfg
@@ -72,16 +76,30 @@ def test_unknown_option_is_hydras_error(tmp_path):
         compose_cfg("train", ["trainer=nonesuch"], tmp_path)
 
 
-def test_threads_holds_for_torch_and_for_the_pools_scikit_learn_uses():
+def test_threads_hold_for_torch_and_the_loaded_pools_and_are_put_back_after_the_block():
     """threads=1 also holds for t-SNE, PCA and the fits: their OpenMP and BLAS pools, left at every
-    core beside busy processes, spin (one t-SNE: 95 s instead of 4 s on 2 loaded cores)."""
+    core beside busy processes, spin (one t-SNE: 95 s instead of 4 s on 2 loaded cores). A dissection
+    called from Python leaves its caller's threads as they were."""
     import sklearn.manifold  # noqa: F401  (loads the OpenMP runtime scikit-learn uses)
 
     torch_threads = torch.get_num_threads()
-    with threadpool_limits(limits=None):  # the pools as they were, afterwards
+    with threadpool_limits(limits=None):  # the pools as they were, after the test
         threadpool_limits(limits=2)
-        set_threads(1)
-        pools = {(pool["user_api"], pool["num_threads"]) for pool in threadpool_info()}
-        after = torch.get_num_threads()
+        torch.set_num_threads(2)
+        with threads_within(1):
+            inside = torch.get_num_threads(), {(p["user_api"], p["num_threads"]) for p in threadpool_info()}
+        after = torch.get_num_threads(), {p["num_threads"] for p in threadpool_info()}
     torch.set_num_threads(torch_threads)
-    assert after == 1 and pools == {("openmp", 1), ("blas", 1)}
+    assert inside[0] == 1 and ("openmp", 1) in inside[1] and {n for _, n in inside[1]} == {1}
+    assert after == (2, {2})
+
+
+@pytest.mark.slow  # a fresh Python process, where scikit-learn's OpenMP runtime is not yet loaded
+def test_threads_hold_for_the_pools_loaded_after_them():
+    code = (
+        "from convdissect.config import set_threads; set_threads(1); import sklearn.manifold; "
+        "from threadpoolctl import threadpool_info; print(sorted({(p['user_api'], p['num_threads']) for p in threadpool_info()}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the test workers set it
+    pools = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert "('openmp', 1)" in pools and "2)" not in pools, pools

@@ -4,6 +4,7 @@ imported by the entry points and the tests."""
 import json
 import math
 import os
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -76,12 +77,32 @@ def compose_for(config_name: str, overrides: list[str], output_dir: Path) -> Dic
 
 def set_threads(threads) -> None:
     """Torch's intra-op threads, and those of the OpenMP and BLAS pools scikit-learn and numpy use
-    (t-SNE, PCA, the dictionary fits); null leaves the libraries' defaults. A pool left at every core
-    beside other busy processes spins: one t-SNE took 95 s instead of 4 s on 2 loaded cores."""
+    (t-SNE, PCA, the dictionary fits): the loaded ones directly, those loaded later (scikit-learn loads
+    its OpenMP runtime on first use) through OMP_NUM_THREADS; null leaves the libraries' defaults. A
+    pool left at every core beside other busy processes spins: one t-SNE took 95 s instead of 4 s on
+    2 loaded cores."""
     _check_threads(threads)
     if threads is not None:
         torch.set_num_threads(threads)
         threadpool_limits(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+@contextmanager
+def threads_within(threads):
+    """set_threads for a block (a dissection called from Python); torch's threads, the loaded pools and
+    OMP_NUM_THREADS as they were afterwards."""
+    torch_threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    with threadpool_limits(limits=None):  # puts the loaded pools back on leaving
+        try:
+            set_threads(threads)
+            yield
+        finally:
+            torch.set_num_threads(torch_threads)
+            if omp is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = omp
 
 
 def _check_threads(threads) -> None:
@@ -89,7 +110,7 @@ def _check_threads(threads) -> None:
         "threads",
         threads,
         threads is None or _is_int(threads, 1),
-        "allowed a positive integer, or null for torch's default",
+        "allowed a positive integer, or null for the libraries' defaults",
     )
 
 

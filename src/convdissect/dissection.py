@@ -27,7 +27,7 @@ from convdissect.analysis.selectivity import OrientationTuning, orientation_tuni
 from convdissect.analysis.superstimuli import Superstimuli, best_image_objective, standard_transforms, superstimuli
 from convdissect.analysis.traced import trace, untrained_copy
 from convdissect.analysis.traced_measures import LayerMeasures, measure_layers, sweep_position_pattern
-from convdissect.config import instantiate, set_threads
+from convdissect.config import instantiate, threads_within
 from convdissect.conventions import unit_name
 from convdissect.dissect import any_net
 from convdissect.dissect.claims import check_claim_settings, claim_statistics
@@ -324,7 +324,11 @@ def dissect(
     """Write labels.json (claims.json for a SimpleConvNet; when enabled, superstimuli.pt and the
     report) into cfg.paths.output_dir; return the labels. The net is cfg.ckpt_path's unless given;
     the images and their digits are cfg.split's first cfg.n_images unless given."""
-    set_threads(cfg.get("threads"))
+    with threads_within(cfg.get("threads")):  # a caller in Python keeps its own threads
+        return _dissect(cfg, net, images, digits)
+
+
+def _dissect(cfg: DictConfig, net: nn.Module | None, images: torch.Tensor | None, digits: torch.Tensor | None) -> dict:
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
