@@ -80,9 +80,9 @@ FAST_NULLS = [
     "claims.ablation_images=500",
     "claims.reference_grids=50",
 ]
-# A whole dissection with its report, in seconds.
 # t-SNE points of a test report (a dissection's default is 500; t-SNE is quadratic in them)
 PROJECTION_POINTS = 60
+# A whole dissection with its report, in seconds.
 REPORT_FAST = [
     "n_images=300",
     "superstimulus.steps=8",

@@ -5,8 +5,10 @@ TensorBoard's EventAccumulator)."""
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
+from matplotlib import colormaps
 from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -16,6 +18,7 @@ from convdissect.analysis.projections import separation
 from convdissect.dissection import dissect
 from convdissect.errors import UserInputError
 from convdissect.models.simple_convnet import SimpleConvNet
+from convdissect.report import figures
 from tests.helpers import PROJECTION_POINTS, REPORT_FAST, TINY, Page, compose_cfg
 
 SECTIONS = ("conv1", "conv2", "conv3", "fc")
@@ -196,3 +199,22 @@ def test_separation_scores_are_written_per_stage(run):
     scores = json.loads((out / "separation.json").read_text())
     assert list(scores) == list(STAGES)
     assert all(0.0 <= s["knn_acc"] <= 1.0 and -1.0 <= s["silhouette"] <= 1.0 for s in scores.values())
+
+
+def test_the_activation_figure_puts_each_map_in_its_row_and_column():
+    """One Axes, one image: a map smaller than its input (26 against 28 pixels) sits in its own cell
+    (2-pixel frames), on its channel's colour scale."""
+    rows, channels, size, step = 2, 3, 26, 28 + 2
+    maps = torch.zeros(rows, channels, size, size)
+    for r in range(rows):
+        for c in range(channels):
+            maps[r, c, r, c] = c + 1.0  # the channel's maximum, at (r, c) of row r's map
+    fig = figures.activation_maps(torch.zeros(rows, 1, 28, 28), maps, "conv1", ["a", "b"])
+    (ax,) = fig.axes
+    canvas = ax.images[0].get_array()
+    brightest = colormaps["viridis"](1.0)[:3]
+    for r in range(rows):
+        for c in range(channels):
+            top, left = 2 + r * step, 2 + (c + 1) * step
+            cell = canvas[top : top + size, left : left + size]
+            assert np.argwhere(np.isclose(cell, brightest).all(axis=-1)).tolist() == [[r, c]]
