@@ -13,8 +13,9 @@ from tests.helpers import CHECKOUT, HANDNET_FINETUNE, PRUNE, TINY_TWO_EPOCHS, co
 DATA_DIR = os.environ.get("CONVDISSECT_DATA_DIR") or str(CHECKOUT / "data")
 os.environ["CONVDISSECT_DATA_DIR"] = DATA_DIR  # so ${paths.data_dir} resolves there everywhere
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: each worker on one core, not N workers on all of them
-    set_threads(1)  # torch's threads and scikit-learn's OpenMP and BLAS pools, which spin when cores are short
-    os.environ["OMP_NUM_THREADS"] = "1"  # the same for the Python processes a test starts
+    # torch's threads and scikit-learn's OpenMP and BLAS pools (they spin when cores are short); through
+    # OMP_NUM_THREADS also those of the Python processes a test starts
+    set_threads(1)
 
 
 @pytest.fixture(scope="session")

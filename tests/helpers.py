@@ -10,12 +10,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from convdissect.analysis.contributions import blank_image
-from convdissect.config import CONFIG_DIR
+from convdissect.config import compose_for
 from convdissect.data.mnist import MNISTDataModule
 from convdissect.dissection import dissect
 from convdissect.handnet.net import HandNet
@@ -31,12 +30,8 @@ def run_python(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def compose_cfg(config_name: str = "train", overrides: list[str] = (), output_dir: Path | None = None) -> DictConfig:
     """A config as the Hydra app would see it, with paths.output_dir pointed at output_dir."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(config_name=config_name, overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir) if output_dir else "unused"
-    return cfg
+    GlobalHydra.instance().clear()  # a test may have left Hydra initialised
+    return compose_for(config_name, overrides, output_dir or "unused")
 
 
 # A real but tiny run: small widths, a few batches, no progress bar, one thread (tiny batches run
