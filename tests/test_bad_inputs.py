@@ -257,6 +257,11 @@ CASES = {
         ["+experiment=prune_distill", "threads=1"],
         ["model.teacher: missing; give a trained SimpleConvNet, model.teacher=RUN/model_state.pt"],
     ),
+    "distill_cache_not_a_boolean": (
+        "train.py",
+        ["+experiment=prune_distill", "model.teacher={files}/model_state.pt", "model.distill.cache=yes", "threads=1"],
+        ["model.distill.cache='yes': allowed true or false"],
+    ),
     "dissect_ablation_median": (
         "dissect.py",
         ["ckpt_path={files}/model_state.pt", "fidelity.ablation=median"],

@@ -69,6 +69,32 @@ def test_ranks_get_distinct_shares():
     assert not set(shares[0].tolist()) & set(shares[1].tolist())
 
 
+def test_targets_ride_with_their_images_in_every_share_and_epoch():
+    """The labels are the images' indices, so each batch's targets must be its labels x 10."""
+    images, labels = torch.zeros(101, 28, 28, dtype=torch.uint8), torch.arange(101)
+    cached = {"rows": None}
+    for rank, resume_at in ((0, 0), (1, 0), (1, 2)):
+        batches = TensorBatches(
+            images,
+            labels,
+            8,
+            True,
+            0,
+            rank,
+            2,
+            drop_last=True,
+            resume_at=lambda skip=resume_at: skip,
+            targets=lambda: cached["rows"],
+        )
+        assert all(len(batch) == 2 for batch in batches)  # none cached yet
+        cached["rows"] = labels * 10.0
+        for _ in range(2):  # epochs
+            seen = [(y, rows) for _, y, rows in batches]
+            assert len(seen) == len(batches) - resume_at
+            assert all(torch.equal(rows, y * 10.0) for y, rows in seen)
+        cached["rows"] = None
+
+
 def test_missing_data_dir_is_one_clear_error(tmp_path):
     with pytest.raises(UserInputError) as err:
         MNISTDataModule(data_dir=str(tmp_path / "nowhere"), download=False).prepare_data()

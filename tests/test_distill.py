@@ -30,10 +30,11 @@ class LossRecorder(L.Callback):
         self.batch = batch
 
     def on_before_backward(self, trainer, pl_module, loss):
-        x, y = self.batch
+        x, y, *cached = self.batch  # cached: the teacher's outputs the batch carries (model.distill.cache)
         with torch.no_grad():
             teacher = self.teacher(x) if self.teacher is not None else None
             step = {"epoch": trainer.current_epoch, "loss": loss.detach(), "x": x, "y": y, "student": pl_module(x)}
+            step["cached"] = cached[0] if cached else None
             self.steps.append(step | {"teacher": teacher, "distilling": pl_module.distillation is not None})
 
     def on_train_epoch_end(self, trainer, pl_module):
@@ -132,6 +133,39 @@ def test_model_teacher_is_distilled_from_frozen(teacher_file, one_thread, tmp_pa
     torch.testing.assert_close(frozen, teacher.state_dict(), rtol=0, atol=0)
 
 
+def test_cached_teacher_outputs_are_the_teachers_on_the_unshifted_images(teacher_file, one_thread, tmp_path):
+    """The reference: the same fit without shifts sees the same images in the same order, unshifted."""
+    path, teacher = teacher_file
+    cached = [f"+model.teacher={path}", "+model.distill={temperature:2.0,weight:0.5,cache:true}"]
+    cached += ["trainer.limit_train_batches=3"]
+    _, unshifted = fit_recorded(TINY + cached, tmp_path / "unshifted")
+    _, shifted = fit_recorded(TINY + cached + ["data.random_shift=2"], tmp_path / "shifted")
+    assert len(shifted.steps) == len(unshifted.steps) == 3
+    for plain, moved in zip(unshifted.steps, shifted.steps):
+        with torch.no_grad():
+            reference = teacher(plain["x"])
+        torch.testing.assert_close(plain["cached"], reference, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(moved["cached"], reference, rtol=1e-5, atol=1e-5)
+        assert not torch.equal(moved["x"], plain["x"])
+        for s in (plain, moved):
+            torch.testing.assert_close(s["loss"], hand_distilled_loss(s | {"teacher": s["cached"]}, 2.0, 0.5))
+
+
+def test_cached_teacher_outputs_need_the_in_memory_data(teacher_file, tmp_path):
+    path, _ = teacher_file
+    cfg = compose_cfg("train", TINY + [f"+model.teacher={path}", "+model.distill={weight:0.5,cache:true}"], tmp_path)
+    users_data = torch.utils.data.TensorDataset(torch.zeros(64, 1, 28, 28), torch.zeros(64, dtype=torch.long))
+    loader = torch.utils.data.DataLoader(users_data, batch_size=32)
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path
+    )
+    with pytest.raises(
+        UserInputError,
+        match=r"model.distill.cache=true: the fit's data \(data loaders without a data module\) cannot carry",
+    ):
+        trainer.fit(build_module(cfg), train_dataloaders=loader)
+
+
 def test_two_teachers_are_refused(teacher_file, tmp_path):
     path, _ = teacher_file
     overrides = PRUNE + DISTILL + [f"+model.teacher={path}", "+model.distill={weight:0.5}"]
@@ -142,7 +176,7 @@ def test_two_teachers_are_refused(teacher_file, tmp_path):
 @pytest.mark.slow
 def test_explainable_handnet_distils_and_keeps_its_round_trip(teacher_file, tmp_path):
     path, _ = teacher_file
-    overrides = EXPLAINABLE_RUN + [f"+model.teacher={path}", "+model.distill={temperature:4.0,weight:0.5}"]
+    overrides = EXPLAINABLE_RUN + [f"+model.teacher={path}", "+model.distill={temperature:4.0,weight:0.5,cache:true}"]
     metrics = train(compose_cfg("train", overrides, tmp_path / "run"))
     assert metrics["explanation/roundtrip_agreement"] == 1.0
 

@@ -193,6 +193,9 @@ class TensorBatches:
     shuffle from epoch 0. Without it, epochs count up from 0. With resume_at (the batches of the
     epoch a run resumed mid-epoch has already trained), the epoch starts after them. With random_shift
     N, each image of a batch is moved by its own random whole-pixel shift in [-N, N] along each axis.
+    With targets, asked like current_epoch when an epoch's first batch is drawn and giving one row per
+    image or None (a teacher's outputs, computed once the fit has started), a batch is (images, labels,
+    those rows).
     """
 
     def __init__(
@@ -210,8 +213,9 @@ class TensorBatches:
         mean: float = MNIST_MEAN,
         std: float = MNIST_STD,
         random_shift: int = 0,
+        targets: Callable[[], torch.Tensor | None] | None = None,
     ):
-        self.images, self.labels = images, labels
+        self.images, self.labels, self.targets = images, labels, targets
         self.random_shift = random_shift
         self.mean, self.std = mean, std
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
@@ -237,6 +241,7 @@ class TensorBatches:
             self.epoch = self.current_epoch()
         start = self.resume_at() if self.resume_at is not None else 0
         idx = self._indices()
+        targets = self.targets() if self.targets is not None else None
         shifts = self._shifts(len(idx)) if self.random_shift else None
         self.epoch += 1
         for b in range(start, len(self)):
@@ -246,7 +251,8 @@ class TensorBatches:
                 images = shift_images(
                     images, shifts[b * self.batch_size : (b + 1) * self.batch_size], self.random_shift
                 )
-            yield normalise(images, self.mean, self.std), self.labels[sel]
+            batch = normalise(images, self.mean, self.std), self.labels[sel]
+            yield batch if targets is None else (*batch, targets[sel])
 
     def _shifts(self, n: int) -> torch.Tensor:
         """The epoch's shifts [n, 2], drawn at once and moved to the device once."""
@@ -285,6 +291,9 @@ class MNISTDataModule(L.LightningDataModule):
         self.val_size, self.seed = val_size, seed
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._device = torch.device("cpu")
+        # One row per training image (the split's order), handed out with its batches: a teacher's outputs,
+        # set by the module when it caches them (model.distill.cache).
+        self.train_targets: torch.Tensor | None = None
 
     def prepare_data(self):
         ensure_mnist(self.data_dir, self.download, self.dataset, self.verify)  # download once, on rank 0
@@ -333,6 +342,7 @@ class MNISTDataModule(L.LightningDataModule):
             mean=self.spec.mean,
             std=self.spec.std,
             random_shift=self.random_shift if shuffle else 0,  # training batches only
+            targets=(lambda: self.train_targets) if shuffle else None,
         )
 
     def _trained_in_resumed_epoch(self) -> int:

@@ -21,6 +21,8 @@ from convdissect.models.checkpoint import load_net
 # net that already returns log-probabilities (ours do), so the default suits both kinds of net; nll
 # takes log-probabilities only (on logits it trains at chance).
 LOSSES = {"cross_entropy": F.cross_entropy, "nll": F.nll_loss}
+# model.distill's keys; cache: the teacher's outputs computed once for the unshifted training images
+MODEL_DISTILL_KEYS = ("temperature", "weight", "cache")
 
 
 @dataclass
@@ -33,13 +35,16 @@ class Distillation:
     weight: float
 
 
-def parse_distill(distill: dict | None, key: str) -> dict | None:
-    """{temperature, weight} with the weight in (0, 1], or None when off (no settings, or weight 0); key
-    names the config node in the errors."""
+def parse_distill(distill: dict | None, key: str, allowed=("temperature", "weight")) -> dict | None:
+    """{temperature, weight[, cache]} with the weight in (0, 1], or None when off (no settings, or weight 0);
+    key names the config node in the errors, allowed its keys."""
     distill = dict(distill or {})
-    unknown = set(distill) - {"temperature", "weight"}
+    unknown = set(distill) - set(allowed)
     if unknown:
-        raise UserInputError(f"{key}: unknown keys {sorted(unknown)}; allowed temperature, weight")
+        raise UserInputError(f"{key}: unknown keys {sorted(unknown)}; allowed {', '.join(allowed)}")
+    cache = distill.get("cache", False)
+    if not isinstance(cache, bool):
+        raise UserInputError(f"{key}.cache={cache!r}: allowed true or false")
     weight, temperature = distill.get("weight", 0.0), distill.get("temperature", 1.0)
     for name, value in (("weight", weight), ("temperature", temperature)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -48,7 +53,12 @@ def parse_distill(distill: dict | None, key: str) -> dict | None:
         raise UserInputError(f"{key}.weight={weight}: allowed 0 (off) to 1 (the teacher only)")
     if not temperature > 0:
         raise UserInputError(f"{key}.temperature={temperature}: must be > 0")
-    return {"temperature": float(temperature), "weight": float(weight)} if weight else None
+    if not weight:
+        return None
+    settings = {"temperature": float(temperature), "weight": float(weight)}
+    if "cache" in allowed:
+        settings["cache"] = cache
+    return settings
 
 
 def distillation_loss(
@@ -98,7 +108,7 @@ class LitClassifier(L.LightningModule):
             )
         if teacher and not Path(teacher).is_file():
             raise UserInputError(f"model.teacher={teacher}: no such file")
-        if teacher and parse_distill(distill, "model.distill") is None:
+        if teacher and parse_distill(distill, "model.distill", MODEL_DISTILL_KEYS) is None:
             raise UserInputError(f"model.teacher={teacher} needs model.distill.weight > 0 (it is off)")
         # optimizer None: a module that is only tested (python eval.py)
         self.save_hyperparameters(
@@ -134,17 +144,39 @@ class LitClassifier(L.LightningModule):
 
     def on_fit_start(self) -> None:
         """With model.teacher, a fit distils from that trained SimpleConvNet, frozen, on the module's
-        device; it is read only to train (a tested or reloaded module never needs the file)."""
+        device; it is read only to train (a tested or reloaded module never needs the file). With
+        model.distill.cache, its outputs for the unshifted training images are computed here, once."""
+        data = getattr(self.trainer, "datamodule", None)
+        if hasattr(data, "train_targets"):
+            data.train_targets = None  # outputs cached by an earlier fit are not this fit's
         teacher = self.hparams.get("teacher")
-        if not teacher or self.distillation is not None:
+        if not teacher:
             return
-        try:
-            net = load_net(teacher)
-        except UserInputError as err:  # its messages name the file as dissect.py's ckpt_path
-            raise UserInputError(str(err).replace("ckpt_path=", "model.teacher=", 1)) from None
-        settings = parse_distill(self.hparams.distill, "model.distill")
-        net.requires_grad_(False)
-        self.distillation = Distillation(net.eval().to(self.device), settings["temperature"], settings["weight"])
+        settings = parse_distill(self.hparams.distill, "model.distill", MODEL_DISTILL_KEYS)
+        if self.distillation is None:
+            try:
+                net = load_net(teacher)
+            except UserInputError as err:  # its messages name the file as dissect.py's ckpt_path
+                raise UserInputError(str(err).replace("ckpt_path=", "model.teacher=", 1)) from None
+            net.requires_grad_(False)
+            self.distillation = Distillation(net.eval().to(self.device), settings["temperature"], settings["weight"])
+        if settings["cache"]:
+            self._cache_teacher_outputs(data)
+
+    @torch.no_grad()
+    def _cache_teacher_outputs(self, data) -> None:
+        """The teacher's outputs for every training image, handed out with the batches by the data module
+        (a shifted image is then taught by the teacher's answer for the image unshifted)."""
+        if not hasattr(data, "train_targets"):
+            got = type(data).__name__ if data is not None else "data loaders without a data module"
+            raise UserInputError(
+                f"model.distill.cache=true: the fit's data ({got}) cannot carry the teacher's outputs; "
+                "it needs convdissect's in-memory data module (data=mnist, fashion_mnist or kmnist), "
+                "or set model.distill.cache=false"
+            )
+        images, _ = data.tensors("train")
+        chunks = images.split(data.eval_batch_size)
+        data.train_targets = torch.cat([self.distillation.teacher(chunk) for chunk in chunks])
 
     @property
     def n_params(self) -> int:
@@ -172,11 +204,11 @@ class LitClassifier(L.LightningModule):
         self.epoch_start_step = self.global_step
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y, *cached_teacher_outputs = batch  # the third element: see _cache_teacher_outputs
         logits = self(x)
         if self.global_step == 0:
             self._check_outputs(logits)
-        loss = self._training_loss(x, logits, y)
+        loss = self._training_loss(x, logits, y, *cached_teacher_outputs)
         # Plain sums on the device, logged once an epoch: for a small net, a metric update and a
         # self.log per step cost a fifth of the step itself.
         with torch.no_grad():
@@ -188,15 +220,19 @@ class LitClassifier(L.LightningModule):
             loss = loss + self.net.penalty()
         return loss
 
-    def _training_loss(self, x: torch.Tensor, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The configured loss; label smoothing and distillation only when set (off, the loss is loss_fn's own)."""
+    def _training_loss(
+        self, x: torch.Tensor, outputs: torch.Tensor, y: torch.Tensor, teacher_outputs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The configured loss; label smoothing and distillation only when set (off, the loss is loss_fn's own).
+        The teacher's outputs are computed here unless given (cached)."""
         smoothing = self.hparams.get("label_smoothing", 0.0)
         loss = F.cross_entropy(outputs, y, label_smoothing=smoothing) if smoothing else self.loss_fn(outputs, y)
         kd = self.distillation
         if kd is None:
             return loss
-        with torch.no_grad():
-            teacher_outputs = kd.teacher(x)
+        if teacher_outputs is None:
+            with torch.no_grad():
+                teacher_outputs = kd.teacher(x)
         return distillation_loss(outputs, teacher_outputs, loss, kd.temperature, kd.weight)
 
     def _check_outputs(self, outputs: torch.Tensor) -> None:
