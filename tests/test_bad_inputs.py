@@ -262,6 +262,11 @@ CASES = {
         ["+experiment=prune_distill", "model.teacher={files}/model_state.pt", "model.distill.cache=yes", "threads=1"],
         ["model.distill.cache='yes': allowed true or false"],
     ),
+    "distill_without_teacher": (
+        "train.py",
+        ["+experiment=prune_distill", "model.teacher=null", "threads=1"],
+        ["model.distill=", "'weight': 0.7", "needs model.teacher=RUN/model_state.pt (it is None)"],
+    ),
     "dissect_ablation_median": (
         "dissect.py",
         ["ckpt_path={files}/model_state.pt", "fidelity.ablation=median"],

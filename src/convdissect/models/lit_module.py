@@ -106,6 +106,11 @@ class LitClassifier(L.LightningModule):
             raise UserInputError(
                 "model.teacher: missing; give a trained SimpleConvNet, model.teacher=RUN/model_state.pt"
             )
+        if distill and not teacher:  # else the distillation settings would be ignored without a word
+            raise UserInputError(
+                f"model.distill={dict(distill)} needs model.teacher=RUN/model_state.pt (it is {teacher!r}); "
+                "or drop model.distill (~model.distill)"
+            )
         if teacher and not Path(teacher).is_file():
             raise UserInputError(f"model.teacher={teacher}: no such file")
         if teacher and parse_distill(distill, "model.distill", MODEL_DISTILL_KEYS) is None:
