@@ -31,18 +31,27 @@ def learned_recipes(net, exact: bool = True) -> dict:
         "cell_pixels": net.cell_pixels,
         "final_pool": net.final_pool,
         "lines": _learned_lines(net, exact),
-        "units": _learned_units(net, exact, number),
+        "units": _learned_units(net, number),
         "digits": _learned_digits(net, number),
     }
 
 
+def width_as_used(sigma: torch.Tensor) -> torch.Tensor:
+    """A width as the layers compute with it (|sigma|, at least MIN_SIGMA): training may leave the parameter
+    negative, which the recipe file refuses; rebuilt from it, the layer computes with the same width, bit for bit."""
+    return sigma.abs().clamp_min(MIN_SIGMA)
+
+
 def _learned_lines(net, exact: bool) -> list[dict]:
-    """conv1's lines: the parameters as stored (exact) or the canonical line rounded, θ via degrees."""
+    """conv1's lines: the parameters as stored, the width as used (exact), or the canonical line rounded,
+    θ via degrees."""
     c1 = net.conv1
     lines = conv1_lines(net)
     labels = [stroke_label(line["kind"], line["theta_deg"], line["amplitude"]) for line in lines]
     if exact:
-        stored = {key: getattr(c1, key).tolist() for key in LINE_KEYS}
+        stored = {key: getattr(c1, key) for key in LINE_KEYS}
+        stored["sigma"] = width_as_used(stored["sigma"])
+        stored = {key: values.tolist() for key, values in stored.items()}
         numbers = [{key: stored[key][i] for key in LINE_KEYS} for i in range(len(labels))]
     else:
         numbers = [
@@ -55,11 +64,11 @@ def _learned_lines(net, exact: bool) -> list[dict]:
     return [{"kind": kind, **line, "label": label} for kind, line, label in zip(c1.kinds, numbers, labels)]
 
 
-def _learned_units(net, exact: bool, number: Callable[[float], float]) -> list[dict]:
-    """conv3's units: bias and every burst with the conv1 channel it reads (widths as used when rounded)."""
+def _learned_units(net, number: Callable[[float], float]) -> list[dict]:
+    """conv3's units: bias and every burst with the conv1 channel it reads (widths as the layer uses them)."""
     c3 = net.conv3
     channel = c3.channel_weights().argmax(-1).tolist()
-    widths = [c3.sigma_x, c3.sigma_y] if exact else [s.abs().clamp_min(MIN_SIGMA) for s in (c3.sigma_x, c3.sigma_y)]
+    widths = [width_as_used(s) for s in (c3.sigma_x, c3.sigma_y)]
     values = {key: t.tolist() for key, t in zip(BURST_KEYS, (c3.mean_x, c3.mean_y, *widths, c3.amplitude))}
     return [
         {
