@@ -2,9 +2,9 @@
 """Three training levers tried on 8/16/24/16 for issue 21 that did not lift it, kept runnable as Hydra plug-ins
 (not part of convdissect: none helped). With the studies folder on the path:
 
-    PYTHONPATH=studies python train.py +experiment=prune_distill model.teacher=runs/teacher/model_state.pt \
-        model.distill.temperature=2.0 +callbacks.ema._target_=training_levers.PruneAwareEMA +callbacks.ema.decay=0.999
-    ... data._target_=training_levers.AffineMNIST +data.degrees=10.0 +data.scale=0.1
+    P="+experiment=prune_distill model.teacher=runs/teacher/model_state.pt model.distill.temperature=2.0"
+    PYTHONPATH=studies python train.py $P +callbacks.ema._target_=training_levers.PruneAwareEMA +callbacks.ema.decay=0.999
+    PYTHONPATH=studies python train.py $P data._target_=training_levers.AffineMNIST +data.degrees=10.0 +data.scale=0.1
     PYTHONPATH=studies python train.py +experiment=small_scratch model._target_=training_levers.BNConvNet \
         +model.teacher=runs/teacher/model_state.pt '+model.distill={temperature:2.0,weight:0.7,cache:true}' \
         data.random_shift=2
@@ -78,6 +78,8 @@ class RandomAffine:
 
 
 class AffineMNIST(MNISTDataModule):
+    """MNIST whose training batches are also rotated and scaled (RandomAffine); data.degrees, data.scale."""
+
     def __init__(self, *args, degrees: float = 10.0, scale: float = 0.1, **kwargs):
         super().__init__(*args, **kwargs)
         self.degrees, self.scale_range = degrees, scale
@@ -87,9 +89,12 @@ class AffineMNIST(MNISTDataModule):
 
 
 class BNConvNet(SimpleConvNet):
-    """SimpleConvNet with BatchNorm after each conv (foldable into the convs once trained)."""
+    """SimpleConvNet with BatchNorm after each conv (conv2 required). The BatchNorms are not folded into the
+    convs here: its model_state.pt is read by nothing but this study (eval.py and dissect.py refuse it)."""
 
     def __init__(self, widths, conv2: bool = True, fc4_activation: str = "relu"):
+        if not conv2:
+            raise ValueError("BNConvNet needs conv2=true")
         super().__init__(widths, conv2, fc4_activation)
         self.bn1 = nn.BatchNorm2d(self.conv1.out_channels)
         self.bn2 = nn.BatchNorm2d(self.conv2.out_channels)

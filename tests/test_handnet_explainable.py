@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from convdissect.errors import UserInputError
-from convdissect.handnet.layers import BurstConv2d
+from convdissect.handnet.layers import MIN_SIGMA, BurstConv2d
 from convdissect.handnet.learned_recipes import learned_recipes
 from convdissect.handnet.net import HandNet
 from convdissect.handnet.schedule import HandNetSchedule, shrink_readout
@@ -193,19 +193,22 @@ def test_shrinking_ranks_weight_times_spread():
 
 
 def test_a_width_trained_negative_is_written_as_used_and_rebuilds_the_same_net(tmp_path):
-    """Training may leave a width parameter negative (the layers compute with |sigma|); the recipe file,
-    which refuses a width <= 0, gets the width as used, and the net it rebuilds computes the same outputs."""
+    """Training may leave a width parameter negative or 0 (the layers compute with |sigma|, at least MIN_SIGMA);
+    the recipe file, which refuses a width <= 0, gets the width as used, and the net it rebuilds computes the
+    same outputs."""
     torch.manual_seed(0)
     net = HandNet(n_bursts=2, n_orientations=8, edges=True, extra_detectors=5, init="random", cell_pixels=2)
     net.conv3.set_channel_mode("frozen")
     with torch.no_grad():
         net.conv3.sigma_y[3, 1] *= -1
         net.conv1.sigma[2] *= -1
+        net.conv3.sigma_x[0, 0] = 0.0  # computed with MIN_SIGMA
     path = tmp_path / "learned_recipes.yaml"
     recipes = learned_recipes(net.eval(), exact=True)
     path.write_text(yaml.safe_dump(recipes, sort_keys=False))
     assert recipes["lines"][2]["sigma"] == abs(float(net.conv1.sigma[2])) > 0
     assert recipes["units"][3]["bursts"][1]["sigma_y"] == abs(float(net.conv3.sigma_y[3, 1])) > 0
+    assert recipes["units"][0]["bursts"][0]["sigma_x"] == float(torch.tensor(MIN_SIGMA))
     x = torch.rand(8, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(HandNet(recipes=str(path)).eval()(x), net(x))

@@ -18,7 +18,8 @@ from convdissect.handnet.sentences import rounded
 @torch.no_grad()
 def learned_recipes(net, exact: bool = True) -> dict:
     """The learned recipe file (same schema as conf/handnet/recipes.yaml, extended) that rebuilds
-    this net. exact: the parameters bit for bit; else every number rounded as explanation.md
+    this net. exact: the parameters as stored, the widths as the layers use them (the rebuilt net's outputs
+    the same bit for bit); else every number rounded as explanation.md
     prints it (θ in degrees, the canonical line), i.e. the net a reader of explanation.md knows."""
     r = net.recipes
     number = (lambda v: v) if exact else rounded

@@ -108,7 +108,7 @@ class LitClassifier(L.LightningModule):
             )
         if distill and not teacher:  # else the distillation settings would be ignored without a word
             raise UserInputError(
-                f"model.distill={dict(distill)} needs model.teacher=RUN/model_state.pt (it is {teacher!r}); "
+                f"model.distill={distill} needs model.teacher=RUN/model_state.pt (it is {teacher!r}); "
                 "or drop model.distill (~model.distill)"
             )
         if teacher and not Path(teacher).is_file():
