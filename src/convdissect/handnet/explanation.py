@@ -14,7 +14,7 @@ import torch
 from convdissect.analysis.families import canonical_line
 from convdissect.analysis.selectivity import position_pattern
 from convdissect.conventions import REGION_NAMES, clock_from_xy, edge_side, stroke_label, unit_name
-from convdissect.handnet.layers import MIN_SIGMA
+from convdissect.handnet.layers import width_as_used
 from convdissect.handnet.recipes import BURST_KEYS, LINE_KEYS
 from convdissect.handnet.sentences import (
     SIGNIFICANT,
@@ -50,7 +50,7 @@ def explain(net) -> dict:
 def conv1_lines(net) -> list[dict]:
     """conv1's lines in canonical form (θ in degrees in [0, 180), width as used)."""
     c = net.conv1
-    sigma = c.sigma.abs().clamp_min(MIN_SIGMA)
+    sigma = width_as_used(c.sigma)
     thetas, offsets, amplitudes = canonical_line(c.theta, c.offset, c.amplitude, c.is_edge)
     return [
         {
@@ -95,7 +95,7 @@ def _explain_conv3(net, conv1: list[dict]) -> list[dict]:
     c = net.conv3
     position_index, pattern_index = position_pattern_indices(net)
     channel = c.channel_weights().argmax(-1)  # [units, bursts]: the channel each burst reads (one-hot once frozen)
-    sx, sy = (s.abs().clamp_min(MIN_SIGMA) for s in (c.sigma_x, c.sigma_y))
+    sx, sy = (width_as_used(s) for s in (c.sigma_x, c.sigma_y))
     read = net.read_units()
     units = []
     for k in range(c.amplitude.shape[0]):

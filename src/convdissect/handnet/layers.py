@@ -17,6 +17,12 @@ from convdissect.analysis.families import KINDS, burst_grids, line_kernels
 MIN_SIGMA = 0.05
 
 
+def width_as_used(sigma: torch.Tensor) -> torch.Tensor:
+    """A width parameter as the layers compute with it: |sigma|, at least MIN_SIGMA (training may leave
+    the parameter negative; the recipe files take the widths as used)."""
+    return sigma.abs().clamp_min(MIN_SIGMA)
+
+
 class LineConv2d(nn.Module):
     """One input channel -> n line/edge detectors on a size x size grid ("same" padding).
 
@@ -44,7 +50,7 @@ class LineConv2d(nn.Module):
 
     def kernels(self) -> torch.Tensor:
         """The current kernels [n, size, size]."""
-        args = (self.theta, self.sigma.abs().clamp_min(MIN_SIGMA), self.offset, self.amplitude)
+        args = (self.theta, width_as_used(self.sigma), self.offset, self.amplitude)
         lines = line_kernels(*args, kind="line", size=self.size)
         if not self.is_edge.any():
             return lines
@@ -137,7 +143,7 @@ class BurstConv2d(nn.Module):
 
     def burst_grids(self) -> torch.Tensor:
         """Each burst's own Gaussian [out, n_bursts, size, size]."""
-        sx, sy = (s.abs().clamp_min(MIN_SIGMA)[..., None] for s in (self.sigma_x, self.sigma_y))
+        sx, sy = (width_as_used(s)[..., None] for s in (self.sigma_x, self.sigma_y))
         return burst_grids(
             self.mean_x[..., None], self.mean_y[..., None], sx, sy, self.amplitude[..., None], size=self.size
         )

@@ -10,7 +10,7 @@ import torch
 
 from convdissect.conventions import REGION_NAMES, clock_from_xy, stroke_label, unit_name
 from convdissect.handnet.explanation import conv1_lines
-from convdissect.handnet.layers import MIN_SIGMA
+from convdissect.handnet.layers import width_as_used
 from convdissect.handnet.recipes import BURST_KEYS, LINE_KEYS
 from convdissect.handnet.sentences import rounded
 
@@ -37,12 +37,6 @@ def learned_recipes(net, exact: bool = True) -> dict:
     }
 
 
-def width_as_used(sigma: torch.Tensor) -> torch.Tensor:
-    """A width as the layers compute with it (|sigma|, at least MIN_SIGMA): training may leave the parameter
-    negative, which the recipe file refuses; rebuilt from it, the layer computes with the same width, bit for bit."""
-    return sigma.abs().clamp_min(MIN_SIGMA)
-
-
 def _learned_lines(net, exact: bool) -> list[dict]:
     """conv1's lines: the parameters as stored, the width as used (exact), or the canonical line rounded,
     θ via degrees."""
@@ -50,9 +44,8 @@ def _learned_lines(net, exact: bool) -> list[dict]:
     lines = conv1_lines(net)
     labels = [stroke_label(line["kind"], line["theta_deg"], line["amplitude"]) for line in lines]
     if exact:
-        stored = {key: getattr(c1, key) for key in LINE_KEYS}
-        stored["sigma"] = width_as_used(stored["sigma"])
-        stored = {key: values.tolist() for key, values in stored.items()}
+        stored = {key: getattr(c1, key).tolist() for key in LINE_KEYS}
+        stored["sigma"] = width_as_used(c1.sigma).tolist()  # the file refuses a width <= 0; the same kernels
         numbers = [{key: stored[key][i] for key in LINE_KEYS} for i in range(len(labels))]
     else:
         numbers = [
